@@ -1,0 +1,493 @@
+"""Selective-scan (Mamba-1) operations with one dispatch point and several backends.
+
+Backends
+--------
+``reference``  sequential PyTorch loop, fp32 state; the ground truth every other backend is tested against.
+``torch``      chunked scan in plain PyTorch (the CPU default; differentiable; works under ``torch.compile``).
+``triton``     our Triton kernels (CUDA tensors only), in ``ssm_triton.py``.
+``mamba_ssm``  the official CUDA kernels (``selective_scan_fn``, ``causal_conv1d_fn``,
+               ``selective_state_update``) when they import.
+
+Choice: ``backend`` argument > ``config.ssm_backend`` (passed in by the layers) > env ``SSMVL_SSM_BACKEND``
+> ``"auto"``; ``auto`` picks mamba_ssm CUDA kernels if they import and the tensors are on CUDA, else our
+Triton kernels on CUDA, else the torch chunked scan. The choice is logged once.
+
+Shapes follow mamba_ssm (``ops/selective_scan_interface.py``)::
+
+    u, delta, z: (batch, dim, seqlen)      A: (dim, dstate)      D, delta_bias: (dim,)
+    B, C: (batch, dstate, seqlen) or (batch, groups, dstate, seqlen) with dim % groups == 0
+    state: (batch, dim, dstate), always float32
+
+The recurrence (discretised with zero-order hold for A and Euler for B, as in Mamba)::
+
+    delta_t = softplus(delta_t + delta_bias)            (if delta_softplus)
+    h_t     = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t     = <h_t, C_t> + D * u_t ;   y_t *= silu(z_t)  (if z is given)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+BACKENDS = ("reference", "torch", "triton", "mamba_ssm")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Optional kernels, imported once under try; the reason they are unavailable is kept for the log line.
+# ---------------------------------------------------------------------------------------------------------------------
+_MAMBA_SSM = None
+_MAMBA_SSM_ERROR: Optional[str] = None
+_TRITON_OPS = None
+_TRITON_ERROR: Optional[str] = None
+
+
+def _load_mamba_ssm():
+    global _MAMBA_SSM, _MAMBA_SSM_ERROR
+    if _MAMBA_SSM is None and _MAMBA_SSM_ERROR is None:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # needs the compiled extension
+
+            ops = {"selective_scan_fn": selective_scan_fn}
+            try:
+                from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+                ops["selective_state_update"] = selective_state_update
+            except Exception:  # pragma: no cover - depends on the install
+                pass
+            try:
+                from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+
+                ops["causal_conv1d_fn"] = causal_conv1d_fn
+                ops["causal_conv1d_update"] = causal_conv1d_update
+            except Exception:  # pragma: no cover - depends on the install
+                pass
+            _MAMBA_SSM = ops
+        except Exception as err:  # ImportError, or an extension built for another torch
+            _MAMBA_SSM_ERROR = f"{type(err).__name__}: {err}"
+    return _MAMBA_SSM
+
+
+def _load_triton():
+    global _TRITON_OPS, _TRITON_ERROR
+    if _TRITON_OPS is None and _TRITON_ERROR is None:
+        try:
+            from . import ssm_triton
+
+            _TRITON_OPS = ssm_triton
+        except Exception as err:
+            _TRITON_ERROR = f"{type(err).__name__}: {err}"
+    return _TRITON_OPS
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> Tuple[str, ...]:
+    """Backends that can run on ``device`` in this environment."""
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    names = ["reference", "torch"]
+    if on_cuda and _load_triton() is not None:
+        names.append("triton")
+    if on_cuda and _load_mamba_ssm() is not None:
+        names.append("mamba_ssm")
+    return tuple(names)
+
+
+def resolve_backend(requested: Optional[str] = None, device: Union[str, torch.device, None] = None) -> str:
+    """Turns ``requested`` (None/"auto"/a backend name; env ``SSMVL_SSM_BACKEND`` when None) into a backend
+    that can run on ``device``. An unknown name raises; a known but unavailable one falls back (logged once)."""
+    if requested is None:
+        requested = os.environ.get("SSMVL_SSM_BACKEND") or "auto"
+    requested = requested.lower()
+    if requested not in BACKENDS + ("auto",):
+        raise ValueError(
+            f"Unknown SSM backend {requested!r}. Choose one of {('auto',) + BACKENDS} "
+            "(set it with config.ssm_backend or the SSMVL_SSM_BACKEND environment variable)."
+        )
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if requested == "auto":
+        if on_cuda and _load_mamba_ssm() is not None:
+            choice = "mamba_ssm"
+        elif on_cuda and _load_triton() is not None:
+            choice = "triton"
+        else:
+            choice = "torch"
+        reasons = []
+        if on_cuda and choice != "mamba_ssm":
+            reasons.append(f"mamba_ssm unavailable ({_MAMBA_SSM_ERROR})")
+        if on_cuda and choice == "torch":
+            reasons.append(f"triton unavailable ({_TRITON_ERROR})")
+        logger.warning_once(
+            f"ssmvl: selective-scan backend '{choice}' on {torch.device(device).type if device else 'cpu'}"
+            + (f"; {'; '.join(reasons)}" if reasons else "")
+        )
+        return choice
+    if requested in ("triton", "mamba_ssm"):
+        if not on_cuda:
+            logger.warning_once(f"ssmvl: backend '{requested}' needs CUDA tensors; using 'torch' on this device.")
+            return "torch"
+        if requested == "mamba_ssm" and _load_mamba_ssm() is None:
+            fallback = "triton" if _load_triton() is not None else "torch"
+            logger.warning_once(f"ssmvl: mamba_ssm unavailable ({_MAMBA_SSM_ERROR}); using '{fallback}'.")
+            return fallback
+        if requested == "triton" and _load_triton() is None:
+            logger.warning_once(f"ssmvl: triton unavailable ({_TRITON_ERROR}); using 'torch'.")
+            return "torch"
+    return requested
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input checks: clear errors naming the tensor, its shape and what was expected.
+# ---------------------------------------------------------------------------------------------------------------------
+def _check(cond: bool, msg: str):
+    if not cond:
+        raise ValueError(msg)
+
+
+def _check_float(name: str, t: torch.Tensor):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {t.dtype}")
+
+
+def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        _check_float(name, t)
+    _check(u.dim() == 3, f"u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
+    batch, dim, seqlen = u.shape
+    _check(delta.shape == u.shape, f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    _check(A.dim() == 2 and A.shape[0] == dim, f"A must be (dim={dim}, dstate), got shape {tuple(A.shape)}")
+    dstate = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        _check(
+            t.dim() in (3, 4) and t.shape[0] == batch and t.shape[-2] == dstate and t.shape[-1] == seqlen,
+            f"{name} must be (batch={batch}, dstate={dstate}, seqlen={seqlen}) or (batch, groups, dstate, seqlen), "
+            f"got shape {tuple(t.shape)}",
+        )
+        if t.dim() == 4:
+            _check(dim % t.shape[1] == 0, f"{name} has {t.shape[1]} groups, which does not divide dim={dim}")
+    if z is not None:
+        _check_float("z", z)
+        _check(z.shape == u.shape, f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None:
+            _check_float(name, t)
+            _check(t.shape == (dim,), f"{name} must be (dim={dim},), got shape {tuple(t.shape)}")
+    if initial_state is not None:
+        _check_float("initial_state", initial_state)
+        _check(
+            initial_state.shape == (batch, dim, dstate),
+            f"initial_state must be (batch={batch}, dim={dim}, dstate={dstate}), got {tuple(initial_state.shape)}",
+        )
+    devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
+    _check(len(devices) == 1, f"all selective_scan inputs must be on one device, got {sorted(map(str, devices))}")
+
+
+def _expand_groups(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(batch, N, L) -> (batch, 1, N, L); (batch, G, N, L) -> (batch, dim, N, L) as a view where possible."""
+    if t.dim() == 3:
+        return t.unsqueeze(1)
+    groups = t.shape[1]
+    return t.repeat_interleave(dim // groups, dim=1) if groups > 1 else t
+
+
+def _prepare_delta(delta, delta_bias, delta_softplus, acc):
+    delta = delta.to(acc)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(acc)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _finish(y, u, D, z, out_dtype):
+    """y: (batch, dim, L) in the accumulation dtype -> adds the D skip, the silu(z) gate, casts to out_dtype."""
+    if D is not None:
+        y = y + u.to(y.dtype) * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# reference: the plain sequential recurrence.
+# ---------------------------------------------------------------------------------------------------------------------
+def selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    initial_state=None,
+):
+    """Sequential selective scan, one time step at a time, state in fp32 (float64 if the inputs are float64)."""
+    out_dtype = u.dtype
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, seqlen = u.shape
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, acc)
+    A, uf = A.to(acc), u.to(acc)
+    Bx, Cx = _expand_groups(B.to(acc), dim), _expand_groups(C.to(acc), dim)  # (batch, dim|1, N, L)
+    h = (
+        initial_state.to(acc).clone()
+        if initial_state is not None
+        else u.new_zeros((batch, dim, A.shape[1]), dtype=acc)
+    )
+    ys = []
+    for t in range(seqlen):
+        dA = torch.exp(delta[:, :, t, None] * A)  # (batch, dim, N)
+        dBu = delta[:, :, t, None] * Bx[..., t] * uf[:, :, t, None]  # (batch, dim, N)
+        h = dA * h + dBu
+        ys.append((h * Cx[..., t]).sum(-1))  # (batch, dim)
+    y = torch.stack(ys, dim=-1) if ys else uf.new_zeros((batch, dim, 0))
+    out = _finish(y, u, D, z, out_dtype)
+    return (out, h.float()) if return_last_state else out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# torch: time-major scan with a hand-written backward. On a CPU the cost of a scan is memory traffic: materialising
+# (batch, dim, seqlen, dstate) tensors costs several passes over hundreds of MB, while one time step touches
+# (batch, dim, dstate) floats that stay in cache. So the forward walks time with a few in-place ops a step and keeps
+# only the state at chunk boundaries; the backward (a reverse scan, written out below) recomputes each chunk's states
+# from its boundary. Inner layout: dt, x: (L, b, G, dg, 1); B, C: (L, b, G, 1, N); A: (G, dg, N); h: (b, G, dg, N)
+# where G = groups of B/C (1 for Mamba, 4 for VMamba's cross-scan) and dg = dim // G.
+#   forward:  h_t = exp(dt_t A) * h_{t-1} + x_t B_t ;  y_t = <h_t, C_t>            (x_t = dt_t * u_t)
+#   backward: g_t = gy_t C_t + exp(dt_{t+1} A) g_{t+1}  (g = dL/dh_t)
+#             dL/dx_t = <g_t, B_t>, dL/dB_t = sum_d x_t g_t, dL/dC_t = sum_d gy_t h_t,
+#             dL/d(dt_t A) = g_t * h_{t-1} * exp(dt_t A)  -> dL/ddt_t (sum over N, times A), dL/dA (sum over b, t, times dt)
+# ---------------------------------------------------------------------------------------------------------------------
+_CHECKPOINT_EVERY = 64
+
+
+class _TimeMajorScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dt, x, A, B, C, h0):
+        L = dt.shape[0]
+        h = h0.clone() if h0 is not None else dt.new_zeros(dt.shape[1:4] + A.shape[-1:])
+        dA = torch.empty_like(h)
+        ys = dt.new_empty(dt.shape)
+        checkpoints = [h.clone()]
+        for t in range(L):
+            torch.mul(dt[t], A, out=dA)
+            dA.exp_()
+            h.mul_(dA).addcmul_(x[t], B[t])
+            torch.matmul(h, C[t].transpose(-1, -2), out=ys[t])
+            if (t + 1) % _CHECKPOINT_EVERY == 0 and t + 1 < L:
+                checkpoints.append(h.clone())
+        ctx.save_for_backward(dt, x, A, B, C, torch.stack(checkpoints))
+        ctx.has_h0 = h0 is not None
+        return ys, h
+
+    @staticmethod
+    def backward(ctx, gy, g_last):
+        dt, x, A, B, C, checkpoints = ctx.saved_tensors
+        L = dt.shape[0]
+        g = g_last.clone() if g_last is not None else dt.new_zeros(checkpoints.shape[1:])
+        gdt, gx = torch.empty_like(dt), torch.empty_like(x)
+        gB, gC = torch.empty_like(B), torch.empty_like(C)
+        gA = torch.zeros_like(g)  # (b, G, dg, N); summed over batch at the end
+        tmp, tmp2 = torch.empty_like(g), torch.empty_like(g)
+        gy = gy.contiguous()
+        for c in range(len(checkpoints) - 1, -1, -1):
+            t0, t1 = c * _CHECKPOINT_EVERY, min(L, (c + 1) * _CHECKPOINT_EVERY)
+            # recompute this chunk's states H[j] (state before step t0+j) and decays DA[j]
+            H = dt.new_empty((t1 - t0 + 1,) + g.shape)
+            DA = dt.new_empty((t1 - t0,) + g.shape)
+            H[0] = checkpoints[c]
+            for j, t in enumerate(range(t0, t1)):
+                torch.mul(dt[t], A, out=DA[j])
+                DA[j].exp_()
+                torch.mul(H[j], DA[j], out=H[j + 1]).addcmul_(x[t], B[t])
+            for j in range(t1 - t0 - 1, -1, -1):
+                t = t0 + j
+                g.addcmul_(gy[t], C[t])
+                torch.matmul(gy[t].transpose(-1, -2), H[j + 1], out=gC[t])
+                torch.matmul(g, B[t].transpose(-1, -2), out=gx[t])
+                torch.matmul(x[t].transpose(-1, -2), g, out=gB[t])
+                torch.mul(g, H[j], out=tmp).mul_(DA[j])  # dL/d(dt_t * A)
+                gA.addcmul_(tmp, dt[t])
+                torch.sum(torch.mul(tmp, A, out=tmp2), dim=-1, keepdim=True, out=gdt[t])
+                g.mul_(DA[j])
+        return gdt, gx, gA.sum(0), gB, gC, (g if ctx.has_h0 else None)
+
+
+def _groups(t: torch.Tensor) -> int:
+    return 1 if t.dim() == 3 else t.shape[1]
+
+
+@torch.compiler.disable  # a Python loop over time: let torch.compile call it as it is (one graph break)
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
+    initial_state=None,
+):
+    """Same function as :func:`selective_scan_ref`, computed time-major with a hand-written backward."""
+    out_dtype = u.dtype
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    batch, dim, seqlen = u.shape
+    N = A.shape[1]
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        B, C = _expand_groups(B, dim), _expand_groups(C, dim)
+    G = max(_groups(B), _groups(C))
+    dg = dim // G
+    dt = _prepare_delta(delta, delta_bias, delta_softplus, acc)  # (b, d, L)
+    x = dt * u.to(acc)
+
+    def time_major(t):  # (b, d, L) -> (L, b, G, dg, 1)
+        return t.permute(2, 0, 1).reshape(seqlen, batch, G, dg, 1).contiguous()
+
+    def bc_time_major(t):  # (b, N, L) | (b, g, N, L) -> (L, b, G, 1, N)
+        t = t.to(acc).unsqueeze(1) if t.dim() == 3 else t.to(acc)
+        return t.permute(3, 0, 1, 2).expand(seqlen, batch, G, N).unsqueeze(3).contiguous()
+
+    h0 = None if initial_state is None else initial_state.to(acc).reshape(batch, G, dg, N)
+    ys, h_last = _TimeMajorScan.apply(
+        time_major(dt), time_major(x), A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
+    )
+    y = ys.reshape(seqlen, batch, dim).permute(1, 2, 0)  # (b, d, L)
+    out = _finish(y, u, D, z, out_dtype)
+    return (out, h_last.reshape(batch, dim, N).float()) if return_last_state else out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dispatch.
+# ---------------------------------------------------------------------------------------------------------------------
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    initial_state: Optional[torch.Tensor] = None,
+    backend: Optional[str] = None,
+):
+    """Mamba-1 selective scan. Returns ``y`` (batch, dim, seqlen) in u's dtype, and the last state
+    (batch, dim, dstate) in float32 when ``return_last_state``. See the module docstring for shapes."""
+    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    name = resolve_backend(backend, u.device)
+    kwargs = dict(
+        D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state
+    )
+    if name == "reference":
+        return selective_scan_ref(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+    if name == "torch":
+        return selective_scan_torch(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+    if name == "triton":
+        return _load_triton().selective_scan_triton(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+    # mamba_ssm: its kernel has no initial state and wants fp32 A and contiguous inputs
+    if initial_state is not None or u.dtype == torch.float64:
+        logger.warning_once("ssmvl: mamba_ssm scan has no initial_state / float64 support; using 'torch' for it.")
+        return selective_scan_torch(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+    fn = _load_mamba_ssm()["selective_scan_fn"]
+    out = fn(
+        u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(),
+        None if D is None else D.float(), None if z is None else z.contiguous(),
+        None if delta_bias is None else delta_bias.float(), delta_softplus, return_last_state,
+    )
+    if return_last_state:
+        return out[0], out[1].float()
+    return out
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    activation: Optional[str] = "silu",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Causal depthwise conv1d. x: (batch, dim, seqlen); weight: (dim, width) or (dim, 1, width); bias: (dim,)."""
+    _check_float("x", x)
+    _check(x.dim() == 3, f"x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
+    if weight.dim() == 3:
+        weight = weight.squeeze(1)
+    _check(weight.dim() == 2 and weight.shape[0] == x.shape[1], f"conv weight must be (dim={x.shape[1]}, width), "
+           f"got shape {tuple(weight.shape)}")
+    _check(activation in (None, "silu", "swish"), f"activation must be None or 'silu', got {activation!r}")
+    name = resolve_backend(backend, x.device)
+    if name == "mamba_ssm" and "causal_conv1d_fn" in _load_mamba_ssm() and x.dtype != torch.float64:
+        return _load_mamba_ssm()["causal_conv1d_fn"](x, weight, bias, activation=activation)
+    if name == "triton" and hasattr(_load_triton(), "causal_conv1d_triton"):
+        return _load_triton().causal_conv1d_triton(x, weight, bias, activation=activation)
+    width = weight.shape[1]
+    y = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
+                 padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
+    return F.silu(y) if activation is not None else y
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    activation: Optional[str] = "silu",
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """One decoding step of the causal conv. x: (batch, dim); conv_state: (batch, dim, width), updated in place
+    (shifted left, x appended). Returns (batch, dim)."""
+    _check(x.dim() == 2, f"x must be (batch, dim) for a single step, got shape {tuple(x.shape)}")
+    if weight.dim() == 3:
+        weight = weight.squeeze(1)
+    _check(conv_state.shape == (x.shape[0], x.shape[1], weight.shape[1]),
+           f"conv_state must be (batch, dim, width)={(x.shape[0], x.shape[1], weight.shape[1])}, "
+           f"got {tuple(conv_state.shape)}")
+    name = resolve_backend(backend, x.device)
+    if name == "mamba_ssm" and "causal_conv1d_update" in _load_mamba_ssm():
+        return _load_mamba_ssm()["causal_conv1d_update"](x, conv_state, weight, bias, activation)
+    conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+    conv_state[:, :, -1] = x.to(conv_state.dtype)
+    y = (conv_state.to(weight.dtype) * weight).sum(-1)
+    if bias is not None:
+        y = y + bias
+    y = y.to(x.dtype)
+    return F.silu(y) if activation is not None else y
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """One decoding step of the scan. state: (batch, dim, dstate) float32, updated in place;
+    x, dt, z: (batch, dim); B, C: (batch, dstate). Returns y: (batch, dim) in x's dtype."""
+    _check(x.dim() == 2 and dt.shape == x.shape, f"x and dt must be (batch, dim), got {tuple(x.shape)}, "
+           f"{tuple(dt.shape)}")
+    _check(state.shape == (x.shape[0], x.shape[1], A.shape[1]),
+           f"state must be (batch, dim, dstate)={(x.shape[0], x.shape[1], A.shape[1])}, got {tuple(state.shape)}")
+    _check(B.shape == (x.shape[0], A.shape[1]) and C.shape == B.shape,
+           f"B and C must be (batch, dstate)={(x.shape[0], A.shape[1])}, got {tuple(B.shape)}, {tuple(C.shape)}")
+    name = resolve_backend(backend, x.device)
+    if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm() and state.dtype == torch.float32:
+        return _load_mamba_ssm()["selective_state_update"](
+            state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
+        )
+    if name == "triton" and hasattr(_load_triton(), "selective_state_update_triton"):
+        return _load_triton().selective_state_update_triton(
+            state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
+        )
+    acc = state.dtype
+    dt = dt.to(acc) if dt_bias is None else dt.to(acc) + dt_bias.to(acc)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    dA = torch.exp(dt[..., None] * A.to(acc))  # (batch, dim, N)
+    dBx = dt[..., None] * B.to(acc)[:, None, :] * x.to(acc)[..., None]
+    state.copy_(dA * state + dBx)
+    y = (state * C.to(acc)[:, None, :]).sum(-1)  # (batch, dim)
+    if D is not None:
+        y = y + x.to(acc) * D.to(acc)
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return y.to(x.dtype)
