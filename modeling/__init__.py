@@ -1,0 +1,12 @@
+"""Hub-shippable modeling files. Importing this package registers every family with the transformers Auto classes."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .configuration_mamba_lm import MambaLMConfig
+from .modeling_mamba_lm import MambaLMForCausalLM, MambaLMModel
+from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache
+from .ssm_ops import available_backends, resolve_backend, selective_scan
+
+AutoConfig.register(MambaLMConfig.model_type, MambaLMConfig, exist_ok=True)
+AutoModel.register(MambaLMConfig, MambaLMModel, exist_ok=True)
+AutoModelForCausalLM.register(MambaLMConfig, MambaLMForCausalLM, exist_ok=True)

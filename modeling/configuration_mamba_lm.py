@@ -1,0 +1,131 @@
+"""Configuration of the ssmvl Mamba language model (Mamba-1 decoder)."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PretrainedConfig
+
+
+class MambaLMConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`MambaLMForCausalLM`]. Attribute names follow transformers' `MambaConfig`, so a config.json of
+    a `state-spaces/mamba-*-hf` checkpoint is read as it is (its `model_type` is rewritten on conversion).
+
+    Args:
+        vocab_size (`int`, defaults to 50280): vocabulary size.
+        hidden_size (`int`, defaults to 768): model width (`d_model`).
+        state_size (`int`, defaults to 16): SSM state size N (`d_state`).
+        num_hidden_layers (`int`, defaults to 32): number of Mamba blocks (`n_layer`).
+        layer_norm_epsilon (`float`, defaults to 1e-5): RMSNorm epsilon.
+        pad_token_id / bos_token_id / eos_token_id (`int`, defaults 0): special token ids.
+        expand (`int`, defaults to 2): `intermediate_size = expand * hidden_size` when `intermediate_size` is not given.
+        intermediate_size (`int`, *optional*): inner width I of the mixer.
+        conv_kernel (`int`, defaults to 4): width of the causal depthwise conv (`d_conv`).
+        use_bias (`bool`, defaults to False): bias in in_proj / out_proj.
+        use_conv_bias (`bool`, defaults to True): bias in the conv.
+        hidden_act (`str`, defaults to "silu"): activation of the conv and gate; only "silu" is supported.
+        initializer_range (`float`, defaults to 0.1): std of the normal init of Linear / Embedding.
+        residual_in_fp32 (`bool`, defaults to True): keep the residual stream in float32.
+        time_step_rank (`int` or "auto", defaults to "auto"): rank of the dt projection; auto = ceil(hidden_size/16).
+        time_step_scale / time_step_min / time_step_max / time_step_floor (`float`): dt initialisation
+            (defaults 1.0 / 0.001 / 0.1 / 1e-4); time_step_init_scheme ("random" | "constant").
+        rescale_prenorm_residual (`bool`, defaults to False): scale out_proj init by 1/sqrt(n_layers).
+        use_cache (`bool`, defaults to True): return the SSM cache.
+        tie_word_embeddings (`bool`, defaults to True): lm_head shares the embedding matrix.
+        ssm_backend (`str`, defaults to "auto"): selective-scan backend ("auto", "reference", "torch", "triton",
+            "mamba_ssm"); the environment variable SSMVL_SSM_BACKEND overrides "auto".
+    """
+
+    model_type = "ssmvl_mamba"
+    attribute_map = {
+        "d_model": "hidden_size",
+        "n_layer": "num_hidden_layers",
+        "d_state": "state_size",
+        "d_conv": "conv_kernel",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 50280,
+        hidden_size: int = 768,
+        state_size: int = 16,
+        num_hidden_layers: int = 32,
+        layer_norm_epsilon: float = 1e-5,
+        pad_token_id: int = 0,
+        bos_token_id: int = 0,
+        eos_token_id: int = 0,
+        expand: int = 2,
+        intermediate_size: int | None = None,
+        conv_kernel: int = 4,
+        use_bias: bool = False,
+        use_conv_bias: bool = True,
+        hidden_act: str = "silu",
+        initializer_range: float = 0.1,
+        residual_in_fp32: bool = True,
+        time_step_rank="auto",
+        time_step_scale: float = 1.0,
+        time_step_min: float = 0.001,
+        time_step_max: float = 0.1,
+        time_step_init_scheme: str = "random",
+        time_step_floor: float = 1e-4,
+        rescale_prenorm_residual: bool = False,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        ssm_backend: str = "auto",
+        **kwargs,
+    ):
+        # keys of transformers' MambaConfig that mean nothing here
+        for k in ("use_mambapy", "use_associative_scan", "layer_types"):
+            kwargs.pop(k, None)
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.state_size = state_size
+        self.num_hidden_layers = num_hidden_layers
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.expand = expand
+        self.intermediate_size = int(intermediate_size if intermediate_size is not None else expand * hidden_size)
+        self.conv_kernel = conv_kernel
+        self.use_bias = use_bias
+        self.use_conv_bias = use_conv_bias
+        self.hidden_act = hidden_act
+        self.initializer_range = initializer_range
+        self.residual_in_fp32 = residual_in_fp32
+        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
+        self.time_step_scale = time_step_scale
+        self.time_step_min = time_step_min
+        self.time_step_max = time_step_max
+        self.time_step_init_scheme = time_step_init_scheme
+        self.time_step_floor = time_step_floor
+        self.rescale_prenorm_residual = rescale_prenorm_residual
+        self.use_cache = use_cache
+        self.ssm_backend = ssm_backend
+        self._validate_sizes()
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    def _validate_sizes(self):
+        for name in ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "intermediate_size",
+                     "conv_kernel", "time_step_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"MambaLMConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_act not in ("silu", "swish"):
+            raise ValueError(f"MambaLMConfig.hidden_act must be 'silu' (Mamba's gate), got {self.hidden_act!r}")
+        if not 0 < self.time_step_min <= self.time_step_max:
+            raise ValueError(
+                f"MambaLMConfig needs 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}"
+            )
+        if self.time_step_rank > self.intermediate_size:
+            raise ValueError(
+                f"MambaLMConfig.time_step_rank={self.time_step_rank} exceeds intermediate_size="
+                f"{self.intermediate_size}; the dt projection would not be low-rank. Check hidden_size / expand."
+            )
+
+
+__all__ = ["MambaLMConfig"]

@@ -1,0 +1,260 @@
+"""ssmvl Mamba language model: a Mamba-1 decoder with the state-dict layout of transformers' `MambaForCausalLM`
+(`backbone.embeddings`, `backbone.layers.{i}.norm`, `backbone.layers.{i}.mixer.*`, `backbone.norm_f`, tied
+`lm_head`), a constant-memory cache and every `generate()` mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_mamba_lm import MambaLMConfig
+from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, init
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class MambaLMOutput(ModelOutput):
+    """last_hidden_state: (batch, seqlen, hidden); cache_params: the `SsmCache` when use_cache;
+    hidden_states: the embeddings and each block's output when output_hidden_states."""
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    cache_params: Optional[SsmCache] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+@dataclass
+class MambaLMCausalLMOutput(ModelOutput):
+    """loss (labels given; shifted inside), logits: (batch, seqlen, vocab), cache_params, hidden_states."""
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    cache_params: Optional[SsmCache] = None
+    hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+class MambaLMPreTrainedModel(PreTrainedModel):
+    config_class = MambaLMConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    _no_split_modules = ["MambaBlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, MambaMixer):
+            module.reset_ssm_parameters()
+            if self.config.rescale_prenorm_residual:
+                init.copy_(module.out_proj.weight, module.out_proj.weight / self.config.num_hidden_layers**0.5)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a transformers DynamicCache: prepare_inputs_for_generation builds an SsmCache
+        return False
+
+
+def _mixer(config: MambaLMConfig, layer_idx: int, bidirectional: bool = False) -> MambaMixer:
+    return MambaMixer(
+        config.hidden_size, config.intermediate_size, state_size=config.state_size, conv_kernel=config.conv_kernel,
+        time_step_rank=config.time_step_rank, use_bias=config.use_bias, use_conv_bias=config.use_conv_bias,
+        bidirectional=bidirectional, layer_idx=layer_idx, ssm_backend=config.ssm_backend,
+        time_step_min=config.time_step_min, time_step_max=config.time_step_max,
+        time_step_floor=config.time_step_floor, time_step_scale=config.time_step_scale,
+        time_step_init_scheme=config.time_step_init_scheme,
+    )
+
+
+class MambaLMModel(MambaLMPreTrainedModel):
+    def __init__(self, config: MambaLMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            MambaBlock(config.hidden_size, _mixer(config, i), config.layer_norm_epsilon, config.residual_in_fp32)
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm_f = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, new_embeddings):
+        self.embeddings = new_embeddings
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        cache_params: Optional[SsmCache] = None,
+        use_cache: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        **kwargs,
+    ) -> Union[Tuple, MambaLMOutput]:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings(input_ids)  # (b, L, H)
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must be (batch, seqlen, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}"
+            )
+        if attention_mask is not None and attention_mask.shape != inputs_embeds.shape[:2]:
+            if cache_params is None or cache_params.seqlen_offset == 0:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs are "
+                    f"{tuple(inputs_embeds.shape[:2])} (batch, seqlen)."
+                )
+            attention_mask = None  # generate() passes the whole mask; after the prompt only new tokens come
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        if use_cache and cache_params is None:
+            cache_params = SsmCache.from_config(
+                self.config, inputs_embeds.shape[0], dtype=inputs_embeds.dtype, device=inputs_embeds.device
+            )
+        hidden_states = inputs_embeds
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for block in self.layers:
+            hidden_states = block(
+                hidden_states, cache_params=cache_params if use_cache else None, attention_mask=attention_mask
+            )
+            if output_hidden_states:
+                all_hidden_states = all_hidden_states + (hidden_states,)
+        if use_cache:
+            cache_params.seqlen_offset += inputs_embeds.shape[1]
+        hidden_states = self.norm_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
+        if not return_dict:
+            return tuple(v for v in (hidden_states, cache_params if use_cache else None, all_hidden_states)
+                         if v is not None)
+        return MambaLMOutput(last_hidden_state=hidden_states, cache_params=cache_params if use_cache else None,
+                             hidden_states=all_hidden_states)
+
+
+class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: MambaLMConfig):
+        super().__init__(config)
+        self.backbone = MambaLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.backbone.set_input_embeddings(new_embeddings)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def prepare_inputs_for_generation(
+        self, input_ids, inputs_embeds=None, use_cache=None, cache_params: Optional[SsmCache] = None,
+        attention_mask=None, **kwargs,
+    ):
+        """First call: the whole prompt (ids or embeds) with its attention mask. Later calls: only the last token;
+        the left padding already lives (as zeros) in the conv and SSM states, so no mask is needed."""
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache_params is not None and cache_params.seqlen_offset > 0:
+            model_inputs = {"input_ids": input_ids[:, -1:].contiguous(), "inputs_embeds": None}
+            attention_mask = None
+        elif inputs_embeds is not None and (input_ids is None or input_ids.shape[1] == 0):
+            model_inputs = {"input_ids": None, "inputs_embeds": inputs_embeds}
+        elif inputs_embeds is not None and not use_cache:
+            # no cache: re-run the embedded prompt followed by the generated ids
+            new = self.get_input_embeddings()(input_ids)
+            model_inputs = {"input_ids": None, "inputs_embeds": torch.cat([inputs_embeds, new.to(inputs_embeds.dtype)],
+                                                                           dim=1)}
+            if attention_mask is not None and attention_mask.shape[1] != model_inputs["inputs_embeds"].shape[1]:
+                attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], inputs_embeds.shape[1]
+                                                                    - attention_mask.shape[1] + input_ids.shape[1]),
+                                            attention_mask], dim=1)[:, -model_inputs["inputs_embeds"].shape[1]:]
+        else:
+            model_inputs = {"input_ids": input_ids.contiguous(), "inputs_embeds": None}
+        model_inputs.update(
+            cache_params=cache_params if use_cache else None, use_cache=use_cache, attention_mask=attention_mask
+        )
+        for key in ("output_hidden_states", "return_dict", "logits_to_keep"):
+            if key in kwargs:
+                model_inputs[key] = kwargs[key]
+        return model_inputs
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        cache_params: Optional[SsmCache] = None,
+        labels: Optional[torch.LongTensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        use_cache: Optional[bool] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+        **kwargs,
+    ) -> Union[Tuple, MambaLMCausalLMOutput]:
+        r"""labels: (batch, seqlen) token ids, -100 ignored; shifted inside (labels = input_ids is right)."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.backbone(
+            input_ids, inputs_embeds=inputs_embeds, cache_params=cache_params, use_cache=use_cache,
+            output_hidden_states=output_hidden_states, return_dict=True, attention_mask=attention_mask,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(f"labels must be (batch, seqlen)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+            num_items = kwargs.get("num_items_in_batch")
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+            reduction = "sum" if num_items is not None else "mean"
+            loss = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
+            if num_items is not None:
+                loss = loss / num_items
+        if not return_dict:
+            out = (logits, outputs.cache_params, outputs.hidden_states)
+            out = tuple(v for v in out if v is not None)
+            return (loss,) + out if loss is not None else out
+        return MambaLMCausalLMOutput(loss=loss, logits=logits, cache_params=outputs.cache_params,
+                                     hidden_states=outputs.hidden_states)
+
+
+__all__ = ["MambaLMPreTrainedModel", "MambaLMModel", "MambaLMForCausalLM", "SsmCache"]
+
+# save_pretrained writes `auto_map` and copies this file and its sibling imports, so that
+# AutoModel*/AutoConfig.from_pretrained(..., trust_remote_code=True) works without ssmvl installed.
+MambaLMConfig.register_for_auto_class()
+MambaLMModel.register_for_auto_class("AutoModel")
+MambaLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,263 @@
+"""Layers shared by every ssmvl family: the Mamba mixer (uni- and bidirectional), RMSNorm, the residual block and
+the constant-memory SSM cache. The math lives in ``ssm_ops.py``; this file only wires parameters to it.
+
+Parameter names follow transformers' ``MambaMixer`` (``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``,
+``D``, ``out_proj``) so state-spaces / transformers Mamba checkpoints load unchanged, and Vim's "bimamba v2"
+backward branch (``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``; see hustvl/Vim
+``mamba-1p1p1/mamba_ssm/modules/mamba_simple.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ssm_ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+
+try:  # transformers >= 4.56
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover
+    GradientCheckpointingLayer = nn.Module
+
+try:  # transformers 5: init functions that skip tensors already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover
+    init = nn.init
+
+
+class SsmCache:
+    """Constant-memory generation cache: per layer a conv state (batch, intermediate, conv_kernel) holding the last
+    ``conv_kernel`` inputs of the causal conv, and an SSM state (batch, intermediate, state_size) in float32.
+    Its size does not depend on the sequence length. Reordered in place for beam search."""
+
+    is_compileable = False  # set True to let generate() compile the decode step (static shapes, in-place updates)
+
+    def __init__(self, num_layers: int, batch_size: int, intermediate_size: int, conv_kernel: int, state_size: int,
+                 dtype: torch.dtype = torch.float32, device=None):
+        self.conv_states: List[torch.Tensor] = [
+            torch.zeros(batch_size, intermediate_size, conv_kernel, dtype=dtype, device=device) for _ in range(num_layers)
+        ]
+        self.ssm_states: List[torch.Tensor] = [
+            torch.zeros(batch_size, intermediate_size, state_size, dtype=torch.float32, device=device)
+            for _ in range(num_layers)
+        ]
+        self.seqlen_offset = 0
+
+    @classmethod
+    def from_config(cls, config, batch_size: int, dtype=torch.float32, device=None) -> "SsmCache":
+        return cls(config.num_hidden_layers, batch_size, config.intermediate_size, config.conv_kernel,
+                   config.state_size, dtype=dtype, device=device)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seqlen_offset
+
+    def reorder_cache(self, beam_idx: torch.LongTensor):
+        for states in (self.conv_states, self.ssm_states):
+            for i, s in enumerate(states):
+                states[i] = s.index_select(0, beam_idx.to(s.device))
+
+    def reset(self):
+        for s in self.conv_states + self.ssm_states:
+            s.zero_()
+        self.seqlen_offset = 0
+
+    def nbytes(self) -> int:
+        return sum(s.numel() * s.element_size() for s in self.conv_states + self.ssm_states)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 (same as transformers' MambaRMSNorm / LlamaRMSNorm)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
+
+
+def _mask(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Zero the padding positions. hidden_states: (batch, seqlen, dim); attention_mask: (batch, seqlen)."""
+    if attention_mask is None or attention_mask.shape[1] != hidden_states.shape[1]:
+        return hidden_states
+    return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+
+
+class MambaMixer(nn.Module):
+    """Mamba-1 mixer. ``bidirectional=True`` adds Vim's backward branch (bimamba v2): in_proj / out_proj shared, its own
+    conv1d_b / x_proj_b / dt_proj_b / A_b_log / D_b, run on the flipped sequence; the two outputs are averaged
+    (``divide_output``) or summed before out_proj.
+
+    The projections are always called as modules (``self.x_proj(x)``, ``self.dt_proj(dt)`` with its bias), never
+    through raw weights, so PEFT adapters and hooks on any of them are always honoured.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        state_size: int = 16,
+        conv_kernel: int = 4,
+        time_step_rank: Optional[int] = None,
+        use_bias: bool = False,
+        use_conv_bias: bool = True,
+        bidirectional: bool = False,
+        divide_output: bool = True,
+        layer_idx: Optional[int] = None,
+        ssm_backend: Optional[str] = None,
+        time_step_min: float = 0.001,
+        time_step_max: float = 0.1,
+        time_step_floor: float = 1e-4,
+        time_step_scale: float = 1.0,
+        time_step_init_scheme: str = "random",
+    ):
+        super().__init__()
+        self.hidden_size, self.intermediate_size = hidden_size, intermediate_size
+        self.state_size, self.conv_kernel = state_size, conv_kernel
+        self.time_step_rank = int(time_step_rank or math.ceil(hidden_size / 16))
+        self.bidirectional, self.divide_output = bidirectional, divide_output
+        self.layer_idx = layer_idx
+        self.ssm_backend = ssm_backend
+        self._init_args = dict(time_step_min=time_step_min, time_step_max=time_step_max,
+                               time_step_floor=time_step_floor, time_step_scale=time_step_scale,
+                               time_step_init_scheme=time_step_init_scheme)
+
+        self.in_proj = nn.Linear(hidden_size, intermediate_size * 2, bias=use_bias)
+        suffixes = ("", "_b") if bidirectional else ("",)
+        for s in suffixes:
+            setattr(self, f"conv1d{s}", nn.Conv1d(intermediate_size, intermediate_size, conv_kernel,
+                                                 groups=intermediate_size, padding=conv_kernel - 1,
+                                                 bias=use_conv_bias))
+            setattr(self, f"x_proj{s}", nn.Linear(intermediate_size, self.time_step_rank + 2 * state_size, bias=False))
+            setattr(self, f"dt_proj{s}", nn.Linear(self.time_step_rank, intermediate_size, bias=True))
+            a_name = "A_log" if s == "" else "A_b_log"
+            setattr(self, a_name, nn.Parameter(torch.empty(intermediate_size, state_size)))
+            setattr(self, f"D{s}", nn.Parameter(torch.empty(intermediate_size)))
+        self.out_proj = nn.Linear(intermediate_size, hidden_size, bias=use_bias)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """Mamba's initialisation (state-spaces/mamba ``Mamba.__init__``): S4D-real A = 1..N, D = 1, dt_proj weight
+        uniform(+-rank^-0.5), dt bias = softplus^-1 of log-uniform(dt_min, dt_max); conv and out_proj kaiming."""
+        a = self._init_args
+        for s in ("", "_b") if self.bidirectional else ("",):
+            A_log = getattr(self, "A_log" if s == "" else "A_b_log")
+            if A_log.device.type == "meta":
+                return
+            A = torch.arange(1, self.state_size + 1, dtype=torch.float32, device=A_log.device)
+            init.copy_(A_log, torch.log(A).expand(self.intermediate_size, -1))
+            init.ones_(getattr(self, f"D{s}"))
+            dt_proj = getattr(self, f"dt_proj{s}")
+            std = self.time_step_rank**-0.5 * a["time_step_scale"]
+            if a["time_step_init_scheme"] == "constant":
+                init.constant_(dt_proj.weight, std)
+            else:
+                init.uniform_(dt_proj.weight, -std, std)
+            dt = torch.exp(
+                torch.rand(self.intermediate_size, device=A_log.device)
+                * (math.log(a["time_step_max"]) - math.log(a["time_step_min"]))
+                + math.log(a["time_step_min"])
+            ).clamp(min=a["time_step_floor"])
+            init.copy_(dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            conv = getattr(self, f"conv1d{s}")
+            init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
+            if conv.bias is not None:
+                init.zeros_(conv.bias)
+        init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+
+    # -- one scan direction ------------------------------------------------------------------------------------------
+    def _branch(self, x, z, suffix, attention_mask, layer_cache):
+        """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). ``layer_cache``: (cache, idx)."""
+        conv = getattr(self, f"conv1d{suffix}")
+        x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
+        A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
+        D = getattr(self, f"D{suffix}").float()
+        seqlen = x.shape[-1]
+        cache, idx = layer_cache if layer_cache is not None else (None, None)
+
+        if cache is not None and cache.seqlen_offset > 0 and seqlen == 1:
+            # decoding step: O(1) in the sequence length
+            xc = causal_conv1d_update(x[..., 0], cache.conv_states[idx], conv.weight, conv.bias,
+                                      backend=self.ssm_backend)  # (b, I)
+            dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
+            delta = dt_proj(dt)  # (b, I), with its bias
+            y = selective_state_update(cache.ssm_states[idx], xc, delta, A, B, C, D=D, z=z[..., 0],
+                                       dt_softplus=True, backend=self.ssm_backend)
+            return y.unsqueeze(-1)
+
+        initial_state = None
+        if cache is not None:
+            if cache.seqlen_offset > 0:  # continue from the cached conv inputs and state
+                x_ext = torch.cat([cache.conv_states[idx][:, :, 1:].to(x.dtype), x], dim=-1)
+                initial_state = cache.ssm_states[idx]
+            else:
+                x_ext = x
+            width = self.conv_kernel
+            last = x_ext[..., -width:]
+            cache.conv_states[idx].copy_(F.pad(last, (width - last.shape[-1], 0)))
+            xc = causal_conv1d(x_ext, conv.weight, conv.bias, backend=self.ssm_backend)[..., -seqlen:]
+        else:
+            xc = causal_conv1d(x, conv.weight, conv.bias, backend=self.ssm_backend)  # (b, I, L)
+        xc = _mask(xc.transpose(1, 2), attention_mask)  # (b, L, I)
+        dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
+        delta = dt_proj(dt).transpose(1, 2)  # (b, I, L), with its bias
+        out = selective_scan(
+            xc.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), D=D, z=z,
+            delta_softplus=True, return_last_state=cache is not None, initial_state=initial_state,
+            backend=self.ssm_backend,
+        )
+        if cache is None:
+            return out
+        y, last_state = out
+        cache.ssm_states[idx].copy_(last_state)
+        return y
+
+    def forward(self, hidden_states: torch.Tensor, cache_params: Optional[SsmCache] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """hidden_states: (batch, seqlen, hidden) -> (batch, seqlen, hidden)."""
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_size:
+            raise ValueError(f"MambaMixer expects (batch, seqlen, {self.hidden_size}), got {tuple(hidden_states.shape)}")
+        if cache_params is not None and self.bidirectional:
+            raise ValueError("A bidirectional mixer sees the whole sequence; it cannot decode with a cache.")
+        dtype = hidden_states.dtype
+        xz = self.in_proj(_mask(hidden_states, attention_mask)).transpose(1, 2)  # (b, 2I, L)
+        x, z = xz.chunk(2, dim=1)
+        layer_cache = (cache_params, self.layer_idx) if cache_params is not None else None
+        y = self._branch(x, z, "", attention_mask, layer_cache)
+        if self.bidirectional:
+            mask_b = attention_mask.flip(-1) if attention_mask is not None else None
+            y_b = self._branch(x.flip(-1), z.flip(-1), "_b", mask_b, None).flip(-1)
+            y = (y + y_b) / 2 if self.divide_output else y + y_b
+        return self.out_proj(y.transpose(1, 2).to(dtype))
+
+
+class MambaBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block: ``h + mixer(norm(h))``, with the residual kept in float32 if asked
+    (same wiring as transformers' MambaBlock)."""
+
+    def __init__(self, hidden_size: int, mixer: nn.Module, norm_eps: float = 1e-5, residual_in_fp32: bool = True):
+        super().__init__()
+        self.residual_in_fp32 = residual_in_fp32
+        self.norm = RMSNorm(hidden_size, eps=norm_eps)
+        self.mixer = mixer
+
+    def forward(self, hidden_states, cache_params=None, attention_mask=None):
+        residual = hidden_states
+        hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
+        if self.residual_in_fp32:
+            residual = residual.to(torch.float32)
+        hidden_states = self.mixer(hidden_states, cache_params=cache_params, attention_mask=attention_mask)
+        return residual + hidden_states
