@@ -257,24 +257,45 @@ def selective_scan_ref(
 #             dL/dx_t = <g_t, B_t>, dL/dB_t = sum_d x_t g_t, dL/dC_t = sum_d gy_t h_t,
 #             dL/d(dt_t A) = g_t * h_{t-1} * exp(dt_t A)  -> dL/ddt_t (sum over N, times A), dL/dA (sum over b, t, times dt)
 # ---------------------------------------------------------------------------------------------------------------------
-_CHECKPOINT_EVERY = 64
+_BLOCK = 64  # time steps per block: the decays/inputs of a block are computed at once, the state kept at its start
 
 
 class _TimeMajorScan(torch.autograd.Function):
+    """h_t = dA_t * h_{t-1} + dBx_t with dA_t = exp(dt_t A), dBx_t = x_t B_t; y_t = <h_t, C_t>.
+    Per block of _BLOCK steps: dA, dBx for the whole block in two vectorised ops, then ONE in-place op per step
+    (``addcmul``), then y for the whole block in one batched matmul. The backward does the same in reverse:
+    g_t = gy_t C_t + dA_{t+1} g_{t+1} one op per step, every parameter gradient as a block-wide product."""
+
+    @staticmethod
+    def _block_inputs(dt, x, A, B, t0, t1, bufs):
+        """dA = exp(dt A), dBx = x B for steps t0..t1, written into reused buffers (no allocation per block)."""
+        T = t1 - t0
+        dA, dBx = bufs[0][:T], bufs[1][:T]  # (T, b, G, dg, N)
+        torch.mul(dt[t0:t1], A, out=dA).exp_()
+        torch.mul(x[t0:t1], B[t0:t1], out=dBx)
+        return dA, dBx
+
+    @staticmethod
+    def _buffers(dt, A, n=2):
+        shape = (min(_BLOCK, dt.shape[0]),) + dt.shape[1:4] + A.shape[-1:]
+        return [dt.new_empty(shape) for _ in range(n)]
+
     @staticmethod
     def forward(ctx, dt, x, A, B, C, h0):
         L = dt.shape[0]
         h = h0.clone() if h0 is not None else dt.new_zeros(dt.shape[1:4] + A.shape[-1:])
-        dA = torch.empty_like(h)
         ys = dt.new_empty(dt.shape)
-        checkpoints = [h.clone()]
-        for t in range(L):
-            torch.mul(dt[t], A, out=dA)
-            dA.exp_()
-            h.mul_(dA).addcmul_(x[t], B[t])
-            torch.matmul(h, C[t].transpose(-1, -2), out=ys[t])
-            if (t + 1) % _CHECKPOINT_EVERY == 0 and t + 1 < L:
-                checkpoints.append(h.clone())
+        checkpoints = []
+        bufs = _TimeMajorScan._buffers(dt, A)
+        for t0 in range(0, L, _BLOCK):
+            t1 = min(L, t0 + _BLOCK)
+            checkpoints.append(h)
+            dA, H = _TimeMajorScan._block_inputs(dt, x, A, B, t0, t1, bufs)
+            H[0].addcmul_(dA[0], h)  # H[j] holds dBx_j, becomes h_j in place
+            for j in range(1, t1 - t0):
+                H[j].addcmul_(dA[j], H[j - 1])
+            torch.matmul(H, C[t0:t1].transpose(-1, -2), out=ys[t0:t1])  # (T, b, G, dg, 1)
+            h = H[-1].clone()
         ctx.save_for_backward(dt, x, A, B, C, torch.stack(checkpoints))
         ctx.has_h0 = h0 is not None
         return ys, h
@@ -283,33 +304,37 @@ class _TimeMajorScan(torch.autograd.Function):
     def backward(ctx, gy, g_last):
         dt, x, A, B, C, checkpoints = ctx.saved_tensors
         L = dt.shape[0]
+        gy = gy.contiguous()
         g = g_last.clone() if g_last is not None else dt.new_zeros(checkpoints.shape[1:])
         gdt, gx = torch.empty_like(dt), torch.empty_like(x)
         gB, gC = torch.empty_like(B), torch.empty_like(C)
-        gA = torch.zeros_like(g)  # (b, G, dg, N); summed over batch at the end
-        tmp, tmp2 = torch.empty_like(g), torch.empty_like(g)
-        gy = gy.contiguous()
-        for c in range(len(checkpoints) - 1, -1, -1):
-            t0, t1 = c * _CHECKPOINT_EVERY, min(L, (c + 1) * _CHECKPOINT_EVERY)
-            # recompute this chunk's states H[j] (state before step t0+j) and decays DA[j]
-            H = dt.new_empty((t1 - t0 + 1,) + g.shape)
-            DA = dt.new_empty((t1 - t0,) + g.shape)
-            H[0] = checkpoints[c]
-            for j, t in enumerate(range(t0, t1)):
-                torch.mul(dt[t], A, out=DA[j])
-                DA[j].exp_()
-                torch.mul(H[j], DA[j], out=H[j + 1]).addcmul_(x[t], B[t])
-            for j in range(t1 - t0 - 1, -1, -1):
-                t = t0 + j
-                g.addcmul_(gy[t], C[t])
-                torch.matmul(gy[t].transpose(-1, -2), H[j + 1], out=gC[t])
-                torch.matmul(g, B[t].transpose(-1, -2), out=gx[t])
-                torch.matmul(x[t].transpose(-1, -2), g, out=gB[t])
-                torch.mul(g, H[j], out=tmp).mul_(DA[j])  # dL/d(dt_t * A)
-                gA.addcmul_(tmp, dt[t])
-                torch.sum(torch.mul(tmp, A, out=tmp2), dim=-1, keepdim=True, out=gdt[t])
-                g.mul_(DA[j])
-        return gdt, gx, gA.sum(0), gB, gC, (g if ctx.has_h0 else None)
+        gA = torch.zeros_like(A)
+        n_blocks = len(checkpoints)
+        bufs = _TimeMajorScan._buffers(dt, A, n=4)
+        for c in range(n_blocks - 1, -1, -1):
+            t0, t1 = c * _BLOCK, min(L, (c + 1) * _BLOCK)
+            # recompute the block's states: H[j] = h_{t0+j}; h_prev[j] = h_{t0+j-1}
+            dA, H = _TimeMajorScan._block_inputs(dt, x, A, B, t0, t1, bufs)
+            H[0].addcmul_(dA[0], checkpoints[c])
+            for j in range(1, t1 - t0):
+                H[j].addcmul_(dA[j], H[j - 1])
+            T = t1 - t0
+            h_prev = bufs[2][:T]
+            h_prev[0] = checkpoints[c]
+            h_prev[1:] = H[:-1]
+            # reverse recurrence: G[j] = gy_j C_j + dA_{j+1} G[j+1]  (dA of the next block folded into g)
+            G = torch.mul(gy[t0:t1], C[t0:t1], out=bufs[3][:T])  # (T, b, G, dg, N)
+            G[-1].add_(g)
+            for j in range(t1 - t0 - 2, -1, -1):
+                G[j].addcmul_(dA[j + 1], G[j + 1])
+            torch.matmul(gy[t0:t1].transpose(-1, -2), H, out=gC[t0:t1])  # sum_d gy h
+            torch.matmul(G, B[t0:t1].transpose(-1, -2), out=gx[t0:t1])  # <g, B>
+            torch.matmul(x[t0:t1].transpose(-1, -2), G, out=gB[t0:t1])  # sum_d x g
+            g = G[0] * dA[0]  # dL/dh_{t0-1}, handed to the previous block
+            gdA = G.mul_(h_prev).mul_(dA)  # dL/d(dt A), in G's memory
+            torch.sum(torch.mul(gdA, A, out=h_prev), -1, keepdim=True, out=gdt[t0:t1])
+            gA += torch.mul(gdA, dt[t0:t1], out=h_prev).sum(dim=(0, 1))
+        return gdt, gx, gA, gB, gC, (g if ctx.has_h0 else None)
 
 
 def _groups(t: torch.Tensor) -> int:
