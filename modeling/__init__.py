@@ -10,3 +10,13 @@ from .ssm_ops import available_backends, resolve_backend, selective_scan
 AutoConfig.register(MambaLMConfig.model_type, MambaLMConfig, exist_ok=True)
 AutoModel.register(MambaLMConfig, MambaLMModel, exist_ok=True)
 AutoModelForCausalLM.register(MambaLMConfig, MambaLMForCausalLM, exist_ok=True)
+
+# VMamba
+from transformers import AutoModelForImageClassification  # noqa: E402
+
+from .configuration_vmamba import VMambaConfig  # noqa: E402
+from .modeling_vmamba import VMambaForImageClassification, VMambaModel  # noqa: E402
+
+AutoConfig.register(VMambaConfig.model_type, VMambaConfig, exist_ok=True)
+AutoModel.register(VMambaConfig, VMambaModel, exist_ok=True)
+AutoModelForImageClassification.register(VMambaConfig, VMambaForImageClassification, exist_ok=True)

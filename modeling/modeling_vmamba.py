@@ -1,0 +1,475 @@
+"""ssmvl VMamba: the hierarchical SS2D vision backbone of "VMamba: Visual State Space Model" (Liu et al., 2024) as a
+transformers model. Architecture facts (module order, cross-scan order, parameter layout, init) follow the official
+code, MzeroMiko/VMamba `classification/models/vmamba.py` (`SS2Dv2.forward_corev2` / `forwardv2`, `VSSBlock`, `VSSM`,
+`_make_patch_embed_v2`, `_make_downsample_v3`) and `classification/models/csm_triton.py` (`cross_scan_fwd`,
+`cross_merge_fwd`); it is written anew on top of `ssm_ops.selective_scan`.
+
+Layout: inside the network activations are channel-last (batch, h, w, C) so that projections are plain `nn.Linear`
+and norms plain `nn.LayerNorm` (upstream "ln2d" = LayerNorm over channels of a channel-first map: same function, same
+parameters). Every tensor the model *returns* (`last_hidden_state`, `hidden_states`, `feature_maps`) is channel-first
+(batch, C, h, w), the convention of transformers' convolutional backbones (ConvNext, ResNet).
+
+Parameter names match the official checkpoint except the stem / downsample / head (Sequential indices upstream):
+
+    official (ckpt["model"])                     this model (VMambaForImageClassification)
+    patch_embed.0 / .2 / .5 / .7  (stem v2)      vmamba.patch_embed.conv1 / norm1 / conv2 / norm2
+    patch_embed.0 / .2            (stem v1)      vmamba.patch_embed.conv / norm
+    layers.{i}.blocks.{j}.<rest>                 vmamba.layers.{i}.blocks.{j}.<rest>   (norm, op.*, norm2, mlp.*)
+    layers.{i}.downsample.1 / .3  (v2, v3)       vmamba.layers.{i}.downsample.conv / norm
+    layers.{i}.downsample.norm / .reduction (v1) vmamba.layers.{i}.downsample.norm / reduction
+    classifier.norm                              vmamba.norm
+    classifier.head                              classifier
+Upstream `Linear2d` weights may be stored as (out, in, 1, 1); they are (out, in) here. See
+`conversion/convert_vmamba_to_hf.py`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import logging
+
+from .configuration_vmamba import VMambaConfig, parse_forward_type
+from .ssm_layers import GradientCheckpointingLayer, init
+from .ssm_ops import selective_scan
+
+
+logger = logging.get_logger(__name__)
+
+_ACTS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+K_DIRECTIONS = 4  # row-major, column-major, and both reversed
+
+
+@dataclass
+class VMambaModelOutput(BaseModelOutputWithPooling):
+    """last_hidden_state: (batch, C, h, w) final map after the last norm; pooler_output: (batch, C) its spatial mean;
+    hidden_states (output_hidden_states): the stem output and each stage's output before its downsample, each
+    (batch, C_i, h_i, w_i); feature_maps: the stages named by `config.out_features`, same layout."""
+
+    feature_maps: Optional[Tuple[torch.FloatTensor, ...]] = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# cross-scan / cross-merge (upstream csm_triton.py `cross_scan_fwd` / `cross_merge_fwd`, scans=0, channel-first)
+# ---------------------------------------------------------------------------------------------------------------------
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """x: (batch, d, H, W) -> (batch, 4, d, H*W): row-major, column-major, reversed row-major, reversed column-major."""
+    row = x.flatten(2)  # (b, d, L), index h*W + w
+    col = x.transpose(2, 3).flatten(2)  # (b, d, L), index w*H + h
+    return torch.stack([row, col, row.flip(-1), col.flip(-1)], dim=1)
+
+
+def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """ys: (batch, 4, d, H*W) in each direction's own order -> (batch, d, H, W), the sum of the four directions."""
+    b, _, d, _ = ys.shape
+    y = ys[:, 0:2] + ys[:, 2:4].flip(-1)  # undo the reversals: (b, 2, d, L)
+    return y[:, 0].reshape(b, d, height, width) + y[:, 1].reshape(b, d, width, height).transpose(2, 3)
+
+
+class VMambaDropPath(nn.Module):
+    """Stochastic depth per sample (timm `DropPath`)."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"
+
+
+class VMambaSS2D(nn.Module):
+    """2-D selective scan (upstream `SS2Dv2`, cross2d scan mode). x: (batch, H, W, dim) -> (batch, H, W, dim).
+
+    in_proj -> [split gate z] -> depthwise conv kxk -> act -> 4-direction cross-scan -> ONE selective scan over the
+    four directions packed as groups (u: (b, 4*d_inner, L), B/C: (b, 4, N, L), A: (4*d_inner, N)) -> cross-merge ->
+    out_norm -> [GELU if _oact] -> [* z] -> out_proj.
+
+    Parameters (names and shapes as upstream): in_proj (d_inner or 2*d_inner, dim), conv2d (d_inner, 1, k, k),
+    x_proj_weight (4, R + 2N, d_inner), dt_projs_weight (4, d_inner, R), dt_projs_bias (4, d_inner),
+    A_logs (4*d_inner, N), Ds (4*d_inner,), out_norm (d_inner), out_proj (dim, d_inner).
+    """
+
+    def __init__(self, config: VMambaConfig, dim: int, dt_rank: int):
+        super().__init__()
+        flags = parse_forward_type(config.forward_type)
+        self.gated, self.z_act, self.out_act = not flags["noz"], not flags["nozact"], flags["oact"]
+        self.d_model, self.d_state, self.dt_rank = dim, config.d_state, dt_rank
+        self.d_inner = int(config.ssm_ratio * dim)
+        self.ssm_backend = config.ssm_backend
+        self._init_args = dict(dt_min=config.dt_min, dt_max=config.dt_max, dt_init=config.dt_init,
+                               dt_scale=config.dt_scale, dt_init_floor=config.dt_init_floor)
+        d_inner, N, R, K = self.d_inner, self.d_state, dt_rank, K_DIRECTIONS
+
+        self.in_proj = nn.Linear(dim, d_inner * (2 if self.gated else 1), bias=False)
+        self.act = _ACTS[config.ssm_act.lower()]()
+        self.conv2d = None
+        if config.ssm_conv > 1:
+            self.conv2d = nn.Conv2d(d_inner, d_inner, config.ssm_conv, padding=(config.ssm_conv - 1) // 2,
+                                    groups=d_inner, bias=config.ssm_conv_bias)
+        self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, R))
+        self.dt_projs_bias = nn.Parameter(torch.empty(K, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(K * d_inner, N))
+        self.Ds = nn.Parameter(torch.empty(K * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner, eps=config.layer_norm_eps)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """Upstream `mamba_init.init_dt_A_D` ("v0", the Mamba init) per direction: A = 1..N (S4D real), D = 1,
+        dt weight uniform(+-R^-0.5 * dt_scale), dt bias = softplus^-1(log-uniform(dt_min, dt_max)); x_proj as a
+        default nn.Linear (uniform(+-1/sqrt(d_inner)))."""
+        if self.A_logs.device.type == "meta":
+            return
+        a, dev = self._init_args, self.A_logs.device
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=dev)
+        init.copy_(self.A_logs, torch.log(A).expand_as(self.A_logs))
+        init.ones_(self.Ds)
+        std = self.dt_rank**-0.5 * a["dt_scale"]
+        if a["dt_init"] == "constant":
+            init.constant_(self.dt_projs_weight, std)
+        else:
+            init.uniform_(self.dt_projs_weight, -std, std)
+        dt = torch.exp(
+            torch.rand(self.dt_projs_bias.shape, device=dev) * (math.log(a["dt_max"]) - math.log(a["dt_min"]))
+            + math.log(a["dt_min"])
+        ).clamp(min=a["dt_init_floor"])
+        init.copy_(self.dt_projs_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        bound = 1.0 / math.sqrt(self.d_inner)
+        init.uniform_(self.x_proj_weight, -bound, bound)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, d_inner, H, W) -> (batch, d_inner, H, W); the cross-scan SSM core (upstream `forward_corev2`)."""
+        b, d, H, W = x.shape
+        N, R, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, H * W
+        xs = cross_scan(x)  # (b, K, d, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (b, K, R + 2N, L)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (b, K, d, L)
+        ys = selective_scan(
+            xs.reshape(b, K * d, L),  # u: (b, K*d, L), direction-major as upstream
+            dts.reshape(b, K * d, L),
+            -torch.exp(self.A_logs.float()),  # A: (K*d, N)
+            Bs.contiguous(),  # (b, K, N, L): one B per direction (groups)
+            Cs.contiguous(),
+            D=self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            delta_softplus=True,
+            backend=self.ssm_backend,
+        )  # (b, K*d, L)
+        return cross_merge(ys.reshape(b, K, d, L), H, W)  # (b, d, H, W)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = self.in_proj(hidden_states)  # (b, H, W, d_inner | 2*d_inner)
+        z = None
+        if self.gated:
+            x, z = x.chunk(2, dim=-1)
+            if self.z_act:
+                z = self.act(z)
+        x = x.permute(0, 3, 1, 2)  # (b, d_inner, H, W)
+        if self.conv2d is not None:
+            x = self.conv2d(x)
+        x = self.act(x)
+        y = self.scan(x).permute(0, 2, 3, 1)  # (b, H, W, d_inner)
+        y = self.out_norm(y.to(hidden_states.dtype))
+        if self.out_act:
+            y = F.gelu(y)
+        if z is not None:
+            y = y * z
+        return self.out_proj(y)
+
+
+class VMambaMLP(nn.Module):
+    def __init__(self, config: VMambaConfig, dim: int):
+        super().__init__()
+        hidden = int(dim * config.mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = _ACTS[config.mlp_act.lower()]()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class VMambaBlock(GradientCheckpointingLayer):
+    """VSS block (upstream `VSSBlock`, pre-norm): x + drop_path(op(norm(x))); x + drop_path(mlp(norm2(x))).
+    x: (batch, H, W, dim)."""
+
+    def __init__(self, config: VMambaConfig, dim: int, dt_rank: int, drop_path: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        self.op = VMambaSS2D(config, dim, dt_rank)
+        self.drop_path = VMambaDropPath(drop_path)
+        self.norm2 = self.mlp = None
+        if config.mlp_ratio > 0:
+            self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+            self.mlp = VMambaMLP(config, dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.drop_path(self.op(self.norm(hidden_states)))
+        if self.mlp is not None:
+            hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
+        return hidden_states
+
+
+class VMambaPatchEmbed(nn.Module):
+    """Stem. "v2" (upstream `_make_patch_embed_v2` with patch 4): conv 3x3 s2 -> norm -> GELU -> conv 3x3 s2 -> norm;
+    "v1" (`_make_patch_embed`): conv p x p stride p -> norm. pixel_values (b, C_in, H, W) -> (b, H/p, W/p, dim)."""
+
+    def __init__(self, config: VMambaConfig):
+        super().__init__()
+        dim, eps = config.hidden_sizes[0], config.layer_norm_eps
+        self.version = config.patchembed
+        make_norm = (lambda c: nn.LayerNorm(c, eps=eps)) if config.patch_norm else (lambda c: None)
+        if self.version == "v2":
+            stride = config.patch_size // 2
+            self.conv1 = nn.Conv2d(config.num_channels, dim // 2, stride + 1, stride=stride, padding=1)
+            self.norm1 = make_norm(dim // 2)
+            self.act = nn.GELU()
+            self.conv2 = nn.Conv2d(dim // 2, dim, stride + 1, stride=stride, padding=1)
+            self.norm2 = make_norm(dim)
+        else:
+            self.conv = nn.Conv2d(config.num_channels, dim, config.patch_size, stride=config.patch_size)
+            self.norm = make_norm(dim)
+
+    @staticmethod
+    def _norm_cf(norm: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm over the channels of a channel-first map (upstream LayerNorm2d)."""
+        return x if norm is None else norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.version == "v2":
+            x = self.act(self._norm_cf(self.norm1, self.conv1(pixel_values)))  # (b, dim/2, H/2, W/2)
+            x = self.conv2(x).permute(0, 2, 3, 1)  # (b, H/4, W/4, dim)
+            return x if self.norm2 is None else self.norm2(x)
+        x = self.conv(pixel_values).permute(0, 2, 3, 1)  # (b, H/p, W/p, dim)
+        return x if self.norm is None else self.norm(x)
+
+
+class VMambaDownsample(nn.Module):
+    """Between stages, halves H and W. "v3": conv 3x3 s2 p1 -> norm (upstream `_make_downsample_v3`); "v2": conv 2x2
+    s2 -> norm (`_make_downsample`); "v1": patch merging, norm(4C) -> linear (`PatchMerging2D`).
+    (b, H, W, dim) -> (b, H/2, W/2, out_dim)."""
+
+    def __init__(self, config: VMambaConfig, dim: int, out_dim: int):
+        super().__init__()
+        self.version = config.downsample
+        if self.version == "v1":
+            self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
+            self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        else:
+            kernel, padding = (3, 1) if self.version == "v3" else (2, 0)
+            self.conv = nn.Conv2d(dim, out_dim, kernel, stride=2, padding=padding)
+            self.norm = nn.LayerNorm(out_dim, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.version == "v1":
+            # same concatenation order as upstream: (0,0), (1,0), (0,1), (1,1) offsets in (h, w)
+            x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+            return self.reduction(self.norm(x))
+        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+class VMambaStage(nn.Module):
+    def __init__(self, config: VMambaConfig, stage: int, drop_paths):
+        super().__init__()
+        dim = config.hidden_sizes[stage]
+        self.blocks = nn.ModuleList(
+            VMambaBlock(config, dim, config.stage_dt_rank(stage), p) for p in drop_paths
+        )
+        self.downsample = None
+        if stage < config.num_stages - 1:
+            self.downsample = VMambaDownsample(config, dim, config.hidden_sizes[stage + 1])
+
+
+class VMambaPreTrainedModel(PreTrainedModel):
+    config_class = VMambaConfig
+    base_model_prefix = "vmamba"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["VMambaBlock"]
+    supports_gradient_checkpointing = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """As upstream `VSSM._init_weights`: Linear trunc_normal(std=initializer_range) and zero bias, LayerNorm 1/0;
+        convs keep torch's default (kaiming-uniform) init; SS2D parameters get the Mamba init."""
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                fan_in = module.weight.shape[1] * module.weight.shape[2] * module.weight.shape[3]
+                bound = 1 / math.sqrt(fan_in)
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, VMambaSS2D):
+            module.reset_ssm_parameters()
+
+
+class VMambaModel(VMambaPreTrainedModel):
+    """Stem -> stages of VSS blocks (each but the last followed by a 2x downsample) -> LayerNorm -> mean pool."""
+
+    def __init__(self, config: VMambaConfig):
+        super().__init__(config)
+        self.patch_embed = VMambaPatchEmbed(config)
+        dpr = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()  # stochastic depth decay rule
+        starts = [sum(config.depths[:i]) for i in range(config.num_stages)]
+        self.layers = nn.ModuleList(
+            VMambaStage(config, i, dpr[starts[i]: starts[i] + config.depths[i]]) for i in range(config.num_stages)
+        )
+        self.norm = nn.LayerNorm(config.num_features, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _check_pixel_values(self, pixel_values: Optional[torch.Tensor]):
+        cfg = self.config
+        if pixel_values is None:
+            raise ValueError("VMamba needs pixel_values of shape (batch, channels, height, width).")
+        if pixel_values.dim() != 4:
+            raise ValueError(
+                f"pixel_values must be (batch, {cfg.num_channels}, height, width), got shape {tuple(pixel_values.shape)}"
+            )
+        if pixel_values.shape[1] != cfg.num_channels:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[1]} channels but the model was configured with "
+                f"num_channels={cfg.num_channels} (shape {tuple(pixel_values.shape)}; expected "
+                f"(batch, {cfg.num_channels}, height, width)). Convert the images (e.g. to RGB) or use channels-first."
+            )
+        h, w = pixel_values.shape[-2:]
+        m = cfg.size_multiple
+        if h % m or w % m or h == 0 or w == 0:
+            def up(v):
+                return max(m, -(-v // m) * m)
+
+            raise ValueError(
+                f"VMamba needs image sides that are multiples of {m} (patch_size {cfg.patch_size} x 2^"
+                f"{cfg.num_stages - 1} downsamplings); got {h}x{w}. Resize or pad the images, e.g. to "
+                f"{up(h)}x{up(w)} (the image processor resizes to {cfg.image_size}x{cfg.image_size})."
+            )
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[Tuple, VMambaModelOutput]:
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_pixel_values(pixel_values)
+        x = self.patch_embed(pixel_values.to(self.patch_embed_dtype))  # (b, H/4, W/4, C0)
+        stage_outputs = [x]
+        for stage in self.layers:
+            for block in stage.blocks:
+                x = block(x)
+            stage_outputs.append(x)  # (b, h_i, w_i, C_i), before the downsample
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        x = self.norm(x)  # (b, h, w, C)
+        pooled = x.mean(dim=(1, 2))  # (b, C)
+
+        def channel_first(t):
+            return t.permute(0, 3, 1, 2)
+
+        last_hidden_state = channel_first(x)
+        hidden_states = tuple(channel_first(t) for t in stage_outputs) if output_hidden_states else None
+        feature_maps = tuple(channel_first(stage_outputs[i]) for i in self.config.out_indices)
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled, hidden_states, feature_maps) if v is not None)
+        return VMambaModelOutput(last_hidden_state=last_hidden_state, pooler_output=pooled,
+                                 hidden_states=hidden_states, feature_maps=feature_maps)
+
+    @property
+    def patch_embed_dtype(self) -> torch.dtype:
+        return next(self.patch_embed.parameters()).dtype
+
+
+class VMambaForImageClassification(VMambaPreTrainedModel):
+    def __init__(self, config: VMambaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vmamba = VMambaModel(config)
+        self.classifier = nn.Linear(config.num_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[Tuple, ImageClassifierOutput]:
+        r"""labels: (batch,) class ids for single-label classification (cross-entropy), (batch, num_labels) floats for
+        multi-label (BCE with logits), or values for regression (num_labels == 1, MSE); see `config.problem_type`."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.vmamba(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)  # (b, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self._loss(logits, labels.to(logits.device))
+        if not return_dict:
+            out = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
+            return (loss,) + out if loss is not None else out
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        problem_type = self.config.problem_type
+        if problem_type is None:
+            if self.num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+            self.config.problem_type = problem_type
+        if problem_type == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(logits.squeeze(), labels.squeeze().to(logits.dtype))
+            return F.mse_loss(logits, labels.to(logits.dtype))
+        if problem_type == "single_label_classification":
+            if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+                raise ValueError(f"single-label labels must be (batch,)={logits.shape[:1]} class ids, got "
+                                 f"{tuple(labels.shape)}")
+            return F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if problem_type == "multi_label_classification":
+            if labels.shape != logits.shape:
+                raise ValueError(f"multi-label labels must be (batch, num_labels)={tuple(logits.shape)}, got "
+                                 f"{tuple(labels.shape)}")
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        raise ValueError(f"Unknown config.problem_type {problem_type!r}; use 'regression', "
+                         "'single_label_classification' or 'multi_label_classification'.")
+
+
+__all__ = [
+    "VMambaPreTrainedModel", "VMambaModel", "VMambaForImageClassification", "VMambaModelOutput",
+    "cross_scan", "cross_merge",
+]
+
+# save_pretrained writes `auto_map` and copies this file and its sibling imports, so that
+# AutoModel*/AutoConfig.from_pretrained(..., trust_remote_code=True) works without ssmvl installed.
+VMambaConfig.register_for_auto_class()
+VMambaModel.register_for_auto_class("AutoModel")
+VMambaForImageClassification.register_for_auto_class("AutoModelForImageClassification")
