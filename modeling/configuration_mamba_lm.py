@@ -35,6 +35,8 @@ class MambaLMConfig(PretrainedConfig):
         tie_word_embeddings (`bool`, defaults to True): lm_head shares the embedding matrix.
         ssm_backend (`str`, defaults to "auto"): selective-scan backend ("auto", "reference", "torch", "triton",
             "mamba_ssm"); the environment variable SSMVL_SSM_BACKEND overrides "auto".
+        use_cuda_graph (`bool`, defaults to True): on CUDA, in inference, each single-token decoding step replays a
+            CUDA graph captured once per generate() call (no per-token Python / kernel-launch overhead).
     """
 
     model_type = "ssmvl_mamba"
@@ -73,6 +75,7 @@ class MambaLMConfig(PretrainedConfig):
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
         ssm_backend: str = "auto",
+        use_cuda_graph: bool = True,
         **kwargs,
     ):
         # keys of transformers' MambaConfig that mean nothing here
@@ -100,6 +103,7 @@ class MambaLMConfig(PretrainedConfig):
         self.rescale_prenorm_residual = rescale_prenorm_residual
         self.use_cache = use_cache
         self.ssm_backend = ssm_backend
+        self.use_cuda_graph = use_cuda_graph
         self._validate_sizes()
         super().__init__(
             pad_token_id=pad_token_id,

@@ -207,6 +207,56 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
                 model_inputs[key] = kwargs[key]
         return model_inputs
 
+    # -- CUDA-graph decoding ----------------------------------------------------------------------------------------
+    def _can_replay_graph(self, input_ids, inputs_embeds, cache_params, labels, output_hidden_states, use_cache):
+        return (
+            self.config.use_cuda_graph
+            and not self.training
+            and not torch.is_grad_enabled()
+            and input_ids is not None
+            and inputs_embeds is None
+            and input_ids.is_cuda
+            and input_ids.shape[1] == 1
+            and cache_params is not None
+            and cache_params.seqlen_offset > 0
+            and use_cache is not False
+            and labels is None
+            and not output_hidden_states
+            and not torch.compiler.is_compiling()
+        )
+
+    def _decode_step(self, input_ids, cache_params):
+        hidden = self.backbone(input_ids, cache_params=cache_params, use_cache=True, return_dict=True)
+        return self.lm_head(hidden.last_hidden_state.to(self.lm_head.weight.dtype)).float()
+
+    def _decode_with_cuda_graph(self, input_ids, cache_params: SsmCache):
+        """One decoding step by replaying a CUDA graph of the whole model step, captured once per cache (i.e. per
+        generate() call) and batch shape. The cache tensors are updated in place by the graph."""
+        graph = getattr(cache_params, "_cuda_graph", None)
+        if graph is None or graph["ids"].shape != input_ids.shape:
+            states = cache_params.conv_states + cache_params.ssm_states
+            saved = [s.clone() for s in states]
+            offset = cache_params.seqlen_offset
+            static_ids = input_ids.clone()
+            stream = torch.cuda.Stream(device=input_ids.device)
+            stream.wait_stream(torch.cuda.current_stream(input_ids.device))
+            with torch.cuda.stream(stream):  # warm-up (kernel compilation, allocator) outside the capture
+                for _ in range(2):
+                    self._decode_step(static_ids, cache_params)
+            torch.cuda.current_stream(input_ids.device).wait_stream(stream)
+            cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cuda_graph):
+                static_logits = self._decode_step(static_ids, cache_params)
+            for s, v in zip(states, saved):  # undo the warm-up steps
+                s.copy_(v)
+            cache_params.seqlen_offset = offset
+            graph = {"graph": cuda_graph, "ids": static_ids, "logits": static_logits}
+            cache_params._cuda_graph = graph
+        graph["ids"].copy_(input_ids)
+        graph["graph"].replay()
+        cache_params.seqlen_offset += input_ids.shape[1]
+        return graph["logits"].clone()
+
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -222,6 +272,11 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
     ) -> Union[Tuple, MambaLMCausalLMOutput]:
         r"""labels: (batch, seqlen) token ids, -100 ignored; shifted inside (labels = input_ids is right)."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if self._can_replay_graph(input_ids, inputs_embeds, cache_params, labels, output_hidden_states, use_cache):
+            logits = self._decode_with_cuda_graph(input_ids, cache_params)
+            if not return_dict:
+                return (logits, cache_params)
+            return MambaLMCausalLMOutput(logits=logits, cache_params=cache_params)
         outputs = self.backbone(
             input_ids, inputs_embeds=inputs_embeds, cache_params=cache_params, use_cache=use_cache,
             output_hidden_states=output_hidden_states, return_dict=True, attention_mask=attention_mask,

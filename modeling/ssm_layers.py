@@ -56,9 +56,9 @@ class SsmCache:
         return self.seqlen_offset
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
-        for states in (self.conv_states, self.ssm_states):
-            for i, s in enumerate(states):
-                states[i] = s.index_select(0, beam_idx.to(s.device))
+        # in place: the tensors keep their addresses (a captured CUDA graph reads them)
+        for s in self.conv_states + self.ssm_states:
+            s.copy_(s.index_select(0, beam_idx.to(s.device)))
 
     def reset(self):
         for s in self.conv_states + self.ssm_states:
