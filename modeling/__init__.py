@@ -20,3 +20,13 @@ from .modeling_vmamba import VMambaForImageClassification, VMambaModel  # noqa: 
 AutoConfig.register(VMambaConfig.model_type, VMambaConfig, exist_ok=True)
 AutoModel.register(VMambaConfig, VMambaModel, exist_ok=True)
 AutoModelForImageClassification.register(VMambaConfig, VMambaForImageClassification, exist_ok=True)
+
+# Vim
+from transformers import AutoModelForImageClassification  # noqa: E402
+
+from .configuration_vim import VimConfig  # noqa: E402
+from .modeling_vim import VimForImageClassification, VimModel  # noqa: E402
+
+AutoConfig.register(VimConfig.model_type, VimConfig, exist_ok=True)
+AutoModel.register(VimConfig, VimModel, exist_ok=True)
+AutoModelForImageClassification.register(VimConfig, VimForImageClassification, exist_ok=True)
