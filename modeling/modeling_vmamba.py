@@ -332,7 +332,8 @@ class VMambaModel(VMambaPreTrainedModel):
     def __init__(self, config: VMambaConfig):
         super().__init__(config)
         self.patch_embed = VMambaPatchEmbed(config)
-        dpr = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()  # stochastic depth decay rule
+        n = sum(config.depths)  # stochastic depth decay rule, linspace(0, rate, n) as upstream (no tensor: meta-safe)
+        dpr = [config.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
         starts = [sum(config.depths[:i]) for i in range(config.num_stages)]
         self.layers = nn.ModuleList(
             VMambaStage(config, i, dpr[starts[i]: starts[i] + config.depths[i]]) for i in range(config.num_stages)

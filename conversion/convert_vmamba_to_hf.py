@@ -1,0 +1,352 @@
+"""Convert an official VMamba classification checkpoint (MzeroMiko/VMamba, `ckpt["model"]`) to an ssmvl
+`VMambaForImageClassification` folder: key map -> pure `convert_state_dict()` -> strict load -> parity report ->
+`save_pretrained` (model + modeling code + image processor + model card) -> optional push.
+
+    python -m ssmvl.conversion.convert_vmamba_to_hf --checkpoint vssm1_tiny_0230s_ckpt_epoch_264.pth \
+        --variant vmamba-tiny --out vmamba-tiny-hf [--reference-logits upstream_logits.pt] [--push-to user/repo]
+
+Key map (official names from `classification/models/vmamba.py`; `Linear2d` weights may be (out, in, 1, 1)):
+
+    patch_embed.0.* / .2.* / .5.* / .7.*      -> vmamba.patch_embed.conv1 / norm1 / conv2 / norm2   (stem "v2")
+    patch_embed.0.* / .2.*                    -> vmamba.patch_embed.conv / norm                      (stem "v1")
+    layers.{i}.blocks.{j}.{norm, norm2, mlp.fc1, mlp.fc2, op.in_proj, op.conv2d, op.x_proj_weight,
+        op.dt_projs_weight, op.dt_projs_bias, op.A_logs, op.Ds, op.out_norm, op.out_proj}
+                                              -> vmamba.layers.{i}.blocks.{j}.<same>
+    layers.{i}.downsample.1.* / .3.*          -> vmamba.layers.{i}.downsample.conv / norm            (v2, v3)
+    layers.{i}.downsample.{norm,reduction}.*  -> vmamba.layers.{i}.downsample.{norm,reduction}       (v1)
+    classifier.norm.*                         -> vmamba.norm.*
+    classifier.head.*                         -> classifier.*
+Older upstream names (`patch_embed.proj/norm`, `blocks.{j}.ln_1`, `blocks.{j}.self_attention`, top-level `norm` /
+`head`) are renamed first, as upstream `VSSM._load_from_state_dict` does; a DDP `module.` prefix is dropped.
+
+The checkpoint is read with `torch.load(weights_only=True)`: nothing in it is executed. Full training checkpoints that
+also pickle the training config (a yacs `CfgNode`) cannot be read that way; the error says how to extract `model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from ..modeling.configuration_vmamba import VMambaConfig, parse_forward_type
+from ..modeling.modeling_vmamba import VMambaForImageClassification
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+VARIANTS = ("vmamba-tiny",)
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+UPSTREAM = "https://github.com/MzeroMiko/VMamba"
+
+
+class ConversionError(ValueError):
+    """A checkpoint that does not match the requested variant / layout; the message names the keys."""
+
+
+def load_variant_config(variant: str, **overrides) -> VMambaConfig:
+    """The preset `configs/<variant>.json` as a VMambaConfig (keys starting with '_' are comments)."""
+    path = CONFIG_DIR / f"{variant}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("vmamba-*.json"))
+        raise ConversionError(f"Unknown VMamba variant {variant!r}; presets in {CONFIG_DIR}: {known}")
+    data = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_") and k != "model_type"}
+    data.update(overrides)
+    return VMambaConfig(**data)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# key map
+# ---------------------------------------------------------------------------------------------------------------------
+_LEGACY = [  # upstream VSSM._load_from_state_dict renames
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
+    (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.ln_1\."), r"\1.norm."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.self_attention\."), r"\1.op."),
+    (re.compile(r"^norm\."), "classifier.norm."),
+    (re.compile(r"^head\."), "classifier.head."),
+]
+_BLOCK_PARTS = (
+    "norm.weight", "norm.bias", "norm2.weight", "norm2.bias",
+    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+    "op.in_proj.weight", "op.in_proj.bias", "op.conv2d.weight", "op.conv2d.bias",
+    "op.x_proj_weight", "op.dt_projs_weight", "op.dt_projs_bias", "op.A_logs", "op.Ds",
+    "op.out_norm.weight", "op.out_norm.bias", "op.out_proj.weight", "op.out_proj.bias",
+)
+
+
+def _legacy_rename(key: str) -> str:
+    key = key[len("module."):] if key.startswith("module.") else key
+    for pattern, repl in _LEGACY:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def map_key(key: str, config: VMambaConfig) -> Optional[str]:
+    """Official key (after legacy renames) -> HF key, or None when it has no place in the HF model."""
+    if config.patchembed == "v2":
+        stem = {"0": "conv1", "2": "norm1", "5": "conv2", "7": "norm2"}
+    else:
+        stem = {"0": "conv", "2": "norm"}
+    m = re.fullmatch(r"patch_embed\.(\d+)\.(weight|bias)", key)
+    if m:
+        return f"vmamba.patch_embed.{stem[m[1]]}.{m[2]}" if m[1] in stem else None
+    m = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(.+)", key)
+    if m:
+        return f"vmamba.layers.{m[1]}.blocks.{m[2]}.{m[3]}" if m[3] in _BLOCK_PARTS else None
+    m = re.fullmatch(r"layers\.(\d+)\.downsample\.(\w+)\.(weight|bias)", key)
+    if m:
+        down = {"v1": {"norm": "norm", "reduction": "reduction"}}.get(config.downsample, {"1": "conv", "3": "norm"})
+        return f"vmamba.layers.{m[1]}.downsample.{down[m[2]]}.{m[3]}" if m[2] in down else None
+    m = re.fullmatch(r"classifier\.(norm|head)\.(weight|bias)", key)
+    if m:
+        return f"vmamba.norm.{m[2]}" if m[1] == "norm" else f"classifier.{m[2]}"
+    return None
+
+
+def expected_shapes(config: VMambaConfig) -> Dict[str, torch.Size]:
+    """HF key -> shape, from the model built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = VMambaForImageClassification(config)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def describe_checkpoint(original: Dict[str, torch.Tensor]) -> dict:
+    """Architecture read off the official keys (to tell a checkpoint of another variant from a broken one)."""
+    sd = {_legacy_rename(k): v for k, v in original.items()}
+    info: dict = {}
+    depths = {}
+    for k in sd:
+        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", k)
+        if m:
+            depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
+    info["depths"] = [depths[i] for i in sorted(depths)]
+    dims = []
+    for i in sorted(depths):
+        w = sd.get(f"layers.{i}.blocks.0.norm.weight")
+        dims.append(int(w.shape[0]) if w is not None else None)
+    info["hidden_sizes"] = dims
+    a = sd.get("layers.0.blocks.0.op.A_logs")
+    info["d_state"] = int(a.shape[1]) if a is not None else None
+    ds = sd.get("layers.0.blocks.0.op.Ds")
+    if ds is not None and dims and dims[0]:
+        info["ssm_ratio"] = ds.shape[0] / 4 / dims[0]
+    w = sd.get("layers.0.blocks.0.op.in_proj.weight")
+    if w is not None and ds is not None:
+        info["gated"] = int(w.shape[0]) == 2 * (ds.shape[0] // 4)
+    head = sd.get("classifier.head.weight")
+    info["num_labels"] = int(head.shape[0]) if head is not None else None
+    return info
+
+
+def _check_variant(original, config: VMambaConfig):
+    info = describe_checkpoint(original)
+    want = dict(depths=list(config.depths), hidden_sizes=list(config.hidden_sizes), d_state=config.d_state,
+                ssm_ratio=config.ssm_ratio, gated=not parse_forward_type(config.forward_type)["noz"])
+    diffs = {k: (info.get(k), v) for k, v in want.items() if k in info and info[k] is not None and info[k] != v}
+    if diffs:
+        detail = "; ".join(f"{k}: checkpoint {got} vs config {exp}" for k, (got, exp) in diffs.items())
+        raise ConversionError(
+            f"The checkpoint is another VMamba variant than the one requested ({detail}). Pick the matching "
+            f"--variant (presets: {list(VARIANTS)}) or pass a config with these sizes."
+        )
+
+
+def convert_state_dict(original: Dict[str, torch.Tensor], config: VMambaConfig) -> Dict[str, torch.Tensor]:
+    """Official VMamba state dict -> state dict of `VMambaForImageClassification(config)`. Pure; strict: raises
+    `ConversionError` naming every unexpected, missing or mis-shaped key."""
+    _check_variant(original, config)
+    shapes = expected_shapes(config)
+    converted, unexpected, misshaped, origin = {}, [], [], {}
+    for key, tensor in original.items():
+        if not isinstance(tensor, torch.Tensor):
+            unexpected.append(f"{key} (not a tensor: {type(tensor).__name__})")
+            continue
+        new = map_key(_legacy_rename(key), config)
+        if new is None or new not in shapes:
+            unexpected.append(key)
+            continue
+        want = shapes[new]
+        if tensor.dim() == 4 and len(want) == 2 and tensor.shape[2:] == (1, 1):  # upstream Linear2d stored as conv
+            tensor = tensor.reshape(tensor.shape[0], tensor.shape[1])
+        if tensor.shape != want:
+            misshaped.append(f"{key}: checkpoint {tuple(tensor.shape)}, model {new} expects {tuple(want)}")
+            origin[new] = key
+            continue
+        if new in converted:
+            unexpected.append(f"{key} (duplicate of {origin[new]})")
+            continue
+        converted[new], origin[new] = tensor.detach().clone(), key
+    missing = [k for k in shapes if k not in origin]
+    problems = []
+    if missing:
+        problems.append(f"missing ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected ({len(unexpected)}): {unexpected}")
+    if misshaped:
+        problems.append(f"mis-shaped ({len(misshaped)}): {misshaped}")
+    if problems:
+        raise ConversionError("VMamba checkpoint does not match the config:\n  " + "\n  ".join(problems))
+    return converted
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# checkpoint reading, processor, card, parity
+# ---------------------------------------------------------------------------------------------------------------------
+def load_original(path: str, key: str = "model") -> Dict[str, torch.Tensor]:
+    """Reads `ckpt[key]` (or a bare state dict) with weights_only=True; no code in the file is run."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for non-tensor globals (e.g. yacs CfgNode)
+        raise ConversionError(
+            f"Could not read {path} with torch.load(weights_only=True): {type(err).__name__}: {err}\n"
+            "Full training checkpoints pickle the training config too. In an environment that trusts the file "
+            "(with yacs installed) extract the weights once:\n"
+            f"  python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save(c['{key}'], 'vmamba_model_only.pth')\"\nthen convert vmamba_model_only.pth."
+        ) from err
+    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
+        return ckpt[key]
+    if isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt
+    keys = list(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
+    raise ConversionError(f"{path} has no state dict under {key!r} (top-level keys: {keys}); pass --key.")
+
+
+def make_image_processor(config: VMambaConfig):
+    """Upstream evaluation preprocessing (timm, `TEST.CROP=True`, bicubic): resize the short side to size/0.875 and
+    center-crop size x size, ImageNet mean/std. transformers' ConvNext image processor does exactly that."""
+    from transformers import ConvNextImageProcessor
+
+    return ConvNextImageProcessor(
+        size={"shortest_edge": config.image_size}, crop_pct=0.875, resample=3,  # PIL.Image.BICUBIC
+        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_rescale=True, do_normalize=True,
+    )
+
+
+def parity_report(model: VMambaForImageClassification, reference_logits: Optional[torch.Tensor] = None,
+                  seed: int = 0, batch: int = 2) -> dict:
+    """Logits on a fixed input (torch.manual_seed(seed); randn(batch, C, S, S)), compared to
+    (a) the same model with the sequential `reference` scan (backend parity) and (b) `reference_logits` when given:
+    logits of the upstream model on the same input, produced where the upstream code runs, e.g.
+    `torch.manual_seed(0); x = torch.randn(2, 3, 224, 224); torch.save(vssm(x), 'upstream_logits.pt')`."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.num_channels, cfg.image_size, cfg.image_size, generator=g)
+    model.eval()
+    report = {"input": f"randn({batch}, {cfg.num_channels}, {cfg.image_size}, {cfg.image_size}), seed {seed}"}
+    with torch.no_grad():
+        logits = model(x).logits.float()
+        backends = {}
+        for name, module in model.named_modules():
+            if hasattr(module, "ssm_backend"):
+                backends[name] = module.ssm_backend
+                module.ssm_backend = "reference"
+        try:
+            ref = model(x).logits.float()
+        finally:
+            for name, module in model.named_modules():
+                if name in backends:
+                    module.ssm_backend = backends[name]
+    report["max_abs_diff_vs_reference_scan"] = float((logits - ref).abs().max())
+    report["top1"] = logits.argmax(-1).tolist()
+    if reference_logits is not None:
+        reference_logits = reference_logits.float().reshape(logits.shape)
+        report["max_abs_diff_vs_upstream"] = float((logits - reference_logits).abs().max())
+        report["top1_upstream"] = reference_logits.argmax(-1).tolist()
+        report["top1_agree"] = report["top1"] == report["top1_upstream"]
+    return report
+
+
+def _model_card(config: VMambaConfig, variant: str, report: dict, checkpoint: str) -> str:
+    try:
+        from .model_card import render_model_card  # written by another part of the project, when it exists
+
+        return render_model_card(family="vmamba", config=config, variant=variant, parity=report,
+                                 source_checkpoint=os.path.basename(checkpoint))
+    except (ImportError, TypeError):
+        pass
+    return f"""---
+license: mit
+library_name: transformers
+pipeline_tag: image-classification
+tags: [vmamba, mamba, state-space-model, ssmvl, image-classification]
+datasets: [imagenet-1k]
+---
+# {variant} (VMamba, converted with ssmvl)
+
+VMamba (Liu et al., 2024, "VMamba: Visual State Space Model"), weights from the official release
+({UPSTREAM}, `{os.path.basename(checkpoint)}`), converted to a transformers model. Runs without `ssmvl` installed:
+
+```python
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+processor = AutoImageProcessor.from_pretrained(REPO)
+model = AutoModelForImageClassification.from_pretrained(REPO, trust_remote_code=True)
+logits = model(**processor(images, return_tensors="pt")).logits
+```
+
+Config: depths {config.depths}, widths {config.hidden_sizes}, d_state {config.d_state}, ssm_ratio {config.ssm_ratio},
+forward type `{config.forward_type}`. Inputs: any size whose sides are multiples of {config.size_multiple}.
+
+Conversion parity report: `{json.dumps(report)}`
+
+License: the upstream repository is MIT-licensed.
+"""
+
+
+def convert(checkpoint: str, variant: str, out: str, key: str = "model", reference_logits: Optional[str] = None,
+            push_to: Optional[str] = None, ssm_backend: str = "auto", config: Optional[VMambaConfig] = None) -> dict:
+    """Reads, converts strictly, reports parity, saves model + processor + card to `out` (and pushes). `config`
+    replaces the preset of `variant` (e.g. for tests)."""
+    config = config if config is not None else load_variant_config(variant, ssm_backend=ssm_backend)
+    original = load_original(checkpoint, key)
+    info = describe_checkpoint(original)
+    if info.get("num_labels") and info["num_labels"] != config.num_labels:
+        config.num_labels = info["num_labels"]
+    state = convert_state_dict(original, config)
+    model = VMambaForImageClassification(config)
+    result = model.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys, result
+    ref = torch.load(reference_logits, map_location="cpu", weights_only=True) if reference_logits else None
+    report = parity_report(model, ref)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    make_image_processor(config).save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(_model_card(config, variant, report, checkpoint))
+    (out_dir / "parity_report.json").write_text(json.dumps(report, indent=2))
+    if push_to:
+        try:
+            from .hub import push_folder
+
+            push_folder(str(out_dir), push_to)
+        except ImportError:
+            from huggingface_hub import HfApi
+
+            HfApi().create_repo(push_to, exist_ok=True)
+            HfApi().upload_folder(folder_path=str(out_dir), repo_id=push_to)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="official .pth (ckpt['model']) or a bare state dict")
+    parser.add_argument("--variant", default="vmamba-tiny", help=f"preset in configs/ ({', '.join(VARIANTS)})")
+    parser.add_argument("--out", required=True, help="output folder for save_pretrained")
+    parser.add_argument("--key", default="model", help="state dict key in the checkpoint ('model' or 'model_ema')")
+    parser.add_argument("--reference-logits", default=None, help="upstream logits on the parity input (.pt)")
+    parser.add_argument("--push-to", default=None, help="Hub repo id to upload the folder to")
+    parser.add_argument("--ssm-backend", default="auto")
+    args = parser.parse_args(argv)
+    report = convert(args.checkpoint, args.variant, args.out, key=args.key, reference_logits=args.reference_logits,
+                     push_to=args.push_to, ssm_backend=args.ssm_backend)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
