@@ -175,7 +175,8 @@ class VimModel(VimPreTrainedModel):
         self.pos_embed = (nn.Parameter(torch.zeros(1, config.num_patches + n_cls, config.hidden_size))
                           if config.if_abs_pos_embed else None)
         # official stochastic depth: block i drops the *incoming* mixer output with rate [0] + linspace(0, r, depth)
-        dpr = [0.0] + torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        n = config.num_hidden_layers
+        dpr = [0.0] + [config.drop_path_rate * i / max(n - 1, 1) for i in range(n)]  # = torch.linspace(0, r, n)
         self.layers = nn.ModuleList(VimBlock(config, i, dpr[i]) for i in range(config.num_hidden_layers))
         self.final_drop_path_rate = config.drop_path_rate
         norm_cls = RMSNorm if config.rms_norm else nn.LayerNorm
