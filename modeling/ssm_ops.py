@@ -28,6 +28,7 @@ The recurrence (discretised with zero-order hold for A and Euler for B, as in Ma
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional, Tuple, Union
 
 import torch
@@ -79,9 +80,10 @@ def _load_triton():
     global _TRITON_OPS, _TRITON_ERROR
     if _TRITON_OPS is None and _TRITON_ERROR is None:
         try:
-            from . import ssm_triton
+            # written as `from .ssm_triton import ...` so that save_pretrained / trust_remote_code ship the file
+            from .ssm_triton import selective_scan_triton  # noqa: F401
 
-            _TRITON_OPS = ssm_triton
+            _TRITON_OPS = sys.modules[selective_scan_triton.__module__]
         except Exception as err:
             _TRITON_ERROR = f"{type(err).__name__}: {err}"
     return _TRITON_OPS

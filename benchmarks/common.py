@@ -1,0 +1,72 @@
+"""Shared helpers of the benchmark scripts: import `ssmvl` from the checkout when it is not installed (the GPU machine
+gets a bare copy of the repository), timing with CUDA events, peak memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_ssmvl():
+    """Makes `import ssmvl` work from a plain checkout: the repository root is the package `ssmvl`."""
+    try:
+        import ssmvl  # noqa: F401
+        return
+    except ImportError:
+        pass
+    spec = importlib.util.spec_from_file_location("ssmvl", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ssmvl"] = module
+    spec.loader.exec_module(module)
+
+
+def cuda_time_ms(fn, warmup=2, repeats=5):
+    """Median milliseconds of fn() measured with CUDA events."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def wall_time_s(fn, warmup=1, repeats=3):
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory_mib(fn):
+    """Runs fn once and returns the peak CUDA memory it allocated above what was allocated before, in MiB."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
