@@ -67,7 +67,7 @@ class VMambaConfig(PretrainedConfig):
         downsample (`str`, defaults to "v3"): between stages; "v3" conv 3x3 stride 2 + norm, "v2" conv 2x2 stride 2 +
             norm, "v1" patch merging (norm(4C) + linear) (`DOWNSAMPLE`).
         patchembed (`str`, defaults to "v2"): stem; "v2" conv 3x3 s2 -> norm -> GELU -> conv 3x3 s2 -> norm (upstream
-            `_make_patch_embed_v2`, used by every v2 model), "v1" conv patch x patch stride patch -> norm (`PATCHEMBED`).
+            `_make_patch_embed_v2`, used by every v2 model), "v1" conv p x p stride p -> norm (`PATCHEMBED`).
         layer_norm_eps (`float`, defaults to 1e-5): epsilon of every LayerNorm (torch's default, as upstream).
         out_features (`list[str]`, *optional*) / out_indices (`list[int]`, *optional*): which of `stage_names`
             (`["stem", "stage1", ..., "stageS"]`) `VMambaModel` returns in `feature_maps` (transformers' backbone

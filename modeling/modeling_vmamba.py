@@ -348,7 +348,8 @@ class VMambaModel(VMambaPreTrainedModel):
             raise ValueError("VMamba needs pixel_values of shape (batch, channels, height, width).")
         if pixel_values.dim() != 4:
             raise ValueError(
-                f"pixel_values must be (batch, {cfg.num_channels}, height, width), got shape {tuple(pixel_values.shape)}"
+                f"pixel_values must be (batch, {cfg.num_channels}, height, width), "
+                f"got shape {tuple(pixel_values.shape)}"
             )
         if pixel_values.shape[1] != cfg.num_channels:
             raise ValueError(

@@ -271,7 +271,8 @@ def reference_forward(sd, cfg: VMambaConfig, x):
     """Upstream VSSM forward, channel-first (ln2d), over the official keys, with one sequential scan per direction."""
 
     def ln2d(t, p):
-        return F.layer_norm(t.permute(0, 2, 3, 1), (t.shape[1],), sd[p + ".weight"], sd[p + ".bias"]).permute(0, 3, 1, 2)
+        t = F.layer_norm(t.permute(0, 2, 3, 1), (t.shape[1],), sd[p + ".weight"], sd[p + ".bias"])
+        return t.permute(0, 3, 1, 2)
 
     def lin2d(t, p):
         w = sd[p + ".weight"]
