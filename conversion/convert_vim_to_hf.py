@@ -3,6 +3,8 @@
 
     python -m ssmvl.conversion.convert_vim_to_hf --checkpoint vim_t.pth --variant vim-tiny --out DIR [--push_to_hub REPO]
 
+``--variant``: vim-tiny / vim-small / vim-base (``configs/*.json``) or a path to a JSON file of VimConfig arguments.
+
 Key map (official ``VisionMamba.state_dict()`` -> ours): every key ``k`` becomes ``"vim." + k`` except the head,
 ``head.weight`` / ``head.bias``, which stays. The official names (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
 ``layers.{i}.norm``, ``layers.{i}.mixer.{in_proj, conv1d, x_proj, dt_proj, A_log, D, conv1d_b, x_proj_b, dt_proj_b,
@@ -51,8 +53,9 @@ ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "patch_size", "image_size", "
 # configs and checkpoints
 # ---------------------------------------------------------------------------------------------------------------------
 def load_preset(variant: str, **overrides) -> VimConfig:
-    """VimConfig from ``configs/<variant>.json`` (keys starting with "_" are comments)."""
-    path = PRESETS_DIR / f"{variant}.json"
+    """VimConfig from ``configs/<variant>.json``, or from ``variant`` itself when it is a path to a JSON file of
+    VimConfig arguments (keys starting with "_" are comments)."""
+    path = Path(variant) if str(variant).endswith(".json") else PRESETS_DIR / f"{variant}.json"
     if not path.is_file():
         known = sorted(p.stem for p in PRESETS_DIR.glob("vim-*.json"))
         raise ValueError(f"Unknown Vim variant {variant!r}; presets in {PRESETS_DIR}: {known}")
@@ -134,7 +137,9 @@ def check_variant(original: Dict[str, torch.Tensor], config: VimConfig, variant:
     if depth != config.num_hidden_layers:
         raise ValueError(f"Checkpoint is not {variant}: it has {depth} blocks (layers.0..{depth - 1}), "
                          f"{variant} has num_hidden_layers={config.num_hidden_layers}.")
-    for key, shape in expected.items():
+    first = ("patch_embed.proj.weight", "pos_embed", "layers.0.mixer.A_log", "layers.0.mixer.dt_proj.weight")
+    for key in sorted(expected, key=lambda k: (k not in first, first.index(k) if k in first else 0)):
+        shape = expected[key]
         if key.startswith("head."):
             continue
         if key in original and tuple(original[key].shape) != shape:
@@ -349,7 +354,7 @@ def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="official .pth (weights under 'model') or .safetensors")
-    ap.add_argument("--variant", required=True, choices=VARIANTS)
+    ap.add_argument("--variant", required=True, help=f"preset name {VARIANTS} or a path to a VimConfig JSON file")
     ap.add_argument("--out", required=True, help="output folder (save_pretrained)")
     ap.add_argument("--push_to_hub", default=None, metavar="REPO")
     ap.add_argument("--id2label", default=None, help="JSON file {index: label} (e.g. the ImageNet-1k class names)")
