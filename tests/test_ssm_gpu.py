@@ -1,0 +1,250 @@
+"""Triton backend of ssm_ops (modeling/ssm_triton.py) against the sequential `reference` scan run in float64 on the
+same inputs: outputs, last state and every gradient, fp32 / bf16 / fp16, with and without z / D / delta_bias /
+initial_state, groups 1 and 4, odd lengths, long sequences (forward), batch 1..64, non-contiguous inputs, the
+single-step decoding update, bad inputs, and the ssm_ops dispatch. Needs CUDA and triton; skipped otherwise."""
+
+import importlib
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # triton's CPU interpreter: for debugging the kernels
+if not torch.cuda.is_available() and not _INTERPRET:
+    pytest.skip("needs a CUDA device", allow_module_level=True)
+
+pytestmark = pytest.mark.gpu
+
+
+def _load_modeling():
+    """ssm_ops / ssm_triton from the installed package, else straight from this checkout's modeling/ folder
+    (without running modeling/__init__.py), so the tests also run on a machine where ssmvl is not installed."""
+    try:
+        from ssmvl.modeling import ssm_ops, ssm_triton
+
+        return ssm_ops, ssm_triton
+    except ImportError:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        name = "_ssmvl_modeling_gpu_tests"
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [os.path.join(root, "modeling")]
+            sys.modules[name] = pkg
+        return importlib.import_module(f"{name}.ssm_ops"), importlib.import_module(f"{name}.ssm_triton")
+
+
+ssm_ops, ssm_triton = _load_modeling()
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def make_inputs(batch=2, dim=16, seqlen=9, dstate=16, groups=0, dtype=torch.float32, z=True, D=True, bias=True,
+                h0=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEV, dtype)
+
+    bc_shape = (batch, dstate, seqlen) if groups == 0 else (batch, groups, dstate, seqlen)
+    return dict(
+        u=rnd(batch, dim, seqlen),
+        delta=rnd(batch, dim, seqlen, scale=0.5),
+        A=(-torch.rand(dim, dstate, generator=g) * 4 - 0.1).to(DEV),  # fp32, as in Mamba
+        B=rnd(*bc_shape),
+        C=rnd(*bc_shape),
+        D=torch.randn(dim, generator=g).to(DEV) if D else None,
+        z=rnd(batch, dim, seqlen) if z else None,
+        delta_bias=(torch.rand(dim, generator=g) - 2).to(DEV) if bias else None,
+        initial_state=torch.randn(batch, dim, dstate, generator=g).to(DEV) if h0 else None,
+    )
+
+
+def run(fn, inputs, f64=False, backward=True, softplus=True, **extra):
+    """Returns (y, last_state, grads). The loss weighs y and the last state with fixed random tensors."""
+    fresh = {}
+    for k, v in inputs.items():
+        if v is not None:
+            v = v.detach().clone()
+            v = v.double() if f64 else v
+            v.requires_grad_(backward)
+        fresh[k] = v
+    y, last = fn(**fresh, delta_softplus=softplus, return_last_state=True, **extra)
+    if not backward:
+        return y, last, {}
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(y.shape, generator=g).to(DEV, inputs["u"].dtype).to(y.dtype)
+    gl = torch.randn(last.shape, generator=g).to(DEV, last.dtype)
+    ((y * gy).sum() + (last * gl).sum()).backward()
+    return y, last, {k: v.grad for k, v in fresh.items() if v is not None}
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def check_parity(inputs, dtype, backward=True, softplus=True):
+    y, last, grads = run(ssm_triton.selective_scan_triton, inputs, backward=backward, softplus=softplus)
+    y0, last0, grads0 = run(ssm_ops.selective_scan_ref, inputs, f64=True, backward=backward, softplus=softplus)
+    assert y.dtype == dtype and y.shape == y0.shape
+    assert last.dtype == torch.float32
+    tol = TOL[dtype]
+    errs = {"y": rel(y, y0), "last": rel(last, last0)}
+    for k, g0 in grads0.items():
+        assert grads[k] is not None, k
+        assert grads[k].dtype == inputs[k].dtype and grads[k].shape == inputs[k].shape, k
+        errs[k] = rel(grads[k], g0)
+    print(f"{dtype} " + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+    return errs
+
+
+CASES = [
+    # batch, dim, seqlen, dstate, groups, z, D, bias, h0
+    (2, 24, 129, 16, 0, True, True, True, True),
+    (1, 16, 1, 16, 0, False, False, False, False),
+    (3, 32, 7, 16, 4, True, True, True, False),
+    (2, 64, 1000, 16, 4, True, False, True, True),
+    (64, 8, 33, 16, 0, True, True, False, False),
+    (2, 20, 100, 5, 0, False, True, True, True),  # dstate not a power of 2, dim not a multiple of the block
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}-d{}-L{}-N{}-g{}-z{:d}D{:d}bias{:d}h0{:d}".format(*c))
+def test_scan_matches_reference(dtype, case):
+    batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+    inputs = make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0)
+    check_parity(inputs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scan_without_softplus(dtype):
+    inputs = make_inputs(2, 16, 77, 16, 0, dtype, bias=False, h0=True)
+    inputs["delta"] = inputs["delta"].abs()
+    check_parity(inputs, dtype, softplus=False)
+
+
+@pytest.mark.parametrize("seqlen", [4096, 16384])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scan_long_forward(dtype, seqlen):
+    inputs = make_inputs(1, 8, seqlen, 16, 0, dtype, h0=True)
+    check_parity(inputs, dtype, backward=False)
+
+
+def test_scan_long_backward_fp32():
+    inputs = make_inputs(1, 8, 4096, 16, 0, torch.float32, h0=True)
+    check_parity(inputs, torch.float32)
+
+
+def test_mixed_groups_and_3d_bc():
+    inputs = make_inputs(2, 16, 50, 8, 4, torch.float32)
+    inputs["C"] = torch.randn(2, 8, 50, device=DEV)  # C shared by all channels, B in 4 groups
+    check_parity(inputs, torch.float32)
+
+
+def test_noncontiguous_inputs():
+    g = torch.Generator().manual_seed(3)
+    batch, dim, L, N = 2, 24, 65, 16
+    # (batch, L, dim) / (batch, L, N) layouts transposed to (batch, dim, L): what a Mamba mixer hands over
+    u = torch.randn(batch, L, dim, generator=g).to(DEV).transpose(1, 2)
+    delta = (torch.randn(batch, L, dim, generator=g) * 0.5).to(DEV).transpose(1, 2)
+    z = torch.randn(batch, L, dim, generator=g).to(DEV).transpose(1, 2)
+    B = torch.randn(batch, L, N, generator=g).to(DEV).transpose(1, 2)
+    C = torch.randn(batch, L, N, generator=g).to(DEV).transpose(1, 2)
+    A = (-torch.rand(N, dim, generator=g) * 4).to(DEV).t()
+    assert not u.is_contiguous() and not A.is_contiguous()
+    inputs = dict(u=u, delta=delta, A=A, B=B, C=C, D=torch.randn(dim, device=DEV), z=z,
+                  delta_bias=torch.rand(dim, device=DEV) - 2, initial_state=None)
+    check_parity(inputs, torch.float32)
+
+
+def test_grad_of_last_state_only():
+    inputs = make_inputs(2, 16, 40, 16, 0, torch.float32, h0=True)
+    fresh = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    _, last = ssm_triton.selective_scan_triton(**fresh, delta_softplus=True, return_last_state=True)
+    last.sum().backward()
+    ref = {k: (v.double().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    _, last0 = ssm_ops.selective_scan_ref(**ref, delta_softplus=True, return_last_state=True)
+    last0.sum().backward()
+    for k in ("u", "delta", "A", "B", "initial_state"):
+        assert rel(fresh[k].grad, ref[k].grad) < 1e-4, k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_state_update_matches_reference(dtype):
+    g = torch.Generator().manual_seed(5)
+    batch, dim, N, steps = 3, 40, 16, 6
+    inputs = make_inputs(batch, dim, steps, N, 0, dtype, h0=True)
+    state = inputs["initial_state"].clone()
+    ys = []
+    for t in range(steps):
+        ys.append(ssm_triton.selective_state_update_triton(
+            state, inputs["u"][:, :, t], inputs["delta"][:, :, t], inputs["A"], inputs["B"][:, :, t],
+            inputs["C"][:, :, t], D=inputs["D"], z=inputs["z"][:, :, t], dt_bias=inputs["delta_bias"],
+            dt_softplus=True))
+    y = torch.stack(ys, -1)
+    assert y.dtype == dtype
+    f64 = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
+    y0, last0 = ssm_ops.selective_scan_ref(**f64, delta_softplus=True, return_last_state=True)
+    assert rel(y, y0) < TOL[dtype] and rel(state, last0) < 1e-5
+    # a non-contiguous state is updated in place too
+    state2 = torch.randn(batch, N, dim, generator=g).to(DEV).transpose(1, 2)
+    expect = state2.clone()
+    args = dict(x=inputs["u"][:, :, 0], dt=inputs["delta"][:, :, 0], A=inputs["A"], B=inputs["B"][:, :, 0],
+                C=inputs["C"][:, :, 0], D=inputs["D"], z=None, dt_bias=inputs["delta_bias"], dt_softplus=True)
+    y1 = ssm_triton.selective_state_update_triton(state2, **args)
+    y1_ref = ssm_ops.selective_state_update(expect, **args, backend="torch")
+    assert rel(y1, y1_ref) < TOL[dtype] and rel(state2, expect) < 1e-5
+
+
+def test_bad_inputs():
+    inputs = make_inputs(1, 8, 5, 4, 0, torch.float32)
+    cpu = {k: (v.cpu() if v is not None else None) for k, v in inputs.items()}
+    if not _INTERPRET:
+        with pytest.raises(ValueError, match="cpu.*backend='torch'"):
+            ssm_triton.selective_scan_triton(**cpu)
+        with pytest.raises(ValueError, match="cpu"):
+            ssm_triton.selective_state_update_triton(
+                torch.zeros(1, 8, 4), cpu["u"][:, :, 0], cpu["delta"][:, :, 0], cpu["A"], cpu["B"][:, :, 0],
+                cpu["C"][:, :, 0])
+    f64 = {k: (v.double() if v is not None else None) for k, v in inputs.items()}
+    with pytest.raises(TypeError, match="float64"):
+        ssm_triton.selective_scan_triton(**f64)
+    with pytest.raises(TypeError, match="float64"):
+        ssm_triton.selective_state_update_triton(
+            torch.zeros(1, 8, 4, device=DEV), f64["u"][:, :, 0], f64["delta"][:, :, 0], f64["A"],
+            f64["B"][:, :, 0], f64["C"][:, :, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch sends only CUDA tensors to triton")
+def test_dispatch_triton_and_auto():
+    assert "triton" in ssm_ops.available_backends(DEV)
+    assert ssm_ops.resolve_backend("triton", DEV) == "triton"
+    auto = ssm_ops.resolve_backend("auto", DEV)
+    assert auto in ("triton", "mamba_ssm")
+    inputs = make_inputs(2, 32, 100, 16, 0, torch.bfloat16, h0=True)
+    direct = run(ssm_triton.selective_scan_triton, inputs)
+    for backend in ("triton", "auto"):
+        y, last, grads = run(ssm_ops.selective_scan, inputs, backend=backend)
+        if backend == "triton" or auto == "triton":
+            assert torch.equal(y, direct[0]) and torch.equal(last, direct[1])
+        y0, last0, grads0 = run(ssm_ops.selective_scan_ref, inputs, f64=True)
+        assert rel(y, y0) < TOL[torch.bfloat16]
+        for k in grads0:
+            assert rel(grads[k], grads0[k]) < TOL[torch.bfloat16], (backend, k)
+    # the decoding step goes through the triton kernel too
+    state = inputs["initial_state"].clone()
+    state_ref = state.clone()
+    args = dict(x=inputs["u"][:, :, 0], dt=inputs["delta"][:, :, 0], A=inputs["A"], B=inputs["B"][:, :, 0],
+                C=inputs["C"][:, :, 0], D=inputs["D"], z=inputs["z"][:, :, 0], dt_bias=inputs["delta_bias"],
+                dt_softplus=True)
+    y = ssm_ops.selective_state_update(state, **args, backend="triton")
+    y_ref = ssm_ops.selective_state_update(state_ref, **args, backend="reference")
+    assert rel(y, y_ref) < TOL[torch.bfloat16] and rel(state, state_ref) < 1e-5
