@@ -1,7 +1,8 @@
-"""Convert an official Vim checkpoint (github hustvl/Vim, e.g. ``vim_t_midclstok_76p1acc.pth``) to a transformers
-``VimForImageClassification`` folder, with a logits parity report.
+"""Convert an official Vim checkpoint (github hustvl/Vim; the .pth files of hustvl/Vim-{tiny,small,base}-midclstok)
+to a transformers ``VimForImageClassification`` folder, with a logits parity report.
 
-    python -m ssmvl.conversion.convert_vim_to_hf --checkpoint vim_t.pth --variant vim-tiny --out DIR [--push_to_hub REPO]
+    python -m ssmvl.conversion.convert_vim_to_hf --checkpoint vim_t.pth --variant vim-tiny --out DIR \
+        [--push_to_hub REPO] [--id2label imagenet_labels.json]
 
 ``--variant``: vim-tiny / vim-small / vim-base (``configs/*.json``) or a path to a JSON file of VimConfig arguments.
 
@@ -101,7 +102,8 @@ def infer_config_from_state_dict(original: Dict[str, torch.Tensor], **overrides)
     pooling, eps, residual dtype) takes the official v2 values (middle cls token, its state read by the head)."""
     def need(key):
         if key not in original:
-            raise ValueError(f"Cannot infer a Vim config: the checkpoint has no {key!r} (keys: {sorted(original)[:8]}...)")
+            raise ValueError(f"Cannot infer a Vim config: the checkpoint has no {key!r} "
+                             f"(first keys: {sorted(original)[:8]})")
         return original[key]
 
     proj = need("patch_embed.proj.weight")  # (D, C, p, p)
@@ -288,8 +290,14 @@ def _write_card(out: Path, variant: str, config: VimConfig, report: dict, checkp
     except ImportError:
         render_model_card = None
     if render_model_card is not None:
-        render_model_card(str(out), **metadata)
-        return
+        try:
+            text = render_model_card(str(out), **metadata)
+        except TypeError as err:  # another signature than agreed: fall back to the minimal card below
+            print(f"render_model_card failed ({err}); writing a minimal README.md")
+        else:
+            if isinstance(text, str):
+                (out / "README.md").write_text(text)
+            return
     lines = [
         "---", "license: apache-2.0", "library_name: transformers", "pipeline_tag: image-classification",
         "tags: [vision, mamba, vim, ssmvl]", "---", "",

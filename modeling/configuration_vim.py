@@ -156,7 +156,9 @@ class VimConfig(PretrainedConfig):
         if self.final_pool_type not in ("cls", "mean", "last"):
             raise ValueError(f"VimConfig.final_pool_type must be 'cls', 'mean' or 'last', got {self.final_pool_type!r}")
         if self.final_pool_type == "cls" and not self.use_cls_token:
-            raise ValueError("VimConfig.final_pool_type='cls' needs use_cls_token=True; use 'mean' without a cls token.")
+            raise ValueError(
+                "VimConfig.final_pool_type='cls' needs use_cls_token=True; use 'mean' without a cls token."
+            )
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"VimConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if not 0 < self.time_step_min <= self.time_step_max:

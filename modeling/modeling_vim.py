@@ -35,7 +35,8 @@ logger = logging.get_logger(__name__)
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth per sample (timm ``drop_path``): zero whole samples with probability ``rate``, rescale the rest."""
+    """Stochastic depth per sample (timm ``drop_path``): zero whole samples with probability ``rate``, rescale the
+    rest."""
     if rate == 0.0 or not training:
         return x
     keep = 1.0 - rate
