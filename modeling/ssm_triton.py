@@ -332,7 +332,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         G, N = B.shape[1], A.shape[1]
         dg = dim // G
         need_grad = any(ctx.needs_input_grad[:9])
-        cfg = FWD_CONFIG if not need_grad else BWD_CONFIG  # saved states must use the backward's chunk length
+        cfg = dict(FWD_CONFIG)
+        if need_grad:  # the saved chunk-start states must use the backward's chunk length
+            cfg["BLOCK_L"] = BWD_CONFIG["BLOCK_L"]
         BLOCK_D = min(cfg["BLOCK_D"], _next_pow2(dg))
         BLOCK_L = cfg["BLOCK_L"]
         nchunks = triton.cdiv(L, BLOCK_L)
@@ -365,7 +367,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         batch, dim, L = u.shape
         G, N = B.shape[1], A.shape[1]
         dg = dim // G
-        BLOCK_D, BLOCK_L, nchunks = ctx.chunk
+        _, BLOCK_L, nchunks = ctx.chunk
+        BLOCK_D = min(BWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         has_D, has_z, has_bias, has_h0 = ctx.has
         gy = torch.zeros_like(u) if gy is None else gy.contiguous()
         gu, gdl = torch.empty_like(u), torch.empty_like(delta)

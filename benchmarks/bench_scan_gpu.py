@@ -1,0 +1,281 @@
+"""Selective scan on GPU: our Triton kernels vs the `torch` backend of ssm_ops, transformers' Mamba slow path, and
+the memory-bound lower bound.
+
+    python benchmarks/bench_scan_gpu.py [--out DIR] [--sweep] [--lengths 1024 4096 16384]
+    python benchmarks/bench_scan_gpu.py --plot-only benchmarks/results/scan_gpu.json
+
+Sizes: batch 8, dim 1536 (mamba-130m's d_inner), dstate 16, bf16 activations, fp32 A / D / delta_bias, z gate,
+softplus(delta + delta_bias), as in a Mamba mixer. Times are medians of triton.testing.do_bench.
+Lower bound: bytes that must move (forward: u, delta, z, B, C read + y written; backward adds dy read and du, ddelta,
+dz, dB, dC written) divided by the measured device-to-device copy bandwidth (bytes read + written per second).
+Writes scan_gpu.json and scan_gpu.png into --out (default benchmarks/results).
+"""
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import sys
+import types
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_modeling():
+    try:
+        from ssmvl.modeling import ssm_ops, ssm_triton
+
+        return ssm_ops, ssm_triton
+    except ImportError:
+        name = "_ssmvl_modeling_bench"
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [os.path.join(ROOT, "modeling")]
+        sys.modules[name] = pkg
+        return importlib.import_module(f"{name}.ssm_ops"), importlib.import_module(f"{name}.ssm_triton")
+
+
+def bench(fn, rep=200):
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def copy_bandwidth():
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()  # 1 GiB
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)  # bytes read + written per second
+
+
+def make(batch, dim, L, N, dtype, grad=False, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, device="cuda", generator=g) * scale).to(dtype)
+    t = dict(
+        u=r(batch, dim, L), delta=r(batch, dim, L, scale=0.5), A=-torch.rand(dim, N, device="cuda", generator=g) * 4,
+        B=r(batch, N, L), C=r(batch, N, L), D=torch.randn(dim, device="cuda", generator=g), z=r(batch, dim, L),
+        delta_bias=torch.rand(dim, device="cuda", generator=g) - 4,
+    )
+    if grad:
+        for v in t.values():
+            v.requires_grad_()
+    return t
+
+
+def fwd_bwd(fn, t, gy):
+    def run():
+        y = fn(**t, delta_softplus=True)
+        y.backward(gy)
+
+    return run
+
+
+def grad_to_none(t):
+    for v in t.values():
+        v.grad = None
+
+
+def hf_mixer(dim_model, dtype):
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    cfg = MambaConfig(hidden_size=dim_model, state_size=16, expand=2, conv_kernel=4, num_hidden_layers=1,
+                      vocab_size=100, use_mambapy=False)
+    torch.manual_seed(0)
+    mixer = MambaMixer(cfg, layer_idx=0).to("cuda", dtype).eval()
+    slow = getattr(mixer, "slow_forward", None)
+    what = "MambaMixer.slow_forward" if slow is not None else "MambaMixer.forward (torch fallback, no kernels)"
+    return mixer, (slow if slow is not None else mixer.forward), what
+
+
+def our_mixer(mixer, scan):
+    """The mixer's math with our scan (and F.conv1d for the conv): same weights as transformers' MambaMixer."""
+    import torch.nn.functional as F
+
+    N, R = mixer.ssm_state_size, mixer.time_step_rank
+
+    def run(hidden):
+        L = hidden.shape[1]
+        proj = mixer.in_proj(hidden).transpose(1, 2)
+        x, gate = proj.chunk(2, dim=1)
+        x = F.silu(mixer.conv1d(x)[..., :L])
+        dt, Bm, Cm = torch.split(mixer.x_proj(x.transpose(1, 2)), [R, N, N], dim=-1)
+        dt = mixer.dt_proj.weight @ dt.transpose(1, 2)
+        A = -torch.exp(mixer.A_log.float())
+        y = scan(x, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D=mixer.D.float(), z=gate,
+                 delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True)
+        return mixer.out_proj(y.transpose(1, 2))
+
+    return run
+
+
+def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16):
+    """Times a few block configurations; sets the module's configs to the fastest ones."""
+    t = make(batch, dim, L, N, dtype)
+    out = {"fwd": [], "bwd": [], "L": L}
+    fwd_cfgs = [(4, 64, 4), (8, 32, 4), (8, 64, 4), (16, 32, 4), (8, 64, 8), (16, 64, 8), (4, 128, 4), (8, 128, 8)]
+    for bd, bl, nw in fwd_cfgs:
+        ssm_triton.FWD_CONFIG.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+        with torch.no_grad():
+            ms = bench(lambda: ssm_triton.selective_scan_triton(**t, delta_softplus=True), rep=100)
+        out["fwd"].append({"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "ms": ms})
+        print(f"sweep fwd BLOCK_D={bd} BLOCK_L={bl} warps={nw}: {ms:.3f} ms", flush=True)
+    best = min(out["fwd"], key=lambda r: r["ms"])
+    ssm_triton.FWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "BLOCK_L", "num_warps")})
+    tg = make(batch, dim, L, N, dtype, grad=True)
+    gy = torch.randn_like(tg["u"])
+    for bd, bl, nw in [(4, 32, 4), (8, 32, 4), (8, 16, 4), (4, 64, 4), (8, 32, 8), (16, 32, 8), (16, 16, 4),
+                       (8, 64, 8)]:
+        ssm_triton.BWD_CONFIG.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+        try:
+            ms = bench(fwd_bwd(ssm_triton.selective_scan_triton, tg, gy), rep=100)
+        except Exception as err:  # e.g. out of shared memory / registers
+            print(f"sweep bwd {bd},{bl},{nw} failed: {err}", flush=True)
+            continue
+        grad_to_none(tg)
+        out["bwd"].append({"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "ms_fwd_bwd": ms})
+        print(f"sweep fwd+bwd BLOCK_D={bd} BLOCK_L={bl} warps={nw}: {ms:.3f} ms", flush=True)
+    best = min(out["bwd"], key=lambda r: r["ms_fwd_bwd"])
+    ssm_triton.BWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "BLOCK_L", "num_warps")})
+    out["chosen"] = {"fwd": dict(ssm_triton.FWD_CONFIG), "bwd": dict(ssm_triton.BWD_CONFIG)}
+    print("chosen", out["chosen"], flush=True)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    p.add_argument("--sweep", action="store_true", help="time a few block configs first and use the fastest")
+    p.add_argument("--torch-max-len", type=int, default=1024, help="longest L for the python-loop baselines")
+    p.add_argument("--plot-only", default=None, help="re-draw the PNG from an existing JSON")
+    args = p.parse_args()
+    if args.plot_only:
+        with open(args.plot_only) as f:
+            plot(json.load(f), os.path.join(os.path.dirname(args.plot_only), "scan_gpu.png"))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ssm_ops, ssm_triton = load_modeling()
+    os.makedirs(args.out, exist_ok=True)
+    import triton
+
+    batch, dim, N, dtype = 8, 1536, 16, torch.bfloat16
+    res = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(), "batch": batch, "dim": dim, "dstate": N, "dtype": "bfloat16",
+        "timing": "triton.testing.do_bench, median, ms",
+    }
+    try:
+        import transformers
+
+        res["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    bw = copy_bandwidth()
+    res["copy_bandwidth_GBps"] = bw / 1e9
+    print(f"device {res['device']}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write)", flush=True)
+    if args.sweep:
+        res["sweep"] = sweep(ssm_triton)
+    res["fwd_config"], res["bwd_config"] = dict(ssm_triton.FWD_CONFIG), dict(ssm_triton.BWD_CONFIG)
+    rows = []
+    for L in args.lengths:
+        row = {"L": L}
+        el = 2  # bf16
+        big, small = batch * dim * L * el, batch * N * L * el
+        row["bytes_fwd"] = 4 * big + 2 * small  # u, delta, z, B, C read; y written
+        row["bytes_bwd"] = 7 * big + 4 * small  # u, delta, z, dy, B, C read; du, ddelta, dz, dB, dC written
+        row["bound_fwd_ms"] = row["bytes_fwd"] / bw * 1e3
+        row["bound_fwd_bwd_ms"] = (row["bytes_fwd"] + row["bytes_bwd"]) / bw * 1e3
+        t = make(batch, dim, L, N, dtype)
+        with torch.no_grad():
+            row["triton_fwd_ms"] = bench(lambda: ssm_triton.selective_scan_triton(**t, delta_softplus=True))
+        tg = make(batch, dim, L, N, dtype, grad=True)
+        gy = torch.randn_like(tg["u"])
+        row["triton_fwd_bwd_ms"] = bench(fwd_bwd(ssm_triton.selective_scan_triton, tg, gy))
+        grad_to_none(tg)
+        row["triton_fwd_x_bound"] = row["triton_fwd_ms"] / row["bound_fwd_ms"]
+        row["triton_fwd_bwd_x_bound"] = row["triton_fwd_bwd_ms"] / row["bound_fwd_bwd_ms"]
+        # parity at this size against the torch backend (fp32 state) on the same bf16 inputs
+        if L <= args.torch_max_len:
+            with torch.no_grad():
+                y_ref = ssm_ops.selective_scan_torch(**t, delta_softplus=True).float()
+                y_tr = ssm_triton.selective_scan_triton(**t, delta_softplus=True).float()
+            row["rel_err_vs_torch_backend"] = ((y_tr - y_ref).norm() / y_ref.norm()).item()
+            with torch.no_grad():
+                row["torch_backend_fwd_ms"] = bench(lambda: ssm_ops.selective_scan_torch(**t, delta_softplus=True),
+                                                    rep=50)
+            row["torch_backend_fwd_bwd_ms"] = bench(fwd_bwd(ssm_ops.selective_scan_torch, tg, gy), rep=50)
+            grad_to_none(tg)
+        del t, tg, gy
+        # whole mixer: transformers' slow path vs the same math with our scan (d_model 768 -> d_inner 1536)
+        mixer, hf_fwd, what = hf_mixer(dim // 2, dtype)
+        ours = our_mixer(mixer, ssm_triton.selective_scan_triton)
+        res["hf_mixer_timed"] = what
+        hidden = torch.randn(batch, L, dim // 2, device="cuda", dtype=dtype)
+        hidden_g = hidden.clone().requires_grad_()
+        gout = torch.randn_like(hidden)
+
+        def fb(f):
+            def run():
+                f(hidden_g).backward(gout)
+            return run
+
+        with torch.no_grad():
+            row["ours_mixer_fwd_ms"] = bench(lambda: ours(hidden))
+        row["ours_mixer_fwd_bwd_ms"] = bench(fb(ours))
+        if L <= max(args.torch_max_len, 4096):
+            with torch.no_grad():
+                a, b = ours(hidden).float(), hf_fwd(hidden).float()
+                row["mixer_rel_err_vs_hf"] = ((a - b).norm() / b.norm()).item()
+                row["hf_mixer_fwd_ms"] = bench(lambda: hf_fwd(hidden), rep=50)
+            row["hf_mixer_fwd_bwd_ms"] = bench(fb(hf_fwd), rep=50)
+        del mixer, hidden, hidden_g, gout
+        torch.cuda.empty_cache()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        res["rows"] = rows
+        with open(os.path.join(args.out, "scan_gpu.json"), "w") as f:
+            json.dump(res, f, indent=1)
+    try:
+        plot(res, os.path.join(args.out, "scan_gpu.png"))
+    except ImportError as err:
+        print(f"no plot ({err}); run with --plot-only on a machine with matplotlib")
+
+
+def plot(res, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = res["rows"]
+    for ax, kind, title in ((axes[0], "fwd", "forward"), (axes[1], "fwd_bwd", "forward + backward")):
+        series = [
+            (f"triton scan", f"triton_{kind}_ms", "o-"),
+            (f"lower bound (bytes / copy bw)", f"bound_{kind}_ms", "k--"),
+            (f"torch backend scan", f"torch_backend_{kind}_ms", "s-"),
+            (f"HF mixer (slow path)", f"hf_mixer_{kind}_ms", "^-"),
+            (f"our mixer (triton scan)", f"ours_mixer_{kind}_ms", "v-"),
+        ]
+        for label, key, style in series:
+            pts = [(r["L"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(f"{title}: B={res['batch']}, D={res['dim']}, N={res['dstate']}, {res['dtype']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Selective scan on {res['device']} ({res['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
