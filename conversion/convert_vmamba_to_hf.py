@@ -11,7 +11,11 @@ Key map (official names from `classification/models/vmamba.py`; `Linear2d` weigh
     patch_embed.0.* / .2.*                    -> vmamba.patch_embed.conv / norm                      (stem "v1")
     layers.{i}.blocks.{j}.{norm, norm2, mlp.fc1, mlp.fc2, op.in_proj, op.conv2d, op.x_proj_weight,
         op.dt_projs_weight, op.dt_projs_bias, op.A_logs, op.Ds, op.out_norm, op.out_proj}
-                                              -> vmamba.layers.{i}.blocks.{j}.<same>
+                                              -> vmamba.layers.{i}.blocks.{j}.<same>, except the stacked
+                                                 per-direction projections, split along their first axis (k = 0..3):
+        op.x_proj_weight (4, R+2N, d)         -> op.x_proj.{k}.weight (R+2N, d)
+        op.dt_projs_weight (4, d, R)          -> op.dt_projs.{k}.weight (d, R)
+        op.dt_projs_bias (4, d)               -> op.dt_projs.{k}.bias (d,)
     layers.{i}.downsample.1.* / .3.*          -> vmamba.layers.{i}.downsample.conv / norm            (v2, v3)
     layers.{i}.downsample.{norm,reduction}.*  -> vmamba.layers.{i}.downsample.{norm,reduction}       (v1)
     classifier.norm.*                         -> vmamba.norm.*
@@ -80,6 +84,25 @@ _BLOCK_PARTS = (
 )
 
 
+# upstream stacked parameter -> the per-direction HF key it is split into ("{k}" = direction 0..3)
+_STACKED = {
+    "op.x_proj_weight": "op.x_proj.{k}.weight",
+    "op.dt_projs_weight": "op.dt_projs.{k}.weight",
+    "op.dt_projs_bias": "op.dt_projs.{k}.bias",
+}
+_SPLIT_KEY = re.compile(r"(.*\.)(op\.(?:x_proj|dt_projs)\.)(\d+)\.(weight|bias)")
+
+
+def _stacked_name(hf_key: str) -> Optional[str]:
+    """HF per-direction key (`....op.x_proj.2.weight`) -> its stacked name in the official layout
+    (`....op.x_proj_weight`), or None for any other key."""
+    m = _SPLIT_KEY.fullmatch(hf_key)
+    if m is None:
+        return None
+    part = f"{m[2]}{{k}}.{m[4]}"
+    return next(m[1] + name for name, split in _STACKED.items() if split == part)
+
+
 def _legacy_rename(key: str) -> str:
     key = key[len("module."):] if key.startswith("module.") else key
     for pattern, repl in _LEGACY:
@@ -88,7 +111,9 @@ def _legacy_rename(key: str) -> str:
 
 
 def map_key(key: str, config: VMambaConfig) -> Optional[str]:
-    """Official key (after legacy renames) -> HF key, or None when it has no place in the HF model."""
+    """Official key (after legacy renames) -> HF key, or None when it has no place in the HF model. The stacked
+    per-direction projections keep their official name (`vmamba.layers.{i}.blocks.{j}.op.x_proj_weight`): a key of
+    `stacked_shapes`, split into the per-direction HF keys by `convert_state_dict`."""
     if config.patchembed == "v2":
         stem = {"0": "conv1", "2": "norm1", "5": "conv2", "7": "norm2"}
     else:
@@ -114,6 +139,39 @@ def expected_shapes(config: VMambaConfig) -> Dict[str, torch.Size]:
     with torch.device("meta"):
         model = VMambaForImageClassification(config)
     return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def stacked_shapes(config: VMambaConfig) -> Dict[str, torch.Size]:
+    """`expected_shapes` with the per-direction keys of each block folded back into upstream's stacked parameters,
+    e.g. `vmamba.layers.0.blocks.0.op.x_proj_weight`: (4, R + 2N, d_inner): the shapes the checkpoint must have."""
+    shapes: Dict[str, torch.Size] = {}
+    parts: Dict[str, list] = {}
+    for key, shape in expected_shapes(config).items():
+        stacked = _stacked_name(key)
+        if stacked is None:
+            shapes[key] = shape
+        else:
+            parts.setdefault(stacked, []).append((int(_SPLIT_KEY.fullmatch(key)[3]), shape))
+            shapes.setdefault(stacked, None)  # keep the model's key order
+    for stacked, items in parts.items():
+        items.sort()
+        assert [k for k, _ in items] == list(range(len(items))) and len({s for _, s in items}) == 1, stacked
+        shapes[stacked] = torch.Size((len(items),) + tuple(items[0][1]))
+    return shapes
+
+
+def _split_stacked(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Stacked official-layout keys -> one HF key per direction (a clone each: no shared storage on save)."""
+    out = {}
+    for key, tensor in state.items():
+        name = next((n for n in _STACKED if key.endswith("." + n)), None)
+        if name is None:
+            out[key] = tensor
+            continue
+        prefix = key[: -len(name)]
+        for k in range(tensor.shape[0]):
+            out[prefix + _STACKED[name].format(k=k)] = tensor[k].clone()
+    return out
 
 
 def describe_checkpoint(original: Dict[str, torch.Tensor]) -> dict:
@@ -159,9 +217,11 @@ def _check_variant(original, config: VMambaConfig):
 
 def convert_state_dict(original: Dict[str, torch.Tensor], config: VMambaConfig) -> Dict[str, torch.Tensor]:
     """Official VMamba state dict -> state dict of `VMambaForImageClassification(config)`. Pure; strict: raises
-    `ConversionError` naming every unexpected, missing or mis-shaped key."""
+    `ConversionError` naming every unexpected, missing or mis-shaped key. The accounting is done in the official
+    layout (`stacked_shapes`), so a missing / mis-shaped stacked projection is named as upstream names it
+    (`...op.x_proj_weight`); the stacked tensors are then split into `op.x_proj.{k}` / `op.dt_projs.{k}`."""
     _check_variant(original, config)
-    shapes = expected_shapes(config)
+    shapes = stacked_shapes(config)
     converted, unexpected, misshaped, origin = {}, [], [], {}
     for key, tensor in original.items():
         if not isinstance(tensor, torch.Tensor):
@@ -183,6 +243,8 @@ def convert_state_dict(original: Dict[str, torch.Tensor], config: VMambaConfig) 
             continue
         converted[new], origin[new] = tensor.detach().clone(), key
     missing = [k for k in shapes if k not in origin]
+    missing = [f"{k} (official {k[len('vmamba.'):]}, stacked over the 4 directions)" if _is_stacked(k) else k
+               for k in missing]
     problems = []
     if missing:
         problems.append(f"missing ({len(missing)}): {missing}")
@@ -192,7 +254,11 @@ def convert_state_dict(original: Dict[str, torch.Tensor], config: VMambaConfig) 
         problems.append(f"mis-shaped ({len(misshaped)}): {misshaped}")
     if problems:
         raise ConversionError("VMamba checkpoint does not match the config:\n  " + "\n  ".join(problems))
-    return converted
+    return _split_stacked(converted)
+
+
+def _is_stacked(key: str) -> bool:
+    return any(key.endswith("." + n) for n in _STACKED)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -15,12 +15,21 @@ Parameter names match the official checkpoint except the stem / downsample / hea
     patch_embed.0 / .2 / .5 / .7  (stem v2)      vmamba.patch_embed.conv1 / norm1 / conv2 / norm2
     patch_embed.0 / .2            (stem v1)      vmamba.patch_embed.conv / norm
     layers.{i}.blocks.{j}.<rest>                 vmamba.layers.{i}.blocks.{j}.<rest>   (norm, op.*, norm2, mlp.*)
+      ....op.x_proj_weight    (K, R+2N, d)       ....op.x_proj.{k}.weight    (R+2N, d)    k = 0..3
+      ....op.dt_projs_weight  (K, d, R)          ....op.dt_projs.{k}.weight  (d, R)
+      ....op.dt_projs_bias    (K, d)             ....op.dt_projs.{k}.bias    (d,)
     layers.{i}.downsample.1 / .3  (v2, v3)       vmamba.layers.{i}.downsample.conv / norm
     layers.{i}.downsample.norm / .reduction (v1) vmamba.layers.{i}.downsample.norm / reduction
     classifier.norm                              vmamba.norm
     classifier.head                              classifier
 Upstream `Linear2d` weights may be stored as (out, in, 1, 1); they are (out, in) here. See
 `conversion/convert_vmamba_to_hf.py`.
+
+Upstream stacks the four directions' x / dt projections into raw parameters; here each direction has its own
+`nn.Linear` (`x_proj.{k}`, `dt_projs.{k}`), always called as a module, so PEFT adapters and hooks on them are honoured.
+PEFT's list form of `target_modules` matches a name *suffix* (`key.endswith(".x_proj")`), which would hit the
+`ModuleList` and not its Linear children: use `VMAMBA_LORA_TARGETS` (a regex, matched with `re.fullmatch`) to adapt
+in_proj, every direction's x_proj and dt_projs, and out_proj.
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ logger = logging.get_logger(__name__)
 
 _ACTS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 K_DIRECTIONS = 4  # row-major, column-major, and both reversed
+
+# PEFT `LoraConfig(target_modules=VMAMBA_LORA_TARGETS)`: a string is matched with re.fullmatch against each module
+# name, e.g. "vmamba.layers.0.blocks.0.op.x_proj.3". Hits the SS2D in_proj, x_proj.0-3, dt_projs.0-3 and out_proj
+# (not the MLP fc1/fc2, the downsample or the classifier).
+VMAMBA_LORA_TARGETS = r"(?:.*\.)?(?:in_proj|x_proj\.\d+|dt_projs\.\d+|out_proj)"
 
 
 @dataclass
@@ -98,9 +112,11 @@ class VMambaSS2D(nn.Module):
     four directions packed as groups (u: (b, 4*d_inner, L), B/C: (b, 4, N, L), A: (4*d_inner, N)) -> cross-merge ->
     out_norm -> [GELU if _oact] -> [* z] -> out_proj.
 
-    Parameters (names and shapes as upstream): in_proj (d_inner or 2*d_inner, dim), conv2d (d_inner, 1, k, k),
-    x_proj_weight (4, R + 2N, d_inner), dt_projs_weight (4, d_inner, R), dt_projs_bias (4, d_inner),
-    A_logs (4*d_inner, N), Ds (4*d_inner,), out_norm (d_inner), out_proj (dim, d_inner).
+    Parameters: in_proj (d_inner or 2*d_inner, dim), conv2d (d_inner, 1, k, k), x_proj.{k} Linear d_inner -> R + 2N
+    (no bias), dt_projs.{k} Linear R -> d_inner (with bias), k = 0..3 the directions, A_logs (4*d_inner, N),
+    Ds (4*d_inner,), out_norm (d_inner), out_proj (dim, d_inner). Upstream's stacked x_proj_weight (4, R + 2N, d_inner),
+    dt_projs_weight (4, d_inner, R) and dt_projs_bias (4, d_inner) are the k-th slices of these; the dt bias is added
+    by the dt_projs Linear (not as the scan's delta_bias), so that adapters on dt_projs see the whole projection.
     """
 
     def __init__(self, config: VMambaConfig, dim: int, dt_rank: int):
@@ -120,9 +136,8 @@ class VMambaSS2D(nn.Module):
         if config.ssm_conv > 1:
             self.conv2d = nn.Conv2d(d_inner, d_inner, config.ssm_conv, padding=(config.ssm_conv - 1) // 2,
                                     groups=d_inner, bias=config.ssm_conv_bias)
-        self.x_proj_weight = nn.Parameter(torch.empty(K, R + 2 * N, d_inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(K, d_inner, R))
-        self.dt_projs_bias = nn.Parameter(torch.empty(K, d_inner))
+        self.x_proj = nn.ModuleList(nn.Linear(d_inner, R + 2 * N, bias=False) for _ in range(K))
+        self.dt_projs = nn.ModuleList(nn.Linear(R, d_inner, bias=True) for _ in range(K))
         self.A_logs = nn.Parameter(torch.empty(K * d_inner, N))
         self.Ds = nn.Parameter(torch.empty(K * d_inner))
         self.out_norm = nn.LayerNorm(d_inner, eps=config.layer_norm_eps)
@@ -141,34 +156,36 @@ class VMambaSS2D(nn.Module):
         init.copy_(self.A_logs, torch.log(A).expand_as(self.A_logs))
         init.ones_(self.Ds)
         std = self.dt_rank**-0.5 * a["dt_scale"]
-        if a["dt_init"] == "constant":
-            init.constant_(self.dt_projs_weight, std)
-        else:
-            init.uniform_(self.dt_projs_weight, -std, std)
-        dt = torch.exp(
-            torch.rand(self.dt_projs_bias.shape, device=dev) * (math.log(a["dt_max"]) - math.log(a["dt_min"]))
-            + math.log(a["dt_min"])
-        ).clamp(min=a["dt_init_floor"])
-        init.copy_(self.dt_projs_bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         bound = 1.0 / math.sqrt(self.d_inner)
-        init.uniform_(self.x_proj_weight, -bound, bound)
+        for x_proj, dt_proj in zip(self.x_proj, self.dt_projs):
+            if a["dt_init"] == "constant":
+                init.constant_(dt_proj.weight, std)
+            else:
+                init.uniform_(dt_proj.weight, -std, std)
+            dt = torch.exp(
+                torch.rand(dt_proj.bias.shape, device=dev) * (math.log(a["dt_max"]) - math.log(a["dt_min"]))
+                + math.log(a["dt_min"])
+            ).clamp(min=a["dt_init_floor"])
+            init.copy_(dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            init.uniform_(x_proj.weight, -bound, bound)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, d_inner, H, W) -> (batch, d_inner, H, W); the cross-scan SSM core (upstream `forward_corev2`)."""
         b, d, H, W = x.shape
         N, R, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, H * W
         xs = cross_scan(x)  # (b, K, d, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (b, K, R + 2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (b, K, d, L)
+        xs_t = xs.transpose(2, 3)  # (b, K, L, d)
+        # each direction's projections called as modules (PEFT / hooks see them), on its own cross-scanned sequence
+        x_dbl = torch.stack([proj(xs_t[:, k]) for k, proj in enumerate(self.x_proj)], dim=1)  # (b, K, L, R + 2N)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
+        dts = torch.stack([proj(dts[:, k]) for k, proj in enumerate(self.dt_projs)], dim=1)  # (b, K, L, d), + bias
         ys = selective_scan(
             xs.reshape(b, K * d, L),  # u: (b, K*d, L), direction-major as upstream
-            dts.reshape(b, K * d, L),
+            dts.transpose(2, 3).reshape(b, K * d, L),
             -torch.exp(self.A_logs.float()),  # A: (K*d, N)
-            Bs.contiguous(),  # (b, K, N, L): one B per direction (groups)
-            Cs.contiguous(),
+            Bs.transpose(2, 3).contiguous(),  # (b, K, N, L): one B per direction (groups)
+            Cs.transpose(2, 3).contiguous(),
             D=self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
             delta_softplus=True,
             backend=self.ssm_backend,
         )  # (b, K*d, L)
@@ -308,7 +325,10 @@ class VMambaPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         """As upstream `VSSM._init_weights`: Linear trunc_normal(std=initializer_range) and zero bias, LayerNorm 1/0;
-        convs keep torch's default (kaiming-uniform) init; SS2D parameters get the Mamba init."""
+        convs keep torch's default (kaiming-uniform) init; SS2D parameters get the Mamba init. Modules are visited
+        children first, so the SS2D branch (its `reset_ssm_parameters`) runs after the generic Linear branch has touched
+        its x_proj.{k} / dt_projs.{k} and overrides it: x_proj uniform(+-d_inner^-0.5), dt weight uniform(+-R^-0.5 *
+        dt_scale), dt bias softplus^-1(log-uniform(dt_min, dt_max)), as upstream."""
         if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
@@ -467,7 +487,7 @@ class VMambaForImageClassification(VMambaPreTrainedModel):
 
 __all__ = [
     "VMambaPreTrainedModel", "VMambaModel", "VMambaForImageClassification", "VMambaModelOutput",
-    "cross_scan", "cross_merge",
+    "cross_scan", "cross_merge", "VMAMBA_LORA_TARGETS",
 ]
 
 # save_pretrained writes `auto_map` and copies this file and its sibling imports, so that

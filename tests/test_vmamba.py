@@ -1,5 +1,6 @@
 """VMamba family: shapes, save/load, loading through trust_remote_code without ssmvl, any size multiple of 32,
-batching, stage features, input/config errors, loss, gradient checkpointing, and the converter against an independent
+batching, stage features, input/config errors, loss, gradient checkpointing, SS2D init, PEFT LoRA on the SS2D
+projections, and the converter against an independent
 reference forward written here over the official key names (MzeroMiko/VMamba classification/models/vmamba.py)."""
 
 import json
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 from ssmvl.conversion import convert_vmamba_to_hf as conv
 from ssmvl.modeling import ssm_ops
 from ssmvl.modeling.configuration_vmamba import VMambaConfig
-from ssmvl.modeling.modeling_vmamba import VMambaForImageClassification, VMambaModel, cross_merge, cross_scan
+from ssmvl.modeling.modeling_vmamba import (
+    VMAMBA_LORA_TARGETS, VMambaForImageClassification, VMambaModel, cross_merge, cross_scan,
+)
 
 
 TINY = dict(image_size=64, embed_dim=8, depths=[1, 1, 2, 1], d_state=2, ssm_ratio=2.0, num_labels=3,
@@ -201,7 +204,8 @@ def test_losses_and_gradient_checkpointing():
     assert out.loss.ndim == 0
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    assert any("x_proj_weight" in n for n in grads) and any("A_logs" in n for n in grads)
+    assert all(any(f"{p}.{k}." in n for n in grads) for p in ("x_proj", "dt_projs") for k in range(4))
+    assert any("A_logs" in n for n in grads)
     model.zero_grad()
     model.gradient_checkpointing_enable()
     assert model.vmamba.layers[0].blocks[0].gradient_checkpointing
@@ -212,6 +216,83 @@ def test_losses_and_gradient_checkpointing():
     assert multi(x, labels=torch.tensor([[1.0, 0, 1], [0, 1, 0]])).loss.ndim == 0
     reg = tiny_model(num_labels=1)
     assert reg(x, labels=torch.tensor([0.5, -1.0])).loss.ndim == 0
+
+
+def test_ss2d_per_direction_projections_and_init():
+    cfg = tiny_config(dt_min=0.002, dt_max=0.05)
+    model = tiny_model(dt_min=0.002, dt_max=0.05)
+    op = model.vmamba.layers[2].blocks[0].op  # dim 32: d_inner 64, dt_rank 2
+    d, R, N = op.d_inner, op.dt_rank, cfg.d_state
+    assert [type(m) for m in (*op.x_proj, *op.dt_projs)] == [torch.nn.Linear] * 8
+    assert all(m.weight.shape == (R + 2 * N, d) and m.bias is None for m in op.x_proj)
+    assert all(m.weight.shape == (d, R) and m.bias.shape == (d,) for m in op.dt_projs)
+    names = {n for n, _ in model.named_parameters()}
+    assert not any("x_proj_weight" in n or "dt_projs_weight" in n or "dt_projs_bias" in n for n in names)
+    # Mamba init survives _init_weights (not the generic Linear trunc_normal(0.02)): x_proj U(+-d^-0.5),
+    # dt weight U(+-R^-0.5), softplus(dt bias) in [dt_min, dt_max]
+    xw = torch.stack([m.weight for m in op.x_proj])
+    assert xw.abs().max() <= d**-0.5 and xw.std() > 0.5 * d**-0.5 / math.sqrt(3)
+    dw = torch.stack([m.weight for m in op.dt_projs])
+    assert dw.abs().max() <= R**-0.5 and dw.std() > 0.5 * R**-0.5 / math.sqrt(3)
+    dt = F.softplus(torch.stack([m.bias for m in op.dt_projs]))
+    assert dt.min() >= 0.002 * (1 - 1e-4) and dt.max() <= 0.05 * (1 + 1e-4)
+    assert not torch.equal(op.dt_projs[0].bias, op.dt_projs[1].bias)  # each direction drawn independently
+
+
+def test_lora_adapts_every_ss2d_projection():
+    peft = pytest.importorskip("peft")
+    # larger weights and dt than the fresh init so that the scan (not the D skip) carries the signal: the effect of
+    # the x_proj / dt_projs adapters is then well above float noise
+    model = tiny_model(initializer_range=0.3, dt_min=0.1, dt_max=1.0)
+    x = images()
+    with torch.no_grad():
+        base = model(x).logits
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=VMAMBA_LORA_TARGETS,
+                                                      init_lora_weights=False, modules_to_save=["classifier"]))
+    adapted = {n.split("base_model.model.", 1)[1] for n, m in lora.named_modules()
+               if isinstance(m, peft.tuners.lora.LoraLayer)}
+    ops = [f"vmamba.layers.{i}.blocks.{j}.op" for i, depth in enumerate(TINY["depths"]) for j in range(depth)]
+    expected = {f"{op}.{name}" for op in ops for name in
+                ["in_proj", "out_proj"] + [f"{p}.{k}" for p in ("x_proj", "dt_projs") for k in range(4)]}
+    assert adapted == expected  # every direction's x_proj / dt_projs, and nothing else (no MLP, no classifier)
+    # why a regex: PEFT's list form matches name suffixes, so "x_proj" names the ModuleList, not its Linears
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    key = "vmamba.layers.0.blocks.0.op.x_proj.0"
+    assert not check_target_module_exists(peft.LoraConfig(target_modules=["x_proj", "dt_projs"]), key)
+    assert check_target_module_exists(peft.LoraConfig(target_modules=VMAMBA_LORA_TARGETS), key)
+    assert lora.peft_config["default"].target_modules == VMAMBA_LORA_TARGETS
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any(".x_proj.3.lora_A." in n for n in trainable) and any(".dt_projs.2.lora_B." in n for n in trainable)
+    assert any("classifier.modules_to_save" in n for n in trainable)
+    lora.eval()
+    calls = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+             for n, m in lora.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    with torch.no_grad():
+        adapted_logits = lora(x).logits
+    for h in hooks:
+        h.remove()
+    assert len(calls) == len(expected) and set(calls.values()) == {1}  # each direction's Linear called once
+    with torch.no_grad():
+        # with only the x_proj / dt_projs adapters on, the output still changes: the scan calls them as modules
+        in_out = [m for n, m in lora.named_modules()
+                  if isinstance(m, peft.tuners.lora.LoraLayer) and n.endswith(("in_proj", "out_proj"))]
+        for module in in_out:
+            module.enable_adapters(False)
+        scan_only = lora(x).logits
+        for module in in_out:
+            module.enable_adapters(True)
+    scale = float(base.abs().max())
+    assert (adapted_logits - base).abs().max() > 1e-2 * scale
+    assert (scan_only - base).abs().max() > 1e-2 * scale
+    merged = lora.merge_and_unload().eval()
+    assert not any(isinstance(m, peft.tuners.lora.LoraLayer) for m in merged.modules())
+    assert isinstance(merged.vmamba.layers[0].blocks[0].op.x_proj[0], torch.nn.Linear)
+    with torch.no_grad():
+        merged_logits = merged(x).logits
+    diff = float((merged_logits - adapted_logits).abs().max())
+    assert diff <= 1e-5, (diff, scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,6 +436,23 @@ def test_converter_key_errors():
     bad = {**sd, "layers.0.blocks.0.mlp.fc1.weight": torch.zeros(7, 16)}
     with pytest.raises(conv.ConversionError, match=r"mis-shaped \(1\).*mlp\.fc1\.weight: checkpoint \(7, 16\)"):
         conv.convert_state_dict(bad, cfg)
+    # upstream's stacked per-direction projections are accounted for (and named) in the official layout
+    gone = dict(sd)
+    del gone["layers.2.blocks.0.op.dt_projs_bias"]
+    with pytest.raises(conv.ConversionError, match=r"missing \(1\).*layers\.2\.blocks\.0\.op\.dt_projs_bias") as err:
+        conv.convert_state_dict(gone, cfg)
+    assert "dt_projs.0" not in str(err.value)
+    three = {**sd, "layers.0.blocks.0.op.x_proj_weight": sd["layers.0.blocks.0.op.x_proj_weight"][:3]}
+    with pytest.raises(conv.ConversionError, match=r"mis-shaped \(1\).*layers\.0\.blocks\.0\.op\.x_proj_weight: "
+                       r"checkpoint \(3, 5, 16\), model .*op\.x_proj_weight expects \(4, 5, 16\)"):
+        conv.convert_state_dict(three, cfg)
+    split = conv.convert_state_dict(sd, cfg)
+    ours, theirs = "vmamba.layers.1.blocks.1.op.", "layers.1.blocks.1.op."
+    for k in range(4):
+        assert torch.equal(split[f"{ours}x_proj.{k}.weight"], sd[f"{theirs}x_proj_weight"][k])
+        assert torch.equal(split[f"{ours}dt_projs.{k}.weight"], sd[f"{theirs}dt_projs_weight"][k])
+        assert torch.equal(split[f"{ours}dt_projs.{k}.bias"], sd[f"{theirs}dt_projs_bias"][k])
+    assert not any(k.endswith(("x_proj_weight", "dt_projs_weight", "dt_projs_bias")) for k in split)
     other = official_state_dict(VMambaConfig(**{**CONV_TINY, "depths": [1, 1, 1, 1]}))
     with pytest.raises(conv.ConversionError, match="another VMamba variant.*depths"):
         conv.convert_state_dict(other, cfg)
