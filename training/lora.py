@@ -1,0 +1,108 @@
+"""PEFT LoRA presets per model family, as data.
+
+The targets name the SSM projections of each family so that LoRA really trains the state-space part of the model:
+``in_proj`` (input + gate), ``x_proj`` (input-dependent dt / B / C), ``dt_proj`` (dt up-projection) and ``out_proj``;
+Vim's bidirectional mixer adds the backward branch twins ``x_proj_b`` / ``dt_proj_b``. PEFT matches a target against
+the end of a module name, so ``"x_proj"`` does not catch ``x_proj_b`` (listed separately).
+
+VMamba's SS2D keeps its four per-direction x / dt projections as stacked raw parameters (``x_proj_weight``
+(K, R + 2N, d_inner), ``dt_projs_weight``) used through einsum, not as ``nn.Linear`` modules, so its LoRA targets are
+the SS2D ``in_proj`` / ``out_proj`` Linears.
+
+Image classifiers train their (new) head fully (``modules_to_save``); language models use ``task_type="CAUSAL_LM"``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+LORA_TARGETS: Dict[str, List[str]] = {
+    "ssmvl_mamba": ["in_proj", "x_proj", "dt_proj", "out_proj"],
+    "ssmvl_vim": ["in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b"],
+    "ssmvl_vmamba": ["in_proj", "out_proj"],
+    # transformers models used as stand-ins / towers
+    "vit": ["query", "value"],
+    "mamba": ["in_proj", "x_proj", "dt_proj", "out_proj"],
+}
+
+# name of the classification head of each image classifier (trained fully next to the adapters)
+CLASSIFIER_HEADS: Dict[str, str] = {
+    "ssmvl_vim": "head",
+    "ssmvl_vmamba": "classifier",
+    "vit": "classifier",
+}
+
+
+def _model_type(model) -> str:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ValueError(f"{type(model).__name__} has no config.model_type; pass target_modules explicitly.")
+    return model_type
+
+
+def is_causal_lm(model) -> bool:
+    return type(model).__name__.endswith("ForCausalLM") or hasattr(model, "generate") and not is_image_classifier(model)
+
+
+def is_image_classifier(model) -> bool:
+    return type(model).__name__.endswith("ForImageClassification") or (
+        getattr(model, "main_input_name", None) == "pixel_values" and hasattr(getattr(model, "config", None),
+                                                                              "num_labels"))
+
+
+def classifier_head_name(model) -> Optional[str]:
+    """Attribute name of the classification head (``head`` for Vim, ``classifier`` for VMamba / ViT)."""
+    name = CLASSIFIER_HEADS.get(getattr(getattr(model, "config", None), "model_type", None))
+    if name is not None:
+        return name
+    for candidate in ("classifier", "head", "score"):
+        if hasattr(model, candidate):
+            return candidate
+    return None
+
+
+def lora_targets(model) -> List[str]:
+    model_type = _model_type(model)
+    if model_type not in LORA_TARGETS:
+        raise ValueError(f"No LoRA preset for model_type {model_type!r}; known: {sorted(LORA_TARGETS)}. "
+                         "Pass target_modules=[...] explicitly.")
+    return list(LORA_TARGETS[model_type])
+
+
+def lora_config_for(model, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+                    modules_to_save: Optional[Sequence[str]] = None,
+                    target_modules: Optional[Sequence[str]] = None, **kwargs):
+    """A ``peft.LoraConfig`` for ``model`` from the family preset: ``task_type="CAUSAL_LM"`` for language models;
+    for image classifiers the head (``head`` / ``classifier``) goes to ``modules_to_save`` unless given."""
+    from peft import LoraConfig
+
+    targets = list(target_modules) if target_modules is not None else lora_targets(model)
+    task_type = None
+    if is_image_classifier(model):
+        if modules_to_save is None:
+            head = classifier_head_name(model)
+            modules_to_save = [head] if head else None
+    elif is_causal_lm(model):
+        task_type = "CAUSAL_LM"
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+        modules_to_save=list(modules_to_save) if modules_to_save else None, task_type=task_type, **kwargs,
+    )
+
+
+def count_parameters(model) -> Dict[str, float]:
+    """trainable / total parameter counts and the trainable percentage (what PEFT's print_trainable_parameters shows)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": 100.0 * trainable / max(total, 1)}
+
+
+def adapted_module_names(model) -> List[str]:
+    """Names of the modules that carry a LoRA adapter (``lora_A`` child) in a PEFT model."""
+    return sorted({name.rsplit(".lora_A", 1)[0] for name, _ in model.named_modules() if name.endswith(".lora_A")})
+
+
+__all__ = ["LORA_TARGETS", "CLASSIFIER_HEADS", "lora_config_for", "lora_targets", "classifier_head_name",
+           "count_parameters", "adapted_module_names", "is_causal_lm", "is_image_classifier"]

@@ -1,0 +1,367 @@
+"""Trainer + PEFT LoRA recipes.
+
+``train_causal_lm`` and ``train_image_classifier`` wrap ``transformers.Trainer`` / ``TrainingArguments`` (no
+reporting integrations, progress bars on, safetensors checkpoints, ``use_cpu`` when there is no CUDA device, accuracy
+from the local ``evaluate`` module ``training/metrics/accuracy.py``), optionally with LoRA (``peft.get_peft_model``),
+resume from a checkpoint (``resume_from_checkpoint``: a path or True for the last one), and save the result so that
+``AutoModel*.from_pretrained(out_dir, trust_remote_code=True)`` loads it with transformers alone. A LoRA run saves the
+merged model in ``out_dir`` and the adapter alone in ``out_dir/adapter``.
+
+Each recipe returns a ``RecipeResult``: a dict of metrics that also carries ``.model`` (the trained model; the merged
+one after LoRA) and ``.trainer``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from .lora import count_parameters, is_image_classifier, lora_config_for
+
+ACCURACY_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy.py"
+ADAPTER_SUBDIR = "adapter"
+
+
+class RecipeResult(dict):
+    """Metrics (a plain dict) plus ``.model``, ``.trainer`` and ``.output_dir``."""
+
+    model: Any = None
+    trainer: Any = None
+    output_dir: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------------------------------
+def configure_cpu_threads(num_threads: Optional[int] = None) -> int:
+    """Sets torch's intra-op threads on a CPU run. ``num_threads`` > env ``SSMVL_NUM_THREADS`` > a choice from the
+    load: the scans are chains of small in-place ops, and with more threads than idle cores they slow down several
+    times (OpenMP threads wait for each other), so only idle cores are used (at least one)."""
+    if torch.cuda.is_available():
+        return torch.get_num_threads()
+    if num_threads is None and os.environ.get("SSMVL_NUM_THREADS"):
+        num_threads = int(os.environ["SSMVL_NUM_THREADS"])
+    if num_threads is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
+        num_threads = max(1, min(cpus, int(round(cpus - busy + 0.49))))
+    torch.set_num_threads(num_threads)
+    return num_threads
+
+
+def load_accuracy_metric():
+    """The local ``evaluate`` accuracy module, loaded by path (no network)."""
+    import evaluate
+
+    return evaluate.load(str(ACCURACY_METRIC_PATH))
+
+
+def _accuracy_fn():
+    metric = load_accuracy_metric()
+
+    def compute_metrics(eval_pred):
+        logits, labels = eval_pred.predictions, eval_pred.label_ids
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return metric.compute(predictions=np.argmax(logits, axis=-1), references=labels)
+
+    return compute_metrics
+
+
+def training_arguments(output_dir: Union[str, Path], epochs: float = 1.0, lr: float = 1e-3, batch_size: int = 32,
+                       max_steps: int = -1, eval_strategy: str = "epoch", save_strategy: str = "epoch",
+                       save_steps: Optional[int] = None, logging_steps: int = 10, warmup_ratio: float = 0.0,
+                       weight_decay: float = 0.0, lr_scheduler_type: str = "cosine", seed: int = 0,
+                       save_total_limit: Optional[int] = 1, eval_batch_size: Optional[int] = None, **extra):
+    """``TrainingArguments`` with the recipe defaults: no reporting integrations, progress bars on, safetensors,
+    ``use_cpu`` without CUDA, checkpoints every epoch (keeping ``save_total_limit``)."""
+    from transformers import TrainingArguments
+
+    kwargs = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=eval_batch_size or max(batch_size, 64),
+        eval_strategy=eval_strategy,
+        save_strategy=save_strategy,
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        warmup_steps=warmup_ratio,  # a float < 1 is a ratio of the total steps in transformers 5
+        weight_decay=weight_decay,
+        lr_scheduler_type=lr_scheduler_type,
+        seed=seed,
+        data_seed=seed,
+        save_total_limit=save_total_limit,
+        report_to="none",
+        disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        label_names=["labels"],
+    )
+    if save_steps is not None:
+        kwargs["save_steps"] = save_steps
+    if isinstance(warmup_ratio, float) and 0 < warmup_ratio < 1 and not _accepts_float_warmup_steps():
+        kwargs.pop("warmup_steps")
+        kwargs["warmup_ratio"] = warmup_ratio
+    kwargs.update(extra)
+    if "save_safetensors" in _training_argument_names():  # transformers 4: make it explicit
+        kwargs.setdefault("save_safetensors", True)
+    return TrainingArguments(**kwargs)
+
+
+def _training_argument_names():
+    import inspect
+
+    from transformers import TrainingArguments
+
+    return set(inspect.signature(TrainingArguments).parameters)
+
+
+def _accepts_float_warmup_steps() -> bool:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
+def _load_model(model_or_config, auto_class):
+    """A model instance from a model, a config (fresh weights) or a path / repo id (trust_remote_code)."""
+    from transformers import PretrainedConfig
+
+    if isinstance(model_or_config, torch.nn.Module):
+        return model_or_config
+    if isinstance(model_or_config, PretrainedConfig):
+        return auto_class.from_config(model_or_config, trust_remote_code=True)
+    return auto_class.from_pretrained(str(model_or_config), trust_remote_code=True)
+
+
+def apply_lora(model, lora):
+    """lora: False/None (unchanged), True (family preset, ``lora_config_for``), or a ``peft.LoraConfig``."""
+    if not lora:
+        return model
+    from peft import get_peft_model
+
+    config = lora_config_for(model) if lora is True else lora
+    return get_peft_model(model, config)
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merge_and_unload(model):
+    """Folds LoRA weights into the base weights and returns the plain transformers model (with the trained copies of
+    ``modules_to_save``). A model without adapters is returned as is. The PEFT wrapper is consumed."""
+    if is_peft_model(model):
+        return model.merge_and_unload()
+    return model
+
+
+def save_trained(model, out_dir: Union[str, Path], processor=None, adapter_subdir: str = ADAPTER_SUBDIR):
+    """Saves so that ``out_dir`` loads with ``trust_remote_code=True`` and without ssmvl: the model (merged if it has
+    LoRA adapters; the adapter alone goes to ``out_dir/adapter`` first) plus its tokenizer / image processor.
+    Returns the saved (merged) model."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model):
+        adapter_dir = out_dir / adapter_subdir
+        model.save_pretrained(str(adapter_dir))
+        if processor is not None:
+            processor.save_pretrained(str(adapter_dir))
+        model = merge_and_unload(model)
+    model.save_pretrained(str(out_dir))
+    if processor is not None:
+        processor.save_pretrained(str(out_dir))
+    return model
+
+
+def _resolve_resume(resume_from_checkpoint, checkpoint_dir: Path):
+    """True -> the last checkpoint in checkpoint_dir (None with a message when there is none); a path -> itself."""
+    if resume_from_checkpoint in (None, False):
+        return None
+    if resume_from_checkpoint is True or resume_from_checkpoint == "last":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+        if last is None:
+            print(f"[ssmvl] no checkpoint in {checkpoint_dir} to resume from; training from the start")
+        else:
+            print(f"[ssmvl] resuming from {last}")
+        return last
+    print(f"[ssmvl] resuming from {resume_from_checkpoint}")
+    return str(resume_from_checkpoint)
+
+
+def _label_maps(train_ds, config):
+    """Fills id2label / label2id from a ClassLabel ``label`` feature when the config still has the defaults."""
+    feature = getattr(train_ds, "features", {}).get("label") if hasattr(train_ds, "features") else None
+    names = getattr(feature, "names", None)
+    if not names:
+        return
+    config.id2label = {i: n for i, n in enumerate(names)}
+    config.label2id = {n: i for i, n in enumerate(names)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluation helpers (plain loops: used for the merged models, outside a Trainer)
+# ---------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_image_classifier(model, dataset, batch_size: int = 256) -> Dict[str, float]:
+    """Accuracy (local evaluate module) of ``model`` on a dataset with ``pixel_values`` / ``label`` columns."""
+    model.eval()
+    metric = load_accuracy_metric()
+    device = next(model.parameters()).device
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start: start + batch_size]
+        logits = model(pixel_values=torch.as_tensor(batch["pixel_values"]).to(device)).logits
+        metric.add_batch(predictions=logits.argmax(-1).cpu().numpy(), references=np.asarray(batch["label"]))
+    return metric.compute()
+
+
+@torch.no_grad()
+def evaluate_perplexity(model, dataset, batch_size: int = 16) -> float:
+    """exp(mean token cross-entropy) over a dataset of ``input_ids`` blocks."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        ids = torch.as_tensor(dataset[start: start + batch_size]["input_ids"]).to(device)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        n = ids[:, 1:].numel()
+        total += float(loss) * n
+        count += n
+    return math.exp(total / max(count, 1))
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 40, seed: int = 0, **kwargs) -> str:
+    """Sampled continuation of ``prompt`` (top-k 40, temperature 0.8 unless overridden)."""
+    model.eval()
+    torch.manual_seed(seed)
+    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    gen = dict(max_new_tokens=max_new_tokens, do_sample=True, top_k=40, temperature=0.8,
+               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    gen.update(kwargs)
+    with torch.no_grad():
+        out = model.generate(input_ids=inputs["input_ids"], **gen)
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# recipes
+# ---------------------------------------------------------------------------------------------------------------------
+def train_causal_lm(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path], tokenizer=None,
+                    epochs: float = 1.0, max_steps: int = -1, lr: float = 3e-3, batch_size: int = 16,
+                    lora=False, resume_from_checkpoint=None, checkpoint_dir: Optional[Union[str, Path]] = None,
+                    save_steps: Optional[int] = None, warmup_ratio: float = 0.05, weight_decay: float = 0.01,
+                    logging_steps: int = 20, seed: int = 0, save: bool = True, evaluate_before: bool = True,
+                    **training_kwargs) -> RecipeResult:
+    """Causal LM training with Trainer (+ LoRA). Metrics: ``perplexity_before`` / ``perplexity`` (exp of the eval
+    loss before / after), ``train_loss``, ``eval_loss``, parameter counts, ``train_seconds``. ``checkpoint_dir``
+    (default ``out_dir/checkpoints``) holds the Trainer checkpoints (every ``save_steps`` steps when given, else per
+    epoch); the final model (merged when LoRA) goes to ``out_dir`` with the tokenizer."""
+    from transformers import AutoModelForCausalLM, Trainer, default_data_collator, set_seed
+
+    set_seed(seed)
+    out_dir = Path(out_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoints"
+    model = apply_lora(_load_model(model_or_config, AutoModelForCausalLM), lora)
+    params = count_parameters(model)
+    args = training_arguments(
+        checkpoint_dir, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, eval_strategy="no",
+        save_strategy="steps" if save_steps else "epoch", save_steps=save_steps, warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, **training_kwargs,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      data_collator=default_data_collator, processing_class=tokenizer)
+    metrics = RecipeResult(params)
+    if evaluate_before and eval_ds is not None:
+        metrics["perplexity_before"] = math.exp(trainer.evaluate()["eval_loss"])
+    start = time.time()
+    train_out = trainer.train(resume_from_checkpoint=_resolve_resume(resume_from_checkpoint, checkpoint_dir))
+    metrics["train_seconds"] = time.time() - start
+    metrics["train_loss"] = train_out.training_loss
+    metrics["global_step"] = train_out.global_step
+    if eval_ds is not None:
+        eval_loss = trainer.evaluate()["eval_loss"]
+        metrics["eval_loss"] = eval_loss
+        metrics["perplexity"] = math.exp(eval_loss)
+    metrics.trainer = trainer
+    metrics.model = trainer.model
+    if save:
+        metrics.model = save_trained(trainer.model, out_dir, processor=tokenizer)
+        metrics.output_dir = str(out_dir)
+    return metrics
+
+
+def train_image_classifier(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path], epochs: float = 10,
+                           lr: float = 2e-3, batch_size: int = 64, lora=False, resume_from_checkpoint=None,
+                           image_processor=None, checkpoint_dir: Optional[Union[str, Path]] = None,
+                           warmup_ratio: float = 0.1, weight_decay: float = 0.05, logging_steps: int = 10,
+                           seed: int = 0, save: bool = True, eval_each_epoch: bool = False, max_steps: int = -1,
+                           **training_kwargs) -> RecipeResult:
+    """Image classification with Trainer (+ LoRA). ``train_ds`` / ``eval_ds``: ``pixel_values`` and ``label``
+    columns (``data.build_digits_dataset``). Metrics: ``eval_accuracy`` (local evaluate module), ``eval_loss``,
+    ``train_loss``, parameter counts (trainable % for LoRA), ``train_seconds``; after LoRA also
+    ``merged_eval_accuracy`` (the merged model, re-evaluated). The final model (merged when LoRA; the adapter in
+    ``out_dir/adapter``) goes to ``out_dir`` with the image processor."""
+    from transformers import AutoModelForImageClassification, Trainer, default_data_collator, set_seed
+
+    set_seed(seed)
+    out_dir = Path(out_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoints"
+    model = _load_model(model_or_config, AutoModelForImageClassification)
+    if not is_image_classifier(model):
+        raise ValueError(f"{type(model).__name__} is not an image classification model")
+    if not isinstance(model_or_config, (str, Path)) and not isinstance(model_or_config, torch.nn.Module):
+        _label_maps(train_ds, model.config)
+    model = apply_lora(model, lora)
+    params = count_parameters(model)
+    args = training_arguments(
+        checkpoint_dir, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+        eval_strategy="epoch" if eval_each_epoch and eval_ds is not None else "no", save_strategy="epoch",
+        warmup_ratio=warmup_ratio, weight_decay=weight_decay, logging_steps=logging_steps, seed=seed,
+        **training_kwargs,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      data_collator=default_data_collator, compute_metrics=_accuracy_fn(),
+                      processing_class=image_processor)
+    start = time.time()
+    train_out = trainer.train(resume_from_checkpoint=_resolve_resume(resume_from_checkpoint, checkpoint_dir))
+    metrics = RecipeResult(params)
+    metrics["train_seconds"] = time.time() - start
+    metrics["train_loss"] = train_out.training_loss
+    metrics["global_step"] = train_out.global_step
+    if eval_ds is not None:
+        ev = trainer.evaluate()
+        metrics["eval_accuracy"] = ev["eval_accuracy"]
+        metrics["eval_loss"] = ev["eval_loss"]
+    metrics.trainer = trainer
+    metrics.model = trainer.model
+    if save:
+        was_peft = is_peft_model(trainer.model)
+        metrics.model = save_trained(trainer.model, out_dir, processor=image_processor)
+        metrics.output_dir = str(out_dir)
+        if was_peft and eval_ds is not None:
+            metrics["merged_eval_accuracy"] = evaluate_image_classifier(metrics.model, eval_ds)["accuracy"]
+    return metrics
+
+
+__all__ = [
+    "RecipeResult", "configure_cpu_threads", "load_accuracy_metric", "training_arguments", "apply_lora",
+    "merge_and_unload", "save_trained", "evaluate_image_classifier", "evaluate_perplexity", "generate_text",
+    "train_causal_lm", "train_image_classifier", "is_peft_model", "ACCURACY_METRIC_PATH",
+]
