@@ -312,8 +312,8 @@ def _load_sharded(index_path: Path, loader) -> Dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint_dir(checkpoint_dir) -> Tuple[dict, Dict[str, torch.Tensor], Path]:
-    """(config.json as a dict, state dict, weights path). safetensors is preferred over .bin when both exist."""
+def read_config(checkpoint_dir) -> dict:
+    """config.json of a checkpoint folder as a dict, with clear errors for a missing path / file / bad JSON."""
     d = Path(checkpoint_dir)
     if not d.exists():
         raise ConversionError(f"Checkpoint path {str(d)!r} does not exist. Pass the folder that holds config.json "
@@ -332,18 +332,36 @@ def load_checkpoint_dir(checkpoint_dir) -> Tuple[dict, Dict[str, torch.Tensor], 
         raise ConversionError(f"{cfg_path} is not valid JSON ({err}); fix or download it again.") from err
     if not isinstance(cfg, dict):
         raise ConversionError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}.")
-    candidates = [("model.safetensors", _load_safetensors), ("model.safetensors.index.json", None),
-                  ("pytorch_model.bin", _load_bin), ("pytorch_model.bin.index.json", None)]
-    for name, loader in candidates:
-        path = d / name
-        if not path.is_file():
-            continue
-        if loader is None:
-            return cfg, _load_sharded(path, _load_safetensors if "safetensors" in name else _load_bin), path
-        return cfg, loader(path), path
+    return cfg
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def find_weights(checkpoint_dir) -> Path:
+    """The weights file of a folder; safetensors is preferred over .bin when both exist."""
+    d = Path(checkpoint_dir)
+    for name in _WEIGHT_FILES:
+        if (d / name).is_file():
+            return d / name
     present = sorted(p.name for p in d.iterdir())[:20]
     raise ConversionError(f"{d} has no weights: expected model.safetensors or pytorch_model.bin (or their sharded "
                           f".index.json), found {present}.")
+
+
+def load_weights(path: Path) -> Dict[str, torch.Tensor]:
+    path = Path(path)
+    if path.name.endswith(".index.json"):
+        return _load_sharded(path, _load_safetensors if "safetensors" in path.name else _load_bin)
+    return _load_safetensors(path) if path.suffix == ".safetensors" else _load_bin(path)
+
+
+def load_checkpoint_dir(checkpoint_dir) -> Tuple[dict, Dict[str, torch.Tensor], Path]:
+    """(config.json as a dict, state dict, weights path)."""
+    cfg = read_config(checkpoint_dir)
+    path = find_weights(checkpoint_dir)
+    return cfg, load_weights(path), path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -462,10 +480,19 @@ def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     if checkpoint_dir.exists():  # fail fast, before reading gigabytes (a missing path is reported by the loader)
         _check_out_dir(checkpoint_dir, out_dir, overwrite)
-    cfg, original, weights_path = load_checkpoint_dir(checkpoint_dir)
+    # cheap checks first: config (sizes validated) and the weights file, then the weights themselves
+    cfg = read_config(checkpoint_dir)
+    weights_path = find_weights(checkpoint_dir)
+    original = None
     if source == "auto":
-        source = detect_source(cfg, original.keys())
+        try:
+            source = detect_source(cfg)
+        except ConversionError:
+            original = load_weights(weights_path)
+            source = detect_source(cfg, original.keys())
     config = config_from_dict(cfg, source)
+    if original is None:
+        original = load_weights(weights_path)
     config, note = untie_if_needed(original, config)
     notes = [note] if note else []
     if note and verbose:
