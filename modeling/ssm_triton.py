@@ -36,8 +36,10 @@ _LOG2E = 1.4426950408889634
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 
 # Block sizes: (BLOCK_D, BLOCK_L, num_warps). The backward keeps ~6 (BLOCK_D, N, BLOCK_L) fp32 tiles live.
-FWD_CONFIG = {"BLOCK_D": 8, "BLOCK_L": 64, "num_warps": 4}
-BWD_CONFIG = {"BLOCK_D": 8, "BLOCK_L": 32, "num_warps": 4}
+# Defaults from a sweep on an H100 (benchmarks/bench_scan_gpu.py --sweep; B=8, D=1536, N=16, L=4096, bf16).
+# time_major: forward tiles laid out (BLOCK_D, BLOCK_L, N) instead of (BLOCK_D, N, BLOCK_L).
+FWD_CONFIG = {"BLOCK_D": 4, "BLOCK_L": 128, "num_warps": 4, "time_major": True}
+BWD_CONFIG = {"BLOCK_D": 4, "BLOCK_L": 32, "num_warps": 4}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def _scan_fwd_kernel(
     dim, L, dg, G, N, nchunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, STORE_LAST: tl.constexpr,
-    BLOCK_D: tl.constexpr, N_P2: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, N_P2: tl.constexpr, BLOCK_L: tl.constexpr, TIME_MAJOR: tl.constexpr,
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -103,11 +105,23 @@ def _scan_fwd_kernel(
         mnt = mask_n[:, None] & mask_t[None, :]
         Bt = tl.load(B_ptr + bc_off, mask=mnt, other=0.0).to(tl.float32)
         Ct = tl.load(C_ptr + bc_off, mask=mnt, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, N, BLOCK_L)
-        bb = (dt * u)[:, None, :] * Bt[None, :, :]
-        a_s, b_s = tl.associative_scan((a, bb), axis=2, combine_fn=_combine)
-        hs = b_s + a_s * h[:, :, None]
-        y = tl.sum(hs * Ct[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+        if TIME_MAJOR:  # tiles (BLOCK_D, BLOCK_L, N): N is the fastest axis, the scan runs mostly inside threads
+            BtT = tl.trans(Bt)
+            CtT = tl.trans(Ct)
+            a = tl.exp2(dt[:, :, None] * A2[:, None, :])
+            bb = (dt * u)[:, :, None] * BtT[None, :, :]
+            a_s, b_s = tl.associative_scan((a, bb), axis=1, combine_fn=_combine)
+            hs = b_s + a_s * h[:, None, :]
+            y = tl.sum(hs * CtT[None, :, :], axis=2)
+            h_next = tl.sum(tl.where((tl_idx == BLOCK_L - 1)[None, :, None], hs, 0.0), axis=1)
+        else:  # tiles (BLOCK_D, N, BLOCK_L)
+            a = tl.exp2(dt[:, None, :] * A2[:, :, None])
+            bb = (dt * u)[:, None, :] * Bt[None, :, :]
+            a_s, b_s = tl.associative_scan((a, bb), axis=2, combine_fn=_combine)
+            hs = b_s + a_s * h[:, :, None]
+            y = tl.sum(hs * Ct[None, :, :], axis=1)  # (BLOCK_D, BLOCK_L)
+            # padded steps have a = 1, b = 0, so the last column is the state after step min(L, (c+1) BLOCK_L) - 1
+            h_next = tl.sum(tl.where((tl_idx == BLOCK_L - 1)[None, None, :], hs, 0.0), axis=2)
         if HAS_D:
             y = y + Dv[:, None] * u
         if HAS_Z:
@@ -117,8 +131,7 @@ def _scan_fwd_kernel(
         if SAVE_STATES:
             s_off = ((b.to(tl.int64) * dim + d[:, None]) * nchunks + c) * N + n[None, :]
             tl.store(states_ptr + s_off, h, mask=mask_dn)
-        # padded steps have a = 1, b = 0, so the last column is the state after step min(L, (c+1) BLOCK_L) - 1
-        h = tl.sum(tl.where((tl_idx == BLOCK_L - 1)[None, None, :], hs, 0.0), axis=2)
+        h = h_next
     if STORE_LAST:
         tl.store(hlast_ptr + state_off, h, mask=mask_dn)
 
@@ -350,7 +363,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             dim, L, dg, G, N, nchunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
             HAS_H0=h0 is not None, SAVE_STATES=need_grad, STORE_LAST=True,
-            BLOCK_D=BLOCK_D, N_P2=_next_pow2(N), BLOCK_L=BLOCK_L, num_warps=cfg["num_warps"],
+            BLOCK_D=BLOCK_D, N_P2=_next_pow2(N), BLOCK_L=BLOCK_L, TIME_MAJOR=bool(cfg["time_major"]),
+            num_warps=cfg["num_warps"],
         )
         ctx.softplus = bool(softplus)
         ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
