@@ -448,7 +448,12 @@ def _write_card(out: Path, config: MambaLMConfig, report: dict, source: str, che
         from .model_card import render_model_card  # written by another part of ssmvl; optional here
     except ImportError:
         return False
-    text = render_model_card(str(out), **metadata)
+    try:
+        text = render_model_card(str(out), **metadata)
+    except Exception as err:  # a card problem must not throw away a verified conversion
+        print(f"WARNING: render_model_card failed ({type(err).__name__}: {err}); no model card written.",
+              file=sys.stderr)
+        return True
     if isinstance(text, str) and not (out / "README.md").exists():
         (out / "README.md").write_text(text)
     return True
@@ -516,6 +521,7 @@ def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional
         from transformers import MambaConfig
 
         reference_config = MambaConfig.from_dict(dict(cfg))  # the folder's own config, read by transformers
+        reference_config.tie_word_embeddings = config.tie_word_embeddings  # untied by untie_if_needed, if so
     report = parity_report(model, state, reference_config=reference_config, atol=atol)
     report.update(source=source, checkpoint=str(checkpoint_dir), weights_file=weights_path.name,
                   saved_dtype=str(save_dtype).replace("torch.", ""), notes=notes,

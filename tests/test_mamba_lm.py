@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -392,9 +393,17 @@ def test_config_from_transformers_checks_sizes():
         conv.config_from_transformers({**hf_cfg, "model_type": "mamba2"})
 
 
-def test_convert_state_spaces_checkpoint(ss_dir, tmp_path):
+def test_convert_state_spaces_checkpoint(ss_dir, tmp_path, monkeypatch):
+    (ss_dir / "tokenizer.json").write_text('{"fake": "tokenizer"}')
+    (ss_dir / "tokenizer_config.json").write_text('{"model_max_length": 2048}')
+    pushed = []
+    fake_hub = types.ModuleType("ssmvl.conversion.hub")
+    fake_hub.push_folder = lambda folder, repo_id: pushed.append((folder, repo_id))
+    monkeypatch.setitem(sys.modules, "ssmvl.conversion.hub", fake_hub)
     out = tmp_path / "out"
-    report = conv.convert(ss_dir, out, verbose=False)
+    report = conv.convert(ss_dir, out, push_to_hub="me/mamba-tiny", verbose=False)
+    assert pushed == [(str(out), "me/mamba-tiny")]
+    assert (out / "tokenizer.json").read_text() == '{"fake": "tokenizer"}' and (out / "tokenizer_config.json").exists()
     assert report["source"] == "state_spaces" and report["passed"]
     assert report["max_abs_diff"] <= ATOL, report
     assert json.loads((out / "parity_report.json").read_text())["max_abs_diff"] == report["max_abs_diff"]
