@@ -4,8 +4,8 @@ torch + transformers sees when loading a saved folder with ``trust_remote_code=T
 Isolation, from outside in: ``cwd`` is a temporary folder (never the repository), ``PYTHONPATH`` is removed,
 ``PYTHONNOUSERSITE=1``; inside, before the user code runs, a bootstrap drops the repository root (and ``''``) from
 ``sys.path``, removes the editable-install finders (setuptools' ``__editable__...finder``) from ``sys.meta_path`` and
-puts a finder first that refuses ``ssmvl`` and ``ssmvl.*``; then it checks that ``import ssmvl`` raises ImportError and that no
-``ssmvl`` module is loaded. If ssmvl were importable the subprocess exits with code 97 and run_isolated fails.
+puts a finder first that refuses ``ssmvl`` and ``ssmvl.*``; then it checks that ``import ssmvl`` raises ImportError
+and that no ``ssmvl`` module is loaded. If ssmvl were importable the subprocess exits with code 97 and run_isolated fails.
 """
 
 from __future__ import annotations
