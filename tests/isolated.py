@@ -5,7 +5,8 @@ Isolation, from outside in: ``cwd`` is a temporary folder (never the repository)
 ``PYTHONNOUSERSITE=1``; inside, before the user code runs, a bootstrap drops the repository root (and ``''``) from
 ``sys.path``, removes the editable-install finders (setuptools' ``__editable__...finder``) from ``sys.meta_path`` and
 puts a finder first that refuses ``ssmvl`` and ``ssmvl.*``; then it checks that ``import ssmvl`` raises ImportError
-and that no ``ssmvl`` module is loaded. If ssmvl were importable the subprocess exits with code 97 and run_isolated fails.
+and that no ``ssmvl`` module is loaded. If ssmvl were importable, the subprocess exits with code 97 and
+run_isolated fails.
 """
 
 from __future__ import annotations
