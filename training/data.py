@@ -14,9 +14,10 @@ from __future__ import annotations
 import ast
 import glob
 import inspect
+import itertools
 import os
 import sysconfig
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -40,11 +41,10 @@ def _sklearn_descr_texts() -> List[str]:
     return texts
 
 
-def _stdlib_docstrings(min_words: int = 8) -> List[str]:
+def _stdlib_docstrings(min_words: int = 8) -> Iterator[str]:
     """Module, class and function docstrings of the top-level stdlib modules, in a fixed (sorted) order; read with
     ``ast`` so no module is imported (``this`` / ``antigravity`` would print or open a browser)."""
     stdlib = sysconfig.get_paths()["stdlib"]
-    texts = []
     for path in sorted(glob.glob(os.path.join(stdlib, "*.py"))):
         if os.path.basename(path).startswith("_"):
             continue
@@ -57,15 +57,22 @@ def _stdlib_docstrings(min_words: int = 8) -> List[str]:
                               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]:
             doc = ast.get_docstring(node, clean=True)
             if doc and len(doc.split()) >= min_words:
-                texts.append(inspect.cleandoc(doc))
-    return texts
+                yield inspect.cleandoc(doc)
 
 
-def shipped_text_documents(max_chars: Optional[int] = 800_000) -> List[str]:
+TEXT_SOURCES = ("sklearn", "stdlib")
+
+
+def shipped_text_documents(max_chars: Optional[int] = 800_000, sources: Sequence[str] = TEXT_SOURCES) -> List[str]:
     """Real English documents that ship with Python and scikit-learn (no download). Deterministic for a given Python /
-    scikit-learn install. ``max_chars`` caps the total size (None: everything, a few MB)."""
+    scikit-learn install. ``sources``: "sklearn" (the 14 dataset descriptions, ~43k characters) and / or "stdlib"
+    (docstrings of the standard library, a few MB). ``max_chars`` caps the total size (None: everything)."""
+    readers = {"sklearn": _sklearn_descr_texts, "stdlib": _stdlib_docstrings}
+    unknown = [s for s in sources if s not in readers]
+    if unknown:
+        raise ValueError(f"Unknown text sources {unknown}; use {TEXT_SOURCES}")
     docs, total = [], 0
-    for doc in _sklearn_descr_texts() + _stdlib_docstrings():
+    for doc in itertools.chain.from_iterable(readers[s]() for s in sources):  # lazy: stop reading at max_chars
         if max_chars is not None and total + len(doc) > max_chars:
             break
         docs.append(doc)
@@ -73,11 +80,11 @@ def shipped_text_documents(max_chars: Optional[int] = 800_000) -> List[str]:
     return docs
 
 
-def build_text_corpus(max_chars: Optional[int] = 800_000):
+def build_text_corpus(max_chars: Optional[int] = 800_000, sources: Sequence[str] = TEXT_SOURCES):
     """``datasets.Dataset`` with one column ``text`` (one document per row)."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"text": shipped_text_documents(max_chars)})
+    return Dataset.from_dict({"text": shipped_text_documents(max_chars, sources)})
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2,
@@ -221,6 +228,6 @@ def build_digits_dataset(image_size: int = 32, shift: Optional[str] = None, test
 
 
 __all__ = [
-    "EOS_TOKEN", "PAD_TOKEN", "shipped_text_documents", "build_text_corpus", "train_bpe_tokenizer", "build_lm_dataset",
+    "EOS_TOKEN", "PAD_TOKEN", "TEXT_SOURCES", "shipped_text_documents", "build_text_corpus", "train_bpe_tokenizer", "build_lm_dataset",
     "make_digits_processor", "shift_digits", "digits_to_pil", "digits_split_indices", "build_digits_dataset",
 ]

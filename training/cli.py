@@ -1,0 +1,183 @@
+"""The ``ssmvl`` console script.
+
+    ssmvl demo [--out DIR] [--quick]                       the main job (training/main_job.py)
+    ssmvl train-lm --out DIR [--steps N] [--lora] [--resume [CKPT]]
+    ssmvl train-image --model vim-digits|vmamba-digits|vim-tiny|vmamba-tiny|CONFIG.json|DIR --data digits
+                      [--shift invert|rotate] [--epochs N] [--lora] --out DIR [--resume [CKPT]]
+    ssmvl convert-mamba|convert-vim|convert-vmamba ...     -> ssmvl.conversion.convert_*_to_hf.main(argv)
+    ssmvl push DIR REPO_ID ...                             -> ssmvl.conversion.hub.main_push(argv)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS_DIR = REPO_ROOT / "configs"
+
+
+def _resume_arg(parser):
+    parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
+                        help="resume from a Trainer checkpoint (no value: the last one in OUT/checkpoints)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssmvl", description="State-space (Mamba) vision / language models: "
+                                     "train, convert, push.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job: train a Mamba LM (+LoRA) and a Vim/VMamba on digits (+LoRA), "
+                       "save, push to a local Hub, reload without ssmvl")
+    p.add_argument("--out", default="outputs/demo", help="output folder (default outputs/demo)")
+    p.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: idle cores)")
+
+    p = sub.add_parser("train-lm", help="train a small Mamba LM on the text shipped with Python / scikit-learn")
+    p.add_argument("--model", default=None, help="config JSON or model folder (default: the demo's tiny LM)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--vocab-size", type=int, default=1024)
+    p.add_argument("--lora", action="store_true", help="LoRA on the preset targets (needs --model DIR)")
+    p.add_argument("--lora-r", type=int, default=4)
+    p.add_argument("--save-steps", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None)
+    _resume_arg(p)
+
+    p = sub.add_parser("train-image", help="train an image classifier with Trainer (+ LoRA)")
+    p.add_argument("--model", default="vim-digits",
+                   help="vim-digits | vmamba-digits (tiny, for 32 px digits) | a preset in configs/ (vim-tiny, "
+                        "vmamba-tiny, ...) | a config JSON | a model folder / Hub repo")
+    p.add_argument("--data", default="digits", choices=["digits"])
+    p.add_argument("--shift", default=None, choices=["invert", "rotate"], help="shifted digits task")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lora", action="store_true", help="LoRA on the family preset targets, head trained fully")
+    p.add_argument("--lora-r", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None)
+    _resume_arg(p)
+
+    for family in ("mamba", "vim", "vmamba"):
+        p = sub.add_parser(f"convert-{family}", help=f"convert an original {family} checkpoint "
+                           f"(ssmvl.conversion.convert_{family}_to_hf)", add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("push", help="push a saved model folder to the Hub (ssmvl.conversion.hub)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def resolve_image_config(name: str, image_size: int = 32, num_labels: int = 10):
+    """A config for ``--model``: the demo's digits presets, a preset name in configs/, or a JSON file (resized to the
+    data: image_size, num_labels). Returns None when ``name`` is a model folder / repo id (load it instead)."""
+    from transformers import AutoConfig
+
+    import ssmvl.modeling  # noqa: F401  (registers the ssmvl model types)
+
+    from .main_job import DIGITS_MODELS
+
+    if name in DIGITS_MODELS:
+        spec = dict(DIGITS_MODELS[name])
+    else:
+        path = Path(name)
+        if not path.suffix == ".json" and (CONFIGS_DIR / f"{name}.json").is_file():
+            path = CONFIGS_DIR / f"{name}.json"
+        if path.is_dir() or path.suffix != ".json":
+            return None
+        spec = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        spec["image_size"] = image_size
+    model_type = spec.pop("model_type")
+    spec["num_labels"] = num_labels
+    config = AutoConfig.for_model(model_type, **spec)
+    if hasattr(config, "drop_path_rate") and name not in DIGITS_MODELS:
+        config.drop_path_rate = min(config.drop_path_rate, 0.1)
+    return config
+
+
+def _cmd_train_image(args):
+    from .data import build_digits_dataset, make_digits_processor
+    from .lora import lora_config_for
+    from .recipes import configure_cpu_threads, train_image_classifier
+
+    print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
+    processor = make_digits_processor(args.image_size)
+    data = build_digits_dataset(args.image_size, shift=args.shift, image_processor=processor)
+    config = resolve_image_config(args.model, args.image_size)
+    model_or_config = config if config is not None else args.model
+    lora = False
+    if args.lora:
+        if config is not None:
+            raise SystemExit("--lora needs a trained model (--model DIR), not a fresh config")
+        from transformers import AutoModelForImageClassification
+
+        model_or_config = AutoModelForImageClassification.from_pretrained(args.model, trust_remote_code=True)
+        lora = lora_config_for(model_or_config, r=args.lora_r, alpha=2 * args.lora_r)
+    epochs = args.epochs if args.epochs is not None else (8 if args.lora else 12)
+    lr = args.lr if args.lr is not None else (1e-2 if args.lora else 3e-3)
+    metrics = train_image_classifier(model_or_config, data["train"], data["test"], args.out, epochs=epochs, lr=lr,
+                                     batch_size=args.batch_size, lora=lora, resume_from_checkpoint=args.resume,
+                                     image_processor=processor)
+    print(json.dumps(dict(metrics), indent=2))
+    return 0
+
+
+def _cmd_train_lm(args):
+    from .main_job import lm_step
+    from .recipes import configure_cpu_threads
+
+    print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
+    result = lm_step(args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size, block_size=args.block_size,
+                     vocab_size=args.vocab_size, model=args.model, lora_only=args.lora, lora_r=args.lora_r,
+                     save_steps=args.save_steps, resume=args.resume)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, str) or len(v) < 300}, indent=2))
+    return 0
+
+
+def _delegate(module: str, func: str, argv: List[str]) -> int:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        print(f"ssmvl: {module} is not available ({exc})", file=sys.stderr)
+        return 2
+    if not hasattr(mod, func):
+        print(f"ssmvl: {module} has no {func}()", file=sys.stderr)
+        return 2
+    rc = getattr(mod, func)(argv)
+    return int(rc or 0)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # subcommands that hand their arguments (including --help) to another module's parser
+    if argv and argv[0] in ("convert-mamba", "convert-vim", "convert-vmamba"):
+        family = argv[0].split("-", 1)[1]
+        return _delegate(f"ssmvl.conversion.convert_{family}_to_hf", "main", argv[1:])
+    if argv and argv[0] == "push":
+        return _delegate("ssmvl.conversion.hub", "main_push", argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .main_job import run_demo
+        from .recipes import configure_cpu_threads
+
+        print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
+        run_demo(args.out, quick=args.quick)
+        return 0
+    if args.command == "train-lm":
+        return _cmd_train_lm(args)
+    if args.command == "train-image":
+        return _cmd_train_image(args)
+    raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,522 @@
+"""The main job (``ssmvl demo``): the four user moves end to end on a CPU, with data that ships with the dependencies.
+
+(i)   language: a tiny Mamba LM trained with Trainer on Python-stdlib docstrings (byte-level BPE tokenizer trained
+      on the shipped text), perplexity before / after; then LoRA on the preset SSM projections to adapt it to another
+      domain (scikit-learn's dataset descriptions), trainable share printed, merged, text generated, saved.
+(ii)  vision: a tiny Vim and a tiny VMamba trained on scikit-learn digits (held-out accuracy), saved with a model card
+      stating the measured accuracy; then LoRA on a shifted task (inverted digits) from the trained model, merged,
+      re-evaluated.
+(iii) Hub: the saved folders are pushed to a local Hub-compatible server (tests/hub_server.py, in-process) and
+      loaded back in a fresh subprocess where ssmvl cannot be imported: ``AutoModelForCausalLM.from_pretrained(repo,
+      trust_remote_code=True)`` generates, ``pipeline("image-classification", ...)`` predicts.
+
+Every step prints its progress and numbers; a summary goes to ``OUT/summary.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Tiny models for 32 px digits (8x8 digits upsampled): what the demo trains in about a minute each on 2 CPU cores.
+DIGITS_MODELS: Dict[str, Dict[str, Any]] = {
+    "vim-digits": dict(model_type="ssmvl_vim", image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4,
+                       state_size=8),
+    "vmamba-digits": dict(model_type="ssmvl_vmamba", image_size=32, patch_size=4, embed_dim=32, depths=[1, 1, 2],
+                          d_state=1, drop_path_rate=0.0),
+}
+# Tiny Mamba LM (vocab from the trained tokenizer).
+LM_MODEL = dict(hidden_size=128, num_hidden_layers=4, state_size=8)
+LM_PROMPT = "The dataset"
+
+_T0 = time.time()
+
+
+def say(msg: str):
+    print(f"[ssmvl demo {time.time() - _T0:6.1f}s] {msg}", flush=True)
+
+
+def banner(title: str):
+    print("\n" + "=" * 100 + f"\n{title}\n" + "=" * 100, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# (i) language model
+# ---------------------------------------------------------------------------------------------------------------------
+def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, block_size: int = 128,
+            vocab_size: int = 1024, model: Optional[str] = None, lora_only: bool = False, lora_r: int = 4,
+            lora_steps: int = 80, lora_lr: float = 5e-3, save_steps: int = 100, resume=None,
+            prompt: str = LM_PROMPT, progress: bool = True) -> Dict[str, Any]:
+    """Trains the base LM on stdlib docstrings (``OUT/mamba-lm``) and a LoRA adaptation to the scikit-learn dataset
+    descriptions (``OUT/mamba-lm-sklearn-lora``: merged model + ``adapter/``). ``model``: a config JSON or a model
+    folder to start from (default: the tiny ``LM_MODEL``); ``lora_only``: skip the base training (``model`` must be a
+    trained folder)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import ssmvl.modeling  # noqa: F401
+    from ssmvl.modeling import MambaLMConfig
+
+    from .data import build_lm_dataset, shipped_text_documents, train_bpe_tokenizer
+    from .lora import adapted_module_names, count_parameters, lora_config_for
+    from .recipes import apply_lora, evaluate_perplexity, generate_text, save_trained, train_causal_lm
+
+    out_dir = Path(out_dir)
+    result: Dict[str, Any] = {}
+    base_dir, lora_dir = out_dir / "mamba-lm", out_dir / "mamba-lm-sklearn-lora"
+    work = out_dir / "_work"
+    stdlib_docs = shipped_text_documents(max_chars=800_000, sources=("stdlib",))
+    sklearn_docs = shipped_text_documents(max_chars=None, sources=("sklearn",))
+
+    if model is not None and Path(model).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        say(f"tokenizer loaded from {model} (vocab {len(tokenizer)})")
+    else:
+        tokenizer = train_bpe_tokenizer(stdlib_docs + sklearn_docs, vocab_size=vocab_size)
+        say(f"byte-level BPE tokenizer trained on the shipped text: vocab {len(tokenizer)}")
+    base_data = build_lm_dataset(tokenizer, stdlib_docs, block_size=block_size, eval_fraction=0.05)
+    lora_data = build_lm_dataset(tokenizer, sklearn_docs, block_size=block_size, eval_fraction=0.1)
+    say(f"stdlib docstrings: {sum(map(len, stdlib_docs)):,} chars -> {len(base_data['train'])} train / "
+        f"{len(base_data['test'])} eval blocks of {block_size} tokens; scikit-learn descriptions: "
+        f"{sum(map(len, sklearn_docs)):,} chars -> {len(lora_data['train'])} / {len(lora_data['test'])} blocks")
+    extra = {} if progress else {"disable_tqdm": True}
+
+    if lora_only:
+        if model is None:
+            raise ValueError("lora_only needs model=<trained model folder>")
+        base_model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True)
+    else:
+        if model is None:
+            config = MambaLMConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                   **LM_MODEL)
+        elif Path(model).is_file():
+            config = MambaLMConfig.from_json_file(model)
+            config.vocab_size = len(tokenizer)
+        else:
+            config = model
+        say(f"training the Mamba LM ({steps} steps, batch {batch_size} x {block_size} tokens) with Trainer")
+        metrics = train_causal_lm(config, base_data["train"], base_data["test"], base_dir, tokenizer=tokenizer,
+                                  max_steps=steps, lr=lr, batch_size=batch_size, save_steps=save_steps,
+                                  checkpoint_dir=work / "mamba-lm-checkpoints", resume_from_checkpoint=resume,
+                                  logging_steps=20, **extra)
+        base_model = metrics.model
+        result.update(lm_params=metrics["total_params"], lm_perplexity_before=metrics["perplexity_before"],
+                      lm_perplexity_after=metrics["perplexity"], lm_train_seconds=metrics["train_seconds"],
+                      lm_dir=str(base_dir))
+        say(f"Mamba LM ({metrics['total_params']:,} params): held-out perplexity {metrics['perplexity_before']:.1f} "
+            f"before -> {metrics['perplexity']:.1f} after training ({metrics['train_seconds']:.0f}s); "
+            f"saved to {base_dir}")
+        if not metrics["perplexity"] < metrics["perplexity_before"]:
+            raise RuntimeError("the LM loss did not go down")
+        result["lm_sample"] = generate_text(base_model, tokenizer, prompt, max_new_tokens=40)
+        say(f"sample from the base LM: {result['lm_sample']!r}")
+
+    # LoRA: adapt to the scikit-learn dataset descriptions
+    ppl_domain_before = evaluate_perplexity(base_model, lora_data["test"])
+    lora_config = lora_config_for(base_model, r=lora_r, alpha=2 * lora_r)
+    peft_model = apply_lora(base_model, lora_config)
+    params = count_parameters(peft_model)
+    adapted = adapted_module_names(peft_model)
+    kinds = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+    say(f"LoRA r={lora_r} on {kinds} ({len(adapted)} modules): trainable {params['trainable_params']:,} of "
+        f"{params['total_params']:,} parameters = {params['trainable_percent']:.2f}%")
+    metrics = train_causal_lm(peft_model, lora_data["train"], lora_data["test"], lora_dir, tokenizer=tokenizer,
+                              max_steps=lora_steps, lr=lora_lr, batch_size=batch_size, save=False,
+                              checkpoint_dir=work / "mamba-lm-lora-checkpoints", evaluate_before=False,
+                              logging_steps=20, **extra)
+    peft_model = metrics.trainer.model
+    peft_model.eval()
+    probe = torch.as_tensor(lora_data["test"][:2]["input_ids"])
+    with torch.no_grad():
+        adapted_logits = peft_model(input_ids=probe).logits
+    merged = save_trained(peft_model, lora_dir, processor=tokenizer)
+    with torch.no_grad():
+        merge_diff = float((merged(input_ids=probe).logits - adapted_logits).abs().max())
+    ppl_domain_after = evaluate_perplexity(merged, lora_data["test"])
+    text = generate_text(merged, tokenizer, prompt, max_new_tokens=40)
+    result.update(lora_trainable_percent=params["trainable_percent"], lora_trainable_params=params["trainable_params"],
+                  lora_targets=kinds, lora_domain_perplexity_before=ppl_domain_before,
+                  lora_domain_perplexity_after=ppl_domain_after, lora_merge_max_abs_diff=merge_diff,
+                  lora_sample=text, lora_dir=str(lora_dir), prompt=prompt)
+    say(f"LoRA: scikit-learn-descriptions perplexity {ppl_domain_before:.1f} -> {ppl_domain_after:.1f}; "
+        f"merge_and_unload max |logit diff| {merge_diff:.2e}; merged model + tokenizer saved to {lora_dir} "
+        f"(adapter alone in {lora_dir / 'adapter'})")
+    say(f"generated from the merged LoRA model, prompt {prompt!r}:\n    {text!r}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# (ii) vision
+# ---------------------------------------------------------------------------------------------------------------------
+def _write_model_card(model_dir: Path, **metadata) -> str:
+    """README.md via ssmvl.conversion.model_card.render_model_card when it is available, else a minimal card."""
+    text = None
+    try:
+        from ssmvl.conversion.model_card import render_model_card
+    except ImportError:
+        render_model_card = None
+    if render_model_card is not None:
+        try:
+            text = render_model_card(str(model_dir), **metadata)
+        except Exception as exc:  # keep the demo going; the fallback card still states the numbers
+            say(f"render_model_card failed ({type(exc).__name__}: {exc}); writing a minimal card")
+    if not text:
+        acc = metadata.get("metrics", {})
+        lines = ["---", "library_name: transformers", "pipeline_tag: image-classification", "tags:", "- ssmvl",
+                 "- state-space-model", f"- {metadata.get('model_type', '')}", "datasets:", "- sklearn-digits",
+                 "license: apache-2.0", "---", "", f"# {metadata.get('title', model_dir.name)}", "",
+                 metadata.get("description", ""), "", "## Results", ""]
+        lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in acc.items()]
+        lines += ["", "## Usage", "", "```python", "from transformers import pipeline",
+                  f"clf = pipeline('image-classification', model='{metadata.get('repo_id', model_dir.name)}', "
+                  "trust_remote_code=True)", "```", ""]
+        text = "\n".join(lines)
+    (model_dir / "README.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def vision_step(out_dir, family: str = "vim", epochs: float = 12, lr: float = 3e-3, batch_size: int = 64,
+                lora_shift: Optional[str] = "invert", lora_epochs: float = 10, lora_lr: float = 1e-2,
+                lora_r: int = 4, image_size: int = 32, progress: bool = True, seed: int = 0) -> Dict[str, Any]:
+    """Trains ``{family}-digits`` on scikit-learn digits, evaluates held-out accuracy, saves to
+    ``OUT/{family}-digits`` with a model card; then (``lora_shift``) LoRA on the shifted digits from the trained model,
+    saved merged to ``OUT/{family}-digits-{shift}-lora`` (adapter in ``adapter/``). Returns the numbers."""
+    import ssmvl.modeling  # noqa: F401
+    from transformers import AutoConfig
+
+    from .data import build_digits_dataset, make_digits_processor
+    from .lora import count_parameters, lora_config_for
+    from .recipes import evaluate_image_classifier, train_image_classifier
+
+    name = f"{family}-digits"
+    spec = dict(DIGITS_MODELS[name])
+    spec["image_size"] = image_size
+    config = AutoConfig.for_model(spec.pop("model_type"), num_labels=10, **spec)
+    out_dir = Path(out_dir)
+    work = out_dir / "_work"
+    processor = make_digits_processor(image_size)
+    data = build_digits_dataset(image_size, image_processor=processor, seed=seed)
+    extra = {} if progress else {"disable_tqdm": True}
+    say(f"{name}: digits {len(data['train'])} train / {len(data['test'])} test (stratified, seed {seed}), "
+        f"{image_size}px RGB; training {epochs:g} epochs with Trainer")
+    base_dir = out_dir / name
+    m = train_image_classifier(config, data["train"], data["test"], base_dir, epochs=epochs, lr=lr,
+                               batch_size=batch_size, image_processor=processor, checkpoint_dir=work / name,
+                               seed=seed, **extra)
+    model = m.model
+    res: Dict[str, Any] = {f"{family}_params": m["total_params"], f"{family}_accuracy": m["eval_accuracy"],
+                           f"{family}_train_seconds": m["train_seconds"], f"{family}_dir": str(base_dir)}
+    say(f"{name} ({m['total_params']:,} params): held-out accuracy {m['eval_accuracy']:.4f} "
+        f"({m['train_seconds']:.0f}s); saved to {base_dir}")
+    _write_model_card(
+        base_dir, title=f"ssmvl {name}", model_type=config.model_type, dataset="scikit-learn digits",
+        metrics={"accuracy": m["eval_accuracy"]}, task="image-classification",
+        description=(f"A tiny {family} trained from scratch on the scikit-learn digits (8x8 handwritten digits "
+                     f"upsampled to {image_size}px RGB), fixed stratified 80/20 split (seed {seed}). Held-out accuracy "
+                     f"{m['eval_accuracy']:.4f} on {len(data['test'])} test images."),
+    )
+    if not lora_shift:
+        return res
+
+    shifted = build_digits_dataset(image_size, shift=lora_shift, image_processor=processor, seed=seed)
+    before = evaluate_image_classifier(model, shifted["test"])["accuracy"]
+    lora_config = lora_config_for(model, r=lora_r, alpha=2 * lora_r)
+    lora_dir = out_dir / f"{name}-{lora_shift}-lora"
+    say(f"{name}: shifted task '{lora_shift}' digits, the trained model gets {before:.4f}; LoRA r={lora_r} on "
+        f"{list(lora_config.target_modules)} + head, {lora_epochs:g} epochs")
+    lm = train_image_classifier(model, shifted["train"], shifted["test"], lora_dir, epochs=lora_epochs, lr=lora_lr,
+                                batch_size=batch_size, lora=lora_config, image_processor=processor,
+                                checkpoint_dir=work / f"{name}-lora", seed=seed, warmup_ratio=0.0, weight_decay=0.0,
+                                **extra)
+    res.update({f"{family}_{lora_shift}_before_lora": before,
+                f"{family}_lora_accuracy": lm["eval_accuracy"],
+                f"{family}_lora_merged_accuracy": lm["merged_eval_accuracy"],
+                f"{family}_lora_trainable_percent": lm["trainable_percent"],
+                f"{family}_lora_dir": str(lora_dir)})
+    say(f"{name} LoRA on '{lora_shift}' digits: accuracy {before:.4f} -> {lm['eval_accuracy']:.4f} "
+        f"(merged: {lm['merged_eval_accuracy']:.4f}), trainable {lm['trainable_params']:,} of {lm['total_params']:,} "
+        f"= {lm['trainable_percent']:.2f}%")
+    _write_model_card(
+        lora_dir, title=f"ssmvl {name} + LoRA ({lora_shift} digits)", model_type=config.model_type,
+        dataset=f"scikit-learn digits ({lora_shift})", task="image-classification",
+        metrics={"accuracy": lm["merged_eval_accuracy"], "trainable_percent": lm["trainable_percent"]},
+        description=(f"{name} adapted with LoRA (r={lora_r}, targets {list(lora_config.target_modules)}, head trained)"
+                     f" to {lora_shift} digits, then merged. Accuracy on the {lora_shift} test split: "
+                     f"{lm['merged_eval_accuracy']:.4f} (base model before LoRA: {before:.4f}). The adapter alone "
+                     f"is in adapter/."),
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# (iii) Hub push + reload without ssmvl
+# ---------------------------------------------------------------------------------------------------------------------
+def _import_by_path(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def start_local_hub(root: Path):
+    """Starts tests/hub_server.py's server in-process. Returns (endpoint, stop) or None when it is not available."""
+    path = REPO_ROOT / "tests" / "hub_server.py"
+    if not path.is_file():
+        say(f"no local Hub server ({path} missing): skipping the push, reloading from the saved folders instead")
+        return None
+    try:
+        hub = _import_by_path("_ssmvl_hub_server", path)
+    except Exception as exc:
+        say(f"could not import {path} ({type(exc).__name__}: {exc}); skipping the push")
+        return None
+    for fn_name in ("start_server", "serve_in_background", "start", "run_in_thread"):
+        fn = getattr(hub, fn_name, None)
+        if callable(fn):
+            server = fn(str(root)) if _takes_args(fn) else fn()
+            return _endpoint_and_stop(server)
+    cls = getattr(hub, "HubServer", None) or getattr(hub, "LocalHubServer", None)
+    if cls is not None:
+        server = cls(str(root)) if _takes_args(cls) else cls()
+        if hasattr(server, "start"):
+            started = server.start()
+            server = started if started is not None and not isinstance(started, bool) else server
+        elif hasattr(server, "__enter__"):
+            server = server.__enter__()
+        return _endpoint_and_stop(server)
+    say(f"{path} has no server entry point this demo knows; skipping the push")
+    return None
+
+
+def _takes_args(fn) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in params)
+
+
+def _endpoint_and_stop(server):
+    if isinstance(server, str):
+        return server, lambda: None
+    if isinstance(server, tuple):
+        endpoint = next(s for s in server if isinstance(s, str))
+        stoppers = [s for s in server if hasattr(s, "shutdown") or hasattr(s, "stop") or callable(s)]
+        stop = stoppers[0] if stoppers else (lambda: None)
+        stop = getattr(stop, "stop", None) or getattr(stop, "shutdown", None) or stop
+        return endpoint, stop
+    endpoint = getattr(server, "endpoint", None) or getattr(server, "url", None)
+    stop = getattr(server, "stop", None) or getattr(server, "shutdown", None) or getattr(server, "close", None)
+    return endpoint, (stop or (lambda: None))
+
+
+def push_to_hub(local_dir: Path, repo_id: str, endpoint: str, token: str = "hf_local_demo_token") -> str:
+    """ssmvl.conversion.hub.push_folder when available, else huggingface_hub directly (same endpoint)."""
+    try:
+        from ssmvl.conversion.hub import push_folder
+    except ImportError:
+        push_folder = None
+    ignore = ["checkpoints/*", "_work/*"]
+    if push_folder is not None:
+        try:
+            return push_folder(str(local_dir), repo_id, endpoint=endpoint, token=token)
+        except TypeError:
+            return push_folder(str(local_dir), repo_id)
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(folder_path=str(local_dir), repo_id=repo_id, ignore_patterns=ignore)
+    return f"{endpoint}/{repo_id}"
+
+
+_ISOLATION = textwrap.dedent("""
+    import importlib.abc as _abc, os as _os, sys as _sys
+    _repo = {repo!r}
+    _sys.path[:] = [p for p in _sys.path if p and _os.path.abspath(p) != _repo]
+    _sys.meta_path[:] = [f for f in _sys.meta_path if "editable" not in (type(f).__name__ + str(getattr(f, "__module__", "")))]
+    class _NoSsmvl(_abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ssmvl" or name.startswith("ssmvl."):
+                raise ModuleNotFoundError("ssmvl is hidden in this process", name=name)
+    _sys.meta_path.insert(0, _NoSsmvl())
+    try:
+        import ssmvl
+        raise SystemExit("ssmvl was importable")
+    except ModuleNotFoundError:
+        print("[fresh process] ssmvl is not importable here; loading with transformers + trust_remote_code only")
+""")
+
+
+def reload_without_ssmvl(lm_ref: Optional[str], image_refs: Sequence[str], prompt: str, workdir: Path,
+                         env_extra: Optional[Dict[str, str]] = None, n_images: int = 8, shift_refs=()) -> str:
+    """Runs a fresh Python process where ssmvl cannot be imported; loads the LM (generate) and the image classifiers
+    (pipeline) from ``*_ref`` (Hub repo ids with HF_ENDPOINT set, or local folders). Returns its stdout."""
+    from .data import build_digits_dataset, digits_split_indices, digits_to_pil, shift_digits
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    _, test_idx = digits_split_indices()
+    picks = test_idx[:n_images]
+    sets = {"plain": shift_digits(digits.images.astype(float), None)}
+    for _, shift in shift_refs:
+        sets[shift] = shift_digits(digits.images.astype(float), shift)
+    files = {}
+    for key, images in sets.items():
+        files[key] = []
+        for i in picks:
+            path = workdir / f"digit_{key}_{i}_label{digits.target[i]}.png"
+            digits_to_pil(images[i], 32).save(path)
+            files[key].append(str(path))
+    del build_digits_dataset
+    code = _ISOLATION.format(repo=str(REPO_ROOT)) + textwrap.dedent(f"""
+        import torch, transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+        torch.manual_seed(0)
+        lm_ref, image_refs, shift_refs, files = {lm_ref!r}, {list(image_refs)!r}, {list(shift_refs)!r}, {files!r}
+        if lm_ref:
+            tok = AutoTokenizer.from_pretrained(lm_ref)
+            model = AutoModelForCausalLM.from_pretrained(lm_ref, trust_remote_code=True).eval()
+            print(f"[fresh process] {{lm_ref}} -> {{type(model).__module__}}.{{type(model).__name__}}")
+            ids = tok({prompt!r}, return_tensors="pt").input_ids
+            out = model.generate(ids, max_new_tokens=40, do_sample=True, top_k=40, temperature=0.8,
+                                 pad_token_id=tok.pad_token_id)
+            print("[fresh process] generated:", repr(tok.decode(out[0], skip_special_tokens=True)))
+        def classify(ref, key):
+            clf = pipeline("image-classification", model=ref, trust_remote_code=True)
+            preds = [clf(f, top_k=1)[0]["label"] for f in files[key]]
+            truth = [f.rsplit("label", 1)[1].split(".")[0] for f in files[key]]
+            ok = sum(p == t for p, t in zip(preds, truth))
+            print(f"[fresh process] pipeline('image-classification', {{ref}}) on {{key}} digits: predicted {{preds}} "
+                  f"true {{truth}} ({{ok}}/{{len(truth)}})")
+        for ref in image_refs:
+            classify(ref, "plain")
+        for ref, key in shift_refs:
+            classify(ref, key)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME")}
+    env.update(PYTHONNOUSERSITE="1", TRANSFORMERS_VERBOSITY="error", HF_HOME=str(workdir / "hf_home"),
+               PYTHONDONTWRITEBYTECODE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(workdir), env=env, capture_output=True, text=True,
+                          timeout=600)
+    out = proc.stdout
+    if proc.returncode != 0:
+        raise RuntimeError(f"reload without ssmvl failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-5000:]}")
+    return out
+
+
+def hub_step(out_dir: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
+    lm_dir = summary.get("lora_dir") or summary.get("lm_dir")
+    image_dirs = [summary[k] for k in ("vim_dir", "vmamba_dir") if k in summary]
+    shift_dirs = [(summary[k], summary.get("shift", "invert")) for k in ("vim_lora_dir", "vmamba_lora_dir")
+                  if k in summary]
+    res: Dict[str, Any] = {}
+    hub_root = out_dir / "_work" / "hub"
+    if hub_root.exists():
+        shutil.rmtree(hub_root)
+    hub_root.mkdir(parents=True)
+    started = start_local_hub(hub_root)
+    env_extra = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    if started is not None and started[0]:
+        endpoint, stop = started
+        say(f"local Hub endpoint {endpoint}")
+        try:
+            refs = {}
+            for d in [lm_dir] + image_dirs + [d for d, _ in shift_dirs]:
+                if not d:
+                    continue
+                repo_id = f"ssmvl-demo/{Path(d).name}"
+                url = push_to_hub(Path(d), repo_id, endpoint)
+                refs[d] = repo_id
+                say(f"pushed {d} -> {repo_id} ({url})")
+            env_extra.update(HF_ENDPOINT=endpoint, HF_TOKEN="hf_local_demo_token")
+            say("reloading from the local Hub in a fresh process without ssmvl")
+            out = reload_without_ssmvl(refs.get(lm_dir), [refs[d] for d in image_dirs], summary.get("prompt", LM_PROMPT),
+                                       out_dir / "_work" / "reload", env_extra=env_extra,
+                                       shift_refs=[(refs[d], s) for d, s in shift_dirs])
+            res["hub"] = endpoint
+        finally:
+            try:
+                stop()
+            except Exception:
+                pass
+    else:
+        env_extra.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        say("reloading the saved folders in a fresh process without ssmvl")
+        out = reload_without_ssmvl(lm_dir, image_dirs, summary.get("prompt", LM_PROMPT), out_dir / "_work" / "reload",
+                                   env_extra=env_extra, shift_refs=shift_dirs)
+        res["hub"] = None
+    print(textwrap.indent(out.rstrip(), "    "), flush=True)
+    res["reload_output"] = out
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the job
+# ---------------------------------------------------------------------------------------------------------------------
+def run_demo(out_dir="outputs/demo", quick: bool = False, families: Sequence[str] = ("vim", "vmamba"),
+             shift: str = "invert") -> Dict[str, Any]:
+    global _T0
+    _T0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    from .recipes import configure_cpu_threads
+
+    if not torch.cuda.is_available() and not os.environ.get("SSMVL_DEMO_KEEP_THREADS"):
+        configure_cpu_threads(torch.get_num_threads())
+    summary: Dict[str, Any] = {"quick": quick, "torch_threads": torch.get_num_threads(), "shift": shift}
+
+    banner("(i) Mamba language model: Trainer on shipped text, then LoRA on the SSM projections")
+    summary.update(lm_step(out_dir, steps=40 if quick else 240, lora_steps=15 if quick else 80,
+                           progress=not quick))
+
+    banner("(ii) vision: Vim / VMamba on scikit-learn digits, then LoRA on a shifted task")
+    for family in families:
+        try:
+            import_name = {"vim": "modeling_vim", "vmamba": "modeling_vmamba"}[family]
+            importlib.import_module(f"ssmvl.modeling.{import_name}")
+        except ImportError as exc:
+            say(f"skipping {family}: ssmvl.modeling.{import_name} is not importable ({exc})")
+            continue
+        summary.update(vision_step(out_dir, family, epochs=2 if quick else 12, lora_shift=shift,
+                                   lora_epochs=2 if quick else 10, progress=not quick))
+
+    banner("(iii) Hub: push, then load back with transformers alone (no ssmvl) in a fresh process")
+    summary.update(hub_step(out_dir, summary))
+
+    summary["wall_seconds"] = time.time() - _T0
+    banner("summary")
+    for key, value in summary.items():
+        if key in ("reload_output",):
+            continue
+        print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    shutil.rmtree(out_dir / "_work", ignore_errors=True)
+    say(f"done in {summary['wall_seconds']:.0f}s; outputs in {out_dir}")
+    return summary
+
+
+__all__ = ["DIGITS_MODELS", "LM_MODEL", "lm_step", "vision_step", "hub_step", "run_demo", "reload_without_ssmvl"]
