@@ -38,8 +38,8 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 # Block sizes: (BLOCK_D, BLOCK_L, num_warps). The backward keeps ~6 (BLOCK_D, N, BLOCK_L) fp32 tiles live.
 # Defaults from a sweep on an H100 (benchmarks/bench_scan_gpu.py --sweep; B=8, D=1536, N=16, L=4096, bf16).
 # time_major: forward tiles laid out (BLOCK_D, BLOCK_L, N) instead of (BLOCK_D, N, BLOCK_L).
-FWD_CONFIG = {"BLOCK_D": 4, "BLOCK_L": 128, "num_warps": 4, "time_major": True}
-BWD_CONFIG = {"BLOCK_D": 4, "BLOCK_L": 32, "num_warps": 4}
+FWD_CONFIG = {"BLOCK_D": 2, "BLOCK_L": 128, "num_warps": 4, "time_major": True}
+BWD_CONFIG = {"BLOCK_D": 4, "BLOCK_L": 32, "num_warps": 2}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
