@@ -5,7 +5,8 @@ and counts the parameters from the safetensors headers (no weights are loaded), 
 ``model_cards/<family>.md`` or ``model_cards/<model_type>.md`` when such a family template exists, else
 ``model_cards/default.md``. Templates are ``string.Template`` text; the placeholders are:
 
-``$front_matter`` (YAML, without the ``---`` fences), ``$title``, ``$summary``, ``$usage`` (python code, no fences),
+``$front_matter`` (YAML, without the ``---`` fences), ``$title``, ``$summary``, ``$usage_intro`` (a paragraph),
+``$usage`` (python code, no fences),
 ``$architecture`` (markdown table rows), ``$metrics``, ``$conversion``, ``$notes`` (whole sections or empty),
 ``$auto_class``, ``$repo_id``, ``$model_type``, ``$architectures``, ``$num_parameters``, ``$num_parameters_human``,
 ``$pipeline_tag``, ``$license``. Unknown ``$names`` are left as they are (``safe_substitute``).
@@ -184,7 +185,8 @@ def _usage(repo_id: str, auto_class: str, has_tokenizer: bool, has_processor: bo
                 f"output = model.generate(input_ids, max_new_tokens=20)")
     if auto_class == "AutoModelForImageClassification":
         proc = f"processor = AutoImageProcessor.from_pretrained({q}){'' if has_processor else '  # or your own'}\n"
-        return (f"from PIL import Image\nfrom transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
+        return ("from PIL import Image\n"
+                "from transformers import AutoImageProcessor, AutoModelForImageClassification\n\n"
                 f"{proc}"
                 f"model = AutoModelForImageClassification.from_pretrained({q}, trust_remote_code=True)\n"
                 f"inputs = processor(images=Image.open(\"image.jpg\"), return_tensors=\"pt\")\n"
@@ -341,8 +343,16 @@ def render_model_card(model_dir: Optional[str] = None, **metadata) -> str:
     notes = _as_list(meta.get("notes"))
     notes_md = ("## Notes\n\n" + "\n".join(f"- {n}" for n in notes)) if notes else ""
 
+    if config.get("auto_map"):
+        usage_intro = ("The modeling code ships with the weights, so `ssmvl` does not need to be installed "
+                       "(`pip install torch transformers` is enough); loading runs that code, hence "
+                       "`trust_remote_code=True`. With `mamba-ssm` / `causal-conv1d` (or Triton) on a CUDA machine "
+                       "the fused selective-scan kernels are used; on CPU a pure PyTorch implementation runs.")
+    else:
+        usage_intro = "Loads with `transformers` (`pip install torch transformers`)."
     fields = dict(
-        front_matter=_front_matter(meta, model_name, pipeline_tag, metrics), title=title, summary=summary,
+        usage_intro=usage_intro, front_matter=_front_matter(meta, model_name, pipeline_tag, metrics), title=title,
+        summary=summary,
         usage=_usage(repo_id, auto_class, has_tok, has_proc), architecture=architecture, metrics=metrics_md,
         conversion=conversion_md, notes=notes_md, auto_class=auto_class, repo_id=repo_id, model_type=model_type,
         architectures=", ".join(architectures), num_parameters=str(num_parameters),
@@ -357,7 +367,8 @@ def render_model_card(model_dir: Optional[str] = None, **metadata) -> str:
 
 
 def write_model_card(model_dir, overwrite: bool = False, **metadata) -> Optional[Path]:
-    """Render and write ``model_dir/README.md``; keeps an existing one unless ``overwrite``. Returns the path written."""
+    """Render and write ``model_dir/README.md``; keeps an existing one unless ``overwrite``. Returns the path written
+    (None when a README.md existed and was kept)."""
     path = Path(model_dir) / "README.md"
     if path.exists() and not overwrite:
         return None

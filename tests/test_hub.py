@@ -1,7 +1,8 @@
 """Push / pull through the real huggingface_hub client against the local Hub endpoint (tests/hub_server.py).
 
-The model is a tiny transformers GPT-2 for now (``make_model``); swap in an ssmvl model to test remote code too:
-the fresh-process load already passes ``trust_remote_code=True`` and runs where ``ssmvl`` cannot be imported.
+The push -> fresh-process load test runs for a tiny transformers GPT-2 and a tiny ssmvl Mamba LM (remote code: the
+fresh process cannot import ``ssmvl``, it loads the modeling files pushed next to the weights). The other tests use
+the GPT-2 (``make_model``).
 """
 
 from __future__ import annotations
@@ -53,12 +54,28 @@ def front_matter(card: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 # (a) push, then load in a fresh process (no ssmvl importable, empty cache) and compare logits
 # ---------------------------------------------------------------------------------------------------------------------
-def test_push_then_from_pretrained_in_fresh_process(hub_env, model_dir, model_and_ids, tmp_path, capsys):
+def make_mamba_lm():
+    from ssmvl.modeling.configuration_mamba_lm import MambaLMConfig
+    from ssmvl.modeling.modeling_mamba_lm import MambaLMForCausalLM
+
+    torch.manual_seed(0)
+    return MambaLMForCausalLM(MambaLMConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2)).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mamba_lm"])
+def test_push_then_from_pretrained_in_fresh_process(hub_env, model_and_ids, tmp_path, capsys, family):
     model, ids = model_and_ids
-    url = hub.push_folder(model_dir, "ssmvl-test/tiny-lm", token=SECRET)
-    assert url == f"{hub_env['endpoint']}/ssmvl-test/tiny-lm"
-    server_files = set(hub_server_files(hub_env, "ssmvl-test/tiny-lm"))
+    if family == "mamba_lm":
+        model = make_mamba_lm()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    repo = f"ssmvl-test/tiny-{family}"
+    url = hub.push_folder(model_dir, repo, token=SECRET)
+    assert url == f"{hub_env['endpoint']}/{repo}"
+    server_files = set(hub_server_files(hub_env, repo))
     assert {"config.json", "model.safetensors", "README.md", ".gitattributes"} <= server_files
+    if family == "mamba_lm":
+        assert {p.name for p in model_dir.glob("*.py")} <= server_files  # the remote code went up too
 
     work = tmp_path / "fresh"
     work.mkdir()
@@ -70,11 +87,11 @@ def test_push_then_from_pretrained_in_fresh_process(hub_env, model_dir, model_an
         import torch
         from transformers import AutoModelForCausalLM
         ref = torch.load("expected.pt", weights_only=True)
-        model = AutoModelForCausalLM.from_pretrained("ssmvl-test/tiny-lm", trust_remote_code=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(REPO, trust_remote_code=True).eval()
         with torch.no_grad():
             logits = model(ref["ids"]).logits
         print("MAXDIFF", (logits - ref["logits"]).abs().max().item())
-    """, cwd=work, env_extra=env, timeout=120)
+    """.replace("REPO", repr(repo)), cwd=work, env_extra=env, timeout=120)
     diff = float(proc.stdout.split("MAXDIFF")[1].split()[0])
     assert diff < 1e-5, proc.stdout
     assert (tmp_path / "fresh_home" / "hub").is_dir()  # it really downloaded into the fresh cache
@@ -238,3 +255,13 @@ def test_server_api_surface(hub_env, hub_server):
         hf_hub_download(repo, ".gitattributes", revision="no-such-branch")
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("ssmvl-test/absent")
+
+
+def test_transformers_push_to_hub_and_from_pretrained(hub_env, model_and_ids):
+    from transformers import AutoModelForCausalLM
+
+    model, ids = model_and_ids
+    model.push_to_hub("ssmvl-test/tf-push", commit_message="push_to_hub")
+    loaded = AutoModelForCausalLM.from_pretrained("ssmvl-test/tf-push").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
