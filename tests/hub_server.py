@@ -12,7 +12,8 @@ Endpoints (``{type}`` is ``models``, ``datasets`` or ``spaces``; repo ids are ``
 revisions are branch names or commit shas, URL-quoted):
 
 * ``POST /api/repos/create`` (409 when it exists), ``DELETE /api/repos/delete``
-* ``GET  /api/whoami-v2``, ``POST /api/validate-yaml``
+* ``GET  /api/whoami-v2``, ``POST /api/validate-yaml`` (always valid), ``GET /api/agent-harnesses`` (an empty
+  registry; huggingface_hub fetches it for its user-agent)
 * ``GET  /api/{type}/{repo_id}[/revision/{rev}]``: ``id``, ``sha``, ``private``, ``lastModified``, ``siblings``
 * ``GET  /api/{type}/{repo_id}/tree/{rev}[/{path}]`` (``recursive``), ``POST .../paths-info/{rev}``
 * ``POST /api/{type}/{repo_id}/preupload/{rev}``: every file is ``uploadMode: "regular"`` (never LFS / Xet), with
@@ -22,7 +23,11 @@ revisions are branch names or commit shas, URL-quoted):
 * ``GET  /api/{type}/{repo_id}/refs``, ``GET .../commits/{rev}``
 * ``HEAD|GET /{repo_id}/resolve/{rev}/{path}`` (``/datasets/...``, ``/spaces/...`` prefixes too): 200 with
   ``ETag`` (git blob sha1), ``X-Repo-Commit``, ``Content-Length``; 404 with ``X-Error-Code`` ``RepoNotFound``,
-  ``RevisionNotFound`` or ``EntryNotFound``.
+  ``RevisionNotFound`` or ``EntryNotFound``. ``Range`` is ignored (a full 200 answer, which the client accepts).
+
+Every commit gets a new sha; old commits stay readable by sha. A new repo starts with a ``.gitattributes`` commit, as
+on the Hub. Only the default-branch flow is modelled: no pull requests (``create_pr`` is refused with 400), no
+branch creation, no LFS/Xet storage.
 
 Xet: the server never sends ``X-Xet-Hash`` headers and never answers ``uploadMode: "lfs"``, so neither downloads
 nor uploads touch Xet/LFS storage even with ``hf_xet`` installed (``upload_folder`` then takes hf_xet's pipelined
