@@ -167,10 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from .main_job import run_demo
-        from .recipes import configure_cpu_threads
 
-        print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
-        run_demo(args.out, quick=args.quick)
+        run_demo(args.out, quick=args.quick, threads=args.threads)
         return 0
     if args.command == "train-lm":
         return _cmd_train_lm(args)
