@@ -35,6 +35,9 @@ class MambaLMConfig(PretrainedConfig):
         tie_word_embeddings (`bool`, defaults to True): lm_head shares the embedding matrix.
         ssm_backend (`str`, defaults to "auto"): selective-scan backend ("auto", "reference", "torch", "triton",
             "mamba_ssm"); the environment variable SSMVL_SSM_BACKEND overrides "auto".
+        chunked_prefill_size (`int`, defaults to 1024): in inference with a cache, prompts longer than this run through
+            the model in chunks of this many tokens (the cache carries the state between chunks), so prefill memory
+            stays flat in the prompt length; 0 disables.
         use_cuda_graph (`bool`, defaults to True): on CUDA, in inference, each single-token decoding step replays a
             CUDA graph captured once per generate() call (no per-token Python / kernel-launch overhead).
     """
@@ -76,6 +79,7 @@ class MambaLMConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         ssm_backend: str = "auto",
         use_cuda_graph: bool = True,
+        chunked_prefill_size: int = 1024,
         **kwargs,
     ):
         # keys of transformers' MambaConfig that mean nothing here
@@ -104,6 +108,7 @@ class MambaLMConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.ssm_backend = ssm_backend
         self.use_cuda_graph = use_cuda_graph
+        self.chunked_prefill_size = int(chunked_prefill_size)
         self._validate_sizes()
         super().__init__(
             pad_token_id=pad_token_id,

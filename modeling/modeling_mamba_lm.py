@@ -257,6 +257,27 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         cache_params.seqlen_offset += input_ids.shape[1]
         return graph["logits"].clone()
 
+    def _chunked_prefill(self, input_ids, inputs_embeds, attention_mask, cache_params, logits_to_keep):
+        """Runs a long prompt through the backbone `chunked_prefill_size` tokens at a time, the cache carrying the conv
+        and SSM states between chunks: peak memory depends on the chunk, not on the prompt length. Keeps only the
+        hidden states that the requested logits need. Same result as one pass (tested)."""
+        inputs = input_ids if input_ids is not None else inputs_embeds
+        seqlen, chunk = inputs.shape[1], self.config.chunked_prefill_size
+        keep = seqlen if not isinstance(logits_to_keep, int) or logits_to_keep == 0 else logits_to_keep
+        kept = []
+        for start in range(0, seqlen, chunk):
+            end = min(seqlen, start + chunk)
+            out = self.backbone(
+                None if input_ids is None else input_ids[:, start:end],
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                cache_params=cache_params, use_cache=True, return_dict=True,
+                attention_mask=None if attention_mask is None else attention_mask[:, start:end],
+            )
+            cache_params = out.cache_params
+            if end > seqlen - keep:
+                kept.append(out.last_hidden_state[:, max(0, seqlen - keep - start):])
+        return MambaLMOutput(last_hidden_state=torch.cat(kept, dim=1), cache_params=cache_params)
+
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -277,10 +298,16 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
             if not return_dict:
                 return (logits, cache_params)
             return MambaLMCausalLMOutput(logits=logits, cache_params=cache_params)
-        outputs = self.backbone(
-            input_ids, inputs_embeds=inputs_embeds, cache_params=cache_params, use_cache=use_cache,
-            output_hidden_states=output_hidden_states, return_dict=True, attention_mask=attention_mask,
-        )
+        seqlen = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        chunk = self.config.chunked_prefill_size
+        if (chunk and seqlen > chunk and labels is None and not output_hidden_states and not torch.is_grad_enabled()
+                and (use_cache if use_cache is not None else self.config.use_cache) and not self.training):
+            outputs = self._chunked_prefill(input_ids, inputs_embeds, attention_mask, cache_params, logits_to_keep)
+        else:
+            outputs = self.backbone(
+                input_ids, inputs_embeds=inputs_embeds, cache_params=cache_params, use_cache=use_cache,
+                output_hidden_states=output_hidden_states, return_dict=True, attention_mask=attention_mask,
+            )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden_states = hidden_states[:, -logits_to_keep:]

@@ -195,6 +195,28 @@ def test_chunked_continuation_equals_full_forward(pair, backend):
     assert diff <= ATOL, f"{backend}: {diff}"
 
 
+def test_chunked_prefill_equals_one_pass(pair):
+    """Long prompts are prefilled `chunked_prefill_size` tokens at a time (flat memory): same logits, same tokens,
+    left padding included, with and without logits_to_keep."""
+    hf, _ = pair
+    model = ours_from(hf.state_dict(), chunked_prefill_size=0)
+    _, input_ids, mask = left_padded(lengths=(5, 17, 23))
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        one_pass = model(input_ids, attention_mask=mask).logits
+        tokens = greedy(model, input_ids, mask, new=8)
+        model.config.chunked_prefill_size = 4
+        calls.clear()
+        chunked = model(input_ids, attention_mask=mask).logits
+        assert len(calls) == 6  # ceil(23 / 4) chunks
+        last = model(input_ids, attention_mask=mask, logits_to_keep=5).logits
+        chunked_tokens = greedy(model, input_ids, mask, new=8)
+    assert torch.allclose(chunked, one_pass, atol=ATOL)
+    assert torch.allclose(last, one_pass[:, -5:], atol=ATOL)
+    assert torch.equal(chunked_tokens, tokens)
+
+
 def test_cache_is_constant_in_sequence_length(pair):
     _, ours = pair
     with torch.no_grad():
