@@ -115,34 +115,35 @@ def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16):
     """Times a few block configurations; sets the module's configs to the fastest ones."""
     t = make(batch, dim, L, N, dtype)
     out = {"fwd": [], "bwd": [], "L": L}
-    fwd_cfgs = [(4, 128, 4, False), (4, 128, 4, True), (8, 64, 4, True), (4, 64, 4, True), (2, 128, 4, True),
-                (8, 128, 8, True), (4, 256, 8, True), (2, 256, 4, True)]
-    for bd, bl, nw, tm in fwd_cfgs:
-        ssm_triton.FWD_CONFIG.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw, time_major=tm)
+    fwd_cfgs = [(4, 1), (8, 1), (16, 1), (16, 2), (32, 1), (32, 2), (32, 4), (64, 2)]
+    for bd, nw in fwd_cfgs:
+        ssm_triton.FWD_CONFIG.update(BLOCK_D=bd, num_warps=nw)
         try:
             with torch.no_grad():
                 ms = bench(lambda: ssm_triton.selective_scan_triton(**t, delta_softplus=True), rep=100)
         except Exception as err:
-            print(f"sweep fwd {bd},{bl},{nw},{tm} failed: {err}", flush=True)
+            print(f"sweep fwd {bd},{nw} failed: {err}", flush=True)
             continue
-        out["fwd"].append({"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "time_major": tm, "ms": ms})
-        print(f"sweep fwd BLOCK_D={bd} BLOCK_L={bl} warps={nw} time_major={tm}: {ms:.3f} ms", flush=True)
+        out["fwd"].append({"BLOCK_D": bd, "num_warps": nw, "ms": ms})
+        print(f"sweep fwd BLOCK_D={bd} warps={nw}: {ms:.3f} ms", flush=True)
     best = min(out["fwd"], key=lambda r: r["ms"])
-    ssm_triton.FWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "BLOCK_L", "num_warps", "time_major")})
+    ssm_triton.FWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "num_warps")})
     tg = make(batch, dim, L, N, dtype, grad=True)
     gy = torch.randn_like(tg["u"])
-    for bd, bl, nw in [(4, 32, 4), (2, 32, 4), (4, 64, 4), (2, 64, 4), (4, 32, 2)]:
-        ssm_triton.BWD_CONFIG.update(BLOCK_D=bd, BLOCK_L=bl, num_warps=nw)
+    bwd_cfgs = [(16, 1, 64, False), (8, 1, 64, False), (16, 1, 64, True), (32, 1, 64, False), (32, 1, 64, True),
+                (32, 2, 64, False), (64, 2, 64, True), (16, 1, 32, False), (16, 1, 128, False), (32, 1, 32, True)]
+    for bd, nw, ch, at in bwd_cfgs:
+        ssm_triton.BWD_CONFIG.update(BLOCK_D=bd, num_warps=nw, CHUNK=ch, atomic=at)
         try:
             ms = bench(fwd_bwd(ssm_triton.selective_scan_triton, tg, gy), rep=100)
-        except Exception as err:  # e.g. out of shared memory / registers
-            print(f"sweep bwd {bd},{bl},{nw} failed: {err}", flush=True)
+        except Exception as err:  # e.g. out of memory
+            print(f"sweep bwd {bd},{nw},{ch},{at} failed: {err}", flush=True)
             continue
         grad_to_none(tg)
-        out["bwd"].append({"BLOCK_D": bd, "BLOCK_L": bl, "num_warps": nw, "ms_fwd_bwd": ms})
-        print(f"sweep fwd+bwd BLOCK_D={bd} BLOCK_L={bl} warps={nw}: {ms:.3f} ms", flush=True)
+        out["bwd"].append({"BLOCK_D": bd, "num_warps": nw, "CHUNK": ch, "atomic": at, "ms_fwd_bwd": ms})
+        print(f"sweep fwd+bwd BLOCK_D={bd} warps={nw} CHUNK={ch} atomic={at}: {ms:.3f} ms", flush=True)
     best = min(out["bwd"], key=lambda r: r["ms_fwd_bwd"])
-    ssm_triton.BWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "BLOCK_L", "num_warps")})
+    ssm_triton.BWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "num_warps", "CHUNK", "atomic")})
     out["chosen"] = {"fwd": dict(ssm_triton.FWD_CONFIG), "bwd": dict(ssm_triton.BWD_CONFIG)}
     print("chosen", out["chosen"], flush=True)
     return out

@@ -128,20 +128,31 @@ def test_scan_matches_reference(dtype, case):
     check_parity(inputs, dtype)
 
 
+BLOCK_CONFIGS = [
+    # forward (BLOCK_D, num_warps), backward (BLOCK_D, num_warps, CHUNK, atomic)
+    ((4, 1), (4, 1, 8, False)),
+    ((32, 2), (8, 2, 16, True)),
+    ((16, 4), (32, 1, 5, False)),
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_scan_forward_layouts(dtype):
-    """Both forward tile layouts (time_major True/False) give the same results."""
-    saved = dict(ssm_triton.FWD_CONFIG)
+@pytest.mark.parametrize("cfg", BLOCK_CONFIGS, ids=str)
+def test_scan_block_configs(dtype, cfg):
+    """Other block sizes, chunk lengths (several chunks, a partial last one) and the atomic dB/dC reduction."""
+    saved = dict(ssm_triton.FWD_CONFIG), dict(ssm_triton.BWD_CONFIG)
+    (fbd, fnw), (bbd, bnw, chunk, atomic) = cfg
     try:
-        for time_major in (True, False):
-            ssm_triton.FWD_CONFIG.update(time_major=time_major, BLOCK_L=64)
-            for case in (CASES[0], CASES[2], CASES[5]):
-                batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
-                inputs = make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0)
-                check_parity(inputs, dtype, backward=False)
+        ssm_triton.FWD_CONFIG.update(BLOCK_D=fbd, num_warps=fnw)
+        ssm_triton.BWD_CONFIG.update(BLOCK_D=bbd, num_warps=bnw, CHUNK=chunk, atomic=atomic)
+        for case in (CASES[0], CASES[2], CASES[5]):
+            batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+            inputs = make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0)
+            check_parity(inputs, dtype)
     finally:
-        ssm_triton.FWD_CONFIG.clear()
-        ssm_triton.FWD_CONFIG.update(saved)
+        for c, old in zip((ssm_triton.FWD_CONFIG, ssm_triton.BWD_CONFIG), saved):
+            c.clear()
+            c.update(old)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
