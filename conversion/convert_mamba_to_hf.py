@@ -40,15 +40,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from .output import check_out_dir, staged_output
 from ..modeling.configuration_mamba_lm import MambaLMConfig
 from ..modeling.modeling_mamba_lm import MambaLMForCausalLM
 
@@ -427,15 +426,12 @@ def parity_report(model: MambaLMForCausalLM, state_dict: Dict[str, torch.Tensor]
 # folder conversion
 # ---------------------------------------------------------------------------------------------------------------------
 def _check_out_dir(checkpoint_dir: Path, out_dir: Path, overwrite: bool):
-    src, out = checkpoint_dir.resolve(), out_dir.resolve()
-    if out == src or out in src.parents:
-        raise ConversionError(f"--out {out_dir} is (or contains) the checkpoint folder {checkpoint_dir}; choose "
-                              "another output folder, the source must stay untouched.")
-    if out.exists() and not out.is_dir():
-        raise ConversionError(f"--out {out_dir} exists and is a file; choose a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"Output folder {out_dir} is not empty. Choose an empty or new folder, or pass "
-                              "--overwrite (overwrite=True) to replace its contents with the converted model.")
+    try:
+        check_out_dir(out_dir, overwrite, source=checkpoint_dir)
+    except FileExistsError:
+        raise
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
 
 
 def _write_card(out: Path, config: MambaLMConfig, report: dict, source: str, checkpoint_dir: Path, notes):
@@ -535,9 +531,7 @@ def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional
 
     # write everything next to out_dir, then swap it in: a failure leaves whatever was there untouched
     _check_out_dir(checkpoint_dir, out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir, overwrite, source=checkpoint_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         for name in TOKENIZER_FILES:
             if (checkpoint_dir / name).is_file():
@@ -545,12 +539,6 @@ def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional
         (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
         if not _write_card(tmp, config, report, source, checkpoint_dir, notes) and verbose:
             print("conversion/model_card.py not found: no model card written.", file=sys.stderr)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # only reached with overwrite=True (checked above) or an empty folder
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if push_to_hub:
         _push(out_dir, push_to_hub)
     return report

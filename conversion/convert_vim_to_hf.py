@@ -35,6 +35,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from .output import check_out_dir, staged_output
 from ..modeling.configuration_vim import VimConfig
 from ..modeling.modeling_vim import VimForImageClassification
 from ..modeling.ssm_ops import selective_scan_ref
@@ -322,8 +323,11 @@ def _write_card(out: Path, variant: str, config: VimConfig, report: dict, checkp
 
 
 def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] = None,
-            id2label: Optional[dict] = None, atol: float = 1e-4, allow_parity_failure: bool = False) -> dict:
-    """Checkpoint file -> saved model folder; returns the parity report (also written as parity_report.json)."""
+            id2label: Optional[dict] = None, atol: float = 1e-4, allow_parity_failure: bool = False,
+            overwrite: bool = False) -> dict:
+    """Checkpoint file -> saved model folder; returns the parity report (also written as parity_report.json).
+    A non-empty ``out`` is refused unless ``overwrite``; the folder is written aside and swapped in at the end."""
+    check_out_dir(out, overwrite, source=checkpoint)
     original = load_original_checkpoint(checkpoint)
     num_labels = original["head.weight"].shape[0] if "head.weight" in original else 0
     config = load_preset(variant, num_labels=num_labels)
@@ -338,11 +342,11 @@ def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] 
     if not report["passed"] and not allow_parity_failure:
         raise RuntimeError(f"Parity check failed: max |diff| {report['max_abs_diff']:.3e} > atol {atol}")
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    vim_image_processor(config).save_pretrained(out_dir)
-    (out_dir / "parity_report.json").write_text(json.dumps(report, indent=2))
-    _write_card(out_dir, variant, config, report, checkpoint)
+    with staged_output(out_dir, overwrite, source=checkpoint) as tmp:
+        model.save_pretrained(tmp)
+        vim_image_processor(config).save_pretrained(tmp)
+        (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
+        _write_card(tmp, variant, config, report, checkpoint)
     if push_to_hub:
         try:
             from .hub import push_folder
@@ -364,14 +368,15 @@ def main(argv=None):
     ap.add_argument("--checkpoint", required=True, help="official .pth (weights under 'model') or .safetensors")
     ap.add_argument("--variant", required=True, help=f"preset name {VARIANTS} or a path to a VimConfig JSON file")
     ap.add_argument("--out", required=True, help="output folder (save_pretrained)")
-    ap.add_argument("--push_to_hub", default=None, metavar="REPO")
+    ap.add_argument("--push-to-hub", "--push_to_hub", dest="push_to_hub", default=None, metavar="REPO")
+    ap.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     ap.add_argument("--id2label", default=None, help="JSON file {index: label} (e.g. the ImageNet-1k class names)")
     ap.add_argument("--atol", type=float, default=1e-4)
     ap.add_argument("--allow_parity_failure", action="store_true")
     args = ap.parse_args(argv)
     id2label = json.loads(Path(args.id2label).read_text()) if args.id2label else None
     convert(args.checkpoint, args.variant, args.out, push_to_hub=args.push_to_hub, id2label=id2label,
-            atol=args.atol, allow_parity_failure=args.allow_parity_failure)
+            atol=args.atol, allow_parity_failure=args.allow_parity_failure, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .output import check_out_dir, staged_output
 from ..modeling.configuration_vmamba import VMambaConfig, parse_forward_type
 from ..modeling.modeling_vmamba import VMambaForImageClassification
 
@@ -366,9 +367,12 @@ License: the upstream repository is MIT-licensed.
 
 
 def convert(checkpoint: str, variant: str, out: str, key: str = "model", reference_logits: Optional[str] = None,
-            push_to: Optional[str] = None, ssm_backend: str = "auto", config: Optional[VMambaConfig] = None) -> dict:
+            push_to: Optional[str] = None, ssm_backend: str = "auto", config: Optional[VMambaConfig] = None,
+            overwrite: bool = False) -> dict:
     """Reads, converts strictly, reports parity, saves model + processor + card to `out` (and pushes). `config`
-    replaces the preset of `variant` (e.g. for tests)."""
+    replaces the preset of `variant` (e.g. for tests). A non-empty `out` is refused unless `overwrite`; the folder is
+    written aside and swapped in at the end."""
+    check_out_dir(out, overwrite, source=checkpoint)
     config = config if config is not None else load_variant_config(variant, ssm_backend=ssm_backend)
     original = load_original(checkpoint, key)
     info = describe_checkpoint(original)
@@ -381,11 +385,11 @@ def convert(checkpoint: str, variant: str, out: str, key: str = "model", referen
     ref = torch.load(reference_logits, map_location="cpu", weights_only=True) if reference_logits else None
     report = parity_report(model, ref)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    make_image_processor(config).save_pretrained(out_dir)
-    (out_dir / "README.md").write_text(_model_card(config, variant, report, checkpoint))
-    (out_dir / "parity_report.json").write_text(json.dumps(report, indent=2))
+    with staged_output(out_dir, overwrite, source=checkpoint) as tmp:
+        model.save_pretrained(tmp)
+        make_image_processor(config).save_pretrained(tmp)
+        (tmp / "README.md").write_text(_model_card(config, variant, report, checkpoint))
+        (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
     if push_to:
         try:
             from .hub import push_folder
@@ -406,11 +410,13 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder for save_pretrained")
     parser.add_argument("--key", default="model", help="state dict key in the checkpoint ('model' or 'model_ema')")
     parser.add_argument("--reference-logits", default=None, help="upstream logits on the parity input (.pt)")
-    parser.add_argument("--push-to", default=None, help="Hub repo id to upload the folder to")
+    parser.add_argument("--push-to-hub", "--push_to_hub", "--push-to", dest="push_to", default=None, metavar="REPO",
+                        help="Hub repo id to upload the folder to")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--ssm-backend", default="auto")
     args = parser.parse_args(argv)
     report = convert(args.checkpoint, args.variant, args.out, key=args.key, reference_logits=args.reference_logits,
-                     push_to=args.push_to, ssm_backend=args.ssm_backend)
+                     push_to=args.push_to, ssm_backend=args.ssm_backend, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
 
 

@@ -1,0 +1,49 @@
+"""Writing a converted model folder without ever losing what a user saved.
+
+``check_out_dir`` refuses a non-empty output folder unless ``overwrite`` (and always refuses the source itself);
+``staged_output`` lets the converter write into a temporary folder next to the target and swaps it in only when
+everything was written, so a failed conversion leaves the old folder untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def check_out_dir(out_dir: PathLike, overwrite: bool = False, source: Optional[PathLike] = None) -> None:
+    out = Path(out_dir).resolve()
+    if source is not None:
+        src = Path(source).resolve()
+        if out == src or out in src.parents:
+            raise ValueError(f"--out {out_dir} is (or contains) the checkpoint folder or file {source}; choose another output "
+                             "folder, the source must stay untouched.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is a file; choose a folder path.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"Output folder {out_dir} is not empty. Choose an empty or new folder, or pass "
+                              "--overwrite (overwrite=True) to replace its contents with the converted model.")
+
+
+@contextmanager
+def staged_output(out_dir: PathLike, overwrite: bool = False, source: Optional[PathLike] = None) -> Iterator[Path]:
+    """``with staged_output(out) as tmp: model.save_pretrained(tmp) ...`` -> ``tmp`` becomes ``out`` on success."""
+    out = Path(out_dir)
+    check_out_dir(out, overwrite, source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.converting-", dir=out.parent))
+    try:
+        yield tmp
+        check_out_dir(out, overwrite, source)  # nothing appeared there meanwhile
+        if out.exists():
+            shutil.rmtree(out)  # only reached with overwrite=True or an empty folder
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
