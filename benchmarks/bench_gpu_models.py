@@ -225,6 +225,41 @@ def section_vision(out: Path, quick: bool):
     plot_vision(result, out / "vision.png")
 
 
+def section_vim_backends(out: Path, quick: bool):
+    """Vim-S training step at 224 px, batch 64, bf16 autocast: the Triton scan backend vs the torch backend."""
+    from ssmvl.modeling.configuration_vim import VimConfig
+    from ssmvl.modeling.modeling_vim import VimForImageClassification
+
+    result = {"device": device_info(), "dtype": "bfloat16 autocast", "size": 224, "batch": 64, "rows": []}
+    for backend in ("triton", "torch"):
+        torch.manual_seed(0)
+        cfg = VimConfig.from_json_file(str(ROOT / "configs/vim-small.json"))
+        cfg.ssm_backend = backend
+        model = VimForImageClassification(cfg).cuda().train()
+        for m in model.modules():  # the mixers read the backend they were built with
+            if hasattr(m, "ssm_backend"):
+                m.ssm_backend = backend
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(64, 3, 224, 224, device="cuda")
+        labels = torch.randint(0, 1000, (64,), device="cuda")
+
+        def train_step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(pixel_values=x, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        seconds = wall_time_s(train_step, warmup=1, repeats=2 if quick else 3)
+        row = {"backend": backend, "train_img_s": 64 / seconds, "train_peak_mib": peak_memory_mib(train_step)}
+        print(f"vim_s 224px b=64 train, backend {backend:7s}: {row['train_img_s']:8.1f} img/s "
+              f"{row['train_peak_mib']:9.1f} MiB", flush=True)
+        result["rows"].append(row)
+        del model, opt
+        torch.cuda.empty_cache()
+    (out / "vim_backends.json").write_text(json.dumps(result, indent=2))
+
+
 def plot_vision(result, path):
     import matplotlib
 
@@ -252,7 +287,7 @@ def plot_vision(result, path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--section", choices=["lm", "vision", "all"], default="all")
+    parser.add_argument("--section", choices=["lm", "vision", "vim_backends", "all"], default="all")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -261,6 +296,8 @@ def main():
     t0 = time.time()
     if args.section in ("vision", "all"):
         section_vision(out, args.quick)
+    if args.section in ("vim_backends", "all"):
+        section_vim_backends(out, args.quick)
     if args.section in ("lm", "all"):
         section_lm(out, args.quick)
     print(f"done in {time.time() - t0:.0f} s; results in {out}")
