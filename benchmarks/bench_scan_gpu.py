@@ -115,7 +115,7 @@ def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16):
     """Times a few block configurations; sets the module's configs to the fastest ones."""
     t = make(batch, dim, L, N, dtype)
     out = {"fwd": [], "bwd": [], "L": L}
-    fwd_cfgs = [(4, 1), (8, 1), (16, 1), (16, 2), (32, 1), (32, 2), (32, 4), (64, 2)]
+    fwd_cfgs = [(4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 4)]
     for bd, nw in fwd_cfgs:
         ssm_triton.FWD_CONFIG.update(BLOCK_D=bd, num_warps=nw)
         try:
@@ -130,8 +130,8 @@ def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16):
     ssm_triton.FWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "num_warps")})
     tg = make(batch, dim, L, N, dtype, grad=True)
     gy = torch.randn_like(tg["u"])
-    bwd_cfgs = [(16, 1, 64, False), (8, 1, 64, False), (16, 1, 64, True), (32, 1, 64, False), (32, 1, 64, True),
-                (32, 2, 64, False), (64, 2, 64, True), (16, 1, 32, False), (16, 1, 128, False), (32, 1, 32, True)]
+    bwd_cfgs = [(8, 1, 64, False), (8, 1, 32, False), (8, 1, 64, True), (4, 1, 64, False), (16, 1, 64, False),
+                (16, 1, 32, True), (8, 2, 64, False), (16, 2, 64, False)]
     for bd, nw, ch, at in bwd_cfgs:
         ssm_triton.BWD_CONFIG.update(BLOCK_D=bd, num_warps=nw, CHUNK=ch, atomic=at)
         try:

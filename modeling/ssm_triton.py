@@ -48,7 +48,7 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 # instead of a per-block buffer + torch sum).
 # Defaults from a sweep on an H100 (benchmarks/bench_scan_gpu.py --sweep; B=8, D=1536, N=16, L=4096, bf16).
 FWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1}
-BWD_CONFIG = {"BLOCK_D": 16, "num_warps": 1, "CHUNK": 64, "atomic": False}
+BWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1, "CHUNK": 64, "atomic": False}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -58,6 +58,45 @@ BWD_CONFIG = {"BLOCK_D": 16, "num_warps": 1, "CHUNK": 64, "atomic": False}
 def _softplus(x):
     # log(1 + exp(x)) through exp2 / log2
     return tl.where(x <= 20.0, 0.6931471805599453 * tl.log2(1.0 + tl.exp2(x * 1.4426950408889634)), x)
+
+
+@triton.jit
+def _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t, t1, mask_d, mask_n, HAS_Z: tl.constexpr):
+    """Inputs of step t (all masked off, and v False, past t1)."""
+    v = t < t1
+    md = mask_d & v
+    mn = mask_n & v
+    u = tl.load(u_p + t, mask=md, other=0.0).to(tl.float32)
+    dt = tl.load(dl_p + t, mask=md, other=0.0).to(tl.float32)
+    Bt = tl.load(B_p + t, mask=mn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_p + t, mask=mn, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_p + t, mask=md, other=0.0).to(tl.float32)
+    else:
+        zz = u
+    return u, dt, zz, Bt, Ct
+
+
+@triton.jit
+def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, mask_d,
+              HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              STORE_Y: tl.constexpr):
+    """One step of the recurrence (a no-op for t >= t1); stores y_t when STORE_Y."""
+    v = t < t1
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(v, dt, 0.0)
+    h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+    if STORE_Y:
+        y = tl.sum(h * Ct[None, :], axis=1)
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_p + t, y.to(y_p.dtype.element_ty), mask=mask_d & v)
+    return h
 
 
 @triton.jit
@@ -80,6 +119,8 @@ def _scan_fwd_kernel(
     mask_n = n < N
     mask_dn = mask_d[:, None] & mask_n[None, :]
     A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -103,25 +144,104 @@ def _scan_fwd_kernel(
             tl.store(states_ptr + (row[:, None] * nchunks + c) * N + n[None, :], h, mask=mask_dn)
         t0 = c * CHUNK
         t1 = tl.minimum(t0 + CHUNK, L)
-        for t in range(t0, t1):
-            u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load(dl_p + t, mask=mask_d, other=0.0).to(tl.float32)
-            Bt = tl.load(B_p + t, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_p + t, mask=mask_n, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            y = tl.sum(h * Ct[None, :], axis=1)
-            if HAS_D:
-                y = y + Dv * u
-            if HAS_Z:
-                y = y * zz * tl.sigmoid(zz)
-            tl.store(y_p + t, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+        # 4 steps per iteration; the next 4 steps' loads are issued before this group's arithmetic
+        u0, d0, z0, B0, C0 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0, t1, mask_d, mask_n, HAS_Z)
+        u1, d1, z1, B1, C1 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0 + 1, t1, mask_d, mask_n, HAS_Z)
+        u2, d2, z2, B2, C2 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0 + 2, t1, mask_d, mask_n, HAS_Z)
+        u3, d3, z3, B3, C3 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0 + 3, t1, mask_d, mask_n, HAS_Z)
+        for t in range(t0, t1, 4):
+            u4, d4, z4, B4, C4 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 4, t1, mask_d, mask_n, HAS_Z)
+            u5, d5, z5, B5, C5 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 5, t1, mask_d, mask_n, HAS_Z)
+            u6, d6, z6, B6, C6 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 6, t1, mask_d, mask_n, HAS_Z)
+            u7, d7, z7, B7, C7 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 7, t1, mask_d, mask_n, HAS_Z)
+            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, True)
+            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, True)
+            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, True)
+            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+                          SOFTPLUS, True)
+            u0, d0, z0, B0, C0 = u4, d4, z4, B4, C4
+            u1, d1, z1, B1, C1 = u5, d5, z5, B5, C5
+            u2, d2, z2, B2, C2 = u6, d6, z6, B6, C6
+            u3, d3, z3, B3, C3 = u7, d7, z7, B7, C7
     tl.store(hlast_ptr + state_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc, t, t0, mask_d, mask_n, mask_all,
+            SC_STEP: tl.constexpr, HAS_Z: tl.constexpr):
+    """Inputs of backward step t and its recomputed state (all masked off, zeros, for t < t0)."""
+    v = t >= t0
+    md = mask_d & v
+    mn = mask_n & v
+    u = tl.load(u_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
+    dl = tl.load(dl_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
+    gout = tl.load(gy_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
+    Bt = tl.load(B_ptr + base_bc + t, mask=mn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_ptr + base_bc + t, mask=mn, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
+    else:
+        zz = u
+    h = tl.load(sc_p + (t - t0) * SC_STEP, mask=mask_all & v, other=0.0)
+    return u, dl, gout, zz, Bt, Ct, h
+
+
+@triton.jit
+def _step_bwd(carry, gA_acc, gD_acc, gbias_acc, u, dl, gout, zz, Bt, Ct, h, t, t0, A, A2, Dv, bias, mask_d, mask_n,
+              gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, base_x, part, N,
+              HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              ATOMIC: tl.constexpr):
+    """One step of the adjoint recurrence, backwards (a no-op for t < t0: all its inputs are zero, dt is 0)."""
+    v = t >= t0
+    md = mask_d & v
+    if HAS_BIAS:
+        dl = dl + bias
+    if SOFTPLUS:
+        dt = _softplus(dl)
+    else:
+        dt = dl
+    dt = tl.where(v, dt, 0.0)
+    x = dt * u
+    if HAS_Z:
+        sig = tl.sigmoid(zz)
+        y = tl.sum(h * Ct[None, :], axis=1)
+        if HAS_D:
+            y = y + Dv * u
+        gz = gout * y * sig * (1.0 + zz * (1.0 - sig))
+        tl.store(gz_ptr + base_x + t, gz.to(gz_ptr.dtype.element_ty), mask=md)
+        gy = gout * zz * sig
+    else:
+        gy = gout
+    gs = gy[:, None] * Ct[None, :] + carry  # g_t
+    gx = tl.sum(gs * Bt[None, :], axis=1)
+    gdA = gs * (h - x[:, None] * Bt[None, :])  # dL/d(dt A)
+    gdt = tl.sum(gdA * A, axis=1) + gx * u
+    gA_acc += gdA * dt[:, None]
+    gu = gx * dt
+    if HAS_D:
+        gu += gy * Dv
+        gD_acc += gy * u
+    tl.store(gu_ptr + base_x + t, gu.to(gu_ptr.dtype.element_ty), mask=md)
+    if SOFTPLUS:
+        gdt = gdt * tl.sigmoid(dl)
+    gdt = tl.where(md, gdt, 0.0)
+    tl.store(gdl_ptr + base_x + t, gdt.to(gdl_ptr.dtype.element_ty), mask=md)
+    if HAS_BIAS:
+        gbias_acc += gdt
+    gBt = tl.sum(gs * x[:, None], axis=0)  # (N_P2,)
+    gCt = tl.sum(h * gy[:, None], axis=0)
+    mn = mask_n & v
+    if ATOMIC:
+        tl.atomic_add(gB_ptr + part + t * N, gBt, mask=mn, sem="relaxed")
+        tl.atomic_add(gC_ptr + part + t * N, gCt, mask=mn, sem="relaxed")
+    else:
+        tl.store(gB_ptr + part + t * N, gBt, mask=mn)
+        tl.store(gC_ptr + part + t * N, gCt, mask=mn)
+    carry = tl.exp2(dt[:, None] * A2) * gs
+    return carry, gA_acc, gD_acc, gbias_acc
 
 
 @triton.jit
@@ -146,6 +266,8 @@ def _scan_bwd_kernel(
     mask_dn = mask_d[:, None] & mask_n[None, :]
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
+    Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -155,6 +277,11 @@ def _scan_bwd_kernel(
     base_bc = (pid_bg.to(tl.int64) * N + n) * L
     state_off = row[:, None] * N + n[None, :]
     # per-program scratch for the recomputed states of one chunk: (CHUNK, BLOCK_D, N_P2) fp32
+    u_p = u_ptr + base_x
+    dl_p = dl_ptr + base_x
+    B_p = B_ptr + base_bc
+    SC_STEP = BLOCK_D * N_P2
+    mask_all = (tl.arange(0, BLOCK_D)[:, None] >= 0) & (n[None, :] >= 0)
     sc_p = (scratch_ptr + (pid_bg.to(tl.int64) * nblk + pid_d) * CHUNK * (BLOCK_D * N_P2)
             + tl.arange(0, BLOCK_D)[:, None] * N_P2 + n[None, :])
     # dB / dC: (BG, L, N) with atomics, else this block's slice of (nblk, BG, L, N)
@@ -175,70 +302,46 @@ def _scan_bwd_kernel(
         t1 = tl.minimum(t0 + CHUNK, L)
         # recompute the chunk's states from its saved start state
         h = tl.load(states_ptr + (row[:, None] * nchunks + c) * N + n[None, :], mask=mask_dn, other=0.0)
-        for t in range(t0, t1):
-            u = tl.load(u_ptr + base_x + t, mask=mask_d, other=0.0).to(tl.float32)
-            dt = tl.load(dl_ptr + base_x + t, mask=mask_d, other=0.0).to(tl.float32)
-            Bt = tl.load(B_ptr + base_bc + t, mask=mask_n, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt = dt + bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
-            tl.store(sc_p + (t - t0) * (BLOCK_D * N_P2), h)
+        for t in range(t0, t1, 4):
+            u0, d0, z0, B0, C0 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t, t1, mask_d, mask_n, False)
+            u1, d1, z1, B1, C1 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t + 1, t1, mask_d, mask_n, False)
+            u2, d2, z2, B2, C2 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t + 2, t1, mask_d, mask_n, False)
+            u3, d3, z3, B3, C3 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t + 3, t1, mask_d, mask_n, False)
+            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+                          SOFTPLUS, False)
+            tl.store(sc_p + (t - t0) * SC_STEP, h, mask=mask_all & (t < t1))
+            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+                          SOFTPLUS, False)
+            tl.store(sc_p + (t + 1 - t0) * SC_STEP, h, mask=mask_all & (t + 1 < t1))
+            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+                          SOFTPLUS, False)
+            tl.store(sc_p + (t + 2 - t0) * SC_STEP, h, mask=mask_all & (t + 2 < t1))
+            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+                          SOFTPLUS, False)
+            tl.store(sc_p + (t + 3 - t0) * SC_STEP, h, mask=mask_all & (t + 3 < t1))
         tl.debug_barrier()
-        # adjoint, backwards through the chunk; carry = exp(dt_{t+1} A) g_{t+1}
-        for k in range(t1 - t0):
-            t = t1 - 1 - k
-            u = tl.load(u_ptr + base_x + t, mask=mask_d, other=0.0).to(tl.float32)
-            dl = tl.load(dl_ptr + base_x + t, mask=mask_d, other=0.0).to(tl.float32)
-            gout = tl.load(gy_ptr + base_x + t, mask=mask_d, other=0.0).to(tl.float32)
-            Bt = tl.load(B_ptr + base_bc + t, mask=mask_n, other=0.0).to(tl.float32)
-            Ct = tl.load(C_ptr + base_bc + t, mask=mask_n, other=0.0).to(tl.float32)
-            if HAS_Z:
-                zz = tl.load(z_ptr + base_x + t, mask=mask_d, other=0.0).to(tl.float32)
-            h = tl.load(sc_p + (t - t0) * (BLOCK_D * N_P2))
-            if HAS_BIAS:
-                dl = dl + bias
-            if SOFTPLUS:
-                dt = _softplus(dl)
-            else:
-                dt = dl
-            x = dt * u
-            if HAS_Z:
-                sig = tl.sigmoid(zz)
-                y = tl.sum(h * Ct[None, :], axis=1)
-                if HAS_D:
-                    y = y + Dv * u
-                gz = gout * y * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(gz_ptr + base_x + t, gz.to(gz_ptr.dtype.element_ty), mask=mask_d)
-                gy = gout * zz * sig
-            else:
-                gy = gout
-            gs = gy[:, None] * Ct[None, :] + carry  # g_t
-            gx = tl.sum(gs * Bt[None, :], axis=1)
-            gdA = gs * (h - x[:, None] * Bt[None, :])  # dL/d(dt A)
-            gdt = tl.sum(gdA * A, axis=1) + gx * u
-            gA_acc += gdA * dt[:, None]
-            gu = gx * dt
-            if HAS_D:
-                gu += gy * Dv
-                gD_acc += gy * u
-            tl.store(gu_ptr + base_x + t, gu.to(gu_ptr.dtype.element_ty), mask=mask_d)
-            if SOFTPLUS:
-                gdt = gdt * tl.sigmoid(dl)
-            gdt = tl.where(mask_d, gdt, 0.0)
-            tl.store(gdl_ptr + base_x + t, gdt.to(gdl_ptr.dtype.element_ty), mask=mask_d)
-            if HAS_BIAS:
-                gbias_acc += gdt
-            gBt = tl.sum(gs * x[:, None], axis=0)  # (N_P2,)
-            gCt = tl.sum(h * gy[:, None], axis=0)
-            if ATOMIC:
-                tl.atomic_add(gB_ptr + part + t * N, gBt, mask=mask_n, sem="relaxed")
-                tl.atomic_add(gC_ptr + part + t * N, gCt, mask=mask_n, sem="relaxed")
-            else:
-                tl.store(gB_ptr + part + t * N, gBt, mask=mask_n)
-                tl.store(gC_ptr + part + t * N, gCt, mask=mask_n)
-            carry = tl.exp2(dt[:, None] * A2) * gs
+        # adjoint, backwards through the chunk, 2 steps per iteration (the next 2 steps' loads issued first);
+        # carry = exp(dt_{t+1} A) g_{t+1}
+        ta = t1 - 1
+        u0, l0, o0, z0, B0, C0, h0 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc, ta,
+                                             t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+        u1, l1, o1, z1, B1, C1, h1 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc,
+                                             ta - 1, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+        for k in range(0, t1 - t0, 2):
+            t = ta - k
+            u2, l2, o2, z2, B2, C2, h2 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc,
+                                                 t - 2, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+            u3, l3, o3, z3, B3, C3, h3 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc,
+                                                 t - 3, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+            carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
+                carry, gA_acc, gD_acc, gbias_acc, u0, l0, o0, z0, B0, C0, h0, t, t0, A, A2, Dv, bias, mask_d, mask_n,
+                gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, base_x, part, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, ATOMIC)
+            carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
+                carry, gA_acc, gD_acc, gbias_acc, u1, l1, o1, z1, B1, C1, h1, t - 1, t0, A, A2, Dv, bias, mask_d,
+                mask_n, gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, base_x, part, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                ATOMIC)
+            u0, l0, o0, z0, B0, C0, h0 = u2, l2, o2, z2, B2, C2, h2
+            u1, l1, o1, z1, B1, C1, h1 = u3, l3, o3, z3, B3, C3, h3
         tl.debug_barrier()  # the next chunk's recompute overwrites the scratch
     tl.store(gA_ptr + state_off, gA_acc, mask=mask_dn)
     if HAS_D:
