@@ -97,6 +97,16 @@ def section_lm(out: Path, quick: bool):
             result["prefill_1024_ms"][name] = 1e3 * wall_time_s(lambda: m(ids, use_cache=True), warmup=1, repeats=3)
         print(f"prefill 1024  {name:20s} {result['prefill_1024_ms'][name]:9.2f} ms", flush=True)
 
+    # where the prefill time of ours goes (top CUDA kernels)
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        models["ssmvl"](ids, use_cache=True)
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    print(table, flush=True)
+    result["prefill_profile_ssmvl"] = table
+
     # generation: tokens/s counted as batch * new tokens / wall time of generate()
     new = 32 if quick else 256
     cells = [(128, 1), (128, 16)] if quick else [(128, 1), (128, 16), (4096, 1), (4096, 16)]
