@@ -283,3 +283,38 @@ def test_digits_targets_vim_and_vmamba(tmp_path):
         assert res[f"{family}_lora_accuracy"] >= 0.90
         assert res[f"{family}_lora_trainable_percent"] < 5.0
         assert abs(res[f"{family}_lora_merged_accuracy"] - res[f"{family}_lora_accuracy"]) < 0.005
+
+
+def test_main_job_push_and_reload_without_ssmvl(tmp_path, tokenizer):
+    """The demo's step (iii) on tiny models: push to the in-process local Hub, reload in a fresh process where ssmvl
+    cannot be imported (AutoModelForCausalLM + generate, pipeline('image-classification'))."""
+    pytest.importorskip("ssmvl.modeling.modeling_vmamba")
+    if not (Path(__file__).parent / "hub_server.py").is_file():
+        pytest.skip("tests/hub_server.py not available")
+    from ssmvl.modeling import VMambaConfig, VMambaForImageClassification
+    from ssmvl.training import main_job
+    from ssmvl.training.data import make_digits_processor
+    from ssmvl.training.recipes import generate_text
+
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (0, 1)  # what tiny_lm() uses
+    lm = tiny_lm()
+    lm.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    sample = generate_text(lm, tokenizer, "The dataset", max_new_tokens=8)
+    torch.manual_seed(0)
+    vm = VMambaForImageClassification(VMambaConfig(image_size=32, embed_dim=16, depths=[1, 1], d_state=1,
+                                                   drop_path_rate=0.0, num_labels=10))
+    vm.save_pretrained(tmp_path / "vm")
+    make_digits_processor(32).save_pretrained(tmp_path / "vm")
+    summary = {"lm_dir": str(tmp_path / "lm"), "lm_sample": sample, "vmamba_dir": str(tmp_path / "vm"),
+               "prompt": "The dataset"}
+    import os
+
+    before = os.environ.get("HF_ENDPOINT")
+    res = main_job.hub_step(tmp_path / "out", summary)
+    assert res["hub"].startswith("http://127.0.0.1")
+    assert os.environ.get("HF_ENDPOINT") == before
+    out = res["reload_output"]
+    assert "ssmvl is not importable" in out
+    assert "pipeline('image-classification', ssmvl-demo/vm)" in out
+    assert "[fresh process] generated:" in out

@@ -40,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-lm", help="train a small Mamba LM on the text shipped with Python / scikit-learn")
     p.add_argument("--model", default=None, help="config JSON or model folder (default: the demo's tiny LM)")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=240)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--lora", action="store_true", help="LoRA on the preset targets (needs --model DIR)")
+    p.add_argument("--lora", action="store_true", help="only the LoRA step, from a trained --model DIR")
     p.add_argument("--lora-r", type=int, default=4)
+    p.add_argument("--lora-steps", type=int, default=80, help="steps of the LoRA step (domain: scikit-learn "
+                   "dataset descriptions)")
     p.add_argument("--save-steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
@@ -61,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lora", action="store_true", help="LoRA on the family preset targets, head trained fully")
-    p.add_argument("--lora-r", type=int, default=4)
+    p.add_argument("--lora", action="store_true", help="LoRA on the family preset targets, head trained fully "
+                   "(from a trained --model DIR)")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: the demo's per-family rank)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
@@ -120,8 +123,12 @@ def _cmd_train_image(args):
             raise SystemExit("--lora needs a trained model (--model DIR), not a fresh config")
         from transformers import AutoModelForImageClassification
 
+        from .main_job import DIGITS_LORA
+
         model_or_config = AutoModelForImageClassification.from_pretrained(args.model, trust_remote_code=True)
-        lora = lora_config_for(model_or_config, r=args.lora_r, alpha=2 * args.lora_r)
+        family = model_or_config.config.model_type.replace("ssmvl_", "")
+        r = args.lora_r or DIGITS_LORA.get(family, {}).get("lora_r", 4)
+        lora = lora_config_for(model_or_config, r=r, alpha=2 * r)
     epochs = args.epochs if args.epochs is not None else (8 if args.lora else 12)
     lr = args.lr if args.lr is not None else (1e-2 if args.lora else 3e-3)
     metrics = train_image_classifier(model_or_config, data["train"], data["test"], args.out, epochs=epochs, lr=lr,
@@ -138,7 +145,7 @@ def _cmd_train_lm(args):
     print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
     result = lm_step(args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size, block_size=args.block_size,
                      vocab_size=args.vocab_size, model=args.model, lora_only=args.lora, lora_r=args.lora_r,
-                     save_steps=args.save_steps, resume=args.resume)
+                     lora_steps=args.lora_steps, save_steps=args.save_steps, resume=args.resume)
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, str) or len(v) < 300}, indent=2))
     return 0
 

@@ -439,10 +439,13 @@ def hub_step(out_dir: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
     if started is not None and started[0]:
         endpoint, stop = started
         say(f"local Hub endpoint {endpoint}")
+        import huggingface_hub
+
+        saved_endpoint = (os.environ.get("HF_ENDPOINT"), huggingface_hub.constants.ENDPOINT)
         try:
             refs = {}
-            for d in [lm_dir] + image_dirs + [d for d, _ in shift_dirs]:
-                if not d:
+            for d in [summary.get("lm_dir"), lm_dir] + image_dirs + [d for d, _ in shift_dirs]:
+                if not d or d in refs:
                     continue
                 repo_id = f"ssmvl-demo/{Path(d).name}"
                 url = push_to_hub(Path(d), repo_id, endpoint)
@@ -459,6 +462,11 @@ def hub_step(out_dir: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
                 stop()
             except Exception:
                 pass
+            if saved_endpoint[0] is None:
+                os.environ.pop("HF_ENDPOINT", None)
+            else:
+                os.environ["HF_ENDPOINT"] = saved_endpoint[0]
+            huggingface_hub.constants.ENDPOINT = saved_endpoint[1]
     else:
         env_extra.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         say("reloading the saved folders in a fresh process without ssmvl")
