@@ -47,8 +47,8 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 # states = steps recomputed into the scratch buffer at once) and atomic (dB/dC across channel blocks by fp32 atomics
 # instead of a per-block buffer + torch sum).
 # Defaults from a sweep on an H100 (benchmarks/bench_scan_gpu.py --sweep; B=8, D=1536, N=16, L=4096, bf16).
-FWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1}
-BWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1, "CHUNK": 64, "atomic": False}
+FWD_CONFIG = {"BLOCK_D": 16, "num_warps": 1}
+BWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1, "CHUNK": 64, "atomic": True}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
