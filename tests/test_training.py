@@ -3,7 +3,6 @@ Full digits training to the accuracy targets is marked slow (run by `ssmvl demo`
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -42,7 +42,8 @@ def _model_type(model) -> str:
 
 
 def is_causal_lm(model) -> bool:
-    return type(model).__name__.endswith("ForCausalLM") or hasattr(model, "generate") and not is_image_classifier(model)
+    return type(model).__name__.endswith("ForCausalLM") or (hasattr(model, "generate")
+                                                             and not is_image_classifier(model))
 
 
 def is_image_classifier(model) -> bool:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -224,7 +222,7 @@ def vision_step(out_dir, family: str = "vim", epochs: float = 12, lr: float = 3e
     from transformers import AutoConfig
 
     from .data import build_digits_dataset, make_digits_processor
-    from .lora import count_parameters, lora_config_for
+    from .lora import lora_config_for
     from .recipes import evaluate_image_classifier, train_image_classifier
 
     name = f"{family}-digits"
