@@ -8,6 +8,11 @@ Sizes: batch 8, dim 1536 (mamba-130m's d_inner), dstate 16, bf16 activations, fp
 softplus(delta + delta_bias), as in a Mamba mixer. Times are medians of triton.testing.do_bench.
 Lower bound: bytes that must move (forward: u, delta, z, B, C read + y written; backward adds dy read and du, ddelta,
 dz, dB, dC written) divided by the measured device-to-device copy bandwidth (bytes read + written per second).
+Layouts of u / delta / z (batch, dim, L) and B / C (batch, N, L), timed for our Triton scan:
+  channel  all contiguous (unit stride along L), as before;
+  time     all time-major (unit stride along dim / N: `x.transpose(1, 2)` of a (batch, L, dim) tensor);
+  mixer    what ssmvl's MambaMixer passes: u channel-major (the conv output), delta / z / B / C time-major; timed with
+           the wrapper's default (u made time-major by one transposing copy, ssm_triton.LAYOUT) and without it.
 Writes scan_gpu.json and scan_gpu.png into --out (default benchmarks/results).
 """
 
@@ -50,13 +55,24 @@ def copy_bandwidth():
     return 2 * x.numel() / (ms * 1e-3)  # bytes read + written per second
 
 
-def make(batch, dim, L, N, dtype, grad=False, seed=0):
+LAYOUTS = ("channel", "time", "mixer")
+
+
+def make(batch, dim, L, N, dtype, grad=False, seed=0, layout="channel"):
+    """Inputs in one of LAYOUTS (same values whatever the layout). Time-major tensors are leaves that are transposed
+    views of (batch, L, C) tensors, so autograd adds no copies of its own."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *s, scale=1.0: (torch.randn(*s, device="cuda", generator=g) * scale).to(dtype)
+
+    def lay(x, time_major):  # x (batch, C, L) -> the same values, time-major in memory
+        return x.transpose(1, 2).contiguous().transpose(1, 2) if time_major else x
+
+    tm = layout in ("time", "mixer")
     t = dict(
-        u=r(batch, dim, L), delta=r(batch, dim, L, scale=0.5), A=-torch.rand(dim, N, device="cuda", generator=g) * 4,
-        B=r(batch, N, L), C=r(batch, N, L), D=torch.randn(dim, device="cuda", generator=g), z=r(batch, dim, L),
-        delta_bias=torch.rand(dim, device="cuda", generator=g) - 4,
+        u=lay(r(batch, dim, L), layout == "time"), delta=lay(r(batch, dim, L, scale=0.5), tm),
+        A=-torch.rand(dim, N, device="cuda", generator=g) * 4,
+        B=lay(r(batch, N, L), tm), C=lay(r(batch, N, L), tm), D=torch.randn(dim, device="cuda", generator=g),
+        z=lay(r(batch, dim, L), tm), delta_bias=torch.rand(dim, device="cuda", generator=g) - 4,
     )
     if grad:
         for v in t.values():
@@ -91,7 +107,8 @@ def hf_mixer(dim_model, dtype):
 
 
 def our_mixer(mixer, scan):
-    """The mixer's math with our scan (and F.conv1d for the conv): same weights as transformers' MambaMixer."""
+    """The mixer's math with our scan (and F.conv1d for the conv): same weights as transformers' MambaMixer, tensors
+    laid out as ssmvl's MambaMixer passes them (u = conv output channel-major; delta, z, B, C time-major views)."""
     import torch.nn.functional as F
 
     N, R = mixer.ssm_state_size, mixer.time_step_rank
@@ -102,7 +119,7 @@ def our_mixer(mixer, scan):
         x, gate = proj.chunk(2, dim=1)
         x = F.silu(mixer.conv1d(x)[..., :L])
         dt, Bm, Cm = torch.split(mixer.x_proj(x.transpose(1, 2)), [R, N, N], dim=-1)
-        dt = mixer.dt_proj.weight @ dt.transpose(1, 2)
+        dt = F.linear(dt, mixer.dt_proj.weight).transpose(1, 2)  # time-major, as in ssmvl's MambaMixer
         A = -torch.exp(mixer.A_log.float())
         y = scan(x, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D=mixer.D.float(), z=gate,
                  delta_bias=mixer.dt_proj.bias.float(), delta_softplus=True)
@@ -111,11 +128,16 @@ def our_mixer(mixer, scan):
     return run
 
 
-def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16):
-    """Times a few block configurations; sets the module's configs to the fastest ones."""
-    t = make(batch, dim, L, N, dtype)
-    out = {"fwd": [], "bwd": [], "L": L}
+def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16, layout="channel"):
+    """Times a few block configurations on inputs in `layout`; sets the module's configs to the fastest ones."""
+    t = make(batch, dim, L, N, dtype, layout=layout)
+    out = {"fwd": [], "bwd": [], "L": L, "layout": layout}
     fwd_cfgs = [(4, 1), (8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 4)]
+    bwd_cfgs = [(8, 1, 64, False), (8, 1, 32, False), (8, 1, 64, True), (4, 1, 64, False), (16, 1, 64, False),
+                (16, 1, 32, True), (8, 2, 64, False), (16, 2, 64, False)]
+    if layout != "channel":  # time-major: a step of BLOCK_D channels is one run of memory, so wider blocks may pay
+        fwd_cfgs = [(16, 1), (32, 1), (32, 2), (64, 2)]
+        bwd_cfgs = [(8, 1, 64, True), (16, 1, 64, True), (32, 1, 64, True), (16, 2, 64, True)]
     for bd, nw in fwd_cfgs:
         ssm_triton.FWD_CONFIG.update(BLOCK_D=bd, num_warps=nw)
         try:
@@ -128,10 +150,8 @@ def sweep(ssm_triton, L=4096, batch=8, dim=1536, N=16, dtype=torch.bfloat16):
         print(f"sweep fwd BLOCK_D={bd} warps={nw}: {ms:.3f} ms", flush=True)
     best = min(out["fwd"], key=lambda r: r["ms"])
     ssm_triton.FWD_CONFIG.update({k: best[k] for k in ("BLOCK_D", "num_warps")})
-    tg = make(batch, dim, L, N, dtype, grad=True)
+    tg = make(batch, dim, L, N, dtype, grad=True, layout=layout)
     gy = torch.randn_like(tg["u"])
-    bwd_cfgs = [(8, 1, 64, False), (8, 1, 32, False), (8, 1, 64, True), (4, 1, 64, False), (16, 1, 64, False),
-                (16, 1, 32, True), (8, 2, 64, False), (16, 2, 64, False)]
     for bd, nw, ch, at in bwd_cfgs:
         ssm_triton.BWD_CONFIG.update(BLOCK_D=bd, num_warps=nw, CHUNK=ch, atomic=at)
         try:
@@ -154,6 +174,7 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     p.add_argument("--sweep", action="store_true", help="time a few block configs first and use the fastest")
+    p.add_argument("--sweep-layout", default="channel", choices=LAYOUTS, help="input layout the sweep times")
     p.add_argument("--torch-max-len", type=int, default=1024, help="longest L for the python-loop baselines")
     p.add_argument("--plot-only", default=None, help="re-draw the PNG from an existing JSON")
     args = p.parse_args()
@@ -182,7 +203,7 @@ def main():
     res["copy_bandwidth_GBps"] = bw / 1e9
     print(f"device {res['device']}; copy bandwidth {bw / 1e9:.0f} GB/s (read + write)", flush=True)
     if args.sweep:
-        res["sweep"] = sweep(ssm_triton)
+        res["sweep"] = sweep(ssm_triton, layout=args.sweep_layout)
     res["fwd_config"], res["bwd_config"] = dict(ssm_triton.FWD_CONFIG), dict(ssm_triton.BWD_CONFIG)
     rows = []
     for L in args.lengths:
@@ -193,15 +214,33 @@ def main():
         row["bytes_bwd"] = 7 * big + 4 * small  # u, delta, z, dy, B, C read; du, ddelta, dz, dB, dC written
         row["bound_fwd_ms"] = row["bytes_fwd"] / bw * 1e3
         row["bound_fwd_bwd_ms"] = (row["bytes_fwd"] + row["bytes_bwd"]) / bw * 1e3
-        t = make(batch, dim, L, N, dtype)
-        with torch.no_grad():
-            row["triton_fwd_ms"] = bench(lambda: ssm_triton.selective_scan_triton(**t, delta_softplus=True))
-        tg = make(batch, dim, L, N, dtype, grad=True)
+        # our scan in each layout ("triton_*" without a suffix: channel-major, as in earlier results); "mixer_as_is":
+        # the mixer layout with ssm_triton.LAYOUT["u_to_time_major"] off (u read channel-major)
+        for layout, u_to_tm in (("channel", True), ("time", True), ("mixer", True), ("mixer", False)):
+            key = "" if layout == "channel" else f"_{layout}" + ("" if u_to_tm else "_as_is")
+            ssm_triton.LAYOUT["u_to_time_major"] = u_to_tm
+            try:
+                t = make(batch, dim, L, N, dtype, layout=layout)
+                with torch.no_grad():
+                    row[f"triton{key}_fwd_ms"] = bench(lambda: ssm_triton.selective_scan_triton(**t,
+                                                                                                delta_softplus=True))
+                tg = make(batch, dim, L, N, dtype, grad=True, layout=layout)
+                gy = torch.randn_like(tg["u"])
+                if layout != "channel":  # the gradient of a time-major y comes time-major (y.transpose -> out_proj)
+                    gy = gy.transpose(1, 2).contiguous().transpose(1, 2)
+                row[f"triton{key}_fwd_bwd_ms"] = bench(fwd_bwd(ssm_triton.selective_scan_triton, tg, gy))
+                grad_to_none(tg)
+            finally:
+                ssm_triton.LAYOUT["u_to_time_major"] = True
+            row[f"triton{key}_fwd_x_bound"] = row[f"triton{key}_fwd_ms"] / row["bound_fwd_ms"]
+            row[f"triton{key}_fwd_bwd_x_bound"] = row[f"triton{key}_fwd_bwd_ms"] / row["bound_fwd_bwd_ms"]
+            print(f"L={L} {layout}{'' if u_to_tm else ' (u as is)'}: fwd {row[f'triton{key}_fwd_ms']:.3f} ms "
+                  f"({row[f'triton{key}_fwd_x_bound']:.1f}x bound), fwd+bwd {row[f'triton{key}_fwd_bwd_ms']:.3f} ms "
+                  f"({row[f'triton{key}_fwd_bwd_x_bound']:.1f}x)", flush=True)
+            if layout != "channel":
+                del t, tg, gy
+        t, tg = make(batch, dim, L, N, dtype), make(batch, dim, L, N, dtype, grad=True)
         gy = torch.randn_like(tg["u"])
-        row["triton_fwd_bwd_ms"] = bench(fwd_bwd(ssm_triton.selective_scan_triton, tg, gy))
-        grad_to_none(tg)
-        row["triton_fwd_x_bound"] = row["triton_fwd_ms"] / row["bound_fwd_ms"]
-        row["triton_fwd_bwd_x_bound"] = row["triton_fwd_bwd_ms"] / row["bound_fwd_bwd_ms"]
         # parity at this size against the torch backend (fp32 state) on the same bf16 inputs
         if L <= args.torch_max_len:
             with torch.no_grad():
@@ -259,7 +298,9 @@ def plot(res, path):
     rows = res["rows"]
     for ax, kind, title in ((axes[0], "fwd", "forward"), (axes[1], "fwd_bwd", "forward + backward")):
         series = [
-            (f"triton scan", f"triton_{kind}_ms", "o-"),
+            (f"triton scan, channel-major inputs", f"triton_{kind}_ms", "o-"),
+            (f"triton scan, time-major inputs", f"triton_time_{kind}_ms", "o--"),
+            (f"triton scan, mixer layout", f"triton_mixer_{kind}_ms", "d:"),
             (f"lower bound (bytes / copy bw)", f"bound_{kind}_ms", "k--"),
             (f"torch backend scan", f"torch_backend_{kind}_ms", "s-"),
             (f"HF mixer (slow path)", f"hf_mixer_{kind}_ms", "^-"),

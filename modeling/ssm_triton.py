@@ -7,9 +7,12 @@ missing and the dispatch in ``ssm_ops`` falls back to the torch backend.
 Kernel design: sequential in time, many small programs. One program per (batch, group of B/C, block of BLOCK_D
 channels) keeps the state h (BLOCK_D, N) in fp32 registers and walks the sequence one step per loop iteration:
   h = exp2(dt A log2e) * h + (dt u) B_t ;  y_t = sum_n h C_t (+ D u, * silu(z)),
-with softplus(delta + delta_bias) fused. Per step it loads BLOCK_D values of u / delta / z (strided by L: consecutive
-steps share cache lines, so after the first step of a line these are L1/L2 hits) and the N values of B_t, C_t
-(broadcast to the block). BLOCK_D is small (8-32) and num_warps 1-2, so a (batch 8, dim 1536) problem runs thousands
+with softplus(delta + delta_bias) fused. Per step it loads BLOCK_D values of u / delta / z and the N values of B_t, C_t
+(broadcast to the block). The kernels take explicit strides: u / delta / z / y and their gradients may be channel-major
+((batch, dim, L) contiguous: a step touches BLOCK_D cache lines per tensor, shared with the next steps) or time-major
+(unit stride along dim, e.g. the transposed (batch, L, dim) outputs of a mixer's linear layers: a step is ONE run of
+BLOCK_D consecutive values), likewise B / C with unit stride along L or along N; outputs and gradients are allocated
+in their input's layout, and the wrapper copies nothing that is in either layout. BLOCK_D is small (8-32) and num_warps 1-2, so a (batch 8, dim 1536) problem runs thousands
 of programs and the per-step latency of one program is hidden by the others. (The previous design, a
 ``tl.associative_scan`` over (BLOCK_D, N, BLOCK_L) register tiles, was compute-bound on shuffles and layout
 conversions: 24x / 30x the memory bound, see benchmarks/README.md.)
@@ -61,24 +64,25 @@ def _softplus(x):
 
 
 @triton.jit
-def _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t, t1, mask_d, mask_n, HAS_Z: tl.constexpr):
-    """Inputs of step t (all masked off, and v False, past t1)."""
+def _ld_fwd(u_p, su, dl_p, sdl, z_p, sz, B_p, sB, C_p, sC, t, t1, mask_d, mask_n, HAS_Z: tl.constexpr):
+    """Inputs of step t (all masked off, and v False, past t1). *_p: per-channel / per-state pointers at t = 0,
+    s*: their strides along time."""
     v = t < t1
     md = mask_d & v
     mn = mask_n & v
-    u = tl.load(u_p + t, mask=md, other=0.0).to(tl.float32)
-    dt = tl.load(dl_p + t, mask=md, other=0.0).to(tl.float32)
-    Bt = tl.load(B_p + t, mask=mn, other=0.0).to(tl.float32)
-    Ct = tl.load(C_p + t, mask=mn, other=0.0).to(tl.float32)
+    u = tl.load(u_p + t * su, mask=md, other=0.0).to(tl.float32)
+    dt = tl.load(dl_p + t * sdl, mask=md, other=0.0).to(tl.float32)
+    Bt = tl.load(B_p + t * sB, mask=mn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_p + t * sC, mask=mn, other=0.0).to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_p + t, mask=md, other=0.0).to(tl.float32)
+        zz = tl.load(z_p + t * sz, mask=md, other=0.0).to(tl.float32)
     else:
         zz = u
     return u, dt, zz, Bt, Ct
 
 
 @triton.jit
-def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, mask_d,
+def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, sy, mask_d,
               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               STORE_Y: tl.constexpr):
     """One step of the recurrence (a no-op for t >= t1); stores y_t when STORE_Y."""
@@ -95,7 +99,7 @@ def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, mask_d,
             y = y + Dv * u
         if HAS_Z:
             y = y * zz * tl.sigmoid(zz)
-        tl.store(y_p + t, y.to(y_p.dtype.element_ty), mask=mask_d & v)
+        tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=mask_d & v)
     return h
 
 
@@ -104,6 +108,8 @@ def _scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     y_ptr, hlast_ptr, states_ptr,
     dim, L, dg, G, N, nchunks, CHUNK,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, N_P2: tl.constexpr,
@@ -126,14 +132,16 @@ def _scan_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
     row = b.to(tl.int64) * dim + d  # (BLOCK_D,)
-    base_x = row * L
-    u_p = u_ptr + base_x
-    dl_p = dl_ptr + base_x
-    z_p = z_ptr + base_x
-    y_p = y_ptr + base_x
-    base_bc = (pid_bg.to(tl.int64) * N + n) * L  # (N_P2,)
-    B_p = B_ptr + base_bc
-    C_p = C_ptr + base_bc
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    n64 = n.to(tl.int64)
+    g64 = g.to(tl.int64)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    y_p = y_ptr + b64 * sy_b + d64 * sy_d
+    B_p = B_ptr + b64 * sB_b + g64 * sB_g + n64 * sB_n  # (N_P2,)
+    C_p = C_ptr + b64 * sC_b + g64 * sC_g + n64 * sC_n
     state_off = row[:, None] * N + n[None, :]  # (BLOCK_D, N_P2)
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
@@ -145,22 +153,30 @@ def _scan_fwd_kernel(
         t0 = c * CHUNK
         t1 = tl.minimum(t0 + CHUNK, L)
         # 4 steps per iteration; the next 4 steps' loads are issued before this group's arithmetic
-        u0, d0, z0, B0, C0 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0, t1, mask_d, mask_n, HAS_Z)
-        u1, d1, z1, B1, C1 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0 + 1, t1, mask_d, mask_n, HAS_Z)
-        u2, d2, z2, B2, C2 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0 + 2, t1, mask_d, mask_n, HAS_Z)
-        u3, d3, z3, B3, C3 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t0 + 3, t1, mask_d, mask_n, HAS_Z)
+        u0, d0, z0, B0, C0 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0, t1, mask_d, mask_n,
+                                     HAS_Z)
+        u1, d1, z1, B1, C1 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0 + 1, t1, mask_d,
+                                     mask_n, HAS_Z)
+        u2, d2, z2, B2, C2 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0 + 2, t1, mask_d,
+                                     mask_n, HAS_Z)
+        u3, d3, z3, B3, C3 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0 + 3, t1, mask_d,
+                                     mask_n, HAS_Z)
         for t in range(t0, t1, 4):
-            u4, d4, z4, B4, C4 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 4, t1, mask_d, mask_n, HAS_Z)
-            u5, d5, z5, B5, C5 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 5, t1, mask_d, mask_n, HAS_Z)
-            u6, d6, z6, B6, C6 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 6, t1, mask_d, mask_n, HAS_Z)
-            u7, d7, z7, B7, C7 = _ld_fwd(u_p, dl_p, z_p, B_p, C_p, t + 7, t1, mask_d, mask_n, HAS_Z)
-            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            u4, d4, z4, B4, C4 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 4, t1, mask_d,
+                                         mask_n, HAS_Z)
+            u5, d5, z5, B5, C5 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 5, t1, mask_d,
+                                         mask_n, HAS_Z)
+            u6, d6, z6, B6, C6 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 6, t1, mask_d,
+                                         mask_n, HAS_Z)
+            u7, d7, z7, B7, C7 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 7, t1, mask_d,
+                                         mask_n, HAS_Z)
+            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
-            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
-            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
-            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, y_p, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
             u0, d0, z0, B0, C0 = u4, d4, z4, B4, C4
             u1, d1, z1, B1, C1 = u5, d5, z5, B5, C5
@@ -170,19 +186,19 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
-def _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc, t, t0, mask_d, mask_n, mask_all,
+def _ld_bwd(u_p, su, dl_p, sdl, gy_p, sgy, z_p, sz, B_p, sB, C_p, sC, sc_p, t, t0, mask_d, mask_n, mask_all,
             SC_STEP: tl.constexpr, HAS_Z: tl.constexpr):
     """Inputs of backward step t and its recomputed state (all masked off, zeros, for t < t0)."""
     v = t >= t0
     md = mask_d & v
     mn = mask_n & v
-    u = tl.load(u_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
-    dl = tl.load(dl_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
-    gout = tl.load(gy_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
-    Bt = tl.load(B_ptr + base_bc + t, mask=mn, other=0.0).to(tl.float32)
-    Ct = tl.load(C_ptr + base_bc + t, mask=mn, other=0.0).to(tl.float32)
+    u = tl.load(u_p + t * su, mask=md, other=0.0).to(tl.float32)
+    dl = tl.load(dl_p + t * sdl, mask=md, other=0.0).to(tl.float32)
+    gout = tl.load(gy_p + t * sgy, mask=md, other=0.0).to(tl.float32)
+    Bt = tl.load(B_p + t * sB, mask=mn, other=0.0).to(tl.float32)
+    Ct = tl.load(C_p + t * sC, mask=mn, other=0.0).to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_ptr + base_x + t, mask=md, other=0.0).to(tl.float32)
+        zz = tl.load(z_p + t * sz, mask=md, other=0.0).to(tl.float32)
     else:
         zz = u
     h = tl.load(sc_p + (t - t0) * SC_STEP, mask=mask_all & v, other=0.0)
@@ -191,7 +207,7 @@ def _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc, t
 
 @triton.jit
 def _step_bwd(carry, gA_acc, gD_acc, gbias_acc, u, dl, gout, zz, Bt, Ct, h, t, t0, A, A2, Dv, bias, mask_d, mask_n,
-              gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, base_x, part, N,
+              gu_p, sgu, gdl_p, sgdl, gz_p, sgz, gB_ptr, gC_ptr, part, N,
               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
               ATOMIC: tl.constexpr):
     """One step of the adjoint recurrence, backwards (a no-op for t < t0: all its inputs are zero, dt is 0)."""
@@ -211,7 +227,7 @@ def _step_bwd(carry, gA_acc, gD_acc, gbias_acc, u, dl, gout, zz, Bt, Ct, h, t, t
         if HAS_D:
             y = y + Dv * u
         gz = gout * y * sig * (1.0 + zz * (1.0 - sig))
-        tl.store(gz_ptr + base_x + t, gz.to(gz_ptr.dtype.element_ty), mask=md)
+        tl.store(gz_p + t * sgz, gz.to(gz_p.dtype.element_ty), mask=md)
         gy = gout * zz * sig
     else:
         gy = gout
@@ -224,11 +240,11 @@ def _step_bwd(carry, gA_acc, gD_acc, gbias_acc, u, dl, gout, zz, Bt, Ct, h, t, t
     if HAS_D:
         gu += gy * Dv
         gD_acc += gy * u
-    tl.store(gu_ptr + base_x + t, gu.to(gu_ptr.dtype.element_ty), mask=md)
+    tl.store(gu_p + t * sgu, gu.to(gu_p.dtype.element_ty), mask=md)
     if SOFTPLUS:
         gdt = gdt * tl.sigmoid(dl)
     gdt = tl.where(md, gdt, 0.0)
-    tl.store(gdl_ptr + base_x + t, gdt.to(gdl_ptr.dtype.element_ty), mask=md)
+    tl.store(gdl_p + t * sgdl, gdt.to(gdl_p.dtype.element_ty), mask=md)
     if HAS_BIAS:
         gbias_acc += gdt
     gBt = tl.sum(gs * x[:, None], axis=0)  # (N_P2,)
@@ -249,6 +265,9 @@ def _scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, gh0_ptr, scratch_ptr,
     dim, L, dg, G, N, nchunks, CHUNK, BG,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l,
+    sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GHL: tl.constexpr, NEED_GH0: tl.constexpr, ATOMIC: tl.constexpr,
     BLOCK_D: tl.constexpr, N_P2: tl.constexpr,
@@ -273,13 +292,21 @@ def _scan_bwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
     row = b.to(tl.int64) * dim + d
-    base_x = row * L
-    base_bc = (pid_bg.to(tl.int64) * N + n) * L
     state_off = row[:, None] * N + n[None, :]
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    n64 = n.to(tl.int64)
+    g64 = g.to(tl.int64)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
+    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
+    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
+    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
+    B_p = B_ptr + b64 * sB_b + g64 * sB_g + n64 * sB_n
+    C_p = C_ptr + b64 * sC_b + g64 * sC_g + n64 * sC_n
     # per-program scratch for the recomputed states of one chunk: (CHUNK, BLOCK_D, N_P2) fp32
-    u_p = u_ptr + base_x
-    dl_p = dl_ptr + base_x
-    B_p = B_ptr + base_bc
     SC_STEP = BLOCK_D * N_P2
     mask_all = (tl.arange(0, BLOCK_D)[:, None] >= 0) & (n[None, :] >= 0)
     sc_p = (scratch_ptr + (pid_bg.to(tl.int64) * nblk + pid_d) * CHUNK * (BLOCK_D * N_P2)
@@ -303,43 +330,48 @@ def _scan_bwd_kernel(
         # recompute the chunk's states from its saved start state
         h = tl.load(states_ptr + (row[:, None] * nchunks + c) * N + n[None, :], mask=mask_dn, other=0.0)
         for t in range(t0, t1, 4):
-            u0, d0, z0, B0, C0 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t, t1, mask_d, mask_n, False)
-            u1, d1, z1, B1, C1 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t + 1, t1, mask_d, mask_n, False)
-            u2, d2, z2, B2, C2 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t + 2, t1, mask_d, mask_n, False)
-            u3, d3, z3, B3, C3 = _ld_fwd(u_p, dl_p, u_p, B_p, B_p, t + 3, t1, mask_d, mask_n, False)
-            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+            u0, d0, z0, B0, C0 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t, t1, mask_d,
+                                         mask_n, False)
+            u1, d1, z1, B1, C1 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 1, t1, mask_d,
+                                         mask_n, False)
+            u2, d2, z2, B2, C2 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 2, t1, mask_d,
+                                         mask_n, False)
+            u3, d3, z3, B3, C3 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 3, t1, mask_d,
+                                         mask_n, False)
+            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
                           SOFTPLUS, False)
             tl.store(sc_p + (t - t0) * SC_STEP, h, mask=mask_all & (t < t1))
-            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
                           SOFTPLUS, False)
             tl.store(sc_p + (t + 1 - t0) * SC_STEP, h, mask=mask_all & (t + 1 < t1))
-            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
                           SOFTPLUS, False)
             tl.store(sc_p + (t + 2 - t0) * SC_STEP, h, mask=mask_all & (t + 2 < t1))
-            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, u_p, mask_d, False, False, HAS_BIAS,
+            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
                           SOFTPLUS, False)
             tl.store(sc_p + (t + 3 - t0) * SC_STEP, h, mask=mask_all & (t + 3 < t1))
         tl.debug_barrier()
         # adjoint, backwards through the chunk, 2 steps per iteration (the next 2 steps' loads issued first);
         # carry = exp(dt_{t+1} A) g_{t+1}
         ta = t1 - 1
-        u0, l0, o0, z0, B0, C0, h0 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc, ta,
-                                             t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
-        u1, l1, o1, z1, B1, C1, h1 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc,
-                                             ta - 1, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+        u0, l0, o0, z0, B0, C0, h0 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p, sC_l,
+                                             sc_p, ta, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+        u1, l1, o1, z1, B1, C1, h1 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p, sC_l,
+                                             sc_p, ta - 1, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
         for k in range(0, t1 - t0, 2):
             t = ta - k
-            u2, l2, o2, z2, B2, C2, h2 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc,
-                                                 t - 2, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
-            u3, l3, o3, z3, B3, C3, h3 = _ld_bwd(u_ptr, dl_ptr, gy_ptr, z_ptr, B_ptr, C_ptr, sc_p, base_x, base_bc,
-                                                 t - 3, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+            u2, l2, o2, z2, B2, C2, h2 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p,
+                                                 sC_l, sc_p, t - 2, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+            u3, l3, o3, z3, B3, C3, h3 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p,
+                                                 sC_l, sc_p, t - 3, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
             carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
                 carry, gA_acc, gD_acc, gbias_acc, u0, l0, o0, z0, B0, C0, h0, t, t0, A, A2, Dv, bias, mask_d, mask_n,
-                gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, base_x, part, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, ATOMIC)
+                gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, gB_ptr, gC_ptr, part, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                ATOMIC)
             carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
                 carry, gA_acc, gD_acc, gbias_acc, u1, l1, o1, z1, B1, C1, h1, t - 1, t0, A, A2, Dv, bias, mask_d,
-                mask_n, gu_ptr, gdl_ptr, gz_ptr, gB_ptr, gC_ptr, base_x, part, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                ATOMIC)
+                mask_n, gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, gB_ptr, gC_ptr, part, N, HAS_D, HAS_Z, HAS_BIAS,
+                SOFTPLUS, ATOMIC)
             u0, l0, o0, z0, B0, C0, h0 = u2, l2, o2, z2, B2, C2, h2
             u1, l1, o1, z1, B1, C1, h1 = u3, l3, o3, z3, B3, C3, h3
         tl.debug_barrier()  # the next chunk's recompute overwrites the scratch
@@ -421,8 +453,36 @@ def _bc4(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1) if t.dim() == 3 else t
 
 
+def _time_major(t: torch.Tensor) -> bool:
+    """(..., C, L) with unit stride along C (channel / state index) and not along L: each time step is one run of
+    consecutive elements (e.g. ``x.transpose(1, 2)`` of a (batch, L, C) tensor, as a Mamba mixer produces them)."""
+    return t.shape[-1] > 1 and t.stride(-2) == 1 and t.stride(-1) != 1
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """t (..., C, L) as the kernels take it: kept as is when it is channel-major (unit stride along L) or time-major
+    (unit stride along C) and the per-step offsets (t * stride_L) fit in int32; else a contiguous copy."""
+    if (t.stride(-1) == 1 or t.stride(-2) == 1) and (t.shape[-1] - 1) * t.stride(-1) < 2**31:
+        return t
+    return t.contiguous()
+
+
+def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """An empty (batch, C, L) tensor in t's layout: time-major if t is, else contiguous (coalesced writes)."""
+    dtype = t.dtype if dtype is None else dtype
+    if _time_major(t):
+        return torch.empty((t.shape[0], t.shape[2], t.shape[1]), device=t.device, dtype=dtype).transpose(1, 2)
+    return torch.empty(t.shape, device=t.device, dtype=dtype)
+
+
+# Layout policy of the wrapper: u is made time-major (one transposing copy) when it is channel-major but delta is
+# time-major, as in a Mamba mixer (u = the conv output, delta / z / B / C = views of linear outputs); y and du then
+# come out time-major too. See benchmarks/README.md ("Selective scan on GPU") for the measurement.
+LAYOUT = {"u_to_time_major": True}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# autograd.Function: inputs are contiguous, B/C are (batch, G, N, L) with the same G.
+# autograd.Function: inputs are channel-major or time-major (see _strided), B/C are (batch, G, N, L) with one G.
 # ---------------------------------------------------------------------------------------------------------------------
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
@@ -434,7 +494,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         BLOCK_D = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         CHUNK = int(BWD_CONFIG["CHUNK"]) if need_grad else L  # the saved states: one per CHUNK steps
         nchunks = triton.cdiv(L, CHUNK)
-        y = torch.empty_like(u)
+        y = _empty_as(u)
         h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
         states = (torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32)
                   if need_grad else h_last)
@@ -444,6 +504,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             delta_bias if delta_bias is not None else u, h0 if h0 is not None else h_last,
             y, h_last, states,
             dim, L, dg, G, N, nchunks, CHUNK,
+            *u.stride(), *delta.stride(), *(z if z is not None else u).stride(), *y.stride(), *B.stride(), *C.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
             HAS_H0=h0 is not None, SAVE_STATES=need_grad,
             BLOCK_D=BLOCK_D, N_P2=_next_pow2(N), num_warps=FWD_CONFIG["num_warps"],
@@ -471,9 +532,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         atomic = bool(BWD_CONFIG.get("atomic", False)) and nblk > 1
         has_D, has_z, has_bias, has_h0 = ctx.has
         dev = u.device
-        gy = torch.zeros_like(u) if gy is None else gy.contiguous()
-        gu, gdl = torch.empty_like(u), torch.empty_like(delta)
-        gz = torch.empty_like(z) if has_z else None
+        gy = _empty_as(u).zero_() if gy is None else _strided(gy)
+        gu, gdl = _empty_as(u), _empty_as(delta)
+        gz = _empty_as(z) if has_z else None
         if atomic:
             gBp = torch.zeros((1, BG, L, N), device=dev, dtype=torch.float32)
             gCp = torch.zeros((1, BG, L, N), device=dev, dtype=torch.float32)
@@ -495,16 +556,20 @@ class _SelectiveScanFn(torch.autograd.Function):
             gu, gdl, gz if has_z else gu, gA, gBp, gCp, gD if has_D else gA, gbias if has_bias else gA,
             gh0 if need_gh0 else gA, scratch,
             dim, L, dg, G, N, nchunks, CHUNK, BG,
+            *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus,
             HAS_GHL=g_last is not None, NEED_GH0=need_gh0, ATOMIC=atomic,
             BLOCK_D=BLOCK_D, N_P2=N_P2, num_warps=BWD_CONFIG["num_warps"],
         )
-        # (nblk, BG, L, N) -> (batch, G, N, L)
-        gB = (gBp[0] if gBp.shape[0] == 1 else gBp.sum(0)).view(batch, G, L, N).transpose(2, 3)
-        gC = (gCp[0] if gCp.shape[0] == 1 else gCp.sum(0)).view(batch, G, L, N).transpose(2, 3)
+        # (nblk, BG, L, N) -> (batch, G, N, L): time-major, kept so for time-major B / C, else made contiguous
+        gB = (gBp[0] if gBp.shape[0] == 1 else gBp.sum(0)).view(batch, G, L, N).transpose(2, 3).to(B.dtype)
+        gC = (gCp[0] if gCp.shape[0] == 1 else gCp.sum(0)).view(batch, G, L, N).transpose(2, 3).to(C.dtype)
+        gB = gB if _time_major(B) else gB.contiguous()
+        gC = gC if _time_major(C) else gC.contiguous()
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         return (
-            gu, gdl, gA.sum(0).to(A_dt), gB.to(B.dtype).contiguous(), gC.to(C.dtype).contiguous(),
+            gu, gdl, gA.sum(0).to(A_dt), gB, gC,
             gD.sum(0).to(D_dt) if has_D else None, gz,
             gbias.sum(0).to(bias_dt) if has_bias else None,
             gh0.to(h0_dt) if need_gh0 else None, None, None,
@@ -533,10 +598,13 @@ def selective_scan_triton(
         G = max(gb, gc) if max(gb, gc) % min(gb, gc) == 0 else dim
         B4 = B4.repeat_interleave(G // gb, dim=1) if gb != G else B4
         C4 = C4.repeat_interleave(G // gc, dim=1) if gc != G else C4
-    # A stays fp32 inside; D / delta_bias / initial_state are read as fp32
+    # u / delta / z / B / C: channel-major or time-major as given (no copies; see _strided); u is made time-major
+    # when delta is (LAYOUT). A stays fp32 inside; D / delta_bias / initial_state are read as fp32.
+    if LAYOUT.get("u_to_time_major", False) and _time_major(delta) and not _time_major(u):
+        u = u.transpose(1, 2).contiguous().transpose(1, 2)
     y, h_last = _SelectiveScanFn.apply(
-        u.contiguous(), delta.contiguous(), A.contiguous(), B4.contiguous(), C4.contiguous(),
-        None if D is None else D.contiguous(), None if z is None else z.contiguous(),
+        _strided(u), _strided(delta), A.contiguous(), _strided(B4), _strided(C4),
+        None if D is None else D.contiguous(), None if z is None else _strided(z),
         None if delta_bias is None else delta_bias.contiguous(),
         None if initial_state is None else initial_state.contiguous(),
         bool(delta_softplus), bool(return_last_state),

@@ -1,7 +1,8 @@
 """Triton backend of ssm_ops (modeling/ssm_triton.py) against the sequential `reference` scan run in float64 on the
 same inputs: outputs, last state and every gradient, fp32 / bf16 / fp16, with and without z / D / delta_bias /
-initial_state, groups 1 and 4, odd lengths, long sequences (forward), batch 1..64, non-contiguous inputs, the
-single-step decoding update, bad inputs, and the ssm_ops dispatch. Needs CUDA and triton; skipped otherwise."""
+initial_state, groups 1 and 4, odd lengths, long sequences (forward), batch 1..64, non-contiguous inputs, time-major
+views as a Mamba mixer passes them, the single-step decoding update, bad inputs, and the ssm_ops dispatch. Needs CUDA
+and triton; skipped otherwise."""
 
 import importlib
 import os
@@ -194,6 +195,99 @@ def test_noncontiguous_inputs():
     inputs = dict(u=u, delta=delta, A=A, B=B, C=C, D=torch.randn(dim, device=DEV), z=z,
                   delta_bias=torch.rand(dim, device=DEV) - 2, initial_state=None)
     check_parity(inputs, torch.float32)
+
+
+def _mixer_views(bases, dim, N, R, groups, u_time_major):
+    """The scan's inputs as views of the (batch, L, ...) tensors a Mamba mixer makes (modeling/ssm_layers.py
+    MambaMixer._branch): z = in_proj(x).transpose(1, 2) chunked, delta = dt_proj(dt).transpose(1, 2), B / C = slices
+    of x_proj(...) transposed (unit stride along N), u = the conv output (batch, dim, L) contiguous or a time-major
+    view."""
+    xz, dl, xp, u = bases["xz"], bases["dl"], bases["xp"], bases["u"]
+    batch, L = xz.shape[0], xz.shape[1]
+    z = xz.transpose(1, 2)[:, dim:]
+    delta = dl.transpose(1, 2)
+    if groups == 0:
+        B, C = xp[..., R:R + N].transpose(1, 2), xp[..., R + N:R + 2 * N].transpose(1, 2)
+    else:  # (batch, L, G * N) slices -> (batch, G, N, L)
+        B = xp[..., R:R + groups * N].unflatten(-1, (groups, N)).permute(0, 2, 3, 1)
+        C = xp[..., R + groups * N:R + 2 * groups * N].unflatten(-1, (groups, N)).permute(0, 2, 3, 1)
+    u = u.transpose(1, 2) if u_time_major else u
+    return u, delta, z, B, C
+
+
+TM_CASES = [
+    # dtype, groups, u time-major (else the conv output's channel-major layout), LAYOUT["u_to_time_major"]
+    (torch.float32, 0, True, True),
+    (torch.float32, 0, False, True),
+    (torch.float32, 0, False, False),
+    (torch.float32, 2, False, True),
+    (torch.bfloat16, 0, False, True),
+    (torch.bfloat16, 2, True, False),
+]
+
+
+@pytest.mark.parametrize("case", TM_CASES, ids=lambda c: "{}-g{}-u_{}-{}".format(
+    str(c[0])[6:], c[1], "tm" if c[2] else "cm", "to_tm" if c[3] else "as_is"))
+def test_time_major_views(case):
+    """Time-major views exactly as the mixer passes them: no copies in the wrapper, outputs and gradients in the
+    inputs' layout; outputs and every gradient (through the views, onto the base tensors) against float64."""
+    dtype, groups, u_time_major, u_to_time_major = case
+    g = torch.Generator().manual_seed(7)
+    batch, dim, L, N, R = 2, 24, 37, 16, 3
+    gN = N * max(groups, 1)
+    bases = dict(
+        xz=torch.randn(batch, L, 2 * dim, generator=g),
+        dl=torch.randn(batch, L, dim, generator=g) * 0.5,
+        xp=torch.randn(batch, L, R + 2 * gN, generator=g),
+        u=torch.randn(batch, L, dim, generator=g) if u_time_major else torch.randn(batch, dim, L, generator=g),
+    )
+    A = (-torch.rand(dim, N, generator=g) * 4 - 0.1).to(DEV)
+    Dp, bias = torch.randn(dim, generator=g).to(DEV), (torch.rand(dim, generator=g) - 2).to(DEV)
+    h0 = torch.randn(batch, dim, N, generator=g).to(DEV)
+    gy = torch.randn(batch, dim, L, generator=g).to(DEV)
+    gl = torch.randn(batch, dim, N, generator=g).to(DEV)
+    saved = dict(ssm_triton.LAYOUT)
+    outs = {}
+    try:
+        ssm_triton.LAYOUT["u_to_time_major"] = u_to_time_major
+        for name, fn, ftype in (("triton", ssm_triton.selective_scan_triton, dtype),
+                                ("ref", ssm_ops.selective_scan_ref, torch.float64)):
+            leaves = {k: v.detach().to(DEV, ftype).clone().requires_grad_() for k, v in bases.items()}
+            u, delta, z, B, C = _mixer_views(leaves, dim, N, R, groups, u_time_major)
+            assert delta.stride(1) == 1 and z.stride(1) == 1 and B.stride(-2) == 1 and C.stride(-2) == 1
+            extra = {k: v.detach().to(ftype if name == "ref" else v.dtype).clone().requires_grad_() for k, v in
+                     dict(A=A, D=Dp, delta_bias=bias, initial_state=h0).items()}
+            y, last = fn(u, delta, extra["A"], B, C, D=extra["D"], z=z, delta_bias=extra["delta_bias"],
+                         delta_softplus=True, return_last_state=True, initial_state=extra["initial_state"])
+            if name == "triton":  # y in u's layout (time-major once u is or is made so)
+                assert y.dtype == dtype
+                assert (y.stride(1) == 1) == (u_time_major or u_to_time_major), y.stride()
+            ((y * gy.to(y.dtype)).sum() + (last * gl.to(last.dtype)).sum()).backward()
+            outs[name] = dict(y=y, last=last, **{k: v.grad for k, v in leaves.items()},
+                              **{k: v.grad for k, v in extra.items()})
+    finally:
+        ssm_triton.LAYOUT.clear()
+        ssm_triton.LAYOUT.update(saved)
+    tol = TOL[dtype]
+    errs = {k: rel(outs["triton"][k], v0) for k, v0 in outs["ref"].items()}
+    print(errs)
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+def test_layout_helpers():
+    """_strided keeps channel-major and time-major (b, C, L) tensors (no copy), copies others; _empty_as follows the
+    layout."""
+    x = torch.randn(2, 5, 8, 6, device=DEV)
+    cm = torch.randn(2, 6, 8, device=DEV)
+    tm = x[:, 1].transpose(1, 2)  # (2, 6, 8) strides (240, 1, 6): a time-major slice
+    assert ssm_triton._strided(cm) is cm and ssm_triton._strided(tm) is tm
+    odd = x[..., 0]  # (2, 5, 8): no unit stride along C or L
+    assert odd.stride(-1) != 1 and odd.stride(-2) != 1
+    assert ssm_triton._strided(odd).is_contiguous()
+    e = ssm_triton._empty_as(tm)
+    assert e.shape == tm.shape and e.stride(1) == 1 and e.transpose(1, 2).is_contiguous()
+    assert ssm_triton._empty_as(cm).is_contiguous() and ssm_triton._empty_as(odd).is_contiguous()
 
 
 def test_grad_of_last_state_only():
