@@ -11,8 +11,9 @@ dz, dB, dC written) divided by the measured device-to-device copy bandwidth (byt
 Layouts of u / delta / z (batch, dim, L) and B / C (batch, N, L), timed for our Triton scan:
   channel  all contiguous (unit stride along L), as before;
   time     all time-major (unit stride along dim / N: `x.transpose(1, 2)` of a (batch, L, dim) tensor);
-  mixer    what ssmvl's MambaMixer passes: u channel-major (the conv output), delta / z / B / C time-major; timed with
-           the wrapper's default (u made time-major by one transposing copy, ssm_triton.LAYOUT) and without it.
+  mixer    what ssmvl's MambaMixer passes: u channel-major (the conv output), delta / z / B / C time-major; timed as
+           the wrapper takes it by default ("triton_mixer_*") and with ssm_triton.LAYOUT["u_to_time_major"] on (u made
+           time-major by one transposing copy first: "triton_mixer_u_tm_*").
 Writes scan_gpu.json and scan_gpu.png into --out (default benchmarks/results).
 """
 
@@ -214,10 +215,11 @@ def main():
         row["bytes_bwd"] = 7 * big + 4 * small  # u, delta, z, dy, B, C read; du, ddelta, dz, dB, dC written
         row["bound_fwd_ms"] = row["bytes_fwd"] / bw * 1e3
         row["bound_fwd_bwd_ms"] = (row["bytes_fwd"] + row["bytes_bwd"]) / bw * 1e3
-        # our scan in each layout ("triton_*" without a suffix: channel-major, as in earlier results); "mixer_as_is":
-        # the mixer layout with ssm_triton.LAYOUT["u_to_time_major"] off (u read channel-major)
-        for layout, u_to_tm in (("channel", True), ("time", True), ("mixer", True), ("mixer", False)):
-            key = "" if layout == "channel" else f"_{layout}" + ("" if u_to_tm else "_as_is")
+        # our scan in each layout ("triton_*" without a suffix: channel-major, as in earlier results); "mixer_u_tm":
+        # the mixer layout with ssm_triton.LAYOUT["u_to_time_major"] on (u copied to time-major first)
+        saved_layout = dict(ssm_triton.LAYOUT)
+        for layout, u_to_tm in (("channel", False), ("time", False), ("mixer", False), ("mixer", True)):
+            key = "" if layout == "channel" else f"_{layout}" + ("_u_tm" if u_to_tm else "")
             ssm_triton.LAYOUT["u_to_time_major"] = u_to_tm
             try:
                 t = make(batch, dim, L, N, dtype, layout=layout)
@@ -231,10 +233,10 @@ def main():
                 row[f"triton{key}_fwd_bwd_ms"] = bench(fwd_bwd(ssm_triton.selective_scan_triton, tg, gy))
                 grad_to_none(tg)
             finally:
-                ssm_triton.LAYOUT["u_to_time_major"] = True
+                ssm_triton.LAYOUT.update(saved_layout)
             row[f"triton{key}_fwd_x_bound"] = row[f"triton{key}_fwd_ms"] / row["bound_fwd_ms"]
             row[f"triton{key}_fwd_bwd_x_bound"] = row[f"triton{key}_fwd_bwd_ms"] / row["bound_fwd_bwd_ms"]
-            print(f"L={L} {layout}{'' if u_to_tm else ' (u as is)'}: fwd {row[f'triton{key}_fwd_ms']:.3f} ms "
+            print(f"L={L} {layout}{' (u copied to time-major)' if u_to_tm else ''}: fwd {row[f'triton{key}_fwd_ms']:.3f} ms "
                   f"({row[f'triton{key}_fwd_x_bound']:.1f}x bound), fwd+bwd {row[f'triton{key}_fwd_bwd_ms']:.3f} ms "
                   f"({row[f'triton{key}_fwd_bwd_x_bound']:.1f}x)", flush=True)
             if layout != "channel":

@@ -12,9 +12,9 @@ with softplus(delta + delta_bias) fused. Per step it loads BLOCK_D values of u /
 ((batch, dim, L) contiguous: a step touches BLOCK_D cache lines per tensor, shared with the next steps) or time-major
 (unit stride along dim, e.g. the transposed (batch, L, dim) outputs of a mixer's linear layers: a step is ONE run of
 BLOCK_D consecutive values), likewise B / C with unit stride along L or along N; outputs and gradients are allocated
-in their input's layout, and the wrapper copies nothing that is in either layout. BLOCK_D is small (8-32) and num_warps 1-2, so a (batch 8, dim 1536) problem runs thousands
-of programs and the per-step latency of one program is hidden by the others. (The previous design, a
-``tl.associative_scan`` over (BLOCK_D, N, BLOCK_L) register tiles, was compute-bound on shuffles and layout
+in their input's layout, and the wrapper copies nothing that is in either layout. BLOCK_D is small (8-32) and
+num_warps 1-2, so a (batch 8, dim 1536) problem runs thousands of programs and the per-step latency of one program
+is hidden by the others. (The previous design, a ``tl.associative_scan`` over (BLOCK_D, N, BLOCK_L) register tiles, was compute-bound on shuffles and layout
 conversions: 24x / 30x the memory bound, see benchmarks/README.md.)
 When gradients are needed the forward also writes the state at each chunk start (every CHUNK steps),
 (batch, dim, nchunks, N) fp32.
@@ -475,10 +475,11 @@ def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty(t.shape, device=t.device, dtype=dtype)
 
 
-# Layout policy of the wrapper: u is made time-major (one transposing copy) when it is channel-major but delta is
-# time-major, as in a Mamba mixer (u = the conv output, delta / z / B / C = views of linear outputs); y and du then
-# come out time-major too. See benchmarks/README.md ("Selective scan on GPU") for the measurement.
-LAYOUT = {"u_to_time_major": True}
+# Layout policy of the wrapper: u_to_time_major makes u time-major (one transposing copy) when it is channel-major but
+# delta is time-major, as in a Mamba mixer (u = the conv output, delta / z / B / C = views of linear outputs). Off: on
+# an H100 the copy costs more than it saves (mixer layout, L=4096: fwd 1.62 ms with it, 1.24 ms without; see
+# benchmarks/README.md, "Selective scan on GPU").
+LAYOUT = {"u_to_time_major": False}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -599,7 +600,8 @@ def selective_scan_triton(
         B4 = B4.repeat_interleave(G // gb, dim=1) if gb != G else B4
         C4 = C4.repeat_interleave(G // gc, dim=1) if gc != G else C4
     # u / delta / z / B / C: channel-major or time-major as given (no copies; see _strided); u is made time-major
-    # when delta is (LAYOUT). A stays fp32 inside; D / delta_bias / initial_state are read as fp32.
+    # when delta is only if LAYOUT["u_to_time_major"] (off by default). A stays fp32 inside; D / delta_bias /
+    # initial_state are read as fp32.
     if LAYOUT.get("u_to_time_major", False) and _time_major(delta) and not _time_major(u):
         u = u.transpose(1, 2).contiguous().transpose(1, 2)
     y, h_last = _SelectiveScanFn.apply(
