@@ -14,8 +14,8 @@ with softplus(delta + delta_bias) fused. Per step it loads BLOCK_D values of u /
 BLOCK_D consecutive values), likewise B / C with unit stride along L or along N; outputs and gradients are allocated
 in their input's layout, and the wrapper copies nothing that is in either layout. BLOCK_D is small (8-32) and
 num_warps 1-2, so a (batch 8, dim 1536) problem runs thousands of programs and the per-step latency of one program
-is hidden by the others. (The previous design, a ``tl.associative_scan`` over (BLOCK_D, N, BLOCK_L) register tiles, was compute-bound on shuffles and layout
-conversions: 24x / 30x the memory bound, see benchmarks/README.md.)
+is hidden by the others. (The previous design, a ``tl.associative_scan`` over (BLOCK_D, N, BLOCK_L) register
+tiles, was compute-bound on shuffles and layout conversions: 24x / 30x the memory bound, see benchmarks/README.md.)
 When gradients are needed the forward also writes the state at each chunk start (every CHUNK steps),
 (batch, dim, nchunks, N) fp32.
 Backward (same grid, chunks walked in reverse): a chunk's states are recomputed sequentially from its saved start
