@@ -317,3 +317,19 @@ def test_main_job_push_and_reload_without_ssmvl(tmp_path, tokenizer):
     assert "ssmvl is not importable" in out
     assert "pipeline('image-classification', ssmvl-demo/vm)" in out
     assert "[fresh process] generated:" in out
+
+
+def test_vmamba_lora_preset_reaches_every_ssm_projection():
+    from peft import get_peft_model
+
+    from ssmvl.modeling import VMambaConfig, VMambaForImageClassification
+    from ssmvl.training.lora import adapted_module_names, lora_config_for
+
+    model = VMambaForImageClassification(VMambaConfig(image_size=32, embed_dim=16, depths=[1, 1], d_state=1,
+                                                      drop_path_rate=0.0, num_labels=10))
+    lora = get_peft_model(model, lora_config_for(model, r=2))
+    names = adapted_module_names(lora)
+    ends = {n.split(".op.", 1)[1] for n in names if ".op." in n}
+    assert ends == {"in_proj", "out_proj"} | {f"x_proj.{k}" for k in range(4)} | {f"dt_projs.{k}" for k in range(4)}
+    assert len(names) == 2 * len(ends)  # every block of both stages
+    assert lora.peft_config["default"].modules_to_save == ["classifier"]

@@ -5,21 +5,22 @@ The targets name the SSM projections of each family so that LoRA really trains t
 Vim's bidirectional mixer adds the backward branch twins ``x_proj_b`` / ``dt_proj_b``. PEFT matches a target against
 the end of a module name, so ``"x_proj"`` does not catch ``x_proj_b`` (listed separately).
 
-VMamba's SS2D keeps its four per-direction x / dt projections as stacked raw parameters (``x_proj_weight``
-(K, R + 2N, d_inner), ``dt_projs_weight``) used through einsum, not as ``nn.Linear`` modules, so its LoRA targets are
-the SS2D ``in_proj`` / ``out_proj`` Linears.
+VMamba's SS2D has one ``x_proj.k`` / ``dt_projs.k`` Linear per scan direction k; PEFT's list form matches only name
+endings, so its preset is the regex ``VMAMBA_LORA_TARGETS`` (in_proj, every x_proj.k and dt_projs.k, out_proj).
 
 Image classifiers train their (new) head fully (``modules_to_save``); language models use ``task_type="CAUSAL_LM"``.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
-LORA_TARGETS: Dict[str, List[str]] = {
+from ..modeling.modeling_vmamba import VMAMBA_LORA_TARGETS
+
+LORA_TARGETS: Dict[str, Union[List[str], str]] = {
     "ssmvl_mamba": ["in_proj", "x_proj", "dt_proj", "out_proj"],
     "ssmvl_vim": ["in_proj", "x_proj", "dt_proj", "out_proj", "x_proj_b", "dt_proj_b"],
-    "ssmvl_vmamba": ["in_proj", "out_proj"],
+    "ssmvl_vmamba": VMAMBA_LORA_TARGETS,  # a regex (PEFT full-matches it against module names)
     # transformers models used as stand-ins / towers
     "vit": ["query", "value"],
     "mamba": ["in_proj", "x_proj", "dt_proj", "out_proj"],
@@ -63,12 +64,14 @@ def classifier_head_name(model) -> Optional[str]:
     return None
 
 
-def lora_targets(model) -> List[str]:
+def lora_targets(model) -> Union[List[str], str]:
+    """The family's preset: a list of module-name endings, or a regex string (VMamba)."""
     model_type = _model_type(model)
     if model_type not in LORA_TARGETS:
         raise ValueError(f"No LoRA preset for model_type {model_type!r}; known: {sorted(LORA_TARGETS)}. "
                          "Pass target_modules=[...] explicitly.")
-    return list(LORA_TARGETS[model_type])
+    targets = LORA_TARGETS[model_type]
+    return targets if isinstance(targets, str) else list(targets)
 
 
 def lora_config_for(model, r: int = 8, alpha: int = 16, dropout: float = 0.0,
@@ -78,7 +81,10 @@ def lora_config_for(model, r: int = 8, alpha: int = 16, dropout: float = 0.0,
     for image classifiers the head (``head`` / ``classifier``) goes to ``modules_to_save`` unless given."""
     from peft import LoraConfig
 
-    targets = list(target_modules) if target_modules is not None else lora_targets(model)
+    if target_modules is None:
+        targets = lora_targets(model)
+    else:
+        targets = target_modules if isinstance(target_modules, str) else list(target_modules)
     task_type = None
     if is_image_classifier(model):
         if modules_to_save is None:

@@ -28,18 +28,13 @@ from typing import Any, Dict, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Tiny models for 32 px digits (8x8 digits upsampled): what the demo trains in about a minute each on 2 CPU cores.
-DIGITS_MODELS: Dict[str, Dict[str, Any]] = {
-    "vim-digits": dict(model_type="ssmvl_vim", image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4,
-                       state_size=8),
-    "vmamba-digits": dict(model_type="ssmvl_vmamba", image_size=32, patch_size=4, embed_dim=32, depths=[1, 1, 2],
-                          d_state=1, drop_path_rate=0.0),
-}
-# LoRA on the shifted (inverted) digits, per family: rank and epochs that keep the trainable share under 5% (the
-# tiny Vim has 153k parameters, so its rank is 1) and reach >= 90%.
-DIGITS_LORA: Dict[str, Dict[str, Any]] = {"vim": dict(lora_r=1, lora_epochs=6), "vmamba": dict(lora_r=8, lora_epochs=8)}
-# Tiny Mamba LM (vocab from the trained tokenizer).
-LM_MODEL = dict(hidden_size=128, num_hidden_layers=4, state_size=8)
+# Presets are data (configs/): the tiny digits models with their LoRA settings, and the demo's tiny Mamba LM.
+_DIGITS_RECIPES = json.loads((REPO_ROOT / "configs" / "digits-recipes.json").read_text())
+DIGITS_MODELS: Dict[str, Dict[str, Any]] = {k: v["model"] for k, v in _DIGITS_RECIPES.items() if not k.startswith("_")}
+DIGITS_LORA: Dict[str, Dict[str, Any]] = {k.split("-")[0]: v["lora"] for k, v in _DIGITS_RECIPES.items()
+                                          if not k.startswith("_")}
+LM_MODEL = {k: v for k, v in json.loads((REPO_ROOT / "configs" / "mamba-lm-demo.json").read_text()).items()
+            if not k.startswith("_")}
 LM_PROMPT = "The dataset"
 
 _T0 = time.time()
