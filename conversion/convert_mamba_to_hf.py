@@ -456,17 +456,9 @@ def _write_card(out: Path, config: MambaLMConfig, report: dict, source: str, che
 
 
 def _push(out_dir: Path, repo_id: str):
-    try:
-        from .hub import push_folder  # written by another part of ssmvl; optional here
-    except ImportError:
-        push_folder = None
-    if push_folder is not None:
-        return push_folder(str(out_dir), repo_id)
-    from huggingface_hub import HfApi
+    from .hub import push_folder
 
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    return api.upload_folder(folder_path=str(out_dir), repo_id=repo_id)
+    return push_folder(str(out_dir), repo_id)
 
 
 def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional[str] = None,

@@ -348,18 +348,9 @@ def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] 
         (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
         _write_card(tmp, variant, config, report, checkpoint)
     if push_to_hub:
-        try:
-            from .hub import push_folder
-        except ImportError:
-            push_folder = None
-        if push_folder is not None:
-            push_folder(str(out_dir), push_to_hub)
-        else:
-            from huggingface_hub import HfApi
+        from .hub import push_folder
 
-            api = HfApi()
-            api.create_repo(push_to_hub, exist_ok=True)
-            api.upload_folder(folder_path=str(out_dir), repo_id=push_to_hub)
+        push_folder(str(out_dir), push_to_hub)
     return report
 
 

@@ -391,15 +391,9 @@ def convert(checkpoint: str, variant: str, out: str, key: str = "model", referen
         (tmp / "README.md").write_text(_model_card(config, variant, report, checkpoint))
         (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
     if push_to:
-        try:
-            from .hub import push_folder
+        from .hub import push_folder
 
-            push_folder(str(out_dir), push_to)
-        except ImportError:
-            from huggingface_hub import HfApi
-
-            HfApi().create_repo(push_to, exist_ok=True)
-            HfApi().upload_folder(folder_path=str(out_dir), repo_id=push_to)
+        push_folder(str(out_dir), push_to)
     return report
 
 
