@@ -284,7 +284,7 @@ def test_digits_targets_vim_and_vmamba(tmp_path):
         assert abs(res[f"{family}_lora_merged_accuracy"] - res[f"{family}_lora_accuracy"]) < 0.005
 
 
-def test_main_job_push_and_reload_without_ssmvl(tmp_path, tokenizer):
+def test_main_job_push_and_reload_without_ssmvl(tmp_path, tokenizer, monkeypatch):
     """The demo's step (iii) on tiny models: push to the in-process local Hub, reload in a fresh process where ssmvl
     cannot be imported (AutoModelForCausalLM + generate, pipeline('image-classification'))."""
     pytest.importorskip("ssmvl.modeling.modeling_vmamba")
@@ -310,7 +310,8 @@ def test_main_job_push_and_reload_without_ssmvl(tmp_path, tokenizer):
     import os
 
     before = os.environ.get("HF_ENDPOINT")
-    res = main_job.hub_step(tmp_path / "out", summary)
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as `ssmvl demo --out outputs/demo` passes it
+    res = main_job.hub_step(Path("out"), summary)
     assert res["hub"].startswith("http://127.0.0.1")
     assert os.environ.get("HF_ENDPOINT") == before
     out = res["reload_output"]

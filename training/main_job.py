@@ -206,6 +206,11 @@ def _write_model_card(model_dir: Path, **metadata) -> str:
     return text
 
 
+def _targets_text(targets) -> str:
+    """LoRA targets for printing: a regex (VMamba) as it is, a list / set sorted."""
+    return targets if isinstance(targets, str) else str(sorted(targets))
+
+
 def vision_step(out_dir, family: str = "vim", epochs: float = 12, lr: float = 3e-3, batch_size: int = 64,
                 lora_shift: Optional[str] = "invert", lora_epochs: Optional[float] = None, lora_lr: float = 1e-2,
                 lora_r: Optional[int] = None, image_size: int = 32, progress: bool = True,
@@ -260,7 +265,7 @@ def vision_step(out_dir, family: str = "vim", epochs: float = 12, lr: float = 3e
     lora_config = lora_config_for(model, r=lora_r, alpha=2 * lora_r)
     lora_dir = out_dir / f"{name}-{lora_shift}-lora"
     say(f"{name}: shifted task '{lora_shift}' digits, the trained model gets {before:.4f}; LoRA r={lora_r} on "
-        f"{list(lora_config.target_modules)} + head, {lora_epochs:g} epochs")
+        f"{_targets_text(lora_config.target_modules)} + head, {lora_epochs:g} epochs")
     lm = train_image_classifier(model, shifted["train"], shifted["test"], lora_dir, epochs=lora_epochs, lr=lora_lr,
                                 batch_size=batch_size, lora=lora_config, image_processor=processor,
                                 checkpoint_dir=work / f"{name}-lora", seed=seed, warmup_ratio=0.0, weight_decay=0.0,
@@ -280,7 +285,7 @@ def vision_step(out_dir, family: str = "vim", epochs: float = 12, lr: float = 3e
         metrics={"accuracy": lm["merged_eval_accuracy"], "accuracy_before_lora": before,
                  "trainable_percent": lm["trainable_percent"]},
         metrics_dataset=f"scikit-learn digits, {lora_shift} (held-out 20%)", metrics_split="test",
-        description=(f"`{name}` adapted with LoRA (r={lora_r}, targets {list(lora_config.target_modules)}, head "
+        description=(f"`{name}` adapted with LoRA (r={lora_r}, targets {_targets_text(lora_config.target_modules)}, head "
                      f"trained fully; {lm['trainable_percent']:.2f}% of the parameters trained) to {lora_shift} digits,"
                      f" then merged (`merge_and_unload`). Measured accuracy on the {lora_shift} test split: "
                      f"**{lm['merged_eval_accuracy']:.4f}** (the base model before LoRA: {before:.4f}). The adapter "
@@ -381,7 +386,7 @@ def reload_without_ssmvl(lm_ref: Optional[str], image_refs: Sequence[str], promp
         for i in picks:
             path = workdir / f"digit_{key}_{i}_label{digits.target[i]}.png"
             digits_to_pil(images[i], 32).save(path)
-            files[key].append(str(path))
+            files[key].append(str(path.resolve()))  # the fresh process runs in another folder
     code = _ISOLATION.format(repo=str(REPO_ROOT)) + textwrap.dedent(f"""
         import torch, transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
