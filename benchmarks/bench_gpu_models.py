@@ -142,6 +142,21 @@ def section_lm(out: Path, quick: bool):
     plot_lm(result, out / "lm.png")
 
 
+def section_lm_batch64(out: Path, quick: bool):
+    """generate() at batch 64 (prompt 128, +256 new tokens): tokens/s and peak memory, the three models."""
+    models = lm_models(["ssmvl", "transformers_mamba", "llama"])
+    ids = torch.randint(1, 50000, (64, 128), generator=torch.Generator().manual_seed(64)).cuda()
+    new = 32 if quick else 256
+    row = {"prompt": 128, "batch": 64, "new_tokens": new}
+    for name, m in models.items():
+        seconds, row[f"{name}_peak_mib"] = measure_generate(m, ids, new)
+        row[f"{name}_tok_s"] = 64 * new / seconds
+        print(f"generate P=  128 B= 64 {name:20s} {row[f'{name}_tok_s']:9.1f} tok/s {row[f'{name}_peak_mib']:9.1f} MiB",
+              flush=True)
+    (out / "lm_batch64.json").write_text(json.dumps({"device": device_info(), "dtype": "bfloat16", "row": row},
+                                                    indent=2))
+
+
 def plot_lm(result, path):
     import matplotlib
 
@@ -297,7 +312,7 @@ def plot_vision(result, path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--section", choices=["lm", "vision", "vim_backends", "all"], default="all")
+    parser.add_argument("--section", choices=["lm", "lm_batch64", "vision", "vim_backends", "all"], default="all")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
@@ -310,6 +325,8 @@ def main():
         section_vim_backends(out, args.quick)
     if args.section in ("lm", "all"):
         section_lm(out, args.quick)
+    if args.section in ("lm_batch64", "all"):
+        section_lm_batch64(out, args.quick)
     print(f"done in {time.time() - t0:.0f} s; results in {out}")
 
 
