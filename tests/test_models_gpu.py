@@ -23,7 +23,7 @@ def tiny_lm(**kw):
     return MambaLMForCausalLM(cfg).cuda().eval()
 
 
-@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("batch", [1, 4, 64])
 def test_cuda_graph_decoding_matches_eager(batch):
     model = tiny_lm()
     ids = torch.randint(2, 97, (batch, 9), device="cuda")
