@@ -40,14 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from .output import check_out_dir, staged_output
+from .output import check_out_dir, save_converted
 from ..modeling.configuration_mamba_lm import MambaLMConfig
 from ..modeling.modeling_mamba_lm import MambaLMForCausalLM
 
@@ -455,12 +454,6 @@ def _write_card(out: Path, config: MambaLMConfig, report: dict, source: str, che
     return True
 
 
-def _push(out_dir: Path, repo_id: str):
-    from .hub import push_folder
-
-    return push_folder(str(out_dir), repo_id)
-
-
 def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional[str] = None,
             dtype: Optional[str] = None, overwrite: bool = False, atol: float = 1e-3,
             allow_parity_failure: bool = False, verbose: bool = True) -> dict:
@@ -523,16 +516,10 @@ def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional
 
     # write everything next to out_dir, then swap it in: a failure leaves whatever was there untouched
     _check_out_dir(checkpoint_dir, out_dir, overwrite)
-    with staged_output(out_dir, overwrite, source=checkpoint_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        for name in TOKENIZER_FILES:
-            if (checkpoint_dir / name).is_file():
-                shutil.copy2(checkpoint_dir / name, tmp / name)
-        (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
-        if not _write_card(tmp, config, report, source, checkpoint_dir, notes) and verbose:
-            print("conversion/model_card.py not found: no model card written.", file=sys.stderr)
-    if push_to_hub:
-        _push(out_dir, push_to_hub)
+    save_converted(out_dir, model, report, overwrite=overwrite, source=checkpoint_dir,
+                   extra_files=[checkpoint_dir / n for n in TOKENIZER_FILES if (checkpoint_dir / n).is_file()],
+                   write_card=lambda folder: _write_card(folder, config, report, source, checkpoint_dir, notes),
+                   push_to_hub=push_to_hub)
     return report
 
 

@@ -35,7 +35,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .output import check_out_dir, staged_output
+from .output import check_out_dir, save_converted
 from ..modeling.configuration_vim import VimConfig
 from ..modeling.modeling_vim import VimForImageClassification
 from ..modeling.ssm_ops import selective_scan_ref
@@ -341,16 +341,9 @@ def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] 
     print(json.dumps(report, indent=2))
     if not report["passed"] and not allow_parity_failure:
         raise RuntimeError(f"Parity check failed: max |diff| {report['max_abs_diff']:.3e} > atol {atol}")
-    out_dir = Path(out)
-    with staged_output(out_dir, overwrite, source=checkpoint) as tmp:
-        model.save_pretrained(tmp)
-        vim_image_processor(config).save_pretrained(tmp)
-        (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
-        _write_card(tmp, variant, config, report, checkpoint)
-    if push_to_hub:
-        from .hub import push_folder
-
-        push_folder(str(out_dir), push_to_hub)
+    save_converted(out, model, report, overwrite=overwrite, source=checkpoint, processor=vim_image_processor(config),
+                   write_card=lambda folder: _write_card(folder, variant, config, report, checkpoint),
+                   push_to_hub=push_to_hub)
     return report
 
 

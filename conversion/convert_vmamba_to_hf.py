@@ -38,7 +38,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .output import check_out_dir, staged_output
+from .output import check_out_dir, save_converted
 from ..modeling.configuration_vmamba import VMambaConfig, parse_forward_type
 from ..modeling.modeling_vmamba import VMambaForImageClassification
 
@@ -384,16 +384,9 @@ def convert(checkpoint: str, variant: str, out: str, key: str = "model", referen
     assert not result.missing_keys and not result.unexpected_keys, result
     ref = torch.load(reference_logits, map_location="cpu", weights_only=True) if reference_logits else None
     report = parity_report(model, ref)
-    out_dir = Path(out)
-    with staged_output(out_dir, overwrite, source=checkpoint) as tmp:
-        model.save_pretrained(tmp)
-        make_image_processor(config).save_pretrained(tmp)
-        (tmp / "README.md").write_text(_model_card(config, variant, report, checkpoint))
-        (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
-    if push_to:
-        from .hub import push_folder
-
-        push_folder(str(out_dir), push_to)
+    card = _model_card(config, variant, report, checkpoint)
+    save_converted(out, model, report, overwrite=overwrite, source=checkpoint, processor=make_image_processor(config),
+                   write_card=lambda folder: (folder / "README.md").write_text(card), push_to_hub=push_to)
     return report
 
 

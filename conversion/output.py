@@ -7,12 +7,13 @@ everything was written, so a failed conversion leaves the old folder untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,3 +48,26 @@ def staged_output(out_dir: PathLike, overwrite: bool = False, source: Optional[P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_converted(out_dir: PathLike, model, report: dict, *, overwrite: bool = False,
+                   source: Optional[PathLike] = None, processor=None, extra_files: Iterable[PathLike] = (),
+                   write_card: Optional[Callable[[Path], object]] = None, push_to_hub: Optional[str] = None) -> Path:
+    """The last step of every converter: ``save_pretrained`` (safetensors + modeling code), the processor, extra files
+    (e.g. a tokenizer), ``parity_report.json`` and the model card, written aside and swapped in (``staged_output``);
+    then the push (``conversion/hub.py``) when ``push_to_hub`` names a repo."""
+    out = Path(out_dir)
+    with staged_output(out, overwrite, source) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        for path in extra_files:
+            shutil.copy2(path, tmp / Path(path).name)
+        (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
+        if write_card is not None:
+            write_card(tmp)
+    if push_to_hub:
+        from .hub import push_folder
+
+        push_folder(str(out), push_to_hub)
+    return out
