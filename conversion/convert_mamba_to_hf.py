@@ -433,27 +433,6 @@ def _check_out_dir(checkpoint_dir: Path, out_dir: Path, overwrite: bool):
         raise ConversionError(str(err)) from None
 
 
-def _write_card(out: Path, config: MambaLMConfig, report: dict, source: str, checkpoint_dir: Path, notes):
-    metadata = dict(family="mamba_lm", model_type=config.model_type, source=source,
-                    source_checkpoint=checkpoint_dir.name, base_model=None, license="apache-2.0",
-                    pipeline_tag="text-generation", parity=report, notes=list(notes),
-                    num_hidden_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-                    vocab_size=config.vocab_size)
-    try:
-        from .model_card import render_model_card  # written by another part of ssmvl; optional here
-    except ImportError:
-        return False
-    try:
-        text = render_model_card(str(out), **metadata)
-    except Exception as err:  # a card problem must not throw away a verified conversion
-        print(f"WARNING: render_model_card failed ({type(err).__name__}: {err}); no model card written.",
-              file=sys.stderr)
-        return True
-    if isinstance(text, str) and not (out / "README.md").exists():
-        (out / "README.md").write_text(text)
-    return True
-
-
 def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional[str] = None,
             dtype: Optional[str] = None, overwrite: bool = False, atol: float = 1e-3,
             allow_parity_failure: bool = False, verbose: bool = True) -> dict:
@@ -518,7 +497,11 @@ def convert(checkpoint_dir, out_dir, source: str = "auto", push_to_hub: Optional
     _check_out_dir(checkpoint_dir, out_dir, overwrite)
     save_converted(out_dir, model, report, overwrite=overwrite, source=checkpoint_dir,
                    extra_files=[checkpoint_dir / n for n in TOKENIZER_FILES if (checkpoint_dir / n).is_file()],
-                   write_card=lambda folder: _write_card(folder, config, report, source, checkpoint_dir, notes),
+                   card=dict(family="mamba_lm", model_type=config.model_type, source=source,
+                             source_checkpoint=checkpoint_dir.name, base_model=None, license="apache-2.0",
+                             pipeline_tag="text-generation", parity=report, notes=list(notes),
+                             num_hidden_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+                             vocab_size=config.vocab_size),
                    push_to_hub=push_to_hub)
     return report
 

@@ -282,46 +282,6 @@ def vim_image_processor(config: VimConfig, crop_pct: float = 0.875):
     )
 
 
-def _write_card(out: Path, variant: str, config: VimConfig, report: dict, checkpoint: str):
-    metadata = dict(family="vim", variant=variant, base_model=None, license="apache-2.0", datasets=["imagenet-1k"],
-                    source_checkpoint=os.path.basename(str(checkpoint)), parity=report,
-                    pipeline_tag="image-classification", num_parameters=None)
-    try:
-        from .model_card import render_model_card  # written by another part of ssmvl; optional here
-    except ImportError:
-        render_model_card = None
-    if render_model_card is not None:
-        try:
-            text = render_model_card(str(out), **metadata)
-        except TypeError as err:  # another signature than agreed: fall back to the minimal card below
-            print(f"render_model_card failed ({err}); writing a minimal README.md")
-        else:
-            if isinstance(text, str):
-                (out / "README.md").write_text(text)
-            return
-    lines = [
-        "---", "license: apache-2.0", "library_name: transformers", "pipeline_tag: image-classification",
-        "tags: [vision, mamba, vim, ssmvl]", "---", "",
-        f"# {variant} (Vision Mamba), converted with ssmvl",
-        "",
-        "Vim from [hustvl/Vim](https://github.com/hustvl/Vim) (Zhu et al., 2024), converted from "
-        f"`{metadata['source_checkpoint']}` by `ssmvl.conversion.convert_vim_to_hf`.",
-        "",
-        f"- hidden size {config.hidden_size}, {config.num_hidden_layers} bidirectional Mamba blocks, "
-        f"patch {config.patch_size}, image {config.image_size}, {config.num_labels} labels",
-        f"- parity vs the original forward: max |logit diff| = {report['max_abs_diff']:.3e} "
-        f"(top-1 agreement {report['top1_agreement']:.2f})",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "clf = pipeline('image-classification', model='PATH_OR_REPO', trust_remote_code=True)",
-        "print(clf('image.jpg'))",
-        "```",
-        "",
-    ]
-    (out / "README.md").write_text("\n".join(lines))
-
-
 def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] = None,
             id2label: Optional[dict] = None, atol: float = 1e-4, allow_parity_failure: bool = False,
             overwrite: bool = False) -> dict:
@@ -342,7 +302,9 @@ def convert(checkpoint: str, variant: str, out: str, push_to_hub: Optional[str] 
     if not report["passed"] and not allow_parity_failure:
         raise RuntimeError(f"Parity check failed: max |diff| {report['max_abs_diff']:.3e} > atol {atol}")
     save_converted(out, model, report, overwrite=overwrite, source=checkpoint, processor=vim_image_processor(config),
-                   write_card=lambda folder: _write_card(folder, variant, config, report, checkpoint),
+                   card=dict(family="vim", variant=variant, base_model=None, license="apache-2.0",
+                             datasets=["imagenet-1k"], source_checkpoint=os.path.basename(str(checkpoint)),
+                             parity=report, pipeline_tag="image-classification"),
                    push_to_hub=push_to_hub)
     return report
 

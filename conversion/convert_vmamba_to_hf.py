@@ -330,42 +330,6 @@ def parity_report(model: VMambaForImageClassification, reference_logits: Optiona
     return report
 
 
-def _model_card(config: VMambaConfig, variant: str, report: dict, checkpoint: str) -> str:
-    try:
-        from .model_card import render_model_card  # written by another part of the project, when it exists
-
-        return render_model_card(family="vmamba", config=config, variant=variant, parity=report,
-                                 source_checkpoint=os.path.basename(checkpoint))
-    except (ImportError, TypeError):
-        pass
-    return f"""---
-license: mit
-library_name: transformers
-pipeline_tag: image-classification
-tags: [vmamba, mamba, state-space-model, ssmvl, image-classification]
-datasets: [imagenet-1k]
----
-# {variant} (VMamba, converted with ssmvl)
-
-VMamba (Liu et al., 2024, "VMamba: Visual State Space Model"), weights from the official release
-({UPSTREAM}, `{os.path.basename(checkpoint)}`), converted to a transformers model. Runs without `ssmvl` installed:
-
-```python
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-processor = AutoImageProcessor.from_pretrained(REPO)
-model = AutoModelForImageClassification.from_pretrained(REPO, trust_remote_code=True)
-logits = model(**processor(images, return_tensors="pt")).logits
-```
-
-Config: depths {config.depths}, widths {config.hidden_sizes}, d_state {config.d_state}, ssm_ratio {config.ssm_ratio},
-forward type `{config.forward_type}`. Inputs: any size whose sides are multiples of {config.size_multiple}.
-
-Conversion parity report: `{json.dumps(report)}`
-
-License: the upstream repository is MIT-licensed.
-"""
-
-
 def convert(checkpoint: str, variant: str, out: str, key: str = "model", reference_logits: Optional[str] = None,
             push_to: Optional[str] = None, ssm_backend: str = "auto", config: Optional[VMambaConfig] = None,
             overwrite: bool = False) -> dict:
@@ -384,9 +348,10 @@ def convert(checkpoint: str, variant: str, out: str, key: str = "model", referen
     assert not result.missing_keys and not result.unexpected_keys, result
     ref = torch.load(reference_logits, map_location="cpu", weights_only=True) if reference_logits else None
     report = parity_report(model, ref)
-    card = _model_card(config, variant, report, checkpoint)
     save_converted(out, model, report, overwrite=overwrite, source=checkpoint, processor=make_image_processor(config),
-                   write_card=lambda folder: (folder / "README.md").write_text(card), push_to_hub=push_to)
+                   card=dict(family="vmamba", variant=variant, parity=report,
+                             source_checkpoint=os.path.basename(checkpoint)),
+                   push_to_hub=push_to)
     return report
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -50,12 +51,27 @@ def staged_output(out_dir: PathLike, overwrite: bool = False, source: Optional[P
         raise
 
 
+def write_model_card(folder: Path, repo_id: str, metadata: dict) -> None:
+    """README.md rendered by ``conversion/model_card.py`` from the saved folder; ``repo_id`` names the final folder /
+    repo (the folder may still be a staging one). A card problem must not throw away a verified conversion."""
+    from .model_card import render_model_card
+
+    try:
+        text = render_model_card(str(folder), **{"repo_id": repo_id, **metadata})
+    except Exception as err:
+        print(f"WARNING: render_model_card failed ({type(err).__name__}: {err}); no model card written.",
+              file=sys.stderr)
+        return
+    (folder / "README.md").write_text(text)
+
+
 def save_converted(out_dir: PathLike, model, report: dict, *, overwrite: bool = False,
                    source: Optional[PathLike] = None, processor=None, extra_files: Iterable[PathLike] = (),
-                   write_card: Optional[Callable[[Path], object]] = None, push_to_hub: Optional[str] = None) -> Path:
+                   card: Optional[dict] = None, push_to_hub: Optional[str] = None) -> Path:
     """The last step of every converter: ``save_pretrained`` (safetensors + modeling code), the processor, extra files
-    (e.g. a tokenizer), ``parity_report.json`` and the model card, written aside and swapped in (``staged_output``);
-    then the push (``conversion/hub.py``) when ``push_to_hub`` names a repo."""
+    (e.g. a tokenizer), ``parity_report.json`` and the model card (``card``: metadata for ``render_model_card``),
+    written aside and swapped in (``staged_output``); then the push (``conversion/hub.py``) when ``push_to_hub``
+    names a repo."""
     out = Path(out_dir)
     with staged_output(out, overwrite, source) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -64,8 +80,8 @@ def save_converted(out_dir: PathLike, model, report: dict, *, overwrite: bool = 
         for path in extra_files:
             shutil.copy2(path, tmp / Path(path).name)
         (tmp / "parity_report.json").write_text(json.dumps(report, indent=2))
-        if write_card is not None:
-            write_card(tmp)
+        if card is not None:
+            write_model_card(tmp, out.name, card)
     if push_to_hub:
         from .hub import push_folder
 

@@ -50,3 +50,14 @@ def test_image_converters_refuse_non_empty_out_before_reading(module, tmp_path):
     with pytest.raises(FileExistsError):
         module.main(argv)
     assert (out / "keep.txt").read_text() == "x"
+
+
+def test_card_names_the_final_folder_not_the_staging_one(tmp_path):
+    from ssmvl.conversion.output import save_converted
+    from ssmvl.modeling import MambaLMConfig, MambaLMForCausalLM
+
+    model = MambaLMForCausalLM(MambaLMConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, state_size=4))
+    out = save_converted(tmp_path / "my-model", model, {"max_abs_diff": 0.0}, card=dict(family="mamba_lm"))
+    card = (out / "README.md").read_text()
+    assert 'from_pretrained("my-model"' in card and ".converting-" not in card
+    assert (out / "parity_report.json").is_file() and [p.name for p in tmp_path.iterdir()] == ["my-model"]

@@ -181,19 +181,16 @@ def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, bl
 # (ii) vision
 # ---------------------------------------------------------------------------------------------------------------------
 def _write_model_card(model_dir: Path, **metadata) -> str:
-    """README.md from ``ssmvl.conversion.model_card.render_model_card(model_dir, **metadata)`` when available (keys:
-    title, description, family, datasets, metrics, metrics_dataset, metrics_split, base_model, notes, ...), else a
-    minimal card with the same numbers."""
+    """README.md from ``ssmvl.conversion.model_card.render_model_card(model_dir, **metadata)`` (keys: title,
+    description, family, datasets, metrics, metrics_dataset, metrics_split, base_model, notes, ...); if rendering
+    fails, a minimal card with the same numbers."""
+    from ..conversion.model_card import render_model_card
+
     text = None
     try:
-        from ssmvl.conversion.model_card import render_model_card
-    except ImportError:
-        render_model_card = None
-    if render_model_card is not None:
-        try:
-            text = render_model_card(str(model_dir), **metadata)
-        except Exception as exc:  # keep the demo going; the fallback card still states the numbers
-            say(f"render_model_card failed ({type(exc).__name__}: {exc}); writing a minimal card")
+        text = render_model_card(str(model_dir), **metadata)
+    except Exception as exc:  # keep the demo going; the fallback card still states the numbers
+        say(f"render_model_card failed ({type(exc).__name__}: {exc}); writing a minimal card")
     if not text:
         lines = ["---", "library_name: transformers", f"pipeline_tag: {metadata.get('pipeline_tag', '')}",
                  "license: apache-2.0", "tags:", "- ssmvl", "- state-space-model", "- custom_code", "---", "",
