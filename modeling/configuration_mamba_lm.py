@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from transformers import PretrainedConfig
 
@@ -33,8 +34,8 @@ class MambaLMConfig(PretrainedConfig):
         rescale_prenorm_residual (`bool`, defaults to False): scale out_proj init by 1/sqrt(n_layers).
         use_cache (`bool`, defaults to True): return the SSM cache.
         tie_word_embeddings (`bool`, defaults to True): lm_head shares the embedding matrix.
-        ssm_backend (`str`, defaults to "auto"): selective-scan backend ("auto", "reference", "torch", "triton",
-            "mamba_ssm"); the environment variable SSMVL_SSM_BACKEND overrides "auto".
+        ssm_backend (`str`, *optional*): selective-scan backend ("reference", "torch", "triton", "mamba_ssm");
+            unset (None) or "auto": env SSMVL_SSM_BACKEND if set, else the fastest available (logged once).
         chunked_prefill_size (`int`, defaults to 1024): in inference with a cache, prompts longer than this run through
             the model in chunks of this many tokens (the cache carries the state between chunks), so prefill memory
             stays flat in the prompt length; 0 disables.
@@ -77,7 +78,7 @@ class MambaLMConfig(PretrainedConfig):
         rescale_prenorm_residual: bool = False,
         use_cache: bool = True,
         tie_word_embeddings: bool = True,
-        ssm_backend: str = "auto",
+        ssm_backend: Optional[str] = None,
         use_cuda_graph: bool = True,
         chunked_prefill_size: int = 1024,
         **kwargs,

@@ -4,6 +4,7 @@ Mamba backbone over image patches."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 from transformers import PretrainedConfig
 
@@ -55,8 +56,8 @@ class VimConfig(PretrainedConfig):
             0.001 / 0.1 / 1e-4 / 1.0; time_step_init_scheme ("random" | "constant").
         initializer_range (`float`, defaults to 0.02): std of the truncated normal init of `cls_token`, `pos_embed`
             and the classification head.
-        ssm_backend (`str`, defaults to "auto"): selective-scan backend ("auto", "reference", "torch", "triton",
-            "mamba_ssm"); the environment variable SSMVL_SSM_BACKEND overrides "auto".
+        ssm_backend (`str`, *optional*): selective-scan backend ("reference", "torch", "triton", "mamba_ssm");
+            unset (None) or "auto": env SSMVL_SSM_BACKEND if set, else the fastest available (logged once).
         num_labels / id2label / label2id / problem_type: the classification head, as in every transformers config
             (`num_classes`, 1000 for the ImageNet-1k checkpoints).
     """
@@ -101,7 +102,7 @@ class VimConfig(PretrainedConfig):
         time_step_scale: float = 1.0,
         time_step_init_scheme: str = "random",
         initializer_range: float = 0.02,
-        ssm_backend: str = "auto",
+        ssm_backend: Optional[str] = None,
         **kwargs,
     ):
         self.image_size = image_size

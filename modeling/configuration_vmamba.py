@@ -73,8 +73,8 @@ class VMambaConfig(PretrainedConfig):
             (`["stem", "stage1", ..., "stageS"]`) `VMambaModel` returns in `feature_maps` (transformers' backbone
             convention; negative indices allowed). Default: every stage (`stage1` .. `stageS`).
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal init of Linear weights.
-        ssm_backend (`str`, defaults to "auto"): selective-scan backend ("auto", "reference", "torch", "triton",
-            "mamba_ssm"); the environment variable SSMVL_SSM_BACKEND overrides "auto".
+        ssm_backend (`str`, *optional*): selective-scan backend ("reference", "torch", "triton", "mamba_ssm");
+            unset (None) or "auto": env SSMVL_SSM_BACKEND if set, else the fastest available (logged once).
         num_labels (`int`, defaults to 2 via `PretrainedConfig`; 1000 for ImageNet checkpoints) / id2label /
             label2id / problem_type: classification head settings, as for any transformers config.
     """
@@ -114,7 +114,7 @@ class VMambaConfig(PretrainedConfig):
         out_features: Optional[List[str]] = None,
         out_indices: Optional[List[int]] = None,
         initializer_range: float = 0.02,
-        ssm_backend: str = "auto",
+        ssm_backend: Optional[str] = None,
         **kwargs,
     ):
         self.image_size = image_size

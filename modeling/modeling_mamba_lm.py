@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 import torch
@@ -13,29 +12,45 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
+from .hf_compat import CACHE_NAME, cache_output, new_token_count, pop_cache
 from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, init
+from .ssm_ops import resolve_backend  # noqa: F401  (imported by name for remote code: see hf_compat.py)
 
 
 logger = logging.get_logger(__name__)
 
 
-@dataclass
+# Forward arguments that callers pass to every model and that a Mamba model has no use for (transformers' own Mamba
+# ignores them too). Any other unknown argument is an error, so that nothing given to forward() or generate() is
+# dropped silently.
+_IGNORED_KWARGS = frozenset({"cache_position", "position_ids", "output_attentions", "token_type_ids"})
+
+
+def _check_kwargs(kwargs: dict, where: str):
+    unknown = sorted(set(kwargs) - _IGNORED_KWARGS - {"num_items_in_batch"})
+    if unknown:
+        raise TypeError(f"{where}.forward() got unexpected argument(s) {unknown}; it takes input_ids or inputs_embeds, "
+                        "attention_mask, cache, use_cache, labels, output_hidden_states, return_dict, logits_to_keep.")
+
+
+@cache_output
 class MambaLMOutput(ModelOutput):
-    """last_hidden_state: (batch, seqlen, hidden); cache_params: the `SsmCache` when use_cache;
-    hidden_states: the embeddings and each block's output when output_hidden_states."""
+    """last_hidden_state: (batch, seqlen, hidden); cache: the `SsmCache` when use_cache (the field is named as this
+    transformers names it, see hf_compat.py; `.cache` always works); hidden_states: the embeddings and each block's
+    output when output_hidden_states."""
 
     last_hidden_state: Optional[torch.FloatTensor] = None
-    cache_params: Optional[SsmCache] = None
+    cache: Optional[SsmCache] = None
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
 
 
-@dataclass
+@cache_output
 class MambaLMCausalLMOutput(ModelOutput):
-    """loss (labels given; shifted inside), logits: (batch, seqlen, vocab), cache_params, hidden_states."""
+    """loss (labels given; shifted inside), logits: (batch, seqlen, vocab), cache, hidden_states."""
 
     loss: Optional[torch.FloatTensor] = None
     logits: Optional[torch.FloatTensor] = None
-    cache_params: Optional[SsmCache] = None
+    cache: Optional[SsmCache] = None
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
 
 
@@ -45,7 +60,8 @@ class MambaLMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _no_split_modules = ["MambaBlock"]
     supports_gradient_checkpointing = True
-    _is_stateful = True
+    # SsmCache can take tokens back (crop) while recording, so assisted decoding works: not "stateful" for generate()
+    _is_stateful = False
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -65,8 +81,18 @@ class MambaLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        # generate() must not build a transformers DynamicCache: prepare_inputs_for_generation builds an SsmCache
+        # generate() must not build a transformers DynamicCache: _prepare_cache_for_generation builds an SsmCache
         return False
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """generate() hook: an ``SsmCache`` (sized at its first forward) unless the caller passed one or
+        ``use_cache=False``; it exists before the first step, as assisted decoding requires."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        cache = pop_cache(model_kwargs.pop("cache", None), model_kwargs)
+        if cache is None and generation_config.use_cache is not False:
+            cache = SsmCache.from_config(self.config)
+        if cache is not None:
+            model_kwargs[CACHE_NAME] = cache
 
 
 def _mixer(config: MambaLMConfig, layer_idx: int, bidirectional: bool = False) -> MambaMixer:
@@ -102,13 +128,17 @@ class MambaLMModel(MambaLMPreTrainedModel):
         self,
         input_ids: Optional[torch.LongTensor] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
-        cache_params: Optional[SsmCache] = None,
+        cache: Optional[SsmCache] = None,
         use_cache: Optional[bool] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         attention_mask: Optional[torch.LongTensor] = None,
         **kwargs,
     ) -> Union[Tuple, MambaLMOutput]:
+        r"""input_ids: (batch, seqlen) token ids, or inputs_embeds: (batch, seqlen, hidden); cache: an `SsmCache` to
+        continue (also accepted as `past_key_values` / `cache_params`); attention_mask: (batch, seqlen), 0 = padding."""
+        cache = pop_cache(cache, kwargs)
+        _check_kwargs(kwargs, type(self).__name__)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -116,14 +146,19 @@ class MambaLMModel(MambaLMPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if inputs_embeds is None:
+        if input_ids is not None:
+            _check_input_ids(input_ids)
             inputs_embeds = self.embeddings(input_ids)  # (b, L, H)
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(
                 f"inputs_embeds must be (batch, seqlen, {self.config.hidden_size}), got {tuple(inputs_embeds.shape)}"
             )
+        if not inputs_embeds.is_floating_point():
+            raise ValueError(f"inputs_embeds must be floating point, got {inputs_embeds.dtype}; token ids go in input_ids.")
+        if inputs_embeds.shape[1] == 0:
+            raise ValueError(f"inputs_embeds has no positions (shape {tuple(inputs_embeds.shape)}): pass at least one.")
         if attention_mask is not None and attention_mask.shape != inputs_embeds.shape[:2]:
-            if cache_params is None or cache_params.seqlen_offset == 0:
+            if cache is None or cache.get_seq_length() == 0:
                 raise ValueError(
                     f"attention_mask has shape {tuple(attention_mask.shape)} but the inputs are "
                     f"{tuple(inputs_embeds.shape[:2])} (batch, seqlen)."
@@ -131,28 +166,37 @@ class MambaLMModel(MambaLMPreTrainedModel):
             attention_mask = None  # generate() passes the whole mask; after the prompt only new tokens come
         if self.gradient_checkpointing and self.training and use_cache:
             use_cache = False
-        if use_cache and cache_params is None:
-            cache_params = SsmCache.from_config(
-                self.config, inputs_embeds.shape[0], dtype=inputs_embeds.dtype, device=inputs_embeds.device
-            )
+        if use_cache and cache is None:
+            cache = SsmCache.from_config(self.config)
+        if use_cache and not cache.is_initialized:
+            cache.initialize(inputs_embeds.shape[0], dtype=inputs_embeds.dtype, device=inputs_embeds.device)
+        if use_cache and cache.max_batch_size != inputs_embeds.shape[0]:
+            raise ValueError(f"The cache holds {cache.max_batch_size} sequence(s) but the inputs have batch size "
+                             f"{inputs_embeds.shape[0]}.")
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for block in self.layers:
-            hidden_states = block(
-                hidden_states, cache_params=cache_params if use_cache else None, attention_mask=attention_mask
-            )
+            hidden_states = block(hidden_states, cache=cache if use_cache else None, attention_mask=attention_mask)
             if output_hidden_states:
                 all_hidden_states = all_hidden_states + (hidden_states,)
         if use_cache:
-            cache_params.seqlen_offset += inputs_embeds.shape[1]
+            cache.seqlen_offset += inputs_embeds.shape[1]
         hidden_states = self.norm_f(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         if not return_dict:
-            return tuple(v for v in (hidden_states, cache_params if use_cache else None, all_hidden_states)
-                         if v is not None)
-        return MambaLMOutput(last_hidden_state=hidden_states, cache_params=cache_params if use_cache else None,
-                             hidden_states=all_hidden_states)
+            return tuple(v for v in (hidden_states, cache if use_cache else None, all_hidden_states) if v is not None)
+        return MambaLMOutput(hidden_states, cache if use_cache else None, all_hidden_states)
+
+
+def _check_input_ids(input_ids: torch.Tensor):
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}; pass vectors as "
+                         "inputs_embeds (batch, seqlen, hidden).")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}.")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): pass at least one token.")
 
 
 class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
@@ -177,38 +221,48 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def prepare_inputs_for_generation(
-        self, input_ids, inputs_embeds=None, use_cache=None, cache_params: Optional[SsmCache] = None,
-        attention_mask=None, **kwargs,
+        self, input_ids, inputs_embeds=None, use_cache=None, cache: Optional[SsmCache] = None, attention_mask=None,
+        is_first_iteration=False, next_sequence_length=None, cache_position=None, past_key_values=None,
+        cache_params=None, **kwargs,
     ):
-        """First call: the whole prompt (ids or embeds) with its attention mask. Later calls: only the last token;
-        the left padding already lives (as zeros) in the conv and SSM states, so no mask is needed."""
+        """What generate() feeds forward() at each step. Prefill: the prompt, as ``inputs_embeds`` whenever they are
+        given (with or without ``input_ids``: the ids then only serve generate()'s bookkeeping, e.g. prompt tuning or a
+        multimodal prefix), with its attention mask. Later steps: only the tokens the cache has not seen (one, or
+        several for assisted decoding and cache continuation); the left padding already lives, as zeros, in the
+        states, so no mask is needed. Every other keyword reaches forward() (which rejects what it does not know)."""
+        cache = pop_cache(cache, {"past_key_values": past_key_values, "cache_params": cache_params})
+        kwargs.pop("labels", None)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and cache_params is not None and cache_params.seqlen_offset > 0:
-            model_inputs = {"input_ids": input_ids[:, -1:].contiguous(), "inputs_embeds": None}
+        seen = cache.get_seq_length() if use_cache and cache is not None else 0
+        if seen and not (is_first_iteration and inputs_embeds is not None):
+            n = new_token_count(next_sequence_length, cache_position)
+            if next_sequence_length is None and cache_position is None and inputs_embeds is None:
+                n = max(1, input_ids.shape[1] - seen)  # a continued cache: input_ids hold the whole sequence
+            model_inputs = {"input_ids": input_ids[:, -n:].contiguous(), "inputs_embeds": None}
             attention_mask = None
-        elif inputs_embeds is not None and (input_ids is None or input_ids.shape[1] == 0):
-            model_inputs = {"input_ids": None, "inputs_embeds": inputs_embeds}
-        elif inputs_embeds is not None and not use_cache:
-            # no cache: re-run the embedded prompt followed by the generated ids
-            new = self.get_input_embeddings()(input_ids)
+        elif inputs_embeds is not None and (seen or is_first_iteration or use_cache or input_ids.shape[1] == 0):
+            if seen >= inputs_embeds.shape[1]:
+                raise ValueError(f"The cache already holds {seen} positions but inputs_embeds has only "
+                                 f"{inputs_embeds.shape[1]}: pass the embeddings of the whole sequence.")
+            model_inputs = {"input_ids": None, "inputs_embeds": inputs_embeds[:, seen:]}
+            if attention_mask is not None and seen:
+                attention_mask = None
+        elif inputs_embeds is not None:
+            # no cache: re-run the embedded prompt followed by the ids generated so far, which generate() counts in
+            # the attention mask (prompt length + generated)
+            generated = (attention_mask.shape[1] - inputs_embeds.shape[1] if attention_mask is not None
+                         else input_ids.shape[1])
+            new = self.get_input_embeddings()(input_ids[:, input_ids.shape[1] - generated:])
             model_inputs = {"input_ids": None, "inputs_embeds": torch.cat([inputs_embeds, new.to(inputs_embeds.dtype)],
                                                                            dim=1)}
-            if attention_mask is not None and attention_mask.shape[1] != model_inputs["inputs_embeds"].shape[1]:
-                attention_mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], inputs_embeds.shape[1]
-                                                                    - attention_mask.shape[1] + input_ids.shape[1]),
-                                            attention_mask], dim=1)[:, -model_inputs["inputs_embeds"].shape[1]:]
         else:
             model_inputs = {"input_ids": input_ids.contiguous(), "inputs_embeds": None}
-        model_inputs.update(
-            cache_params=cache_params if use_cache else None, use_cache=use_cache, attention_mask=attention_mask
-        )
-        for key in ("output_hidden_states", "return_dict", "logits_to_keep"):
-            if key in kwargs:
-                model_inputs[key] = kwargs[key]
+        model_inputs.update(cache=cache if use_cache else None, use_cache=use_cache, attention_mask=attention_mask)
+        model_inputs.update(kwargs)
         return model_inputs
 
     # -- CUDA-graph decoding ----------------------------------------------------------------------------------------
-    def _can_replay_graph(self, input_ids, inputs_embeds, cache_params, labels, output_hidden_states, use_cache):
+    def _can_replay_graph(self, input_ids, inputs_embeds, cache, labels, output_hidden_states, use_cache):
         return (
             self.config.use_cuda_graph
             and not self.training
@@ -217,47 +271,48 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
             and inputs_embeds is None
             and input_ids.is_cuda
             and input_ids.shape[1] == 1
-            and cache_params is not None
-            and cache_params.seqlen_offset > 0
+            and cache is not None
+            and cache.seqlen_offset > 0
+            and not cache.record_past
             and use_cache is not False
             and labels is None
             and not output_hidden_states
             and not torch.compiler.is_compiling()
         )
 
-    def _decode_step(self, input_ids, cache_params):
-        hidden = self.backbone(input_ids, cache_params=cache_params, use_cache=True, return_dict=True)
+    def _decode_step(self, input_ids, cache):
+        hidden = self.backbone(input_ids, cache=cache, use_cache=True, return_dict=True)
         return self.lm_head(hidden.last_hidden_state.to(self.lm_head.weight.dtype)).float()
 
-    def _decode_with_cuda_graph(self, input_ids, cache_params: SsmCache):
+    def _decode_with_cuda_graph(self, input_ids, cache: SsmCache):
         """One decoding step by replaying a CUDA graph of the whole model step, captured once per cache (i.e. per
         generate() call) and batch shape. The cache tensors are updated in place by the graph."""
-        graph = getattr(cache_params, "_cuda_graph", None)
+        graph = getattr(cache, "_cuda_graph", None)
         if graph is None or graph["ids"].shape != input_ids.shape:
-            states = cache_params.conv_states + cache_params.ssm_states
+            states = cache.conv_states + cache.ssm_states
             saved = [s.clone() for s in states]
-            offset = cache_params.seqlen_offset
+            offset = cache.seqlen_offset
             static_ids = input_ids.clone()
             stream = torch.cuda.Stream(device=input_ids.device)
             stream.wait_stream(torch.cuda.current_stream(input_ids.device))
             with torch.cuda.stream(stream):  # warm-up (kernel compilation, allocator) outside the capture
                 for _ in range(2):
-                    self._decode_step(static_ids, cache_params)
+                    self._decode_step(static_ids, cache)
             torch.cuda.current_stream(input_ids.device).wait_stream(stream)
             cuda_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(cuda_graph):
-                static_logits = self._decode_step(static_ids, cache_params)
+                static_logits = self._decode_step(static_ids, cache)
             for s, v in zip(states, saved):  # undo the warm-up steps
                 s.copy_(v)
-            cache_params.seqlen_offset = offset
+            cache.seqlen_offset = offset
             graph = {"graph": cuda_graph, "ids": static_ids, "logits": static_logits}
-            cache_params._cuda_graph = graph
+            cache._cuda_graph = graph
         graph["ids"].copy_(input_ids)
         graph["graph"].replay()
-        cache_params.seqlen_offset += input_ids.shape[1]
+        cache.seqlen_offset += input_ids.shape[1]
         return graph["logits"].clone()
 
-    def _chunked_prefill(self, input_ids, inputs_embeds, attention_mask, cache_params, logits_to_keep):
+    def _chunked_prefill(self, input_ids, inputs_embeds, attention_mask, cache, logits_to_keep):
         """Runs a long prompt through the backbone `chunked_prefill_size` tokens at a time, the cache carrying the conv
         and SSM states between chunks: peak memory depends on the chunk, not on the prompt length. Keeps only the
         hidden states that the requested logits need. Same result as one pass (tested)."""
@@ -270,20 +325,20 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
             out = self.backbone(
                 None if input_ids is None else input_ids[:, start:end],
                 inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
-                cache_params=cache_params, use_cache=True, return_dict=True,
+                cache=cache, use_cache=True, return_dict=True,
                 attention_mask=None if attention_mask is None else attention_mask[:, start:end],
             )
-            cache_params = out.cache_params
+            cache = out.cache
             if end > seqlen - keep:
                 kept.append(out.last_hidden_state[:, max(0, seqlen - keep - start):])
-        return MambaLMOutput(last_hidden_state=torch.cat(kept, dim=1), cache_params=cache_params)
+        return MambaLMOutput(torch.cat(kept, dim=1), cache)
 
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
         attention_mask: Optional[torch.LongTensor] = None,
         inputs_embeds: Optional[torch.FloatTensor] = None,
-        cache_params: Optional[SsmCache] = None,
+        cache: Optional[SsmCache] = None,
         labels: Optional[torch.LongTensor] = None,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
@@ -291,21 +346,26 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         logits_to_keep: Union[int, torch.Tensor] = 0,
         **kwargs,
     ) -> Union[Tuple, MambaLMCausalLMOutput]:
-        r"""labels: (batch, seqlen) token ids, -100 ignored; shifted inside (labels = input_ids is right)."""
+        r"""labels: (batch, seqlen) token ids, -100 ignored; shifted inside (labels = input_ids is right). cache: an
+        `SsmCache` to continue (also accepted as `past_key_values` / `cache_params`)."""
+        cache = pop_cache(cache, kwargs)
+        _check_kwargs(kwargs, type(self).__name__)
+        if input_ids is not None:
+            _check_input_ids(input_ids)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if self._can_replay_graph(input_ids, inputs_embeds, cache_params, labels, output_hidden_states, use_cache):
-            logits = self._decode_with_cuda_graph(input_ids, cache_params)
+        if self._can_replay_graph(input_ids, inputs_embeds, cache, labels, output_hidden_states, use_cache):
+            logits = self._decode_with_cuda_graph(input_ids, cache)
             if not return_dict:
-                return (logits, cache_params)
-            return MambaLMCausalLMOutput(logits=logits, cache_params=cache_params)
+                return (logits, cache)
+            return MambaLMCausalLMOutput(None, logits, cache)
         seqlen = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         chunk = self.config.chunked_prefill_size
         if (chunk and seqlen > chunk and labels is None and not output_hidden_states and not torch.is_grad_enabled()
                 and (use_cache if use_cache is not None else self.config.use_cache) and not self.training):
-            outputs = self._chunked_prefill(input_ids, inputs_embeds, attention_mask, cache_params, logits_to_keep)
+            outputs = self._chunked_prefill(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep)
         else:
             outputs = self.backbone(
-                input_ids, inputs_embeds=inputs_embeds, cache_params=cache_params, use_cache=use_cache,
+                input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                 output_hidden_states=output_hidden_states, return_dict=True, attention_mask=attention_mask,
             )
         hidden_states = outputs.last_hidden_state
@@ -326,11 +386,10 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
             if num_items is not None:
                 loss = loss / num_items
         if not return_dict:
-            out = (logits, outputs.cache_params, outputs.hidden_states)
+            out = (logits, outputs.cache, outputs.hidden_states)
             out = tuple(v for v in out if v is not None)
             return (loss,) + out if loss is not None else out
-        return MambaLMCausalLMOutput(loss=loss, logits=logits, cache_params=outputs.cache_params,
-                                     hidden_states=outputs.hidden_states)
+        return MambaLMCausalLMOutput(loss, logits, outputs.cache, outputs.hidden_states)
 
 
 __all__ = ["MambaLMPreTrainedModel", "MambaLMModel", "MambaLMForCausalLM", "SsmCache"]

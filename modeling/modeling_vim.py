@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from .configuration_vim import VimConfig
 from .ssm_layers import GradientCheckpointingLayer, MambaMixer, RMSNorm, init
+from .ssm_ops import resolve_backend  # noqa: F401  (imported by name for remote code: see hf_compat.py)
 
 
 logger = logging.get_logger(__name__)

@@ -23,47 +23,147 @@ try:  # transformers >= 4.56
 except ImportError:  # pragma: no cover
     GradientCheckpointingLayer = nn.Module
 
+from transformers.cache_utils import Cache
+
 try:  # transformers 5: init functions that skip tensors already loaded from a checkpoint
     from transformers import initialization as init
 except ImportError:  # pragma: no cover
     init = nn.init
 
 
-class SsmCache:
-    """Constant-memory generation cache: per layer a conv state (batch, intermediate, conv_kernel) holding the last
-    ``conv_kernel`` inputs of the causal conv, and an SSM state (batch, intermediate, state_size) in float32.
-    Its size does not depend on the sequence length. Reordered in place for beam search."""
+class SsmCache(Cache):
+    """Constant-memory generation cache, a transformers ``Cache``: per layer a conv state (batch, intermediate,
+    conv_kernel) holding the last ``conv_kernel`` inputs of the causal conv, and an SSM state (batch, intermediate,
+    state_size) in float32. Its size does not depend on the sequence length.
+
+    generate() uses it like any ``Cache``: ``get_seq_length``, in-place ``reorder_cache`` for beam search,
+    ``batch_repeat_interleave`` / ``batch_select_indices``, ``reset``, and ``crop`` for assisted decoding. A recurrent
+    state cannot be cut back by itself, so ``activate_past_recording()`` (called by generate() before assisted
+    decoding) makes the mixers step the last ``record_window`` tokens of each call one at a time and keep a snapshot of
+    the states after each: ``crop`` then restores the snapshot from the requested position.
+    """
 
     is_compileable = False  # set True to let generate() compile the decode step (static shapes, in-place updates)
+    record_window = 64  # tokens that crop() can take back after a forward while recording
 
-    def __init__(self, num_layers: int, batch_size: int, intermediate_size: int, conv_kernel: int, state_size: int,
-                 dtype: torch.dtype = torch.float32, device=None):
-        self.conv_states: List[torch.Tensor] = [
-            torch.zeros(batch_size, intermediate_size, conv_kernel, dtype=dtype, device=device) for _ in range(num_layers)
-        ]
-        self.ssm_states: List[torch.Tensor] = [
-            torch.zeros(batch_size, intermediate_size, state_size, dtype=torch.float32, device=device)
-            for _ in range(num_layers)
-        ]
+    def __init__(self, num_layers: int, batch_size: Optional[int], intermediate_size: int, conv_kernel: int,
+                 state_size: int, dtype: torch.dtype = torch.float32, device=None):
+        super().__init__(layers=[])  # the base class only keeps bookkeeping here: the states are ours
+        self.num_layers, self.intermediate_size = num_layers, intermediate_size
+        self.conv_kernel, self.state_size = conv_kernel, state_size
+        self.conv_states: List[torch.Tensor] = []
+        self.ssm_states: List[torch.Tensor] = []
         self.seqlen_offset = 0
+        self.record_past = False
+        self._history: List[list] = [[] for _ in range(num_layers)]  # per layer: [(conv, ssm), ...], newest last
+        if batch_size is not None:
+            self.initialize(batch_size, dtype, device)
+
+    def initialize(self, batch_size: int, dtype: torch.dtype = torch.float32, device=None):
+        """Allocates zero states (a cache made by generate() before it knows the batch is sized at its first use)."""
+        self.conv_states = [torch.zeros(batch_size, self.intermediate_size, self.conv_kernel, dtype=dtype,
+                                        device=device) for _ in range(self.num_layers)]
+        self.ssm_states = [torch.zeros(batch_size, self.intermediate_size, self.state_size, dtype=torch.float32,
+                                       device=device) for _ in range(self.num_layers)]
+
+    @property
+    def is_initialized(self) -> bool:
+        return bool(self.conv_states)
 
     @classmethod
-    def from_config(cls, config, batch_size: int, dtype=torch.float32, device=None) -> "SsmCache":
+    def from_config(cls, config, batch_size: Optional[int] = None, dtype=torch.float32, device=None) -> "SsmCache":
+        """A cache for ``config``'s model; without ``batch_size`` the states are allocated at the first forward."""
         return cls(config.num_hidden_layers, batch_size, config.intermediate_size, config.conv_kernel,
                    config.state_size, dtype=dtype, device=device)
 
+    def __len__(self) -> int:
+        return self.num_layers
+
+    def __repr__(self) -> str:
+        return (f"SsmCache(layers={len(self)}, batch={self.max_batch_size}, intermediate={self.intermediate_size}, "
+                f"conv_kernel={self.conv_kernel}, state_size={self.state_size}, seqlen_offset={self.seqlen_offset})")
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seqlen_offset
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1  # no sequence dimension: any length fits
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.conv_states[0].shape[0] if self.conv_states else 0
+
+    @property
+    def max_cache_len(self) -> int:
+        return -1
+
+    @property
+    def is_linear(self) -> List[bool]:
+        return [True] * len(self)
+
+    @property
+    def is_sliding(self) -> List[bool]:
+        return [False] * len(self)
+
+    @property
+    def is_croppable(self) -> bool:
+        return self.record_past
+
+    def _apply(self, fn):
+        """Replaces every state by ``fn(state)`` (a new batch layout); snapshots follow."""
+        self.conv_states = [fn(s) for s in self.conv_states]
+        self.ssm_states = [fn(s) for s in self.ssm_states]
+        self._history = [[(fn(c), fn(h)) for c, h in layer] for layer in self._history]
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         # in place: the tensors keep their addresses (a captured CUDA graph reads them)
         for s in self.conv_states + self.ssm_states:
             s.copy_(s.index_select(0, beam_idx.to(s.device)))
+        self._history = [[(c.index_select(0, beam_idx.to(c.device)), h.index_select(0, beam_idx.to(h.device)))
+                          for c, h in layer] for layer in self._history]
+
+    def batch_repeat_interleave(self, repeats: int):
+        self._apply(lambda s: s.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor):
+        self._apply(lambda s: s[indices.to(s.device)])
 
     def reset(self):
         for s in self.conv_states + self.ssm_states:
             s.zero_()
         self.seqlen_offset = 0
+        self._history = [[] for _ in self._history]
+
+    # -- rollback for assisted decoding ------------------------------------------------------------------------------
+    def activate_past_recording(self):
+        self.record_past = True
+
+    def is_recording_past(self, layer_idx: int = 0) -> bool:
+        return self.record_past
+
+    def record_state(self, layer_idx: int):
+        """Called by a mixer while recording: snapshot of this layer's states after the token it just added."""
+        history = self._history[layer_idx]
+        history.append((self.conv_states[layer_idx].clone(), self.ssm_states[layer_idx].clone()))
+        del history[: max(0, len(history) - self.record_window - 1)]
+
+    def crop(self, max_length: int):
+        """Takes tokens back. ``max_length`` <= 0: remove ``-max_length`` tokens (transformers >= 5.24's convention);
+        > 0: keep the first ``max_length`` tokens (older 5.x)."""
+        remove = -max_length if max_length <= 0 else self.seqlen_offset - max_length
+        if remove <= 0:
+            return
+        if not self.record_past or any(len(h) <= remove for h in self._history):
+            raise ValueError(
+                f"SsmCache cannot take back {remove} token(s): a recurrent state is only recoverable for the last "
+                f"{self.record_window} tokens and only after activate_past_recording()."
+            )
+        for idx, history in enumerate(self._history):
+            conv, ssm = history[-remove - 1]
+            self.conv_states[idx].copy_(conv)
+            self.ssm_states[idx].copy_(ssm)
+            del history[-remove:]
+        self.seqlen_offset -= remove
 
     def nbytes(self) -> int:
         return sum(s.numel() * s.element_size() for s in self.conv_states + self.ssm_states)
@@ -179,28 +279,55 @@ class MambaMixer(nn.Module):
         init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
 
     # -- one scan direction ------------------------------------------------------------------------------------------
-    def _branch(self, x, z, suffix, attention_mask, layer_cache):
-        """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). ``layer_cache``: (cache, idx)."""
+    def _step(self, x, z, suffix, cache, idx, mask=None):
+        """One decoding step, O(1) in the sequence length. x, z: (batch, intermediate); mask: (batch,) or None.
+        Updates the layer's conv and SSM states in ``cache`` in place; returns y (batch, intermediate)."""
+        conv = getattr(self, f"conv1d{suffix}")
+        x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
+        A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
+        xc = causal_conv1d_update(x, cache.conv_states[idx], conv.weight, conv.bias, backend=self.ssm_backend)
+        if mask is not None:  # a padding position leaves the SSM state as it is (zero input)
+            xc = xc * mask[:, None].to(xc.dtype)
+        dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
+        delta = dt_proj(dt)  # (b, I), with its bias
+        return selective_state_update(cache.ssm_states[idx], xc, delta, A, B, C, D=getattr(self, f"D{suffix}").float(),
+                                      z=z, dt_softplus=True, backend=self.ssm_backend)
+
+    def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None):
+        """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). With a ``cache``, the layer's states
+        are read (``continuing``: the cache already holds earlier tokens) and left holding the state after x;
+        ``record`` (default: the cache's ``record_past``) keeps snapshots of the last tokens' states for ``crop``."""
+        seqlen, idx = x.shape[-1], self.layer_idx
+        record = cache is not None and (cache.record_past if record is None else record)
+        if cache is not None and continuing and seqlen == 1 and not record:
+            return self._step(x[..., 0], z[..., 0], suffix, cache, idx).unsqueeze(-1)
+        if record:
+            # assisted decoding can take back the last tokens: step them one by one, with a snapshot after each
+            steps = min(seqlen, cache.record_window)
+            head = seqlen - steps
+            ys = [self._branch(x[..., :head], z[..., :head], suffix,
+                               None if attention_mask is None else attention_mask[:, :head], cache, continuing, record=False)
+                  ] if head else []
+            if not continuing and not head:  # a fresh cache: the steps start from zero states
+                cache.conv_states[idx].zero_()
+                cache.ssm_states[idx].zero_()
+            if head or not continuing:  # older snapshots no longer lead to the current state
+                cache._history[idx].clear()
+            if not cache._history[idx]:
+                cache.record_state(idx)
+            for t in range(head, seqlen):
+                mask = None if attention_mask is None or attention_mask.shape[1] != seqlen else attention_mask[:, t]
+                ys.append(self._step(x[..., t], z[..., t], suffix, cache, idx, mask).unsqueeze(-1))
+                cache.record_state(idx)
+            return torch.cat(ys, dim=-1)
+
         conv = getattr(self, f"conv1d{suffix}")
         x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
         A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
         D = getattr(self, f"D{suffix}").float()
-        seqlen = x.shape[-1]
-        cache, idx = layer_cache if layer_cache is not None else (None, None)
-
-        if cache is not None and cache.seqlen_offset > 0 and seqlen == 1:
-            # decoding step: O(1) in the sequence length
-            xc = causal_conv1d_update(x[..., 0], cache.conv_states[idx], conv.weight, conv.bias,
-                                      backend=self.ssm_backend)  # (b, I)
-            dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-            delta = dt_proj(dt)  # (b, I), with its bias
-            y = selective_state_update(cache.ssm_states[idx], xc, delta, A, B, C, D=D, z=z[..., 0],
-                                       dt_softplus=True, backend=self.ssm_backend)
-            return y.unsqueeze(-1)
-
         initial_state = None
         if cache is not None:
-            if cache.seqlen_offset > 0:  # continue from the cached conv inputs and state
+            if continuing:  # continue from the cached conv inputs and state
                 x_ext = torch.cat([cache.conv_states[idx][:, :, 1:].to(x.dtype), x], dim=-1)
                 initial_state = cache.ssm_states[idx]
             else:
@@ -225,21 +352,22 @@ class MambaMixer(nn.Module):
         cache.ssm_states[idx].copy_(last_state)
         return y
 
-    def forward(self, hidden_states: torch.Tensor, cache_params: Optional[SsmCache] = None,
+    def forward(self, hidden_states: torch.Tensor, cache: Optional[SsmCache] = None,
                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """hidden_states: (batch, seqlen, hidden) -> (batch, seqlen, hidden)."""
+        """hidden_states: (batch, seqlen, hidden) -> (batch, seqlen, hidden). ``cache``: an ``SsmCache`` whose states
+        for this layer (``layer_idx``) are continued and updated; its ``seqlen_offset`` is advanced by the model."""
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.hidden_size:
             raise ValueError(f"MambaMixer expects (batch, seqlen, {self.hidden_size}), got {tuple(hidden_states.shape)}")
-        if cache_params is not None and self.bidirectional:
+        if cache is not None and self.bidirectional:
             raise ValueError("A bidirectional mixer sees the whole sequence; it cannot decode with a cache.")
         dtype = hidden_states.dtype
         xz = self.in_proj(_mask(hidden_states, attention_mask)).transpose(1, 2)  # (b, 2I, L)
         x, z = xz.chunk(2, dim=1)
-        layer_cache = (cache_params, self.layer_idx) if cache_params is not None else None
-        y = self._branch(x, z, "", attention_mask, layer_cache)
+        continuing = cache is not None and cache.seqlen_offset > 0
+        y = self._branch(x, z, "", attention_mask, cache, continuing)
         if self.bidirectional:
             mask_b = attention_mask.flip(-1) if attention_mask is not None else None
-            y_b = self._branch(x.flip(-1), z.flip(-1), "_b", mask_b, None).flip(-1)
+            y_b = self._branch(x.flip(-1), z.flip(-1), "_b", mask_b).flip(-1)
             y = (y + y_b) / 2 if self.divide_output else y + y_b
         return self.out_proj(y.transpose(1, 2).to(dtype))
 
@@ -254,10 +382,10 @@ class MambaBlock(GradientCheckpointingLayer):
         self.norm = RMSNorm(hidden_size, eps=norm_eps)
         self.mixer = mixer
 
-    def forward(self, hidden_states, cache_params=None, attention_mask=None):
+    def forward(self, hidden_states, cache=None, attention_mask=None):
         residual = hidden_states
         hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
         if self.residual_in_fp32:
             residual = residual.to(torch.float32)
-        hidden_states = self.mixer(hidden_states, cache_params=cache_params, attention_mask=attention_mask)
+        hidden_states = self.mixer(hidden_states, cache=cache, attention_mask=attention_mask)
         return residual + hidden_states

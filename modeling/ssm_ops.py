@@ -8,8 +8,8 @@ Backends
 ``mamba_ssm``  the official CUDA kernels (``selective_scan_fn``, ``causal_conv1d_fn``,
                ``selective_state_update``) when they import.
 
-Choice: ``backend`` argument > ``config.ssm_backend`` (passed in by the layers) > env ``SSMVL_SSM_BACKEND``
-> ``"auto"``; ``auto`` picks mamba_ssm CUDA kernels if they import and the tensors are on CUDA, else our
+Choice: ``backend`` argument > ``config.ssm_backend`` (passed in by the layers; None or "auto" = unset) > env
+``SSMVL_SSM_BACKEND`` > ``"auto"``; ``auto`` picks mamba_ssm CUDA kernels if they import and the tensors are on CUDA, else our
 Triton kernels on CUDA, else the torch chunked scan. The choice is logged once.
 
 Shapes follow mamba_ssm (``ops/selective_scan_interface.py``)::
@@ -103,7 +103,7 @@ def available_backends(device: Union[str, torch.device, None] = None) -> Tuple[s
 def resolve_backend(requested: Optional[str] = None, device: Union[str, torch.device, None] = None) -> str:
     """Turns ``requested`` (None/"auto"/a backend name; env ``SSMVL_SSM_BACKEND`` when None) into a backend
     that can run on ``device``. An unknown name raises; a known but unavailable one falls back (logged once)."""
-    if requested is None:
+    if requested is None or requested.lower() == "auto":  # unset in the config: the environment, then auto
         requested = os.environ.get("SSMVL_SSM_BACKEND") or "auto"
     requested = requested.lower()
     if requested not in BACKENDS + ("auto",):
@@ -498,6 +498,9 @@ def selective_state_update(
            f"B and C must be (batch, dstate)={(x.shape[0], A.shape[1])}, got {tuple(B.shape)}, {tuple(C.shape)}")
     name = resolve_backend(backend, x.device)
     if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm() and state.dtype == torch.float32:
+        # mamba_ssm's Triton step kernel reads dt_bias unconditionally (mamba_ssm 2.3 ops/triton/selective_state_update.py)
+        if dt_bias is None:
+            dt_bias = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
         return _load_mamba_ssm()["selective_state_update"](
             state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
         )

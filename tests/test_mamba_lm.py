@@ -41,6 +41,8 @@ def pair():
     """(transformers MambaForCausalLM, ours) holding the same random weights."""
     torch.manual_seed(0)
     hf = MambaForCausalLM(MambaConfig(**TINY)).eval()
+    if hf.lm_head.weight is not hf.backbone.embeddings.weight:  # transformers 5.0.0 ties only in from_pretrained
+        hf.lm_head.weight = hf.backbone.embeddings.weight
     return hf, ours_from(hf.state_dict())
 
 
@@ -120,9 +122,11 @@ def test_beam_search_equals_transformers(pair):
     kw = dict(num_beams=3, new=20)
     out = greedy(ours, x, **kw)
     assert out.shape == (1, 6 + 20)
-    assert torch.equal(out, greedy(hf, x, **kw))
+    # the reference is transformers' model without its cache: transformers 5.0.0's own cached Mamba beam search
+    # disagrees with its cache-free one on the padded batch below (ours agrees with both on later releases)
+    assert torch.equal(out, greedy(hf, x, use_cache=False, **kw))
     prompts, xp, mask = left_padded((4, 8), seed=11)
-    assert torch.equal(greedy(ours, xp, mask, **kw), greedy(hf, xp, mask, **kw))
+    assert torch.equal(greedy(ours, xp, mask, **kw), greedy(hf, xp, mask, use_cache=False, **kw))
 
 
 def test_sampling_is_seeded_and_reproducible(pair):
@@ -171,9 +175,9 @@ def test_prefix_plus_cached_steps_equals_full_forward(pair, backend):
         full = model(x).logits
         out = model(x[:, :prefix], use_cache=True)
         got = [out.logits]
-        cache = out.cache_params
+        cache = out.cache
         for t in range(prefix, prefix + steps):
-            out = model(x[:, t:t + 1], cache_params=cache, use_cache=True)
+            out = model(x[:, t:t + 1], cache=cache, use_cache=True)
             got.append(out.logits)
         assert cache.seqlen_offset == prefix + steps
     diff = (torch.cat(got, 1) - full).abs().max().item()
@@ -188,9 +192,9 @@ def test_chunked_continuation_equals_full_forward(pair, backend):
     with torch.no_grad():
         full = model(x).logits
         a = model(x[:, :7], use_cache=True)
-        b = model(x[:, 7:18], cache_params=a.cache_params, use_cache=True)  # multi-token chunk with the cache
-        c = model(x[:, 18:19], cache_params=a.cache_params, use_cache=True)  # then a single step
-        d = model(x[:, 19:], cache_params=a.cache_params, use_cache=True)  # then another chunk
+        b = model(x[:, 7:18], cache=a.cache, use_cache=True)  # multi-token chunk with the cache
+        c = model(x[:, 18:19], cache=a.cache, use_cache=True)  # then a single step
+        d = model(x[:, 19:], cache=a.cache, use_cache=True)  # then another chunk
     diff = (torch.cat([a.logits, b.logits, c.logits, d.logits], 1) - full).abs().max().item()
     assert diff <= ATOL, f"{backend}: {diff}"
 
@@ -220,10 +224,10 @@ def test_chunked_prefill_equals_one_pass(pair):
 def test_cache_is_constant_in_sequence_length(pair):
     _, ours = pair
     with torch.no_grad():
-        c10 = ours(ids(1, 10), use_cache=True).cache_params
-        c100 = ours(ids(1, 100), use_cache=True).cache_params
+        c10 = ours(ids(1, 10), use_cache=True).cache
+        c100 = ours(ids(1, 100), use_cache=True).cache
         n10 = c10.nbytes()
-        ours(ids(1, 1), cache_params=c10, use_cache=True)
+        ours(ids(1, 1), cache=c10, use_cache=True)
     assert n10 == c100.nbytes() == c10.nbytes() > 0
 
 

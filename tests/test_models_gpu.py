@@ -47,8 +47,8 @@ def test_cuda_graph_logits_match_step_by_step():
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         cache = SsmCache.from_config(model.config, 2, device="cuda")
-        model(ids[:, :6], cache_params=cache, use_cache=True)
-        steps = [model(ids[:, t:t + 1], cache_params=cache, use_cache=True).logits for t in range(6, 12)]
+        model(ids[:, :6], cache=cache, use_cache=True)
+        steps = [model(ids[:, t:t + 1], cache=cache, use_cache=True).logits for t in range(6, 12)]
     assert getattr(cache, "_cuda_graph", None) is not None  # the graph path ran
     assert torch.allclose(torch.cat(steps, 1), full[:, 6:], atol=1e-4)
 

@@ -1,0 +1,74 @@
+"""The one place where ssmvl adapts to the transformers release it runs under (supported: transformers >=5.0,<6).
+
+These modeling files run as remote code under whatever transformers a user has, so differences between releases are
+detected here by feature, once, and nowhere else:
+
+* The generation cache is called ``cache`` from transformers 5.24 on (``ModelOutput.__init__`` renames
+  ``past_key_values`` / ``cache_params`` to it; ``generate()`` hands ``cache=`` to the model) and
+  ``past_key_values`` before. ``CACHE_NAME`` is that name, read from ``generate()``'s own list of cache names;
+  ``cache_output`` names the output field accordingly, and ``pop_cache`` accepts every spelling in ``forward``.
+* ``prepare_inputs_for_generation`` receives ``next_sequence_length`` (>= 5.24) or ``cache_position`` (< 5.24):
+  ``new_token_count`` reads either.
+* transformers 5.0 copies, for remote code loaded from a local folder, only the sibling files that the modeling file
+  imports directly (later releases follow imports recursively). So each ``modeling_<family>.py`` imports every
+  sibling it needs at run time by name, e.g. ``from .ssm_ops import resolve_backend`` beside ``from .ssm_layers``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+try:
+    from transformers.generation.utils import ALL_CACHE_NAMES as _CACHE_NAMES
+except ImportError:  # pragma: no cover - not in any 5.x release we know of
+    _CACHE_NAMES = ["past_key_values"]
+
+# "cache" (transformers >= 5.24) or "past_key_values" (5.0 - 5.23): the model-kwarg and output-field name generate() uses
+CACHE_NAME: str = _CACHE_NAMES[0]
+# every spelling a caller may use for the cache argument (ours before 0.2 was `cache_params`, as in transformers' Mamba)
+CACHE_ALIASES = ("cache", "past_key_values", "cache_params")
+
+
+def cache_output(cls):
+    """Class decorator for a ``ModelOutput``: like ``@dataclass``, but the field written ``cache`` is renamed to
+    ``CACHE_NAME`` so that this transformers' ``generate()`` finds the cache. ``.cache`` and the old ``.cache_params``
+    stay readable under every release."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    if "cache" not in annotations:
+        raise TypeError(f"{cls.__name__} has no `cache` field")
+    if CACHE_NAME != "cache":
+        cls.__annotations__ = {(CACHE_NAME if k == "cache" else k): v for k, v in annotations.items()}
+        setattr(cls, CACHE_NAME, cls.__dict__["cache"])
+        delattr(cls, "cache")
+    cls = dataclass(cls)
+    for alias in CACHE_ALIASES:
+        if alias != CACHE_NAME:
+            setattr(cls, alias, property(lambda self: getattr(self, CACHE_NAME)))
+    return cls
+
+
+def pop_cache(cache, kwargs: dict):
+    """The cache argument of a ``forward`` / ``prepare_inputs_for_generation``, under any of its names: ``cache``
+    (passed explicitly) or ``past_key_values`` / ``cache_params`` (popped from ``kwargs``). Two different ones is an error."""
+    given = {"cache": cache} if cache is not None else {}
+    for name in CACHE_ALIASES[1:]:
+        value = kwargs.pop(name, None)
+        if value is not None:
+            given[name] = value
+    if len({id(v) for v in given.values()}) > 1:  # the same object under two names is fine (generate() may do that)
+        raise ValueError(f"Pass the cache once, as `cache`; got different caches as {sorted(given)}.")
+    return next(iter(given.values()), None)
+
+
+def new_token_count(next_sequence_length: Optional[int] = None,
+                    cache_position: Optional[torch.Tensor] = None) -> int:
+    """How many trailing tokens of ``input_ids`` are not yet in the cache, as generate() says it: ``next_sequence_length``
+    (transformers >= 5.24), else the length of ``cache_position`` (older 5.x), else one (plain decoding)."""
+    if next_sequence_length is not None:
+        return int(next_sequence_length)
+    if cache_position is not None:
+        return int(cache_position.shape[-1])
+    return 1
