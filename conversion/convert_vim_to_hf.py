@@ -17,7 +17,7 @@ is the requested variant -> pure ``convert_state_dict`` with strict key accounti
 parity of our logits against ``original_forward`` (an independent functional forward over the *original* keys, using
 only ``selective_scan_ref``) -> ``save_pretrained`` with the image processor and a model card -> optional push.
 
-Image processor: ``vim_image_processor(config)`` is transformers' ``ViTImageProcessor`` set up as the official eval
+Image processor: ``vim_image_processor(config)`` is transformers' ``CLIPImageProcessor`` set up as the official eval
 transform (hustvl/Vim ``vim/datasets.py``: Resize(int(224 / 0.875)) bicubic on the short side, CenterCrop(224),
 ImageNet mean / std), with ``do_convert_rgb=True`` so grayscale / RGBA / palette images work. Saved as
 ``preprocessor_config.json`` it loads with ``AutoImageProcessor`` without ssmvl.
@@ -267,13 +267,14 @@ def parity_report(model: VimForImageClassification, original: Dict[str, torch.Te
 # processor, card, CLI
 # ---------------------------------------------------------------------------------------------------------------------
 def vim_image_processor(config: VimConfig, crop_pct: float = 0.875):
-    """transformers' ViTImageProcessor (PIL backend without torchvision) matching the official eval transform:
+    """transformers' CLIPImageProcessor (PIL backend without torchvision) matching the official eval transform:
     short side resized to int(image_size / crop_pct) (bicubic), center crop image_size, ImageNet mean / std,
-    ``do_convert_rgb=True`` (grayscale, RGBA, palette -> RGB)."""
-    from transformers import ViTImageProcessor
+    ``do_convert_rgb=True`` (grayscale, RGBA, palette -> RGB). (CLIP's, not ViT's: transformers 5.0's
+    ViTImageProcessor refuses a `shortest_edge` size; CLIP's does this in every 5.x release.)"""
+    from transformers import CLIPImageProcessor
     from transformers.image_utils import PILImageResampling
 
-    return ViTImageProcessor(
+    return CLIPImageProcessor(
         do_resize=True, size={"shortest_edge": int(config.image_size / crop_pct)},
         resample=PILImageResampling.BICUBIC, do_center_crop=True,
         crop_size={"height": config.image_size, "width": config.image_size},

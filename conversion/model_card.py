@@ -32,6 +32,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import yaml
 
+from ..modeling.hf_compat import SUPPORTED_TRANSFORMERS, TESTED_TRANSFORMERS
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 BASE_TAGS = ["ssmvl", "mamba", "state-space-model", "custom_code"]
 
@@ -345,8 +347,9 @@ def render_model_card(model_dir: Optional[str] = None, **metadata) -> str:
 
     if config.get("auto_map"):
         usage_intro = ("The modeling code ships with the weights, so `ssmvl` does not need to be installed "
-                       "(`pip install torch transformers` is enough); loading runs that code, hence "
-                       "`trust_remote_code=True`. With `mamba-ssm` / `causal-conv1d` (or Triton) on a CUDA machine "
+                       f"(`pip install torch \"transformers{SUPPORTED_TRANSFORMERS}\"` is enough; tested with "
+                       f"transformers {TESTED_TRANSFORMERS[0]} to {TESTED_TRANSFORMERS[1]}); loading runs that code, "
+                       "hence `trust_remote_code=True`. With `mamba-ssm` / `causal-conv1d` (or Triton) on a CUDA machine "
                        "the fused selective-scan kernels are used; on CPU a pure PyTorch implementation runs.")
     else:
         usage_intro = "Loads with `transformers` (`pip install torch transformers`)."

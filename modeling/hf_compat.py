@@ -9,17 +9,26 @@ detected here by feature, once, and nowhere else:
   ``cache_output`` names the output field accordingly, and ``pop_cache`` accepts every spelling in ``forward``.
 * ``prepare_inputs_for_generation`` receives ``next_sequence_length`` (>= 5.24) or ``cache_position`` (< 5.24):
   ``new_token_count`` reads either.
+* ``init``: transformers' ``initialization`` functions (they skip tensors already loaded from a checkpoint), plus
+  ``lecun_normal_`` where the release lacks it (5.0).
 * transformers 5.0 copies, for remote code loaded from a local folder, only the sibling files that the modeling file
   imports directly (later releases follow imports recursively). So each ``modeling_<family>.py`` imports every
-  sibling it needs at run time by name, e.g. ``from .ssm_ops import resolve_backend`` beside ``from .ssm_layers``.
+  sibling it needs by name: the ones it does not use itself inside ``if TYPE_CHECKING:``, which never runs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from transformers import initialization as _hf_init
+
+# The transformers releases these files support (pyproject.toml says the same; a test checks) and the oldest and newest
+# that the test suite ran against (`make test-oldest`, `make test-latest` / the lock). Model cards quote both.
+SUPPORTED_TRANSFORMERS = ">=5.0,<6"
+TESTED_TRANSFORMERS = ("5.0.0", "5.24.0")
 
 try:
     from transformers.generation.utils import ALL_CACHE_NAMES as _CACHE_NAMES
@@ -72,3 +81,23 @@ def new_token_count(next_sequence_length: Optional[int] = None,
     if cache_position is not None:
         return int(cache_position.shape[-1])
     return 1
+
+
+class _Init:
+    """``transformers.initialization`` with ``lecun_normal_`` for the releases that lack it."""
+
+    def __getattr__(self, name):
+        return getattr(_hf_init, name)
+
+    @staticmethod
+    def lecun_normal_(tensor: torch.Tensor) -> torch.Tensor:
+        """Truncated normal with variance 1 / fan_in (JAX's lecun_normal, as transformers' own)."""
+        if hasattr(_hf_init, "lecun_normal_"):
+            return _hf_init.lecun_normal_(tensor)
+        if getattr(tensor, "_is_hf_initialized", False):
+            return tensor
+        fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(tensor)
+        return _hf_init.trunc_normal_(tensor, std=math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+
+
+init = _Init()

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,12 @@ from transformers.utils import ModelOutput, logging
 from .configuration_mamba_lm import MambaLMConfig
 from .hf_compat import CACHE_NAME, cache_output, new_token_count, pop_cache
 from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, init
-from .ssm_ops import resolve_backend  # noqa: F401  (imported by name for remote code: see hf_compat.py)
+
+
+if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .hf_compat import CACHE_NAME  # noqa: F401
+    from .ssm_ops import resolve_backend  # noqa: F401
+    from .ssm_triton import selective_scan_triton  # noqa: F401
 
 
 logger = logging.get_logger(__name__)

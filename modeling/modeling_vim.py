@@ -18,7 +18,7 @@ under ``vim.`` and keeps the official ``head.*``. So an official key ``k`` maps 
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,12 @@ from transformers.utils import logging
 
 from .configuration_vim import VimConfig
 from .ssm_layers import GradientCheckpointingLayer, MambaMixer, RMSNorm, init
-from .ssm_ops import resolve_backend  # noqa: F401  (imported by name for remote code: see hf_compat.py)
+
+
+if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .hf_compat import CACHE_NAME  # noqa: F401
+    from .ssm_ops import resolve_backend  # noqa: F401
+    from .ssm_triton import selective_scan_triton  # noqa: F401
 
 
 logger = logging.get_logger(__name__)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,12 @@ from transformers.utils import logging
 from .configuration_vmamba import VMambaConfig, parse_forward_type
 from .ssm_layers import GradientCheckpointingLayer, init
 from .ssm_ops import selective_scan
+
+
+if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .hf_compat import CACHE_NAME  # noqa: F401
+    from .ssm_ops import resolve_backend  # noqa: F401
+    from .ssm_triton import selective_scan_triton  # noqa: F401
 
 
 logger = logging.get_logger(__name__)

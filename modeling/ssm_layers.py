@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .hf_compat import init  # noqa: F401  (the families import it from here)
 from .ssm_ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 try:  # transformers >= 4.56
@@ -25,10 +26,6 @@ except ImportError:  # pragma: no cover
 
 from transformers.cache_utils import Cache
 
-try:  # transformers 5: init functions that skip tensors already loaded from a checkpoint
-    from transformers import initialization as init
-except ImportError:  # pragma: no cover
-    init = nn.init
 
 
 class SsmCache(Cache):

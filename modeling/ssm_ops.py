@@ -408,8 +408,9 @@ def selective_scan(
         return _load_triton().selective_scan_triton(u, delta, A, B, C, initial_state=initial_state, **kwargs)
     # mamba_ssm: its kernel has no initial state and wants fp32 A and contiguous inputs
     if initial_state is not None or u.dtype == torch.float64:
-        logger.warning_once("ssmvl: mamba_ssm scan has no initial_state / float64 support; using 'torch' for it.")
-        return selective_scan_torch(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+        other = "triton" if u.dtype != torch.float64 and _load_triton() is not None else "torch"
+        logger.warning_once(f"ssmvl: mamba_ssm scan has no initial_state / float64 support; using '{other}' for it.")
+        return selective_scan(u, delta, A, B, C, initial_state=initial_state, backend=other, **kwargs)
     fn = _load_mamba_ssm()["selective_scan_fn"]
     out = fn(
         u.contiguous(), delta.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(),
