@@ -141,6 +141,12 @@ def _load_model(model_or_config, auto_class):
     if isinstance(model_or_config, torch.nn.Module):
         return model_or_config
     if isinstance(model_or_config, PretrainedConfig):
+        # A config of a registered (installed) class builds that class. auto_class.from_config would follow the
+        # config's `auto_map` instead once it has one (set by save_pretrained), which transformers 5.0 resolves as
+        # remote code from `name_or_path` (empty for a config made in memory).
+        model_class = auto_class._model_mapping.get(type(model_or_config), None)
+        if model_class is not None:
+            return model_class(model_or_config)
         return auto_class.from_config(model_or_config, trust_remote_code=True)
     return auto_class.from_pretrained(str(model_or_config), trust_remote_code=True)
 
