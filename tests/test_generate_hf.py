@@ -184,3 +184,24 @@ def test_cache_batch_mismatch_is_named(model):
         model(ids(3, 1), cache=cache, use_cache=True)
     with pytest.raises(ValueError, match="once"):
         model(ids(2, 1), cache=cache, past_key_values=model(ids(2, 5), use_cache=True).cache)
+
+
+def test_tuple_and_dict_outputs_hold_the_same_values(model):
+    x = ids(2, 9, seed=10)
+    as_dict = model(x, use_cache=True, output_hidden_states=True)
+    as_tuple = model(x, use_cache=True, output_hidden_states=True, return_dict=False)
+    assert torch.equal(as_tuple[0], as_dict.logits)
+    assert isinstance(as_tuple[1], SsmCache) and as_tuple[1].get_seq_length() == 9
+    assert all(torch.equal(a, b) for a, b in zip(as_tuple[2], as_dict.hidden_states))
+
+
+def test_sampling_with_several_return_sequences_expands_the_cache(model):
+    x = ids(2, 5, seed=11)
+    torch.manual_seed(0)
+    out = model.generate(x, do_sample=True, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3,
+                         return_dict_in_generate=True)
+    assert out.sequences.shape == (6, 11) and returned_cache(out).max_batch_size == 6
+    torch.manual_seed(0)
+    no_cache = model.generate(x, do_sample=True, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3,
+                              use_cache=False)
+    assert torch.equal(out.sequences, no_cache)  # same draws: the cached logits equal the cache-free ones
