@@ -196,6 +196,9 @@ class SsmVlmConfig(PretrainedConfig):
                              f"{PROJECTOR_TYPES}.")
         if self.fusion not in FUSION_TYPES:
             raise ValueError(f"SsmVlmConfig.fusion={self.fusion!r} is unknown; use one of {FUSION_TYPES}.")
+        if isinstance(self.vision_feature_layer, bool) or not isinstance(self.vision_feature_layer, int):
+            raise ValueError("SsmVlmConfig.vision_feature_layer must be one int (an index into the tower's "
+                             f"hidden_states), got {self.vision_feature_layer!r}; several layers are not supported.")
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError("SsmVlmConfig.vision_feature_select_strategy must be 'default' (drop CLS-like tokens) or "
                              f"'full', got {self.vision_feature_select_strategy!r}.")

@@ -387,6 +387,8 @@ def test_config_errors():
         tiny_config(projector="mlp", projector_config={"num_queries": 4})
     with pytest.raises(ValueError, match="vision_feature_layer=5 is out of range"):
         tiny_config(vision_feature_layer=5)
+    with pytest.raises(ValueError, match="must be one int"):
+        tiny_config(vision_feature_layer=[-1, -2])
     with pytest.raises(ValueError, match="image_size=64 differs from vision_config.image_size=32"):
         tiny_config(image_size=64)
     with pytest.raises(ValueError, match="without 'model_type'"):
