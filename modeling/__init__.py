@@ -30,3 +30,16 @@ from .modeling_vim import VimForImageClassification, VimModel  # noqa: E402
 AutoConfig.register(VimConfig.model_type, VimConfig, exist_ok=True)
 AutoModel.register(VimConfig, VimModel, exist_ok=True)
 AutoModelForImageClassification.register(VimConfig, VimForImageClassification, exist_ok=True)
+
+# VLM (composable: vision tower -> projector -> fusion -> causal LM)
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+from .configuration_ssm_vlm import SsmVlmConfig  # noqa: E402
+from .modeling_ssm_vlm import SsmVlmForConditionalGeneration, SsmVlmModel  # noqa: E402
+from .processing_ssm_vlm import SsmVlmProcessor  # noqa: E402
+
+AutoConfig.register(SsmVlmConfig.model_type, SsmVlmConfig, exist_ok=True)
+AutoModel.register(SsmVlmConfig, SsmVlmModel, exist_ok=True)
+AutoModelForImageTextToText.register(SsmVlmConfig, SsmVlmForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(SsmVlmConfig, SsmVlmForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(SsmVlmConfig, SsmVlmProcessor, exist_ok=True)
