@@ -104,16 +104,6 @@ def build_decoder(text_config) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(text_config)
 
 
-class _CrossAttentionView:
-    """What vlm_bridge.py's ``CrossModalFusion`` reads from a config (``fusion_config``, the text width): our
-    ``cross_attention_config`` under the name it reads (transformers >= 5.24 claims ``config.fusion_config``)."""
-
-    def __init__(self, config: SsmVlmConfig):
-        self.fusion_config = config.cross_attention_config
-        self.text_hidden_size = config.text_hidden_size
-        self.text_config = config.text_config
-
-
 class SsmVlmPreTrainedModel(PreTrainedModel):
     config_class = SsmVlmConfig
     base_model_prefix = "model"
@@ -249,7 +239,7 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
     def __init__(self, config: SsmVlmConfig):
         super().__init__(config)
         self.model = SsmVlmModel(config)
-        self.fusion = CrossModalFusion(_CrossAttentionView(config)) if config.fusion == "cross_attention" else None
+        self.fusion = CrossModalFusion(config) if config.fusion == "cross_attention" else None
         self.language_model = build_decoder(config.text_config)
         config.text_config = self.language_model.config  # one config object (resize_token_embeddings updates it)
         self._decoder_is_mamba = config.text_config.model_type == MAMBA_DECODER_TYPE
