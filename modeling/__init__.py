@@ -43,3 +43,15 @@ AutoModel.register(SsmVlmConfig, SsmVlmModel, exist_ok=True)
 AutoModelForImageTextToText.register(SsmVlmConfig, SsmVlmForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(SsmVlmConfig, SsmVlmForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(SsmVlmConfig, SsmVlmProcessor, exist_ok=True)
+
+# SigLIP-style dual encoder (any vision tower + any text tower, sigmoid / softmax contrastive loss)
+from transformers import AutoModelForZeroShotImageClassification, AutoProcessor  # noqa: E402
+
+from .configuration_dual_encoder import SigLipDualEncoderConfig  # noqa: E402
+from .modeling_dual_encoder import ClipLoss, SigLipDualEncoderModel, SigLipLoss  # noqa: E402
+from .processing_dual_encoder import SigLipDualEncoderProcessor  # noqa: E402
+
+AutoConfig.register(SigLipDualEncoderConfig.model_type, SigLipDualEncoderConfig, exist_ok=True)
+AutoModel.register(SigLipDualEncoderConfig, SigLipDualEncoderModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(SigLipDualEncoderConfig, SigLipDualEncoderModel, exist_ok=True)
+AutoProcessor.register(SigLipDualEncoderConfig, SigLipDualEncoderProcessor, exist_ok=True)
