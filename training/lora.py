@@ -9,11 +9,18 @@ VMamba's SS2D has one ``x_proj.k`` / ``dt_projs.k`` Linear per scan direction k;
 endings, so its preset is the regex ``VMAMBA_LORA_TARGETS`` (in_proj, every x_proj.k and dt_projs.k, out_proj).
 
 Image classifiers train their (new) head fully (``modules_to_save``); language models use ``task_type="CAUSAL_LM"``.
+
+The VLM (``ssmvl_vlm``) preset is computed from the model: every Linear of the projector (and of the cross-attention
+fusion) plus the decoder's own preset (the SSM projections of a Mamba decoder, the attention and MLP projections of a
+transformers decoder); the vision tower is left alone (frozen by the recipe unless asked). Linears used through raw
+weights (``nn.MultiheadAttention.out_proj``) are skipped, since an adapter there would never run.
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Union
+
+import torch.nn as nn
 
 from ..modeling.modeling_vmamba import VMAMBA_LORA_TARGETS
 
@@ -24,7 +31,12 @@ LORA_TARGETS: Dict[str, Union[List[str], str]] = {
     # transformers models used as stand-ins / towers
     "vit": ["query", "value"],
     "mamba": ["in_proj", "x_proj", "dt_proj", "out_proj"],
+    # transformers decoders of the VLM
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
+VLM_ADAPTED_PARTS = ("model.projector.", "fusion.")  # every (plain) Linear below these is adapted
 
 # name of the classification head of each image classifier (trained fully next to the adapters)
 CLASSIFIER_HEADS: Dict[str, str] = {
@@ -64,9 +76,27 @@ def classifier_head_name(model) -> Optional[str]:
     return None
 
 
+def vlm_lora_targets(model) -> List[str]:
+    """Full module names for a VLM: plain Linears of the projector / fusion and the decoder's preset modules."""
+    text_type = model.config.text_config.model_type
+    suffixes = LORA_TARGETS.get(text_type)
+    names = []
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:  # subclasses such as MultiheadAttention's out_proj are used by weight
+            continue
+        if name.startswith(VLM_ADAPTED_PARTS):
+            names.append(name)
+        elif name.startswith("language_model.") and name != "language_model.lm_head":
+            if suffixes is None or isinstance(suffixes, str) or name.rsplit(".", 1)[-1] in suffixes:
+                names.append(name)
+    return names
+
+
 def lora_targets(model) -> Union[List[str], str]:
     """The family's preset: a list of module-name endings, or a regex string (VMamba)."""
     model_type = _model_type(model)
+    if model_type == "ssmvl_vlm":
+        return vlm_lora_targets(model)
     if model_type not in LORA_TARGETS:
         raise ValueError(f"No LoRA preset for model_type {model_type!r}; known: {sorted(LORA_TARGETS)}. "
                          "Pass target_modules=[...] explicitly.")
@@ -111,5 +141,5 @@ def adapted_module_names(model) -> List[str]:
     return sorted({name.rsplit(".lora_A", 1)[0] for name, _ in model.named_modules() if name.endswith(".lora_A")})
 
 
-__all__ = ["LORA_TARGETS", "CLASSIFIER_HEADS", "lora_config_for", "lora_targets", "classifier_head_name",
+__all__ = ["LORA_TARGETS", "vlm_lora_targets", "CLASSIFIER_HEADS", "lora_config_for", "lora_targets", "classifier_head_name",
            "count_parameters", "adapted_module_names", "is_causal_lm", "is_image_classifier"]

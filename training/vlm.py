@@ -1,0 +1,164 @@
+"""Instruction tuning of the ssmvl VLM (``SsmVlmForConditionalGeneration``) with ``transformers.Trainer``, and its
+exact-match evaluation by generation.
+
+* ``VqaCollator``: (image, question, answer) rows -> a batch. The prompt is the chat template with one image part and
+  the question (``<s>user: <image> what color is the circle? assistant:``), expanded by the processor to the model's
+  image tokens; the target is the answer followed by ``</s>``. Labels are -100 on the prompt and on every image
+  position, so the loss is on the answer only; right padding (masked) for training.
+* ``train_vlm``: Trainer with those batches; the vision tower frozen or not (``freeze_vision_tower``), optional LoRA on
+  the decoder and the projector (``training.lora.lora_config_for`` knows the VLM's targets), saving a folder that
+  loads with ``trust_remote_code`` and without ssmvl (model + processor).
+* ``evaluate_vqa``: greedy generation from left-padded prompts, answers cut at ``</s>``, exact match with the local
+  ``evaluate`` module ``training/metrics/exact_match.py``, overall and per question type.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .recipes import RecipeResult, apply_lora, save_trained, training_arguments
+
+EXACT_MATCH_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "exact_match.py"
+
+
+def chat_prompt(processor, question: str) -> str:
+    """The user turn with one image and ``question``, ready for the assistant's answer."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+class VqaCollator:
+    """Rows with ``image`` (PIL), ``question`` and ``answer`` -> ``input_ids``, ``attention_mask``, ``labels``,
+    ``pixel_values``. Only the answer and the end-of-sequence token carry labels."""
+
+    def __init__(self, processor, max_length: int = 512):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        if self.tokenizer.eos_token_id is None or self.tokenizer.pad_token_id is None:
+            raise ValueError("The tokenizer needs an eos and a pad token to build VQA targets.")
+        self.max_length = max_length
+
+    def __call__(self, rows: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        prompts = [chat_prompt(self.processor, r["question"]) for r in rows]
+        enc = self.processor(images=[r["image"] for r in rows], text=prompts, return_tensors=None)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        seqs, labels = [], []
+        for prompt_ids, row in zip(enc["input_ids"], rows):
+            answer = self.tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [eos]
+            ids = list(prompt_ids) + answer
+            if len(ids) > self.max_length:
+                raise ValueError(f"A VQA example has {len(ids)} tokens, more than max_length={self.max_length}.")
+            seqs.append(ids)
+            labels.append([-100] * len(prompt_ids) + answer)
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        target = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for i, (ids, lab) in enumerate(zip(seqs, labels)):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
+            target[i, : len(lab)] = torch.tensor(lab)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": target,
+                "pixel_values": torch.as_tensor(np.asarray(enc["pixel_values"]), dtype=torch.float32)}
+
+
+def freeze_vision_tower(model, freeze: bool = True) -> int:
+    """Sets requires_grad of the vision tower's parameters; returns how many parameters it holds."""
+    tower = getattr(getattr(model, "model", model), "vision_tower", None) or getattr(model, "vision_tower", None)
+    if tower is None:
+        return 0
+    for p in tower.parameters():
+        p.requires_grad_(not freeze)
+    return sum(p.numel() for p in tower.parameters())
+
+
+def train_vlm(model, processor, train_ds, out_dir: Union[str, Path], eval_ds=None, epochs: float = 1.0,
+              max_steps: int = -1, lr: float = 1e-3, batch_size: int = 32, lora=None,
+              freeze_vision: Optional[bool] = None, warmup_ratio: float = 0.05, weight_decay: float = 0.0,
+              seed: int = 0, logging_steps: int = 20, disable_tqdm: bool = False, **trainer_kwargs) -> RecipeResult:
+    """Trains ``model`` on VQA rows (``image``, ``question``, ``answer``) and saves it with its processor to
+    ``out_dir``. ``freeze_vision`` defaults to ``config.freeze_vision_tower``; ``lora``: None, an int rank or a
+    ``peft.LoraConfig`` (decoder + projector by default). Returns the train metrics (+ VQA exact match on ``eval_ds``
+    when given) with ``.model`` (merged) and ``.trainer``."""
+    from transformers import Trainer
+
+    torch.manual_seed(seed)
+    if freeze_vision is None:
+        freeze_vision = bool(getattr(model.config, "freeze_vision_tower", False))
+    freeze_vision_tower(model, freeze_vision)
+    model = apply_lora(model, lora)
+    args = training_arguments(Path(out_dir) / "checkpoints", epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                              eval_strategy="no", save_strategy="no", logging_steps=logging_steps,
+                              warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
+                              remove_unused_columns=False, disable_tqdm=disable_tqdm, **trainer_kwargs)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=VqaCollator(processor))
+    start = time.perf_counter()
+    train_out = trainer.train()
+    result = RecipeResult(train_loss=float(train_out.training_loss), train_seconds=time.perf_counter() - start,
+                          steps=int(train_out.global_step))
+    merged = save_trained(trainer.model, out_dir, processor=processor)
+    if eval_ds is not None:
+        result.update({f"eval_{k}": v for k, v in evaluate_vqa(merged, processor, eval_ds).items()})
+    result.model, result.trainer, result.output_dir = merged, trainer, str(out_dir)
+    return result
+
+
+def load_exact_match_metric():
+    import evaluate
+
+    return evaluate.load(str(EXACT_MATCH_METRIC_PATH))
+
+
+@torch.no_grad()
+def answer_questions(model, processor, images: Sequence, questions: Sequence[str], max_new_tokens: int = 6,
+                     batch_size: int = 64) -> List[str]:
+    """Greedy answers, one per (image, question); left-padded batches; text cut at the end-of-sequence token."""
+    model.eval()
+    tok = processor.tokenizer
+    device = next(model.parameters()).device
+    side, tok.padding_side = tok.padding_side, "left"
+    answers = []
+    try:
+        for start in range(0, len(questions), batch_size):
+            qs, ims = list(questions[start:start + batch_size]), list(images[start:start + batch_size])
+            enc = processor(images=ims, text=[chat_prompt(processor, q) for q in qs], padding=True,
+                            return_tensors="pt").to(device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+            new = out[:, enc["input_ids"].shape[1]:]
+            answers += [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+    finally:
+        tok.padding_side = side
+    return answers
+
+
+def evaluate_vqa(model, processor, qa_ds, batch_size: int = 64, max_new_tokens: int = 6) -> Dict[str, float]:
+    """Exact match of greedy answers on a QA dataset (``image``, ``question``, ``answer``, optional
+    ``question_type``): ``exact_match`` overall and ``exact_match_<type>`` per type; ``num_questions``."""
+    preds = answer_questions(model, processor, qa_ds["image"], qa_ds["question"], max_new_tokens, batch_size)
+    refs = list(qa_ds["answer"])
+    metric = load_exact_match_metric()
+    result = {"exact_match": metric.compute(predictions=preds, references=refs)["exact_match"],
+              "num_questions": len(refs)}
+    if "question_type" in qa_ds.column_names:
+        groups: Dict[str, List[int]] = defaultdict(list)
+        for i, t in enumerate(qa_ds["question_type"]):
+            groups[t].append(i)
+        for t, idx in sorted(groups.items()):
+            result[f"exact_match_{t}"] = metric.compute(predictions=[preds[i] for i in idx],
+                                                        references=[refs[i] for i in idx])["exact_match"]
+    return result
+
+
+def examples(model, processor, qa_ds, n: int = 6) -> Iterable[Dict[str, str]]:
+    """A few (question, answer, prediction) triples for display."""
+    sub = qa_ds.select(range(min(n, len(qa_ds))))
+    preds = answer_questions(model, processor, sub["image"], sub["question"])
+    for q, a, p in zip(sub["question"], sub["answer"], preds):
+        yield {"question": q, "answer": a, "prediction": p}
