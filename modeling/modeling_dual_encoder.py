@@ -170,7 +170,14 @@ def build_tower(config) -> PreTrainedModel:
 
 class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
     """Dual encoder with learned ``logit_scale`` (t', logits use exp(t')) and ``logit_bias`` (b). See the module
-    docstring for the data flow and [`SigLipDualEncoderConfig`] for the options."""
+    docstring for the data flow and [`SigLipDualEncoderConfig`] for the options.
+
+    ``pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)`` loads it (``auto_map`` names
+    it for ``AutoModelForZeroShotImageClassification``) with the saved ``SigLipDualEncoderProcessor``'s image processor
+    and tokenizer. transformers' pipeline applies SigLIP's per-label sigmoid only to model types containing "siglip";
+    for this one it reports a softmax over the candidate labels (scores sum to 1, same ranking);
+    ``torch.sigmoid(model(...).logits_per_image)`` gives the independent per-label probabilities of a sigmoid model.
+    """
 
     def __init__(self, config: SigLipDualEncoderConfig):
         super().__init__(config)

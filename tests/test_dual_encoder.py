@@ -160,6 +160,21 @@ def test_mamba_text_tower_last_token_is_padding_invariant():
     assert last_token_index(torch.tensor([[1, 1, 0], [0, 1, 1], [1, 1, 1]])).tolist() == [1, 2, 2]
 
 
+def test_from_towers_copies_pretrained_weights(tmp_path):
+    from transformers import BertModel
+
+    torch.manual_seed(3)
+    pretrained = BertModel(bert()).eval()
+    pretrained.save_pretrained(tmp_path / "bert")
+    ids, _ = inputs(n=2)
+    for tower in (pretrained, tmp_path / "bert"):
+        model = SigLipDualEncoderModel.from_towers(text_model=tower, vision_config=vit(), projection_dim=16,
+                                                   freeze_text_tower=True).eval()
+        assert model.config.text_config.hidden_size == 24 and model.config.freeze_text_tower
+        torch.testing.assert_close(model.text_model(ids).last_hidden_state, pretrained(ids).last_hidden_state)
+        assert not any(p.requires_grad for p in model.text_model.parameters())
+
+
 def test_text_pooling_defaults():
     assert SigLipDualEncoderConfig(vision_config=vit(), text_config=bert()).text_pooling == "mean"
     assert SigLipDualEncoderConfig(vision_config=vit(), text_config=mamba()).text_pooling == "last_token"
@@ -176,6 +191,24 @@ def test_gradients_reach_projections_and_logit_params():
                  "vision_model.patch_embed.proj.weight", "text_model.embeddings.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("towers", ["vit+bert", "vim+mamba"])
+def test_gradient_checkpointing_same_gradients(towers):
+    no_dropout = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    vision, text = (vit(**no_dropout), bert(**no_dropout)) if towers == "vit+bert" else (vim(), mamba())
+    ids, px = inputs()
+    grads = []
+    for checkpointing in (False, True):
+        model = model_of(vision, text).train()
+        if checkpointing:
+            # transformers >= 5.24 names it activation_checkpointing_enable (the old name warns); 5.0 has only the old
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        model(input_ids=ids, pixel_values=px).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
 
 
 def test_frozen_text_tower():
