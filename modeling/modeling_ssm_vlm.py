@@ -371,7 +371,17 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
             inputs_embeds = self.language_model.embed(input_ids, position_ids)  # (b, T, Dt)
             decoder_kwargs["inputs_embeds_include_positions"] = True
             position_ids = None
-        elif inputs_embeds is None:
+        # text-only ids (decoding steps of the prefix fusion, or no image at all) go to the decoder as ids, so that
+        # its own fast paths apply (the Mamba decoder replays a CUDA graph per step only for input_ids)
+        plain_ids = (inputs_embeds is None and pixel_values is None and self.fusion is None
+                     and (image_hidden_states is None or decoding))
+        if plain_ids and self.config.uses_image_placeholders and not decoding:
+            self._check_no_placeholders(input_ids)
+        if plain_ids:
+            return self._decoder_forward(input_ids, None, attention_mask, position_ids, labels, use_cache,
+                                         output_hidden_states, return_dict, logits_to_keep, num_items,
+                                         decoder_kwargs, None)
+        if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (b, T, Dt)
         if pixel_values is not None:
             image_hidden_states = self.model(pixel_values, return_dict=True).last_hidden_state  # (n, N, Dt)
@@ -386,24 +396,39 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
             # in the cache) unless images come with them (continuing a cache with a new prompt)
             if image_hidden_states is not None and (not decoding or pixel_values is not None):
                 inputs_embeds = self.merge_image_tokens(input_ids, inputs_embeds, image_hidden_states)
-            elif image_hidden_states is None and input_ids is not None and not decoding \
-                    and self.config.image_token_id is not None:
-                n_tokens = int((input_ids == self.config.image_token_id).sum())
-                if n_tokens:
-                    raise ValueError(f"The text holds {n_tokens} image tokens ({self.config.image_token!r}, id "
-                                     f"{self.config.image_token_id}) but no pixel_values were given; pass the images "
-                                     "(pixel_values) or remove the placeholders from the text.")
+            elif image_hidden_states is None and input_ids is not None and not decoding:
+                self._check_no_placeholders(input_ids)
 
+        return self._decoder_forward(None, inputs_embeds, attention_mask, position_ids, labels, use_cache,
+                                     output_hidden_states, return_dict, logits_to_keep, num_items, decoder_kwargs,
+                                     image_hidden_states)
+
+    def _check_no_placeholders(self, input_ids: torch.Tensor):
+        """Image placeholders in a prompt that comes without images are an error."""
+        if self.config.image_token_id is None:
+            return
+        n_tokens = int((input_ids == self.config.image_token_id).sum())
+        if n_tokens:
+            raise ValueError(f"The text holds {n_tokens} image tokens ({self.config.image_token!r}, id "
+                             f"{self.config.image_token_id}) but no pixel_values were given; pass the images "
+                             "(pixel_values) or remove the placeholders from the text.")
+
+    def _decoder_forward(self, input_ids, inputs_embeds, attention_mask, position_ids, labels, use_cache,
+                         output_hidden_states, return_dict, logits_to_keep, num_items, decoder_kwargs,
+                         image_hidden_states):
+        """The decoder on ids or fused embeddings, then the shifted loss and the output."""
+        inputs = input_ids if input_ids is not None else inputs_embeds
         if "position_ids" in self._decoder_takes and position_ids is not None:
             decoder_kwargs["position_ids"] = position_ids
         if "logits_to_keep" in self._decoder_takes:
             decoder_kwargs["logits_to_keep"] = logits_to_keep
         # the Mamba decoder takes a mask at prefill only (left padding then lives in its state)
         if attention_mask is not None and (not self._decoder_is_mamba
-                                           or attention_mask.shape == inputs_embeds.shape[:2]):
+                                           or attention_mask.shape == inputs.shape[:2]):
             decoder_kwargs["attention_mask"] = attention_mask
-        outputs = self.language_model(inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                      output_hidden_states=output_hidden_states, return_dict=True, **decoder_kwargs)
+        decoder_kwargs["input_ids" if input_ids is not None else "inputs_embeds"] = inputs
+        outputs = self.language_model(use_cache=use_cache, output_hidden_states=output_hidden_states,
+                                      return_dict=True, **decoder_kwargs)
         logits = outputs.logits
         if "logits_to_keep" not in self._decoder_takes and isinstance(logits_to_keep, int) and logits_to_keep > 0:
             logits = logits[:, -logits_to_keep:]
