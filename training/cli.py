@@ -6,6 +6,7 @@
                       [--shift invert|rotate] [--epochs N] [--lora] --out DIR [--resume [CKPT]]
     ssmvl convert-mamba|convert-vim|convert-vmamba ...     -> ssmvl.conversion.convert_*_to_hf.main(argv)
     ssmvl push DIR REPO_ID ...                             -> ssmvl.conversion.hub.main_push(argv)
+    ssmvl compose-vlm --vision DIR --language DIR --out DIR ...  -> ssmvl.conversion.compose_vlm.main(argv)
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(f"convert-{family}", help=f"convert an original {family} checkpoint "
                            f"(ssmvl.conversion.convert_{family}_to_hf)", add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("compose-vlm", help="compose a VLM from a vision tower folder and a causal LM folder "
+                       "(ssmvl.conversion.compose_vlm)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("push", help="push a saved model folder to the Hub (ssmvl.conversion.hub)", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -169,6 +174,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in ("convert-mamba", "convert-vim", "convert-vmamba"):
         family = argv[0].split("-", 1)[1]
         return _delegate(f"ssmvl.conversion.convert_{family}_to_hf", "main", argv[1:])
+    if argv and argv[0] == "compose-vlm":
+        return _delegate("ssmvl.conversion.compose_vlm", "main", argv[1:])
     if argv and argv[0] == "push":
         return _delegate("ssmvl.conversion.hub", "main_push", argv[1:])
     args = build_parser().parse_args(argv)
