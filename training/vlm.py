@@ -1,8 +1,9 @@
 """Instruction tuning of the ssmvl VLM (``SsmVlmForConditionalGeneration``) with ``transformers.Trainer``, and its
 exact-match evaluation by generation.
 
-* ``VqaCollator``: (image, question, answer) rows -> a batch. The prompt is the chat template with one image part and
-  the question (``<s>user: <image> what color is the circle? assistant:``), expanded by the processor to the model's
+* ``VqaCollator``: (image, question, answer) rows -> a batch. The prompt is the chat template with the question and
+  one image part (``<s>user: what color is the circle? <image> assistant:``; question first, see ``chat_prompt``),
+  expanded by the processor to the model's
   image tokens; the target is the answer followed by ``</s>``. Labels are -100 on the prompt and on every image
   position, so the loss is on the answer only; right padding (masked) for training.
 * ``train_vlm``: Trainer with those batches; the vision tower frozen or not (``freeze_vision_tower``), optional LoRA on
@@ -27,9 +28,12 @@ from .recipes import RecipeResult, apply_lora, save_trained, training_arguments
 EXACT_MATCH_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "exact_match.py"
 
 
-def chat_prompt(processor, question: str) -> str:
-    """The user turn with one image and ``question``, ready for the assistant's answer."""
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+def chat_prompt(processor, question: str, question_first: bool = True) -> str:
+    """The user turn with one image and ``question``, ready for the assistant's answer. ``question_first`` puts the
+    question before the image: a recurrent (Mamba) decoder reads the image tokens once, in order, so it must know
+    what to look for before it sees them (an attention decoder can look back either way)."""
+    parts = [{"type": "image"}, {"type": "text", "text": question}]
+    messages = [{"role": "user", "content": parts[::-1] if question_first else parts}]
     return processor.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
