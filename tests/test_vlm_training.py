@@ -11,17 +11,8 @@ from peft import get_peft_model
 from ssmvl.modeling.processing_ssm_vlm import SsmVlmProcessor
 from ssmvl.training.lora import lora_config_for, vlm_lora_targets
 from ssmvl.training.shapes import build_shapes_tokenizer, make_shapes_qa_dataset
-from ssmvl.training.vlm import VqaCollator, chat_prompt, evaluate_vqa, train_vlm
-
-import importlib.util
-import sys
-from pathlib import Path
-
-_spec = importlib.util.spec_from_file_location(
-    "train_vlm_shapes", Path(__file__).resolve().parent.parent / "benchmarks" / "train_vlm_shapes.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["train_vlm_shapes"] = bench
-_spec.loader.exec_module(bench)
+from ssmvl.training.vlm import (VqaCollator, chat_prompt, evaluate_vqa, shapes_image_processor, shapes_vlm,
+                                train_vlm)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +24,8 @@ def setup():
 
 def build(tok, decoder="mamba"):
     torch.manual_seed(0)
-    model = bench.shapes_vlm(tok, decoder, hidden=32, layers=1)
-    return model, SsmVlmProcessor.from_config(model.config, bench.shapes_image_processor(48), tok)
+    model = shapes_vlm(tok, decoder, hidden=32, layers=1)
+    return model, SsmVlmProcessor.from_config(model.config, shapes_image_processor(48), tok)
 
 
 def test_collator_labels_only_the_answer(setup):
@@ -109,3 +100,12 @@ def test_vlm_lora_preset_adapts_projector_and_decoder(setup):
     assert (adapted - base).abs().max() > 1e-4
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_main_job_vlm_step_runs_and_reports(tmp_path):
+    from ssmvl.training.main_job import vlm_step
+
+    summary = vlm_step(tmp_path, steps=4, scenes=20, test_scenes=5, batch_size=8, progress=False)
+    assert summary["vlm_steps"] == 4 and 0.0 <= summary["vlm_exact_match"] <= 1.0
+    assert {"vlm_exact_match_color", "vlm_exact_match_shape", "vlm_exact_match_position"} <= set(summary)
+    assert (tmp_path / "vlm-shapes" / "config.json").is_file()

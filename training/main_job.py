@@ -6,7 +6,10 @@
 (ii)  vision: a tiny Vim and a tiny VMamba trained on scikit-learn digits (held-out accuracy), saved with a model card
       stating the measured accuracy; then LoRA on a shifted task (inverted digits) from the trained model, merged,
       re-evaluated.
-(iii) Hub: the saved folders are pushed to a local Hub-compatible server (tests/hub_server.py, in-process) and
+(iii) vision-language: a tiny VLM (SigLIP-style tower -> MLP -> Mamba LM decoder) instruction-tuned with Trainer on
+      generated scenes of coloured shapes (training/shapes.py), then asked colour / shape / position questions about
+      held-out scenes: exact match per question type, a few answers printed.
+(iv)  Hub: the saved folders are pushed to a local Hub-compatible server (tests/hub_server.py, in-process) and
       loaded back in a fresh subprocess where ssmvl cannot be imported: ``AutoModelForCausalLM.from_pretrained(repo,
       trust_remote_code=True)`` generates, ``pipeline("image-classification", ...)`` predicts.
 
@@ -180,6 +183,35 @@ def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, bl
 # ---------------------------------------------------------------------------------------------------------------------
 # (ii) vision
 # ---------------------------------------------------------------------------------------------------------------------
+def vlm_step(out_dir: Path, steps: int = 1200, scenes: int = 3000, test_scenes: int = 100, lr: float = 3e-3,
+             batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
+    """A tiny Mamba-decoder VLM (SigLIP-style tower -> MLP -> Mamba LM) instruction-tuned on generated shapes scenes
+    (colour / shape / position questions), then asked about held-out scenes it has never seen."""
+    from ..modeling.processing_ssm_vlm import SsmVlmProcessor
+    from .shapes import build_shapes_tokenizer, make_shapes_qa_dataset
+    from .vlm import ATTRIBUTES, evaluate_vqa, examples, shapes_image_processor, shapes_vlm, train_vlm
+
+    tok = build_shapes_tokenizer()
+    train = make_shapes_qa_dataset(scenes, seed=0, image_size=48, split="train", question_types=ATTRIBUTES)
+    test = make_shapes_qa_dataset(test_scenes, seed=1, image_size=48, split="test", question_types=ATTRIBUTES)
+    model = shapes_vlm(tok, "mamba")
+    processor = SsmVlmProcessor.from_config(model.config, shapes_image_processor(48), tok)
+    say(f"VLM: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} training questions about "
+        f"{scenes} scenes; {len(test)} questions about {test_scenes} held-out scenes")
+    vlm_dir = out_dir / "vlm-shapes"
+    result = train_vlm(model, processor, train, vlm_dir, max_steps=steps, lr=lr, batch_size=batch_size,
+                       freeze_vision=False, disable_tqdm=not progress, logging_steps=100)
+    scores = evaluate_vqa(result.model, processor, test)
+    say(f"held-out exact match {scores['exact_match']:.3f} (colour {scores.get('exact_match_color', 0):.3f}, shape "
+        f"{scores.get('exact_match_shape', 0):.3f}, position {scores.get('exact_match_position', 0):.3f})")
+    for row in examples(result.model, processor, test.shuffle(seed=3), n=6):
+        say(f"  Q: {row['question']:<40} A: {row['prediction']:<14} (truth: {row['answer']})")
+    return {"vlm_params": sum(p.numel() for p in result.model.parameters()),
+            "vlm_train_seconds": result["train_seconds"], "vlm_steps": result["steps"],
+            "vlm_exact_match": scores["exact_match"],
+            **{f"vlm_{k}": v for k, v in scores.items() if k.startswith("exact_match_")}, "vlm_dir": str(vlm_dir)}
+
+
 def _write_model_card(model_dir: Path, **metadata) -> str:
     """README.md from ``ssmvl.conversion.model_card.render_model_card(model_dir, **metadata)`` (keys: title,
     description, family, datasets, metrics, metrics_dataset, metrics_split, base_model, notes, ...); if rendering
@@ -513,7 +545,11 @@ def run_demo(out_dir="outputs/demo", quick: bool = False, families: Sequence[str
         summary.update(vision_step(out_dir, family, epochs=2 if quick else 12, lora_shift=shift,
                                    lora_epochs=2 if quick else None, progress=not quick))
 
-    banner("(iii) Hub: push, then load back with transformers alone (no ssmvl) in a fresh process")
+    banner("(iii) vision-language: a Mamba-decoder VLM answers questions about generated scenes")
+    summary.update(vlm_step(out_dir, steps=30 if quick else 1200, scenes=200 if quick else 3000,
+                            test_scenes=20 if quick else 100, progress=not quick))
+
+    banner("(iv) Hub: push, then load back with transformers alone (no ssmvl) in a fresh process")
     summary.update(hub_step(out_dir, summary))
 
     summary["wall_seconds"] = time.time() - _T0
@@ -528,4 +564,4 @@ def run_demo(out_dir="outputs/demo", quick: bool = False, families: Sequence[str
     return summary
 
 
-__all__ = ["DIGITS_MODELS", "DIGITS_LORA", "LM_MODEL", "lm_step", "vision_step", "hub_step", "run_demo", "reload_without_ssmvl"]
+__all__ = ["DIGITS_MODELS", "DIGITS_LORA", "LM_MODEL", "lm_step", "vision_step", "vlm_step", "hub_step", "run_demo", "reload_without_ssmvl"]

@@ -23,9 +23,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from ..modeling.configuration_ssm_vlm import SsmVlmConfig
+from ..modeling.modeling_ssm_vlm import SsmVlmForConditionalGeneration
 from .recipes import RecipeResult, apply_lora, save_trained, training_arguments
 
 EXACT_MATCH_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "exact_match.py"
+ATTRIBUTES = ("color", "shape", "position")  # the question types of the shapes attribute QA
 
 
 def chat_prompt(processor, question: str, question_first: bool = True) -> str:
@@ -166,3 +169,35 @@ def examples(model, processor, qa_ds, n: int = 6) -> Iterable[Dict[str, str]]:
     preds = answer_questions(model, processor, sub["image"], sub["question"])
     for q, a, p in zip(sub["question"], sub["answer"], preds):
         yield {"question": q, "answer": a, "prediction": p}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the shapes scenes (training/shapes.py): a tiny VLM and its image processor, used by the main job and benchmarks/
+# ---------------------------------------------------------------------------------------------------------------------
+def shapes_image_processor(image_size: int):
+    """Resize to image_size, RGB, scale to [-1, 1] (PIL backend; no torchvision)."""
+    try:
+        from transformers import CLIPImageProcessorPil as Processor
+    except ImportError:  # transformers 5.0
+        from transformers import CLIPImageProcessor as Processor
+    return Processor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+                     do_center_crop=True, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True, resample=2)
+
+
+def shapes_vlm(tokenizer, decoder: str = "mamba", image_size: int = 48, hidden: int = 96, layers: int = 3):
+    """A tiny VLM for the shapes scenes: SigLIP vision (2 layers, 16 px patches) -> MLP -> ``decoder``."""
+    special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if decoder == "mamba":
+        text = dict(model_type="ssmvl_mamba", hidden_size=hidden, num_hidden_layers=layers, state_size=16, **special)
+    elif decoder == "llama":
+        text = dict(model_type="llama", hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, **special)
+    else:
+        raise ValueError(f"decoder must be 'mamba' or 'llama', got {decoder!r}")
+    vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=image_size, patch_size=16, vision_use_head=False)
+    config = SsmVlmConfig(vision_config=vision, text_config=text, projector_type="mlp", fusion="prefix",
+                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                          vision_feature_select_strategy="full")
+    return SsmVlmForConditionalGeneration(config)
