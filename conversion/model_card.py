@@ -197,10 +197,13 @@ def _usage(repo_id: str, auto_class: str, has_tokenizer: bool, has_processor: bo
         return (f"from PIL import Image\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
                 f"processor = AutoProcessor.from_pretrained({q}, trust_remote_code=True)\n"
                 f"model = AutoModelForImageTextToText.from_pretrained({q}, trust_remote_code=True)\n"
-                f"inputs = processor(images=Image.open(\"image.jpg\"), text=\"Describe the image.\", "
-                f"return_tensors=\"pt\")\n"
+                "messages = [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": "
+                "\"Describe the image.\"}, {\"type\": \"image\"}]}]\n"
+                "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)  # holds the image token\n"
+                f"inputs = processor(images=Image.open(\"image.jpg\"), text=prompt, return_tensors=\"pt\")\n"
                 f"output = model.generate(**inputs, max_new_tokens=30)\n"
-                f"print(processor.batch_decode(output, skip_special_tokens=True)[0])")
+                f"print(processor.batch_decode(output[:, inputs[\"input_ids\"].shape[1]:], "
+                f"skip_special_tokens=True)[0])")
     if auto_class == "AutoModelForVideoClassification":
         return (f"import torch\nfrom transformers import AutoModelForVideoClassification\n\n"
                 f"model = AutoModelForVideoClassification.from_pretrained({q}, trust_remote_code=True)\n"
