@@ -29,9 +29,9 @@ remaining measurement runs once (the JSON keeps every repeat's time: `ttft_ms_al
 runtime on one H100: about 3-5 minutes (model builds, Triton compilation in the first warm-up, and Llama's
 generate() at 50-80 ms per decode step in transformers 5.17, as measured for lm.json, dominate).
 A configuration that runs out of GPU memory is recorded as "oom" and the run goes on.
-Note: inside the VLM the Mamba decoder gets `inputs_embeds` (the merged image + text embeddings) at every step, so
-its CUDA-graph decoding (MambaLMForCausalLM._can_replay_graph needs input_ids) does not apply here: both decoders
-decode eagerly, unlike the Mamba LM alone in lm.json.
+Note: the VLM feeds the merged image + text embeddings at prefill only; decoding steps reach the Mamba decoder as
+token ids, so its CUDA-graph step applies as for the Mamba LM alone (lm.json); the Llama decoder decodes eagerly
+(transformers' default, no static cache).
 -> out/vlm_gpu.json, out/vlm_gpu.png, and a markdown table on stdout.
 
 --quick: a tiny model (SigLIP 32 px / patch 8 -> 16 image tokens, decoders 64 wide), text 32 / 64, batch 1 / 2,
@@ -320,8 +320,8 @@ def main():
                         "decode tok/s = batch * (N-1) / (median t(generate N forced tokens) - ttft); peak = "
                         "max_memory_allocated during the N-token generate minus parameter + buffer bytes",
               "budget_s": sizes["budget_s"],
-              "notes": "both decoders decode eagerly: the VLM feeds the Mamba LM inputs_embeds, which its CUDA-graph "
-                       "decode path does not take",
+              "notes": "decoding steps reach the Mamba decoder as ids (its CUDA-graph step applies); the Llama "
+                       "decoder decodes eagerly (transformers' default dynamic cache)",
               "params": {}, "rows": []}
     for decoder in decoders:
         model = build_vlm(sizes, decoder, device, dtype)

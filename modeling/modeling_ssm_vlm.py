@@ -140,6 +140,8 @@ class SsmVlmPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.in_proj_bias)
         elif isinstance(module, MambaMixer):  # an SSM bridge: its Linears were set above (post-order), now dt / A / D
             module.reset_ssm_parameters()
+        elif hasattr(module, "reset_bridge_parameters"):  # upstream's dense-recurrence bridge (vlm_bridge.py)
+            module.reset_bridge_parameters()
         if isinstance(module, ResamplerProjector):
             init.trunc_normal_(module.query, std=0.02)  # Qwen-VL
         elif isinstance(module, PatchLinearProjector) and module.pos_embed is not None:
