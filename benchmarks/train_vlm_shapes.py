@@ -6,7 +6,7 @@
 Images are 48 px with 16 px patches, so each of the 3 x 3 grid cells of a scene is one image token (9 tokens).
 Trains with ``ssmvl.training.vlm.train_vlm`` (Trainer, answer-only labels) on colour / shape / position questions of
 the training scenes and evaluates greedy answers on the questions of held-out scenes (``evaluate_vqa``). Writes
-``benchmarks/results/vlm_shapes_<decoder>.json`` with the settings, the wall time and the exact match per type.
+``benchmarks/results/vlm_shapes_<decoder>_<vision>.json`` with the settings, the wall time and the exact match per type.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ssmvl.training.vlm import ATTRIBUTES, evaluate_vqa, examples, shapes_image_
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decoder", default="mamba", choices=("mamba", "llama"))
+    parser.add_argument("--vision", default="siglip", choices=("siglip", "patches"))
     parser.add_argument("--scenes", type=int, default=3000)
     parser.add_argument("--test-scenes", type=int, default=100)
     parser.add_argument("--steps", type=int, default=600)
@@ -44,7 +45,7 @@ def main(argv=None):
     tok = build_shapes_tokenizer()
     train = make_shapes_qa_dataset(args.scenes, seed=0, image_size=48, split="train", question_types=ATTRIBUTES)
     test = make_shapes_qa_dataset(args.test_scenes, seed=1, image_size=48, split="test", question_types=ATTRIBUTES)
-    model = shapes_vlm(tok, args.decoder, hidden=args.hidden, layers=args.layers)
+    model = shapes_vlm(tok, args.decoder, hidden=args.hidden, layers=args.layers, vision=args.vision)
     processor = SsmVlmProcessor.from_config(model.config, shapes_image_processor(48), tok)
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.decoder}: {params} parameters, {len(train)} training questions, {len(test)} held-out", flush=True)
@@ -52,7 +53,7 @@ def main(argv=None):
                        batch_size=args.batch_size, freeze_vision=False, disable_tqdm=True, logging_steps=50)
     scores = evaluate_vqa(result.model, processor, test)
     wall = time.perf_counter() - start
-    row = dict(decoder=args.decoder, parameters=params, train_questions=len(train), test_questions=len(test),
+    row = dict(decoder=args.decoder, vision=args.vision, parameters=params, train_questions=len(train), test_questions=len(test),
                steps=result["steps"], batch_size=args.batch_size, lr=args.lr, train_loss=result["train_loss"],
                train_seconds=round(result["train_seconds"], 1), wall_seconds=round(wall, 1), **scores,
                examples=list(examples(result.model, processor, test, n=6)),
@@ -60,7 +61,7 @@ def main(argv=None):
                torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"vlm_shapes_{args.decoder}.json").write_text(json.dumps(row, indent=2))
+    (out / f"vlm_shapes_{args.decoder}_{args.vision}.json").write_text(json.dumps(row, indent=2))
     print(json.dumps({k: v for k, v in row.items() if k != "examples"}, indent=2), flush=True)
 
 

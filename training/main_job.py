@@ -6,7 +6,7 @@
 (ii)  vision: a tiny Vim and a tiny VMamba trained on scikit-learn digits (held-out accuracy), saved with a model card
       stating the measured accuracy; then LoRA on a shifted task (inverted digits) from the trained model, merged,
       re-evaluated.
-(iii) vision-language: a tiny VLM (SigLIP-style tower -> MLP -> Mamba LM decoder) instruction-tuned with Trainer on
+(iii) vision-language: a tiny VLM (raw patches -> linear -> Mamba LM decoder) instruction-tuned with Trainer on
       generated scenes of coloured shapes (training/shapes.py), then asked colour / shape / position questions about
       held-out scenes: exact match per question type, a few answers printed.
 (iv)  Hub: the saved folders are pushed to a local Hub-compatible server (tests/hub_server.py, in-process) and
@@ -185,8 +185,9 @@ def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, bl
 # ---------------------------------------------------------------------------------------------------------------------
 def vlm_step(out_dir: Path, steps: int = 1200, scenes: int = 3000, test_scenes: int = 100, lr: float = 3e-3,
              batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
-    """A tiny Mamba-decoder VLM (SigLIP-style tower -> MLP -> Mamba LM) instruction-tuned on generated shapes scenes
-    (colour / shape / position questions), then asked about held-out scenes it has never seen."""
+    """A tiny Mamba-decoder VLM (VLM-Mamba's Fuyu mode: raw 16 px patches -> linear -> Mamba LM, no vision tower)
+    instruction-tuned on generated shapes scenes (colour / shape / position questions), then asked about held-out
+    scenes it has never seen."""
     from ..modeling.processing_ssm_vlm import SsmVlmProcessor
     from .shapes import build_shapes_tokenizer, make_shapes_qa_dataset
     from .vlm import ATTRIBUTES, evaluate_vqa, examples, shapes_image_processor, shapes_vlm, train_vlm
@@ -194,7 +195,7 @@ def vlm_step(out_dir: Path, steps: int = 1200, scenes: int = 3000, test_scenes: 
     tok = build_shapes_tokenizer()
     train = make_shapes_qa_dataset(scenes, seed=0, image_size=48, split="train", question_types=ATTRIBUTES)
     test = make_shapes_qa_dataset(test_scenes, seed=1, image_size=48, split="test", question_types=ATTRIBUTES)
-    model = shapes_vlm(tok, "mamba")
+    model = shapes_vlm(tok, "mamba", vision="patches")  # raw patches learn fastest on 2 CPU cores (benchmarks/README)
     processor = SsmVlmProcessor.from_config(model.config, shapes_image_processor(48), tok)
     say(f"VLM: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} training questions about "
         f"{scenes} scenes; {len(test)} questions about {test_scenes} held-out scenes")

@@ -184,8 +184,10 @@ def shapes_image_processor(image_size: int):
                      do_center_crop=True, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_convert_rgb=True, resample=2)
 
 
-def shapes_vlm(tokenizer, decoder: str = "mamba", image_size: int = 48, hidden: int = 96, layers: int = 3):
-    """A tiny VLM for the shapes scenes: SigLIP vision (2 layers, 16 px patches) -> MLP -> ``decoder``."""
+def shapes_vlm(tokenizer, decoder: str = "mamba", image_size: int = 48, hidden: int = 96, layers: int = 3,
+               vision: str = "siglip"):
+    """A tiny VLM for the shapes scenes: ``vision`` "siglip" (a 2-layer SigLIP tower, 16 px patches -> MLP) or
+    "patches" (Fuyu / VLM-Mamba mode: raw 16 px patches -> a linear projection, no tower) -> ``decoder``."""
     special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if decoder == "mamba":
@@ -195,9 +197,15 @@ def shapes_vlm(tokenizer, decoder: str = "mamba", image_size: int = 48, hidden: 
                     num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, **special)
     else:
         raise ValueError(f"decoder must be 'mamba' or 'llama', got {decoder!r}")
-    vision = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=image_size, patch_size=16, vision_use_head=False)
-    config = SsmVlmConfig(vision_config=vision, text_config=text, projector_type="mlp", fusion="prefix",
-                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-                          vision_feature_select_strategy="full")
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    if vision == "patches":
+        config = SsmVlmConfig(vision_config=None, text_config=text, projector_type="patch_linear", fusion="prefix",
+                              image_token_id=image_token_id, image_size=image_size, patch_size=16, num_channels=3)
+        return SsmVlmForConditionalGeneration(config)
+    if vision != "siglip":
+        raise ValueError(f"vision must be 'siglip' or 'patches', got {vision!r}")
+    tower = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=2, image_size=image_size, patch_size=16, vision_use_head=False)
+    config = SsmVlmConfig(vision_config=tower, text_config=text, projector_type="mlp", fusion="prefix",
+                          image_token_id=image_token_id, vision_feature_layer=-1, vision_feature_select_strategy="full")
     return SsmVlmForConditionalGeneration(config)
