@@ -1,7 +1,8 @@
 """Instruction tuning of a tiny VLM on generated shapes scenes on the CPU, with held-out attribute QA exact match.
 
-    python benchmarks/train_vlm_shapes.py --decoder mamba   # SigLIP-style tower + MLP + Mamba LM decoder
+    python benchmarks/train_vlm_shapes.py --decoder mamba   # raw patches -> linear -> Mamba LM decoder
     python benchmarks/train_vlm_shapes.py --decoder llama   # the same with a transformer decoder of similar size
+    python benchmarks/train_vlm_shapes.py --vision siglip   # a tiny SigLIP tower + MLP instead of raw patches
 
 Images are 48 px with 16 px patches, so each of the 3 x 3 grid cells of a scene is one image token (9 tokens).
 Trains with ``ssmvl.training.vlm.train_vlm`` (Trainer, answer-only labels) on colour / shape / position questions of
@@ -27,10 +28,10 @@ from ssmvl.training.vlm import ATTRIBUTES, evaluate_vqa, examples, shapes_image_
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decoder", default="mamba", choices=("mamba", "llama"))
-    parser.add_argument("--vision", default="siglip", choices=("siglip", "patches"))
+    parser.add_argument("--vision", default="patches", choices=("siglip", "patches"))
     parser.add_argument("--scenes", type=int, default=3000)
     parser.add_argument("--test-scenes", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=2400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hidden", type=int, default=96)
