@@ -55,8 +55,11 @@ def test_short_training_lowers_loss_and_saves_a_generating_folder(setup, decoder
     batch = collate([qa[i] for i in range(16)])
     with torch.no_grad():
         before = model(**batch).loss.item()
+    tower = {n: p.detach().clone() for n, p in model.model.vision_tower.named_parameters()}
     result = train_vlm(model, proc, qa, tmp_path / "vlm", max_steps=30, lr=5e-3, batch_size=16,
                        disable_tqdm=True, logging_steps=100)
+    # the recipe freezes the vision tower by default (freeze_vision=False trains it)
+    assert all(torch.equal(p, tower[n]) for n, p in result.model.model.vision_tower.named_parameters())
     with torch.no_grad():
         after = result.model(**batch).loss.item()
     assert after < before * 0.7

@@ -6,7 +6,7 @@ exact-match evaluation by generation.
   expanded by the processor to the model's
   image tokens; the target is the answer followed by ``</s>``. Labels are -100 on the prompt and on every image
   position, so the loss is on the answer only; right padding (masked) for training.
-* ``train_vlm``: Trainer with those batches; the vision tower frozen or not (``freeze_vision_tower``), optional LoRA on
+* ``train_vlm``: Trainer with those batches; the vision tower frozen by default (``freeze_vision=False`` trains it), optional LoRA on
   the decoder and the projector (``training.lora.lora_config_for`` knows the VLM's targets), saving a folder that
   loads with ``trust_remote_code`` and without ssmvl (model + processor).
 * ``evaluate_vqa``: greedy generation from left-padded prompts, answers cut at ``</s>``, exact match with the local
@@ -87,17 +87,16 @@ def freeze_vision_tower(model, freeze: bool = True) -> int:
 
 def train_vlm(model, processor, train_ds, out_dir: Union[str, Path], eval_ds=None, epochs: float = 1.0,
               max_steps: int = -1, lr: float = 1e-3, batch_size: int = 32, lora=None,
-              freeze_vision: Optional[bool] = None, warmup_ratio: float = 0.05, weight_decay: float = 0.0,
+              freeze_vision: bool = True, warmup_ratio: float = 0.05, weight_decay: float = 0.0,
               seed: int = 0, logging_steps: int = 20, disable_tqdm: bool = False, **trainer_kwargs) -> RecipeResult:
     """Trains ``model`` on VQA rows (``image``, ``question``, ``answer``) and saves it with its processor to
-    ``out_dir``. ``freeze_vision`` defaults to ``config.freeze_vision_tower``; ``lora``: None, an int rank or a
+    ``out_dir``. The vision tower is frozen unless ``freeze_vision=False`` (a tower trained from scratch, as in the
+    shapes benchmark, needs it unfrozen); ``lora``: None, an int rank or a
     ``peft.LoraConfig`` (decoder + projector by default). Returns the train metrics (+ VQA exact match on ``eval_ds``
     when given) with ``.model`` (merged) and ``.trainer``."""
     from transformers import Trainer
 
     torch.manual_seed(seed)
-    if freeze_vision is None:
-        freeze_vision = bool(getattr(model.config, "freeze_vision_tower", False))
     freeze_vision_tower(model, freeze_vision)
     model = apply_lora(model, lora)
     args = training_arguments(Path(out_dir) / "checkpoints", epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
