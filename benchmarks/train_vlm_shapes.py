@@ -37,11 +37,12 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="model init and training order")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--work", default="outputs/vlm-shapes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     start = time.perf_counter()
     tok = build_shapes_tokenizer()
     train = make_shapes_qa_dataset(args.scenes, seed=0, image_size=48, split="train", question_types=ATTRIBUTES)
@@ -51,10 +52,12 @@ def main(argv=None):
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.decoder}: {params} parameters, {len(train)} training questions, {len(test)} held-out", flush=True)
     result = train_vlm(model, processor, train, Path(args.work) / args.decoder, max_steps=args.steps, lr=args.lr,
-                       batch_size=args.batch_size, freeze_vision=False, disable_tqdm=True, logging_steps=50)
+                       batch_size=args.batch_size, freeze_vision=False, disable_tqdm=True, logging_steps=50,
+                       seed=args.seed)
     scores = evaluate_vqa(result.model, processor, test)
     wall = time.perf_counter() - start
-    row = dict(decoder=args.decoder, vision=args.vision, parameters=params, train_questions=len(train), test_questions=len(test),
+    row = dict(decoder=args.decoder, vision=args.vision, seed=args.seed, parameters=params,
+               train_questions=len(train), test_questions=len(test),
                steps=result["steps"], batch_size=args.batch_size, lr=args.lr, train_loss=result["train_loss"],
                train_seconds=round(result["train_seconds"], 1), wall_seconds=round(wall, 1), **scores,
                examples=list(examples(result.model, processor, test, n=6)),
@@ -62,7 +65,8 @@ def main(argv=None):
                torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"vlm_shapes_{args.decoder}_{args.vision}.json").write_text(json.dumps(row, indent=2))
+    suffix = "" if args.seed == 0 else f"_seed{args.seed}"
+    (out / f"vlm_shapes_{args.decoder}_{args.vision}{suffix}.json").write_text(json.dumps(row, indent=2))
     print(json.dumps({k: v for k, v in row.items() if k != "examples"}, indent=2), flush=True)
 
 

@@ -192,6 +192,9 @@ def vlm_step(out_dir: Path, steps: int = 2400, scenes: int = 3000, test_scenes: 
     from .shapes import build_shapes_tokenizer, make_shapes_qa_dataset
     from .vlm import ATTRIBUTES, evaluate_vqa, examples, shapes_image_processor, shapes_vlm, train_vlm
 
+    import torch
+
+    torch.manual_seed(0)  # the model's init does not depend on what ran before (benchmarks/train_vlm_shapes.py does so)
     tok = build_shapes_tokenizer()
     train = make_shapes_qa_dataset(scenes, seed=0, image_size=48, split="train", question_types=ATTRIBUTES)
     test = make_shapes_qa_dataset(test_scenes, seed=1, image_size=48, split="test", question_types=ATTRIBUTES)
