@@ -44,7 +44,9 @@ retrieval); train scenes may repeat (with different jitter). A dataset of ``n`` 
 ``m > n`` scenes with the same arguments.
 
 The word-level tokenizer (``build_shapes_tokenizer``) covers ``shapes_vocabulary()`` exactly; special tokens come
-first: ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, ``<unk>`` = 3, ``<image>`` = 4.
+first: ``<pad>`` = 0, ``<s>`` = 1, ``</s>`` = 2, ``<unk>`` = 3, ``<image>`` = 4. Its ``vocabulary`` argument serves
+other word lists (the moving shapes clips, ``training/moving_shapes.py``, reuse these colours, shapes, drawing
+(``draw_shape``), held-out rule (``is_held_out_key``) and tokenizer).
 """
 
 from __future__ import annotations
@@ -81,17 +83,20 @@ HELD_OUT_MODULUS = 10
 SPLIT_STREAMS = {"train": 0, "test": 1}
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, IMAGE_TOKEN = "<pad>", "<s>", "</s>", "<unk>", "<image>"
+VIDEO_TOKEN = "<video>"  # the video placeholder of the moving shapes clips (training/moving_shapes.py)
 
 # A chat is "<s>" then, per message, "{role}: {content} " -- an assistant message ends with "</s>" -- and, with
 # add_generation_prompt, a final "assistant:". Content is a string (may contain "<image>") or a list of parts
-# ({"type": "image"} -> "<image>", {"type": "text", "text": ...} -> the text), joined with spaces.
+# ({"type": "image"} -> "<image>", {"type": "video"} -> "<video>", {"type": "text", "text": ...} -> the text), joined
+# with spaces.
 SHAPES_CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ message['role'] + ': ' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}{% if not loop.first %}{{ ' ' }}{% endif %}"
-    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'video' %}{{ '<video>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{% if not loop.last or add_generation_prompt %}{{ ' ' }}{% endif %}"
@@ -150,7 +155,13 @@ def scene_key(objects: Sequence[Dict[str, str]]) -> str:
 def is_held_out(objects: Sequence[Dict[str, str]]) -> bool:
     """Whether the scene belongs to the test split (sha256 of ``scene_key`` is 0 modulo ``HELD_OUT_MODULUS``);
     independent of seeds and sizes, so train and test never share a scene."""
-    digest = hashlib.sha256(scene_key(objects).encode("utf-8")).digest()
+    return is_held_out_key(scene_key(objects))
+
+
+def is_held_out_key(key: str) -> bool:
+    """The held-out rule on a canonical key (any text): sha256 of its UTF-8 bytes, first 8 bytes big-endian, is 0
+    modulo ``HELD_OUT_MODULUS``. Shared by the scenes (``scene_key``) and the moving shapes clips."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") % HELD_OUT_MODULUS == 0
 
 
@@ -200,13 +211,19 @@ def render_scene(objects: Sequence[Dict[str, str]], image_size: int = 64,
             color = np.clip(color + rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, size=3), 0, 255)
         else:
             r = cell * sum(SIZE_RANGE) / 2
-        fill = tuple(int(c) for c in color)
-        if o["shape"] == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        else:
-            for polygon in _shape_polygons(o["shape"], cx, cy, r):
-                draw.polygon(polygon, fill=fill)
+        draw_shape(draw, o["shape"], cx, cy, r, tuple(int(c) for c in color))
     return image
+
+
+def draw_shape(draw, shape: str, cx: float, cy: float, r: float, fill: Tuple[int, int, int]) -> None:
+    """Draws one filled shape of "radius" ``r`` (half its width) centred at (cx, cy) on a ``PIL.ImageDraw.Draw``, no
+    anti-aliasing: a circle, a square (the circle's bounding box), an upward triangle (from ``cy - r`` to
+    ``cy + 0.8 r``) or an "x" cross (two diagonal bars); every shape stays inside the square of half-width ``r``."""
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        return
+    for polygon in _shape_polygons(shape, cx, cy, r):
+        draw.polygon(polygon, fill=fill)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -389,12 +406,15 @@ def shapes_vocabulary() -> List[str]:
     return list(dict.fromkeys(words))
 
 
-def build_shapes_tokenizer(extra_special_tokens: Sequence[str] = (IMAGE_TOKEN,), model_max_length: int = 512):
-    """A word-level transformers fast tokenizer over ``shapes_vocabulary()``.
+def build_shapes_tokenizer(extra_special_tokens: Sequence[str] = (IMAGE_TOKEN,), model_max_length: int = 512,
+                           vocabulary: Optional[Sequence[str]] = None):
+    """A word-level transformers fast tokenizer over ``vocabulary`` (default ``shapes_vocabulary()``; the moving shapes
+    clips pass ``moving_shapes_vocabulary()``).
 
     * ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, then ``extra_special_tokens`` (``<image>`` = 4 by
-      default), then the vocabulary; pad / bos / eos / unk tokens set; ``tokenizer.image_token(_id)`` when
-      ``<image>`` is among the extra tokens.
+      default), then the vocabulary (duplicates dropped); pad / bos / eos / unk tokens set;
+      ``tokenizer.image_token(_id)`` / ``tokenizer.video_token(_id)`` when ``<image>`` / ``<video>`` is among the
+      extra tokens.
     * lower-cases, splits on whitespace and isolates each punctuation character ("circle?" -> "circle", "?").
     * adds NO special tokens by itself (``tokenizer("a red circle.")`` is just the words); the chat template writes
       ``<s>`` and ``</s>`` (``SHAPES_CHAT_TEMPLATE``: "<s>user: <image> what color is the circle? assistant: red</s>").
@@ -404,7 +424,8 @@ def build_shapes_tokenizer(extra_special_tokens: Sequence[str] = (IMAGE_TOKEN,),
     from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, *extra_special_tokens]))
-    vocab = {tok: i for i, tok in enumerate(specials + [w for w in shapes_vocabulary() if w not in specials])}
+    words = shapes_vocabulary() if vocabulary is None else list(dict.fromkeys(vocabulary))
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
@@ -413,7 +434,8 @@ def build_shapes_tokenizer(extra_special_tokens: Sequence[str] = (IMAGE_TOKEN,),
     tok.decoder = decoders.Sequence([decoders.WordPiece(prefix="##", cleanup=True), decoders.Replace(" :", ":")])
     tok.add_special_tokens(specials)
     extra = specials[4:]
-    named = {"image_token": IMAGE_TOKEN} if IMAGE_TOKEN in extra else {}
+    named = {name: token for name, token in (("image_token", IMAGE_TOKEN), ("video_token", VIDEO_TOKEN))
+             if token in extra}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD_TOKEN, bos_token=BOS_TOKEN, eos_token=EOS_TOKEN, unk_token=UNK_TOKEN,
         extra_special_tokens=extra, model_max_length=model_max_length, **named,
@@ -425,8 +447,8 @@ def build_shapes_tokenizer(extra_special_tokens: Sequence[str] = (IMAGE_TOKEN,),
 __all__ = [
     "COLORS", "COLOR_RGB", "SHAPES", "POSITIONS", "NUMBER_WORDS", "QUESTION_TYPES", "BACKGROUND", "COLOR_JITTER",
     "SIZE_RANGE", "CENTER_JITTER", "HELD_OUT_MODULUS",
-    "PAD_TOKEN", "BOS_TOKEN", "EOS_TOKEN", "UNK_TOKEN", "IMAGE_TOKEN", "SHAPES_CHAT_TEMPLATE",
-    "validate_scene", "sample_scene", "scene_key", "is_held_out", "render_scene", "caption", "questions",
-    "questions_with_types", "generate_scenes", "make_shapes_dataset", "make_shapes_qa_dataset", "shapes_vocabulary",
-    "build_shapes_tokenizer",
+    "PAD_TOKEN", "BOS_TOKEN", "EOS_TOKEN", "UNK_TOKEN", "IMAGE_TOKEN", "VIDEO_TOKEN", "SHAPES_CHAT_TEMPLATE",
+    "validate_scene", "sample_scene", "scene_key", "is_held_out", "is_held_out_key", "render_scene", "draw_shape",
+    "caption", "questions", "questions_with_types", "generate_scenes", "make_shapes_dataset", "make_shapes_qa_dataset",
+    "shapes_vocabulary", "build_shapes_tokenizer",
 ]
