@@ -70,8 +70,8 @@ event frames). Train draws are redrawn while held out, test draws until held out
 seen in training (e.g. a red triangle starting at the bottom left and moving up fast), while each of its parts (a red
 triangle, moving up, fast, from the bottom left) occurs in training. The start cell is part of the key so that every
 label keeps dozens of held-out combinations, even for one object: without it (192 one-object kinds) a direction could
-have one or none. Captions do not name the start cell, so a train and a test clip may share a caption. A dataset of ``n`` clips
-is the prefix of one of ``m > n`` clips with the same arguments.
+have one or none. Captions do not name the start cell, so a train and a test clip may share a caption. A dataset of
+``n`` clips is the prefix of one of ``m > n`` clips with the same arguments.
 
 The tokenizer (``build_moving_shapes_tokenizer``) is ``shapes.build_shapes_tokenizer`` over
 ``moving_shapes_vocabulary()`` with ``<image>`` = 4 and ``<video>`` = 5; the shapes chat template renders a
@@ -125,7 +125,7 @@ def _check_speeds(speeds: Optional[Mapping[str, float]]) -> Dict[str, float]:
         raise ValueError(f"speeds must be a non-empty dict of speed name -> pixels per frame, got {speeds!r}")
     unknown = set(speeds) - set(SPEEDS)
     if unknown:
-        raise ValueError(f"Unknown speed names {sorted(unknown)}; use names of {tuple(SPEEDS)} (the answers and captions "
+        raise ValueError(f"Unknown speed names {sorted(unknown)}; use names of {tuple(SPEEDS)} (answers and captions "
                          "use them), with your own pixels per frame")
     out = {}
     for name, value in speeds.items():
@@ -201,7 +201,7 @@ def _place(rng, obj: Dict, placed: Sequence[Dict], num_frames: int, image_size: 
     r, travel = obj["radius"], obj["step"] * (num_frames - 1)
     vx, vy = DIRECTION_VECTORS[obj["motion"]]
     low, high = r + GAP, image_size - r - GAP
-    # along the motion the start leaves room for the travel: [low, high - travel] moving +, [low + travel, high] moving -
+    # along the motion the start leaves room for the travel: [low, high - travel] moving +, [low + travel, high] -
     x_range = (low + travel * (vx < 0), high - travel * (vx > 0))
     y_range = (low + travel * (vy < 0), high - travel * (vy > 0))
     frames = np.arange(num_frames)
@@ -471,10 +471,11 @@ def make_moving_shapes_qa_dataset(num_clips: int, seed: int = 0, split: str = "t
     """``datasets.Dataset`` with one row per question about ``num_clips`` clips (1..``max_objects`` objects, each
     moving in a uniform direction of ``MOTIONS`` or still, each with an event with probability ``event_prob``):
 
-    * ``video``: ``uint8`` ``(num_frames, image_size, image_size, 3)`` (the clip's frames, repeated on each of its rows),
-    * ``question`` / ``answer`` (one word) / ``question_type`` (in ``CLIP_QUESTION_TYPES``): ``clip_questions_with_types``,
-      in a seeded random order per clip, at most ``max_questions`` per clip (None: all), only ``question_types`` (None:
-      all),
+    * ``video``: ``uint8`` ``(num_frames, image_size, image_size, 3)`` (the clip's frames, repeated on each of its
+      rows: about 48 KiB a row at the defaults; ``max_questions`` bounds the size),
+    * ``question`` / ``answer`` (one word) / ``question_type`` (in ``CLIP_QUESTION_TYPES``):
+      ``clip_questions_with_types`` in a seeded random order per clip, only ``question_types`` (None: all), then at
+      most ``max_questions`` per clip (None: all); a clip left with no question has no row,
     * ``caption``: the clip's caption, ``clip``: its index (``generate_clips(..., task="qa")`` with the same arguments
       gives its objects).
 
