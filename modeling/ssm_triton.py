@@ -52,6 +52,12 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 # Defaults from a sweep on an H100 (benchmarks/bench_scan_gpu.py --sweep; B=8, D=1536, N=16, L=4096, bf16).
 FWD_CONFIG = {"BLOCK_D": 16, "num_warps": 1}
 BWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1, "CHUNK": 64, "atomic": True}
+# Time-parallel mode: when (batch x channel blocks) gives fewer than `target_programs` programs, the sequence is cut
+# into chunks scanned in parallel (pass 1: each chunk's map h -> exp(A S) h + hend; pass 2: the chunks' start states,
+# sequential over chunks only; pass 3: each chunk rescanned from its start state). Forward chunks without gradients
+# are at least `min_chunk` steps; with gradients they are BWD_CONFIG["CHUNK"] (the backward needs a state there).
+# The backward splits the chunks among at most target_programs / (batch x channel blocks) lanes.
+PARALLEL_CONFIG = {"target_programs": 2048, "min_chunk": 64, "carry_rows": 32}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -100,7 +106,7 @@ def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, sy, mask_d,
         if HAS_Z:
             y = y * zz * tl.sigmoid(zz)
         tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=mask_d & v)
-    return h
+    return h, dt
 
 
 @triton.jit
@@ -111,11 +117,12 @@ def _scan_fwd_kernel(
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, PARALLEL: tl.constexpr,
     BLOCK_D: tl.constexpr, N_P2: tl.constexpr,
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
+    c_begin = tl.program_id(2)  # PARALLEL: one chunk per program, its start state computed by _chunk_carry_kernel
     b = pid_bg // G
     g = pid_bg % G
     offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -143,11 +150,19 @@ def _scan_fwd_kernel(
     B_p = B_ptr + b64 * sB_b + g64 * sB_g + n64 * sB_n  # (N_P2,)
     C_p = C_ptr + b64 * sC_b + g64 * sC_g + n64 * sC_n
     state_off = row[:, None] * N + n[None, :]  # (BLOCK_D, N_P2)
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
+    if PARALLEL:
+        h = tl.load(states_ptr + (row[:, None] * nchunks + c_begin) * N + n[None, :], mask=mask_dn, other=0.0)
+        n_iter = 1
     else:
-        h = tl.zeros((BLOCK_D, N_P2), dtype=tl.float32)
-    for c in range(nchunks):
+        n_iter = nchunks
+        if HAS_H0:
+            h = tl.load(h0_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((BLOCK_D, N_P2), dtype=tl.float32)
+    # loops run a fixed trip count (CHUNK; steps past t1 are masked no-ops): bounds derived from program ids would
+    # not work in triton's CPU interpreter
+    for ci in range(0, n_iter):
+        c = c_begin + ci
         if SAVE_STATES:
             tl.store(states_ptr + (row[:, None] * nchunks + c) * N + n[None, :], h, mask=mask_dn)
         t0 = c * CHUNK
@@ -161,7 +176,8 @@ def _scan_fwd_kernel(
                                      mask_n, HAS_Z)
         u3, d3, z3, B3, C3 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0 + 3, t1, mask_d,
                                      mask_n, HAS_Z)
-        for t in range(t0, t1, 4):
+        for k in range(0, CHUNK, 4):
+            t = t0 + k
             u4, d4, z4, B4, C4 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 4, t1, mask_d,
                                          mask_n, HAS_Z)
             u5, d5, z5, B5, C5 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 5, t1, mask_d,
@@ -170,19 +186,170 @@ def _scan_fwd_kernel(
                                          mask_n, HAS_Z)
             u7, d7, z7, B7, C7 = _ld_fwd(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 7, t1, mask_d,
                                          mask_n, HAS_Z)
-            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h, _ = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
-            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h, _ = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
-            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h, _ = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
-            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
+            h, _ = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, y_p, sy_l, mask_d, HAS_D, HAS_Z, HAS_BIAS,
                           SOFTPLUS, True)
             u0, d0, z0, B0, C0 = u4, d4, z4, B4, C4
             u1, d1, z1, B1, C1 = u5, d5, z5, B5, C5
             u2, d2, z2, B2, C2 = u6, d6, z6, B6, C6
             u3, d3, z3, B3, C3 = u7, d7, z7, B7, C7
-    tl.store(hlast_ptr + state_off, h, mask=mask_dn)
+    if not PARALLEL:  # else _chunk_carry_kernel wrote it
+        tl.store(hlast_ptr + state_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _chunk_end_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, bias_ptr, hend_ptr, S_ptr,
+    dim, L, dg, G, N, nchunks, CHUNK,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sB_b, sB_g, sB_n, sB_l,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, N_P2: tl.constexpr,
+):
+    """Time-parallel forward, pass 1, one program per (batch x group, channel block, chunk): the chunk's end state
+    from a zero start state, hend (batch, dim, nchunks, N), and its summed step sizes S (batch, dim, nchunks): the
+    chunk maps a start state h to exp(A S) h + hend."""
+    pid_bg = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    c = tl.program_id(2)
+    b = pid_bg // G
+    g = pid_bg % G
+    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs < dg
+    d = g * dg + offs
+    n = tl.arange(0, N_P2)
+    mask_n = n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    row = b.to(tl.int64) * dim + d
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g + n.to(tl.int64) * sB_n
+    t0 = c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, L)
+    h = tl.zeros((BLOCK_D, N_P2), dtype=tl.float32)
+    s = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for k in range(0, CHUNK, 4):  # 4 steps per iteration, their loads first; steps past t1 are masked no-ops
+        t = t0 + k
+        u0, d0, z0, B0, C0 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t, t1, mask_d, mask_n,
+                                     False)
+        u1, d1, z1, B1, C1 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 1, t1, mask_d,
+                                     mask_n, False)
+        u2, d2, z2, B2, C2 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 2, t1, mask_d,
+                                     mask_n, False)
+        u3, d3, z3, B3, C3 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 3, t1, mask_d,
+                                     mask_n, False)
+        h, e0 = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, bias, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
+                          SOFTPLUS, False)
+        h, e1 = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, bias, bias, u_p, su_l, mask_d, False, False,
+                          HAS_BIAS, SOFTPLUS, False)
+        h, e2 = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, bias, bias, u_p, su_l, mask_d, False, False,
+                          HAS_BIAS, SOFTPLUS, False)
+        h, e3 = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, bias, bias, u_p, su_l, mask_d, False, False,
+                          HAS_BIAS, SOFTPLUS, False)
+        s += (e0 + e1) + (e2 + e3)
+    tl.store(hend_ptr + (row[:, None] * nchunks + c) * N + n[None, :], h, mask=mask_dn)
+    tl.store(S_ptr + row * nchunks + c, s, mask=mask_d)
+
+
+@triton.jit
+def _chunk_carry_kernel(
+    A_ptr, S_ptr, local_ptr, init_ptr, starts_ptr, final_ptr,
+    dim, N, nchunks, rows,
+    HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BLOCK_R: tl.constexpr, N_P2: tl.constexpr,
+):
+    """Time-parallel pass 2, sequential over chunks, one program per BLOCK_R (batch, channel) rows: the value
+    entering each chunk, starts (batch, dim, nchunks, N), from h_in(next) = exp(A S_c) h_in(c) + local_c, beginning
+    at init (or 0); final = the value leaving the last chunk. Forward: the chunks' start states and the last state.
+    Backward (REVERSE, chunks from the end): the adjoint carried into each chunk from the right, and dL/d(h0)."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = r < rows
+    d = r % dim
+    n = tl.arange(0, N_P2)
+    mask = mask_r[:, None] & (n < N)[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    r64 = r.to(tl.int64)
+    if HAS_INIT:
+        h = tl.load(init_ptr + r64[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_R, N_P2), dtype=tl.float32)
+    for i in range(nchunks):
+        if REVERSE:
+            c = nchunks - 1 - i
+        else:
+            c = i
+        off = (r64[:, None] * nchunks + c) * N + n[None, :]
+        tl.store(starts_ptr + off, h, mask=mask)
+        sc = tl.load(S_ptr + r64 * nchunks + c, mask=mask_r, other=0.0)
+        h = tl.exp2(A2 * sc[:, None]) * h + tl.load(local_ptr + off, mask=mask, other=0.0)
+    tl.store(final_ptr + r64[:, None] * N + n[None, :], h, mask=mask)
+
+
+@triton.jit
+def _chunk_adjoint_kernel(
+    dl_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, gy_ptr, local_ptr, S_ptr,
+    dim, L, dg, G, N, nchunks, CHUNK,
+    sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr,
+    N_P2: tl.constexpr,
+):
+    """Time-parallel backward, pass 1, one program per (batch x group, channel block, chunk): the adjoint carry that
+    leaves the chunk to the left (exp(dt_t0 A) g_t0) when none enters it from the right, with
+    g_t = gy_t C_t + exp(dt_{t+1} A) g_{t+1} (gy after the z gate), and the summed step sizes S."""
+    pid_bg = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    c = tl.program_id(2)
+    b = pid_bg // G
+    g = pid_bg % G
+    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs < dg
+    d = g * dg + offs
+    n = tl.arange(0, N_P2)
+    mask_n = n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    row = b.to(tl.int64) * dim + d
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
+    C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g + n.to(tl.int64) * sC_n
+    t0 = c * CHUNK
+    t1 = tl.minimum(t0 + CHUNK, L)
+    carry = tl.zeros((BLOCK_D, N_P2), dtype=tl.float32)
+    s = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for k in range(0, CHUNK):  # steps before t0 (the last chunk is shorter) are masked no-ops
+        t = t1 - 1 - k
+        md = mask_d & (t >= t0)
+        dl = tl.load(dl_p + t * sdl_l, mask=md, other=0.0).to(tl.float32)
+        gy = tl.load(gy_p + t * sgy_l, mask=md, other=0.0).to(tl.float32)
+        Ct = tl.load(C_p + t * sC_l, mask=mask_n & (t >= t0), other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_p + t * sz_l, mask=md, other=0.0).to(tl.float32)
+            gy = gy * zz * tl.sigmoid(zz)
+        if HAS_BIAS:
+            dl = dl + bias
+        if SOFTPLUS:
+            dt = _softplus(dl)
+        else:
+            dt = dl
+        dt = tl.where(md, dt, 0.0)
+        carry = tl.exp2(dt[:, None] * A2) * (gy[:, None] * Ct[None, :] + carry)
+        s += dt
+    tl.store(local_ptr + (row[:, None] * nchunks + c) * N + n[None, :], carry, mask=mask_dn)
+    tl.store(S_ptr + row * nchunks + c, s, mask=mask_d)
 
 
 @triton.jit
@@ -264,17 +431,23 @@ def _step_bwd(carry, gA_acc, gD_acc, gbias_acc, u, dl, gout, zz, Bt, Ct, h, t, t
 def _scan_bwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, gh0_ptr, scratch_ptr,
-    dim, L, dg, G, N, nchunks, CHUNK, BG,
+    dim, L, dg, G, N, nchunks, CHUNK, BG, per_lane,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l,
     sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, NEED_GH0: tl.constexpr, ATOMIC: tl.constexpr,
+    HAS_GHL: tl.constexpr, NEED_GH0: tl.constexpr, ATOMIC: tl.constexpr, PARALLEL: tl.constexpr,
     BLOCK_D: tl.constexpr, N_P2: tl.constexpr,
 ):
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
     nblk = tl.num_programs(1)
+    # PARALLEL: lane pid_l walks chunks [c_lo, c_hi) (from the end), starting from the adjoint carry that
+    # _chunk_carry_kernel computed (ghl_ptr: (batch, dim, nchunks, N)); gA / gD / gbias per lane
+    pid_l = tl.program_id(2)
+    nlanes = tl.num_programs(2)
+    c_lo = pid_l * per_lane
+    c_hi = tl.minimum(c_lo + per_lane, nchunks)
     b = pid_bg // G
     g = pid_bg % G
     offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -309,77 +482,82 @@ def _scan_bwd_kernel(
     # per-program scratch for the recomputed states of one chunk: (CHUNK, BLOCK_D, N_P2) fp32
     SC_STEP = BLOCK_D * N_P2
     mask_all = (tl.arange(0, BLOCK_D)[:, None] >= 0) & (n[None, :] >= 0)
-    sc_p = (scratch_ptr + (pid_bg.to(tl.int64) * nblk + pid_d) * CHUNK * (BLOCK_D * N_P2)
+    sc_p = (scratch_ptr + ((pid_bg.to(tl.int64) * nblk + pid_d) * nlanes + pid_l) * CHUNK * (BLOCK_D * N_P2)
             + tl.arange(0, BLOCK_D)[:, None] * N_P2 + n[None, :])
     # dB / dC: (BG, L, N) with atomics, else this block's slice of (nblk, BG, L, N)
     if ATOMIC:
         part = pid_bg.to(tl.int64) * L * N + n
     else:
         part = (pid_d.to(tl.int64) * BG + pid_bg) * L * N + n
-    if HAS_GHL:
+    if PARALLEL:
+        carry = tl.load(ghl_ptr + (row[:, None] * nchunks + c_hi - 1) * N + n[None, :], mask=mask_dn, other=0.0)
+    elif HAS_GHL:
         carry = tl.load(ghl_ptr + state_off, mask=mask_dn, other=0.0).to(tl.float32)
     else:
         carry = tl.zeros((BLOCK_D, N_P2), dtype=tl.float32)
     gA_acc = tl.zeros((BLOCK_D, N_P2), dtype=tl.float32)
     gD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     gbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for i in range(nchunks):
-        c = nchunks - 1 - i
-        t0 = c * CHUNK
-        t1 = tl.minimum(t0 + CHUNK, L)
-        # recompute the chunk's states from its saved start state
-        h = tl.load(states_ptr + (row[:, None] * nchunks + c) * N + n[None, :], mask=mask_dn, other=0.0)
-        for t in range(t0, t1, 4):
-            u0, d0, z0, B0, C0 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t, t1, mask_d,
-                                         mask_n, False)
-            u1, d1, z1, B1, C1 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 1, t1, mask_d,
-                                         mask_n, False)
-            u2, d2, z2, B2, C2 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 2, t1, mask_d,
-                                         mask_n, False)
-            u3, d3, z3, B3, C3 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 3, t1, mask_d,
-                                         mask_n, False)
-            h = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
-                          SOFTPLUS, False)
-            tl.store(sc_p + (t - t0) * SC_STEP, h, mask=mask_all & (t < t1))
-            h = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
-                          SOFTPLUS, False)
-            tl.store(sc_p + (t + 1 - t0) * SC_STEP, h, mask=mask_all & (t + 1 < t1))
-            h = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
-                          SOFTPLUS, False)
-            tl.store(sc_p + (t + 2 - t0) * SC_STEP, h, mask=mask_all & (t + 2 < t1))
-            h = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
-                          SOFTPLUS, False)
-            tl.store(sc_p + (t + 3 - t0) * SC_STEP, h, mask=mask_all & (t + 3 < t1))
-        tl.debug_barrier()
-        # adjoint, backwards through the chunk, 2 steps per iteration (the next 2 steps' loads issued first);
-        # carry = exp(dt_{t+1} A) g_{t+1}
-        ta = t1 - 1
-        u0, l0, o0, z0, B0, C0, h0 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p, sC_l,
-                                             sc_p, ta, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
-        u1, l1, o1, z1, B1, C1, h1 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p, sC_l,
-                                             sc_p, ta - 1, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
-        for k in range(0, t1 - t0, 2):
-            t = ta - k
-            u2, l2, o2, z2, B2, C2, h2 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p,
-                                                 sC_l, sc_p, t - 2, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
-            u3, l3, o3, z3, B3, C3, h3 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p,
-                                                 sC_l, sc_p, t - 3, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
-            carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
-                carry, gA_acc, gD_acc, gbias_acc, u0, l0, o0, z0, B0, C0, h0, t, t0, A, A2, Dv, bias, mask_d, mask_n,
-                gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, gB_ptr, gC_ptr, part, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                ATOMIC)
-            carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
-                carry, gA_acc, gD_acc, gbias_acc, u1, l1, o1, z1, B1, C1, h1, t - 1, t0, A, A2, Dv, bias, mask_d,
-                mask_n, gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, gB_ptr, gC_ptr, part, N, HAS_D, HAS_Z, HAS_BIAS,
-                SOFTPLUS, ATOMIC)
-            u0, l0, o0, z0, B0, C0, h0 = u2, l2, o2, z2, B2, C2, h2
-            u1, l1, o1, z1, B1, C1, h1 = u3, l3, o3, z3, B3, C3, h3
-        tl.debug_barrier()  # the next chunk's recompute overwrites the scratch
-    tl.store(gA_ptr + state_off, gA_acc, mask=mask_dn)
+    for i in range(0, per_lane):
+        c = c_hi - 1 - i
+        if c >= c_lo:  # the last lane may hold fewer chunks
+            t0 = c * CHUNK
+            t1 = tl.minimum(t0 + CHUNK, L)
+            # recompute the chunk's states from its saved start state
+            h = tl.load(states_ptr + (row[:, None] * nchunks + c) * N + n[None, :], mask=mask_dn, other=0.0)
+            for kk in range(0, CHUNK, 4):  # steps past t1 are masked no-ops
+                t = t0 + kk
+                u0, d0, z0, B0, C0 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t, t1, mask_d,
+                                             mask_n, False)
+                u1, d1, z1, B1, C1 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 1, t1, mask_d,
+                                             mask_n, False)
+                u2, d2, z2, B2, C2 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 2, t1, mask_d,
+                                             mask_n, False)
+                u3, d3, z3, B3, C3 = _ld_fwd(u_p, su_l, dl_p, sdl_l, u_p, su_l, B_p, sB_l, B_p, sB_l, t + 3, t1, mask_d,
+                                             mask_n, False)
+                h, _ = _step_fwd(h, u0, d0, z0, B0, C0, t, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False, HAS_BIAS,
+                                 SOFTPLUS, False)
+                tl.store(sc_p + (t - t0) * SC_STEP, h, mask=mask_all & (t < t1))
+                h, _ = _step_fwd(h, u1, d1, z1, B1, C1, t + 1, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False,
+                                 HAS_BIAS, SOFTPLUS, False)
+                tl.store(sc_p + (t + 1 - t0) * SC_STEP, h, mask=mask_all & (t + 1 < t1))
+                h, _ = _step_fwd(h, u2, d2, z2, B2, C2, t + 2, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False,
+                                 HAS_BIAS, SOFTPLUS, False)
+                tl.store(sc_p + (t + 2 - t0) * SC_STEP, h, mask=mask_all & (t + 2 < t1))
+                h, _ = _step_fwd(h, u3, d3, z3, B3, C3, t + 3, t1, A2, Dv, bias, u_p, su_l, mask_d, False, False,
+                                 HAS_BIAS, SOFTPLUS, False)
+                tl.store(sc_p + (t + 3 - t0) * SC_STEP, h, mask=mask_all & (t + 3 < t1))
+            tl.debug_barrier()
+            # adjoint, backwards through the chunk, 2 steps per iteration (the next 2 steps' loads issued first);
+            # carry = exp(dt_{t+1} A) g_{t+1}
+            ta = t1 - 1
+            u0, l0, o0, z0, B0, C0, h0 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p, sC_l,
+                                                 sc_p, ta, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+            u1, l1, o1, z1, B1, C1, h1 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p, sC_l,
+                                                 sc_p, ta - 1, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+            for k in range(0, CHUNK, 2):  # steps before t0 are masked no-ops
+                t = ta - k
+                u2, l2, o2, z2, B2, C2, h2 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p,
+                                                     sC_l, sc_p, t - 2, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+                u3, l3, o3, z3, B3, C3, h3 = _ld_bwd(u_p, su_l, dl_p, sdl_l, gy_p, sgy_l, z_p, sz_l, B_p, sB_l, C_p,
+                                                     sC_l, sc_p, t - 3, t0, mask_d, mask_n, mask_all, SC_STEP, HAS_Z)
+                carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
+                    carry, gA_acc, gD_acc, gbias_acc, u0, l0, o0, z0, B0, C0, h0, t, t0, A, A2, Dv, bias, mask_d,
+                    mask_n, gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, gB_ptr, gC_ptr, part, N, HAS_D, HAS_Z, HAS_BIAS,
+                    SOFTPLUS, ATOMIC)
+                carry, gA_acc, gD_acc, gbias_acc = _step_bwd(
+                    carry, gA_acc, gD_acc, gbias_acc, u1, l1, o1, z1, B1, C1, h1, t - 1, t0, A, A2, Dv, bias, mask_d,
+                    mask_n, gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, gB_ptr, gC_ptr, part, N, HAS_D, HAS_Z, HAS_BIAS,
+                    SOFTPLUS, ATOMIC)
+                u0, l0, o0, z0, B0, C0, h0 = u2, l2, o2, z2, B2, C2, h2
+                u1, l1, o1, z1, B1, C1, h1 = u3, l3, o3, z3, B3, C3, h3
+            tl.debug_barrier()  # the next chunk's recompute overwrites the scratch
+    lane = pid_l.to(tl.int64) * (BG // G) * dim  # gA / gD / gbias: (nlanes, batch, dim[, N])
+    tl.store(gA_ptr + lane * N + state_off, gA_acc, mask=mask_dn)
     if HAS_D:
-        tl.store(gD_ptr + row, gD_acc, mask=mask_d)
+        tl.store(gD_ptr + lane + row, gD_acc, mask=mask_d)
     if HAS_BIAS:
-        tl.store(gbias_ptr + row, gbias_acc, mask=mask_d)
+        tl.store(gbias_ptr + lane + row, gbias_acc, mask=mask_d)
     if NEED_GH0:
         tl.store(gh0_ptr + state_off, carry, mask=mask_dn)  # dL/dh_{-1} = exp(dt_0 A) g_0
 
@@ -482,6 +660,37 @@ def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
 LAYOUT = {"u_to_time_major": False}
 
 
+def _fwd_chunking(programs: int, L: int, need_grad: bool):
+    """(CHUNK, parallel) of the forward: time-parallel when batch x channel blocks gives too few programs."""
+    cfg = PARALLEL_CONFIG
+    if need_grad:
+        chunk = int(BWD_CONFIG["CHUNK"])
+    else:
+        want = triton.cdiv(cfg["target_programs"], programs)  # chunks per (batch, channel block)
+        chunk = max(int(cfg["min_chunk"]), 16 * triton.cdiv(triton.cdiv(L, want), 16))
+    parallel = programs < cfg["target_programs"] and L > chunk
+    return (chunk if parallel or need_grad else L), parallel
+
+
+def _bwd_lanes(programs: int, nchunks: int) -> int:
+    """Lanes of the time-parallel backward (1: sequential over all chunks)."""
+    if programs >= PARALLEL_CONFIG["target_programs"] or nchunks == 1:
+        return 1
+    lanes = min(nchunks, triton.cdiv(PARALLEL_CONFIG["target_programs"], programs))
+    return triton.cdiv(nchunks, triton.cdiv(nchunks, lanes))  # no empty lane
+
+
+def _carry_chunks(A, S, local, init, starts, final, reverse: bool):
+    """Pass 2 of the time-parallel scans (_chunk_carry_kernel) over all (batch, channel) rows."""
+    batch, dim, nchunks, N = local.shape
+    rows = batch * dim
+    block = PARALLEL_CONFIG["carry_rows"]
+    _chunk_carry_kernel[(triton.cdiv(rows, block),)](
+        A, S, local, init if init is not None else local, starts, final, dim, N, nchunks, rows,
+        HAS_INIT=init is not None, REVERSE=reverse, BLOCK_R=block, N_P2=_next_pow2(N), num_warps=4,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # autograd.Function: inputs are channel-major or time-major (see _strided), B/C are (batch, G, N, L) with one G.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -493,21 +702,31 @@ class _SelectiveScanFn(torch.autograd.Function):
         dg = dim // G
         need_grad = any(ctx.needs_input_grad[:9])
         BLOCK_D = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
-        CHUNK = int(BWD_CONFIG["CHUNK"]) if need_grad else L  # the saved states: one per CHUNK steps
+        nblk = triton.cdiv(dg, BLOCK_D)
+        CHUNK, parallel = _fwd_chunking(batch * G * nblk, L, need_grad)
         nchunks = triton.cdiv(L, CHUNK)
         y = _empty_as(u)
         h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
         states = (torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32)
-                  if need_grad else h_last)
-        grid = (batch * G, triton.cdiv(dg, BLOCK_D))
-        _scan_fwd_kernel[grid](
+                  if need_grad or parallel else h_last)
+        if parallel:  # passes 1 and 2: every chunk's start state (and the last state)
+            hend = torch.empty_like(states)
+            S = torch.empty((batch, dim, nchunks), device=u.device, dtype=torch.float32)
+            _chunk_end_kernel[(batch * G, nblk, nchunks)](
+                u, delta, A, B, delta_bias if delta_bias is not None else u, hend, S,
+                dim, L, dg, G, N, nchunks, CHUNK, *u.stride(), *delta.stride(), *B.stride(),
+                HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus), BLOCK_D=BLOCK_D, N_P2=_next_pow2(N),
+                num_warps=FWD_CONFIG["num_warps"],
+            )
+            _carry_chunks(A, S, hend, h0, states, h_last, reverse=False)
+        _scan_fwd_kernel[(batch * G, nblk, nchunks if parallel else 1)](
             u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
             delta_bias if delta_bias is not None else u, h0 if h0 is not None else h_last,
             y, h_last, states,
             dim, L, dg, G, N, nchunks, CHUNK,
             *u.stride(), *delta.stride(), *(z if z is not None else u).stride(), *y.stride(), *B.stride(), *C.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-            HAS_H0=h0 is not None, SAVE_STATES=need_grad,
+            HAS_H0=h0 is not None, SAVE_STATES=need_grad and not parallel, PARALLEL=parallel,
             BLOCK_D=BLOCK_D, N_P2=_next_pow2(N), num_warps=FWD_CONFIG["num_warps"],
         )
         ctx.softplus = bool(softplus)
@@ -550,19 +769,40 @@ class _SelectiveScanFn(torch.autograd.Function):
         gh0 = torch.empty((batch, dim, N), device=dev, dtype=torch.float32) if need_gh0 else None
         if g_last is not None:
             g_last = g_last.contiguous().float()
-        grid = (BG, nblk)
-        _scan_bwd_kernel[grid](
+        lanes = _bwd_lanes(BG * nblk, nchunks)
+        carry_in = g_last
+        if lanes > 1:  # passes 1 and 2: the adjoint carried into every chunk from the right (and dL/dh0)
+            local = torch.empty_like(states)
+            S = torch.empty((batch, dim, nchunks), device=dev, dtype=torch.float32)
+            bd = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
+            _chunk_adjoint_kernel[(BG, triton.cdiv(dg, bd), nchunks)](
+                delta, A, C, z if has_z else u, delta_bias if has_bias else u, gy, local, S,
+                dim, L, dg, G, N, nchunks, CHUNK, *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+                *C.stride(), HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, BLOCK_D=bd, N_P2=N_P2,
+                num_warps=FWD_CONFIG["num_warps"],
+            )
+            carry_in = torch.empty_like(states)
+            _carry_chunks(A, S, local, g_last, carry_in, gh0 if need_gh0 else torch.empty_like(gA), reverse=True)
+            scratch = torch.empty((scratch.numel() * lanes,), device=dev, dtype=torch.float32)
+            gA = torch.empty((lanes, batch, dim, N), device=dev, dtype=torch.float32)
+            gD = torch.empty((lanes, batch, dim), device=dev, dtype=torch.float32) if has_D else None
+            gbias = torch.empty((lanes, batch, dim), device=dev, dtype=torch.float32) if has_bias else None
+        _scan_bwd_kernel[(BG, nblk, lanes)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
-            g_last if g_last is not None else gA,
+            carry_in if carry_in is not None else gA,
             gu, gdl, gz if has_z else gu, gA, gBp, gCp, gD if has_D else gA, gbias if has_bias else gA,
             gh0 if need_gh0 else gA, scratch,
-            dim, L, dg, G, N, nchunks, CHUNK, BG,
+            dim, L, dg, G, N, nchunks, CHUNK, BG, triton.cdiv(nchunks, lanes),
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus,
-            HAS_GHL=g_last is not None, NEED_GH0=need_gh0, ATOMIC=atomic,
+            HAS_GHL=g_last is not None, NEED_GH0=need_gh0 and lanes == 1, ATOMIC=atomic, PARALLEL=lanes > 1,
             BLOCK_D=BLOCK_D, N_P2=N_P2, num_warps=BWD_CONFIG["num_warps"],
         )
+        # per (lane,) batch: summed over both below
+        gA = gA.reshape(-1, dim, N)
+        gD = gD.reshape(-1, dim) if has_D else None
+        gbias = gbias.reshape(-1, dim) if has_bias else None
         # (nblk, BG, L, N) -> (batch, G, N, L): time-major, kept so for time-major B / C, else made contiguous
         gB = (gBp[0] if gBp.shape[0] == 1 else gBp.sum(0)).view(batch, G, L, N).transpose(2, 3).to(B.dtype)
         gC = (gCp[0] if gCp.shape[0] == 1 else gCp.sum(0)).view(batch, G, L, N).transpose(2, 3).to(C.dtype)
