@@ -55,3 +55,14 @@ AutoConfig.register(SigLipDualEncoderConfig.model_type, SigLipDualEncoderConfig,
 AutoModel.register(SigLipDualEncoderConfig, SigLipDualEncoderModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(SigLipDualEncoderConfig, SigLipDualEncoderModel, exist_ok=True)
 AutoProcessor.register(SigLipDualEncoderConfig, SigLipDualEncoderProcessor, exist_ok=True)
+
+# STORM (selective token retention + Mamba, images and videos)
+from transformers import AutoModelForImageClassification, AutoModelForVideoClassification  # noqa: E402
+
+from .configuration_storm import StormConfig  # noqa: E402
+from .modeling_storm import StormForImageClassification, StormForVideoClassification, StormModel  # noqa: E402
+
+AutoConfig.register(StormConfig.model_type, StormConfig, exist_ok=True)
+AutoModel.register(StormConfig, StormModel, exist_ok=True)
+AutoModelForImageClassification.register(StormConfig, StormForImageClassification, exist_ok=True)
+AutoModelForVideoClassification.register(StormConfig, StormForVideoClassification, exist_ok=True)
