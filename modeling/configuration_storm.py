@@ -121,7 +121,8 @@ class StormConfig(PretrainedConfig):
             `"clip_vision_model"` or `"dinov2"` config (a dict needs its `model_type`; built as the VLM builds its
             tower, with `build_sub_config` / `build_vision_tower`). Its `last_hidden_state` patch tokens (CLS-like
             tokens dropped) go through `frame_proj` (Linear to `hidden_size`); STORM's own 2-D position embedding is
-            then not used (the encoder has its own positions). None (default): STORM's patch embedding + learned 2-D positions.
+            then not used (the encoder has its own positions). None (default): STORM's patch embedding + learned 2-D
+            positions.
         layer_norm_epsilon (`float`, defaults to 1e-5): epsilon of the RMSNorms.
         residual_in_fp32 (`bool`, defaults to True): keep the residual stream of the Mamba blocks in float32.
         rescale_prenorm_residual (`bool`, defaults to True): scale each mixer's out_proj init by 1/sqrt(number of Mamba
