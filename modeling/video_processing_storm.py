@@ -13,8 +13,10 @@ base, torchvision-free in 5.0 and 5.24) and does all its work itself:
   ``AutoVideoProcessor`` falls back to -- with ``auto_map`` entries for ``AutoImageProcessor``, ``AutoVideoProcessor``
   and ``AutoProcessor``, all naming ``video_processing_storm.StormVideoProcessor``, and copies this file.
 * So, with ``trust_remote_code=True`` and no ssmvl: ``AutoImageProcessor.from_pretrained(folder)`` and
-  ``AutoProcessor.from_pretrained(folder)`` load it under any transformers 5.x; ``AutoVideoProcessor.from_pretrained``
-  loads it wherever torchvision is installed (AutoVideoProcessor needs it, we do not).
+  ``AutoProcessor.from_pretrained(folder)`` load it (tested under transformers 5.0 and 5.24). Where torchvision is
+  installed, ``AutoVideoProcessor.from_pretrained(folder)`` takes its remote-code branch (5.0 and 5.24 both read
+  ``preprocessor_config.json`` when there is no video config, take the class from ``auto_map``, call its
+  ``from_pretrained``); the tests run that branch step by step, as torchvision is not installed here.
 
 Frames (``num_frames`` / ``fps`` / ``max_frames``):
 

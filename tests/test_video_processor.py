@@ -240,12 +240,11 @@ def test_save_load_and_from_config(tmp_path):
         assert getattr(loaded, name) == getattr(proc, name), name
     assert StormVideoProcessor.from_pretrained(tmp_path, max_frames=3).max_frames == 3
 
-    class Config:  # the StormConfig attributes the processor reads
-        image_size = 48
-        num_frames = 8
+    from ssmvl.modeling.configuration_storm import StormConfig
 
-    from_config = StormVideoProcessor.from_config(Config(), image_mean=0.0, image_std=1.0)
-    assert (from_config.size, from_config.num_frames, from_config.max_frames) == ({"height": 48, "width": 48}, 8, 8)
+    config = StormConfig(image_size=48, patch_size=8, num_frames=6)
+    from_config = StormVideoProcessor.from_config(config, image_mean=0.0, image_std=1.0)
+    assert (from_config.size, from_config.num_frames, from_config.max_frames) == ({"height": 48, "width": 48}, 6, 6)
     assert from_config.image_mean == [0.0] * 3
 
 
