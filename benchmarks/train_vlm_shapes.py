@@ -37,6 +37,7 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=96)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bridger-ffn", action="store_true", help="patches: a BridgerFFN after the linear projection")
     parser.add_argument("--seed", type=int, default=0, help="model init and training order")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--work", default="outputs/vlm-shapes")
@@ -47,7 +48,8 @@ def main(argv=None):
     tok = build_shapes_tokenizer()
     train = make_shapes_qa_dataset(args.scenes, seed=0, image_size=48, split="train", question_types=ATTRIBUTES)
     test = make_shapes_qa_dataset(args.test_scenes, seed=1, image_size=48, split="test", question_types=ATTRIBUTES)
-    model = shapes_vlm(tok, args.decoder, hidden=args.hidden, layers=args.layers, vision=args.vision)
+    model = shapes_vlm(tok, args.decoder, hidden=args.hidden, layers=args.layers, vision=args.vision,
+                       bridger_ffn=args.bridger_ffn)
     processor = SsmVlmProcessor.from_config(model.config, shapes_image_processor(48), tok)
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.decoder}: {params} parameters, {len(train)} training questions, {len(test)} held-out", flush=True)
@@ -56,7 +58,7 @@ def main(argv=None):
                        seed=args.seed)
     scores = evaluate_vqa(result.model, processor, test)
     wall = time.perf_counter() - start
-    row = dict(decoder=args.decoder, vision=args.vision, seed=args.seed, parameters=params,
+    row = dict(decoder=args.decoder, vision=args.vision, bridger_ffn=args.bridger_ffn, seed=args.seed, parameters=params,
                train_questions=len(train), test_questions=len(test),
                steps=result["steps"], batch_size=args.batch_size, lr=args.lr, train_loss=result["train_loss"],
                train_seconds=round(result["train_seconds"], 1), wall_seconds=round(wall, 1), **scores,
@@ -65,7 +67,7 @@ def main(argv=None):
                torch=torch.__version__, date=time.strftime("%Y-%m-%d"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.seed == 0 else f"_seed{args.seed}"
+    suffix = ("_ffn" if args.bridger_ffn else "") + ("" if args.seed == 0 else f"_seed{args.seed}")
     (out / f"vlm_shapes_{args.decoder}_{args.vision}{suffix}.json").write_text(json.dumps(row, indent=2))
     print(json.dumps({k: v for k, v in row.items() if k != "examples"}, indent=2), flush=True)
 

@@ -52,12 +52,15 @@ _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
 # Defaults from a sweep on an H100 (benchmarks/bench_scan_gpu.py --sweep; B=8, D=1536, N=16, L=4096, bf16).
 FWD_CONFIG = {"BLOCK_D": 16, "num_warps": 1}
 BWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1, "CHUNK": 64, "atomic": True}
-# Time-parallel mode: when (batch x channel blocks) gives fewer than `target_programs` programs, the sequence is cut
+# Time-parallel mode: when (batch x channel blocks) gives fewer than `parallel_below` programs, the sequence is cut
 # into chunks scanned in parallel (pass 1: each chunk's map h -> exp(A S) h + hend; pass 2: the chunks' start states,
-# sequential over chunks only; pass 3: each chunk rescanned from its start state). Forward chunks without gradients
-# are at least `min_chunk` steps; with gradients they are BWD_CONFIG["CHUNK"] (the backward needs a state there).
-# The backward splits the chunks among at most target_programs / (batch x channel blocks) lanes.
-PARALLEL_CONFIG = {"target_programs": 2048, "min_chunk": 64, "carry_rows": 32}
+# sequential over chunks only; pass 3: each chunk rescanned from its start state), aiming at `target_programs`
+# programs. Forward chunks without gradients are at least `min_chunk` steps; with gradients they are
+# BWD_CONFIG["CHUNK"] (the backward needs a state there). The backward splits the chunks among at most
+# target_programs / (batch x channel blocks) lanes. From a sweep on an H200 (benchmarks/scan_vs_mamba_ssm.py --sweep):
+# the sequential kernel is throughput-bound from ~768 programs up (B8 D1536: time-parallel is 1.4x slower there), and
+# latency-bound below (B4 D768 L6085, 192 programs: 1.60 ms sequential, 0.81 ms time-parallel).
+PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk": 256, "carry_rows": 32}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -668,13 +671,13 @@ def _fwd_chunking(programs: int, L: int, need_grad: bool):
     else:
         want = triton.cdiv(cfg["target_programs"], programs)  # chunks per (batch, channel block)
         chunk = max(int(cfg["min_chunk"]), 16 * triton.cdiv(triton.cdiv(L, want), 16))
-    parallel = programs < cfg["target_programs"] and L > chunk
+    parallel = programs < cfg["parallel_below"] and L > chunk
     return (chunk if parallel or need_grad else L), parallel
 
 
 def _bwd_lanes(programs: int, nchunks: int) -> int:
     """Lanes of the time-parallel backward (1: sequential over all chunks)."""
-    if programs >= PARALLEL_CONFIG["target_programs"] or nchunks == 1:
+    if programs >= PARALLEL_CONFIG["parallel_below"] or nchunks == 1:
         return 1
     lanes = min(nchunks, triton.cdiv(PARALLEL_CONFIG["target_programs"], programs))
     return triton.cdiv(nchunks, triton.cdiv(nchunks, lanes))  # no empty lane

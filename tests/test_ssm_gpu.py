@@ -156,6 +156,37 @@ def test_scan_block_configs(dtype, cfg):
             c.update(old)
 
 
+PARALLEL_SETTINGS = {  # ssm_triton.PARALLEL_CONFIG: sequential in time, and time-parallel with few / many lanes
+    "sequential": dict(parallel_below=1),
+    "parallel": dict(parallel_below=10**9, target_programs=2048, min_chunk=64),
+    "parallel-short-chunks": dict(parallel_below=10**9, target_programs=100000, min_chunk=16),
+}
+
+
+@pytest.fixture
+def parallel_config(request):
+    saved = dict(ssm_triton.PARALLEL_CONFIG)
+    ssm_triton.PARALLEL_CONFIG.update(PARALLEL_SETTINGS[request.param])
+    yield request.param
+    ssm_triton.PARALLEL_CONFIG.clear()
+    ssm_triton.PARALLEL_CONFIG.update(saved)
+
+
+@pytest.mark.parametrize("parallel_config", list(PARALLEL_SETTINGS), indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [(1, 16, 1000, 16, 0, True, True, True, True), (2, 40, 333, 16, 2, True, False, True,
+                                                                                  False), (3, 8, 64, 4, 0, False, True,
+                                                                                           False, True)],
+                         ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
+def test_scan_time_parallel_matches_reference(parallel_config, dtype, case):
+    """Outputs, last state and every gradient (incl. initial_state's and that of the last state) whatever the chunking:
+    the time-parallel passes (chunk maps, carry over chunks, rescans; backward in lanes) equal the sequential scan."""
+    batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+    check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
+    if parallel_config != "sequential":  # and the plan really is time-parallel here
+        assert ssm_triton._fwd_chunking(batch, seqlen, need_grad=False)[1] or seqlen <= 64
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_scan_without_softplus(dtype):
     inputs = make_inputs(2, 16, 77, 16, 0, dtype, bias=False, h0=True)

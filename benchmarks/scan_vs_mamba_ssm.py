@@ -1,0 +1,151 @@
+"""Selective scan, side by side on one GPU: mamba_ssm's CUDA kernel vs ssmvl's Triton kernels vs the HBM copy bound.
+
+    python benchmarks/scan_vs_mamba_ssm.py --mamba-build /tmp/ms 4,768,6085 128,768,197 1,1536,1024 ...
+    python benchmarks/scan_vs_mamba_ssm.py --mamba-build /tmp/ms --sweep 4,768,6085   # ssmvl's chunking settings
+
+The mamba_ssm extension is built from its sources with ../shared/anchors/build_mamba_scan.py (see benchmarks/README.md).
+Inputs as a Mamba layer feeds them: bf16 u / delta / z / B / C (channel-major), fp32 A / D / delta_bias, N = 16, one
+B/C group, softplus, z gate. Times are medians of ``triton.testing.do_bench`` in ms; ``*_fb`` is forward + backward.
+Also checks that the two agree (output and the gradients of u, delta, B, C, z). Writes
+``benchmarks/results/scan_vs_mamba_ssm.json`` (``--out``): one row per shape with keys B, D, L, mamba_fwd, ssmvl_fwd,
+mamba_fb, ssmvl_fb, bound_fwd, bound_fb and the errors; with ``--sweep``, one row per setting of
+``ssm_triton.PARALLEL_CONFIG`` as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+N = 16
+
+
+def copy_bandwidth() -> float:
+    from triton.testing import do_bench
+
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x))
+    return 2 * 2**30 / (ms * 1e-3)
+
+
+def inputs(batch: int, dim: int, L: int):
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(torch.bfloat16)
+
+    return dict(u=rnd(batch, dim, L), delta=rnd(batch, dim, L, scale=0.5), z=rnd(batch, dim, L),
+                B=rnd(batch, 1, N, L), C=rnd(batch, 1, N, L),
+                A=-torch.rand(dim, N, device="cuda", generator=g) - 0.5,
+                D=torch.randn(dim, device="cuda", generator=g),
+                bias=torch.randn(dim, device="cuda", generator=g) * 0.1 - 2, dy=rnd(batch, dim, L))
+
+
+def measure(shape, bw, cuda_ext, ssm_triton):
+    from triton.testing import do_bench
+
+    batch, dim, L = shape
+    x = inputs(batch, dim, L)
+    u, dl, z, Bm, Cm, A, Dv, bias, dy = (x[k] for k in ("u", "delta", "z", "B", "C", "A", "D", "bias", "dy"))
+    row = dict(B=batch, D=dim, L=L)
+    bytes_fwd = (4 * batch * dim * L + 2 * batch * N * L) * 2  # read u, delta, z, B, C; write y (bf16)
+    row.update(bound_fwd=bytes_fwd / bw * 1e3, bound_fb=2 * bytes_fwd / bw * 1e3)
+
+    def ssmvl_fwd():
+        return ssm_triton.selective_scan_triton(u, dl, A, Bm, Cm, Dv, z, bias, True)
+
+    leaves = [t.detach().clone().requires_grad_() for t in (u, dl, Bm, Cm, z)]
+
+    def ssmvl_fb():
+        for t in leaves:
+            t.grad = None
+        y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], A, leaves[2], leaves[3], Dv, leaves[4], bias, True)
+        y.backward(dy)
+
+    y = ssmvl_fwd()
+    ssmvl_fb()
+    grads = [t.grad.float() for t in leaves]
+    row.update(ssmvl_fwd=do_bench(ssmvl_fwd), ssmvl_fb=do_bench(ssmvl_fb))
+    if cuda_ext is not None:
+        def mamba_fwd():
+            return cuda_ext.fwd(u, dl, A, Bm, Cm, Dv, z, bias, True)
+
+        def mamba_fb():
+            out, xs, out_z = cuda_ext.fwd(u, dl, A, Bm, Cm, Dv, z, bias, True)
+            return cuda_ext.bwd(u, dl, A, Bm, Cm, Dv, z, bias, dy, xs, out, None, True, False)
+
+        y_ref = mamba_fwd()[2].float()
+        g_ref = mamba_fb()  # du, ddelta, dA, dB, dC, dD, ddelta_bias, dz
+        g_ref = [g_ref[i].float() for i in (0, 1, 3, 4, 7)]
+        row.update(mamba_fwd=do_bench(mamba_fwd), mamba_fb=do_bench(mamba_fb),
+                   rel_err_y=((y.float() - y_ref).norm() / y_ref.norm()).item(),
+                   rel_err_grads=max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, g_ref)))
+        row.update(fwd_ratio=row["ssmvl_fwd"] / row["mamba_fwd"], fb_ratio=row["ssmvl_fb"] / row["mamba_fb"])
+    return row
+
+
+def kernel_times(shape, ssm_triton, reps: int = 20):
+    """GPU time per forward call of each kernel (us), from torch.profiler: separates kernel time from launch cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = inputs(*shape)
+    run = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],  # noqa
+                                                   x["bias"], True)
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            run()
+        torch.cuda.synchronize()
+    return {e.key: round(e.device_time_total / reps, 1) for e in prof.key_averages() if e.device_time_total > 0}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("shapes", nargs="+", help="B,D,L")
+    ap.add_argument("--mamba-build", help="folder holding mamba_ssm's built selective_scan_cuda extension")
+    ap.add_argument("--sweep", action="store_true", help="also time ssmvl's PARALLEL_CONFIG settings")
+    ap.add_argument("--profile", action="store_true", help="print GPU kernel time per forward (torch.profiler)")
+    ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
+    args = ap.parse_args(argv)
+    from ssmvl.modeling import ssm_triton
+
+    cuda_ext = None
+    if args.mamba_build:
+        sys.path.insert(0, args.mamba_build)
+        import selective_scan_cuda as cuda_ext
+    bw = copy_bandwidth()
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes]
+    result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, date=time.strftime("%Y-%m-%d"),
+                  copy_GBps=bw / 1e9, dtype="bf16", N=N, parallel_config=dict(ssm_triton.PARALLEL_CONFIG), rows=[])
+    for shape in shapes:
+        row = measure(shape, bw, cuda_ext, ssm_triton)
+        if args.profile:
+            row["ssmvl_fwd_kernels_us"] = kernel_times(shape, ssm_triton)
+        result["rows"].append(row)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if args.sweep:
+        default = dict(ssm_triton.PARALLEL_CONFIG)
+        result["sweep"] = []
+        for target, min_chunk in itertools.product((1, 1024, 4096, 16384), (64, 256)):
+            ssm_triton.PARALLEL_CONFIG.update(parallel_below=10**9 if target > 1 else 1, target_programs=target,
+                                              min_chunk=min_chunk)
+            for shape in shapes:
+                row = dict(target_programs=target, min_chunk=min_chunk, **measure(shape, bw, None, ssm_triton))
+                result["sweep"].append(row)
+                print("sweep", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                      flush=True)
+        ssm_triton.PARALLEL_CONFIG.update(default)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
