@@ -66,3 +66,17 @@ AutoConfig.register(StormConfig.model_type, StormConfig, exist_ok=True)
 AutoModel.register(StormConfig, StormModel, exist_ok=True)
 AutoModelForImageClassification.register(StormConfig, StormForImageClassification, exist_ok=True)
 AutoModelForVideoClassification.register(StormConfig, StormForVideoClassification, exist_ok=True)
+
+# STORM's video processor (PIL / numpy; transformers' AutoVideoProcessor needs torchvision, so it is registered there
+# only when torchvision is installed; AutoImageProcessor / AutoProcessor load it everywhere)
+from transformers import AutoImageProcessor  # noqa: E402
+from transformers.utils import is_torchvision_available  # noqa: E402
+
+from .video_processing_storm import StormVideoProcessor  # noqa: E402
+
+AutoImageProcessor.register(StormConfig, slow_image_processor_class=StormVideoProcessor, exist_ok=True)
+AutoProcessor.register(StormConfig, StormVideoProcessor, exist_ok=True)
+if is_torchvision_available():
+    from transformers import AutoVideoProcessor
+
+    AutoVideoProcessor.register(StormConfig, StormVideoProcessor, exist_ok=True)
