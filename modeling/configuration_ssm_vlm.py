@@ -47,7 +47,8 @@ PROJECTOR_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "mlp": {"hidden_size": None, "num_layers": 2, "hidden_act": "gelu", "bias": True},
     "resampler": {"num_queries": 256, "hidden_size": None, "num_heads": None, "layer_norm_eps": 1e-6},
     "bridger_ffn": {"expansion_factor": 4, "hidden_act": "gelu", "layer_norm_eps": 1e-5},
-    "patch_linear": {"use_position_embedding": True},
+    "patch_linear": {"use_position_embedding": True, "bridger_ffn": False, "expansion_factor": 4, "hidden_act": "gelu",
+                     "layer_norm_eps": 1e-5},
     "ssm_bridge": {},
 }
 
@@ -101,7 +102,8 @@ class SsmVlmConfig(PretrainedConfig):
               features with 2-D sin-cos positions; output `num_queries` tokens.
             - `"ssm_bridge"` (SSM-as-VLM-bridge): state-space layers over the vision tokens (vlm_bridge.py).
             - `"bridger_ffn"` (VLM-Mamba): Linear -> GELU -> Linear -> LayerNorm per token; keeps the token count.
-            - `"patch_linear"` (Fuyu mode of VLM-Mamba): no tower; raw pixel patches -> Linear (+ learned positions).
+            - `"patch_linear"` (Fuyu mode of VLM-Mamba): no tower; raw pixel patches -> Linear (+ learned positions,
+              + an optional BridgerFFN).
         projector_config (`dict`, *optional*): keyword arguments of the projector; missing keys take these defaults
             (None sizes mean the text hidden size):
             - mlp: `hidden_size` (None), `num_layers` (2: Linear-act-Linear; 1: one Linear), `hidden_act` ("gelu"),
@@ -112,7 +114,9 @@ class SsmVlmConfig(PretrainedConfig):
             - bridger_ffn: `expansion_factor` (4; inner width = expansion_factor x text hidden size), `hidden_act`
               ("gelu"), `layer_norm_eps` (1e-5).
             - patch_linear: `use_position_embedding` (True: a learned position embedding per patch, as VLM-Mamba's
-              Fuyu mode; False: Fuyu's plain linear patches).
+              Fuyu mode; False: Fuyu's plain linear patches), `bridger_ffn` (False: the tokens are linear in the
+              pixels, as Fuyu; True: then a text-width BridgerFFN, as VLM-Mamba's Fuyu mode), and the BridgerFFN's
+              `expansion_factor` (4), `hidden_act` ("gelu"), `layer_norm_eps` (1e-5).
             - ssm_bridge: vlm_bridge.py's `SsmBridgeProjector` keys (`resolve_projector_config`: `ssm_type`
               "mamba" | "dense_recurrence", `hidden_size` 256, `num_layers` 4, `state_size` 64, ...); keeps the
               token count.

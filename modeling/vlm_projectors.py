@@ -111,44 +111,57 @@ class ResamplerProjector(nn.Module):
         return self.proj(self.ln_post(out))  # (b, Q, text_hidden)
 
 
-class BridgerFFNProjector(nn.Module):
-    """VLM-Mamba's ``BridgerFFN`` (kyegomez/VLM-Mamba ``vlm_mamba/model.py``): ``net = Linear -> GELU -> Linear ->
-    LayerNorm`` on every token, no residual (upstream's vision and text widths are equal; here the first Linear maps
-    the vision width to ``expansion_factor x text width`` and the second to the text width). Same module names
-    (``net.0``, ``net.2``, ``net.3``) as upstream. Keeps the token count."""
+class BridgerFFN(nn.Module):
+    """VLM-Mamba's ``BridgerFFN`` (kyegomez/VLM-Mamba ``vlm_mamba/model.py``): ``net = Linear -> act -> Linear ->
+    LayerNorm`` on every token, no residual, with upstream's module names (``net.0``, ``net.2``, ``net.3``).
+    Upstream's input and output widths are equal; here the first Linear maps ``in_features`` to ``expansion_factor x
+    out_features`` and the second to ``out_features``."""
 
-
-    def __init__(self, config: SsmVlmConfig):
+    def __init__(self, in_features: int, out_features: int, expansion_factor: int = 4, hidden_act: str = "gelu",
+                 layer_norm_eps: float = 1e-5):
         super().__init__()
-        pc = config.projector_config
-        inner = int(pc["expansion_factor"]) * config.text_hidden_size
+        inner = int(expansion_factor) * out_features
         self.net = nn.Sequential(
-            nn.Linear(config.vision_hidden_size, inner),
-            ACT2FN[pc["hidden_act"]],
-            nn.Linear(inner, config.text_hidden_size),
-            nn.LayerNorm(config.text_hidden_size, eps=pc["layer_norm_eps"]),
+            nn.Linear(in_features, inner),
+            ACT2FN[hidden_act],
+            nn.Linear(inner, out_features),
+            nn.LayerNorm(out_features, eps=layer_norm_eps),
         )
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.net(image_features)  # (b, n, text_hidden)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (b, n, out_features)
+
+
+class BridgerFFNProjector(BridgerFFN):
+    """VLM-Mamba's encoder mode bridge: a `BridgerFFN` from the vision width to the text width. Keeps the token
+    count."""
+
+    def __init__(self, config: SsmVlmConfig):
+        pc = config.projector_config
+        super().__init__(config.vision_hidden_size, config.text_hidden_size, pc["expansion_factor"],
+                         pc["hidden_act"], pc["layer_norm_eps"])
 
 
 class PatchLinearProjector(nn.Module):
     """Fuyu mode (no vision tower), as VLM-Mamba's ``FuyuImageProcessor``: the image is cut into ``patch x patch``
     pixel patches, each flattened in (row, col, channel) order (einops ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)``)
     and mapped by one Linear (``projection``) to the text width; a learned ``pos_embed`` per patch is added when
-    ``use_position_embedding`` (VLM-Mamba; Fuyu itself has none)."""
-
+    ``use_position_embedding`` (VLM-Mamba; Fuyu itself has none). With ``bridger_ffn`` the tokens then pass through a
+    text-width `BridgerFFN` (``bridger``), as VLM-Mamba's ``VLMamba.forward`` does in its Fuyu mode; without it the
+    projection is linear in the pixels (Fuyu)."""
 
     def __init__(self, config: SsmVlmConfig):
         super().__init__()
+        pc = config.projector_config
         self.patch = _side(config.patch_size)
         self.image_size = _side(config.image_size)
         self.num_channels = config.num_channels
         self.projection = nn.Linear(config.vision_hidden_size, config.text_hidden_size)
         n = config.num_image_tokens
         self.pos_embed = (nn.Parameter(torch.zeros(1, n, config.text_hidden_size))
-                          if config.projector_config["use_position_embedding"] else None)
+                          if pc["use_position_embedding"] else None)
+        self.bridger = (BridgerFFN(config.text_hidden_size, config.text_hidden_size, pc["expansion_factor"],
+                                   pc["hidden_act"], pc["layer_norm_eps"]) if pc["bridger_ffn"] else None)
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(b, C, H, W) -> (b, (H/p) * (W/p), p * p * C), patches row-major, pixels (p1, p2, c) inside a patch."""
@@ -161,6 +174,8 @@ class PatchLinearProjector(nn.Module):
         x = self.projection(self.patchify(pixel_values.to(self.projection.weight.dtype)))  # (b, n, text_hidden)
         if self.pos_embed is not None:
             x = x + self.pos_embed
+        if self.bridger is not None:
+            x = self.bridger(x)  # (b, n, text_hidden)
         return x
 
 
@@ -182,5 +197,5 @@ def build_projector(config: SsmVlmConfig) -> nn.Module:
     return PROJECTORS[config.projector_type](config)
 
 
-__all__ = ["PROJECTORS", "build_projector", "MlpProjector", "ResamplerProjector", "BridgerFFNProjector",
+__all__ = ["PROJECTORS", "build_projector", "MlpProjector", "ResamplerProjector", "BridgerFFN", "BridgerFFNProjector",
            "PatchLinearProjector", "SsmBridgeProjector", "sincos_2d"]

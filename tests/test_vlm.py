@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from isolated import run_isolated
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, CLIPImageProcessor
 
@@ -122,7 +123,7 @@ REAL_PARAMS = {
     "vlm-qwen-vl-style": (9.4e9, 9.9e9),  # Qwen-VL: 9.6B (ViT-bigG 1.9B + Qwen-7B 7.7B + resampler)
     "vlm-cobra-style": (3.0e9, 3.4e9),  # SigLIP-so400m + Mamba-2.8B (Cobra adds DINOv2: 3.5B)
     "vlm-mamba": (1.0e8, 1.8e8),  # Vim 768 x 12 + Mamba LM 768 x 12 + BridgerFFN
-    "vlm-mamba-fuyu": (7e7, 1.0e8),  # Mamba LM 768 x 12 + one Linear
+    "vlm-mamba-fuyu": (7e7, 1.0e8),  # Mamba LM 768 x 12 + one Linear + BridgerFFN
     "vlm-ssm-bridge": (2.0e8, 3.0e8),  # ViT 768 x 12 (MQA) + bridge + 2 cross-attention layers + decoder 768 x 12
 }
 
@@ -191,6 +192,26 @@ def test_patch_linear_patchify_order():
     manual = x[0, :, 8:16, 16:24].permute(1, 2, 0).reshape(-1)  # patch row 1, col 2
     torch.testing.assert_close(patches[0, 1 * 4 + 2], manual)
     assert model.model.vision_tower is None and model.config.num_image_tokens == 16
+
+
+def test_patch_linear_bridger_ffn_is_vlm_mamba_fuyu_path():
+    """With bridger_ffn, the Fuyu tokens pass through a text-width BridgerFFN (VLM-Mamba's VLMamba.forward: processor
+    -> bridger): Linear -> GELU -> Linear -> LayerNorm, computed here by hand from the weights."""
+    model = make_model(tiny_config("mamba", projector="patch_linear", projector_config={"bridger_ffn": True}))
+    proj, x = model.model.projector, pixels(2)
+    assert [type(m).__name__ for m in proj.bridger.net] == ["Linear", "GELUActivation", "Linear", "LayerNorm"]
+    with torch.no_grad():
+        proj.pos_embed.normal_()
+        tokens = proj.projection(proj.patchify(x)) + proj.pos_embed  # (2, 16, 32)
+        net = proj.bridger.net
+        hidden = F.gelu(tokens @ net[0].weight.T + net[0].bias) @ net[2].weight.T + net[2].bias
+        expected = F.layer_norm(hidden, (32,), net[3].weight, net[3].bias, eps=1e-5)
+        torch.testing.assert_close(model.get_image_features(x), expected)
+        plain = make_model(tiny_config("mamba", projector="patch_linear"))  # Fuyu: linear in the pixels
+        assert plain.model.projector.bridger is None
+        torch.testing.assert_close(plain.get_image_features(2 * x) - plain.model.projector.pos_embed,
+                                   2 * (plain.get_image_features(x) - plain.model.projector.pos_embed)
+                                   - plain.model.projector.projection.bias)
 
 
 def test_resampler_outputs_num_queries_with_resized_key_positions():

@@ -183,7 +183,7 @@ def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, bl
 # ---------------------------------------------------------------------------------------------------------------------
 # (ii) vision
 # ---------------------------------------------------------------------------------------------------------------------
-def vlm_step(out_dir: Path, steps: int = 2400, scenes: int = 3000, test_scenes: int = 100, lr: float = 3e-3,
+def vlm_step(out_dir: Path, steps: int = 2400, scenes: int = 3000, test_scenes: int = 100, lr: float = 1e-3,
              batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
     """A tiny Mamba-decoder VLM (VLM-Mamba's Fuyu mode: raw 16 px patches -> linear -> Mamba LM, no vision tower)
     instruction-tuned on generated shapes scenes (colour / shape / position questions), then asked about held-out

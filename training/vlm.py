@@ -184,9 +184,10 @@ def shapes_image_processor(image_size: int):
 
 
 def shapes_vlm(tokenizer, decoder: str = "mamba", image_size: int = 48, hidden: int = 96, layers: int = 3,
-               vision: str = "siglip"):
+               vision: str = "siglip", bridger_ffn: bool = False):
     """A tiny VLM for the shapes scenes: ``vision`` "siglip" (a 2-layer SigLIP tower, 16 px patches -> MLP) or
-    "patches" (Fuyu / VLM-Mamba mode: raw 16 px patches -> a linear projection, no tower) -> ``decoder``."""
+    "patches" (Fuyu mode: raw 16 px patches -> a linear projection, no tower; with ``bridger_ffn`` then VLM-Mamba's
+    BridgerFFN) -> ``decoder``."""
     special = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     if decoder == "mamba":
@@ -199,7 +200,8 @@ def shapes_vlm(tokenizer, decoder: str = "mamba", image_size: int = 48, hidden: 
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     if vision == "patches":
         config = SsmVlmConfig(vision_config=None, text_config=text, projector_type="patch_linear", fusion="prefix",
-                              image_token_id=image_token_id, image_size=image_size, patch_size=16, num_channels=3)
+                              projector_config={"bridger_ffn": bridger_ffn}, image_token_id=image_token_id,
+                              image_size=image_size, patch_size=16, num_channels=3)
         return SsmVlmForConditionalGeneration(config)
     if vision != "siglip":
         raise ValueError(f"vision must be 'siglip' or 'patches', got {vision!r}")
