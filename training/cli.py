@@ -4,6 +4,7 @@
     ssmvl train-lm --out DIR [--steps N] [--lora] [--resume [CKPT]]
     ssmvl train-image --model vim-digits|vmamba-digits|vim-tiny|vmamba-tiny|CONFIG.json|DIR --data digits
                       [--shift invert|rotate] [--epochs N] [--lora] --out DIR [--resume [CKPT]]
+    ssmvl train-video --out DIR [--steps N] [--keep-ratio R] [--frames T]   STORM on the moving shapes clips
     ssmvl convert-mamba|convert-vim|convert-vmamba ...     -> ssmvl.conversion.convert_*_to_hf.main(argv)
     ssmvl push DIR REPO_ID ...                             -> ssmvl.conversion.hub.main_push(argv)
     ssmvl compose-vlm --vision DIR --language DIR --out DIR ...  -> ssmvl.conversion.compose_vlm.main(argv)
@@ -70,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
+
+    p = sub.add_parser("train-video", help="train a small STORM video classifier on generated moving shapes clips "
+                       "(direction of motion), evaluate on held-out clips")
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=4000, help="training clips (16 frames of 32 px)")
+    p.add_argument("--test-clips", type=int, default=400)
+    p.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
+    p.add_argument("--keep-ratio", type=float, default=0.125, help="share of the tokens the STORM block keeps")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
 
     for family in ("mamba", "vim", "vmamba"):
         p = sub.add_parser(f"convert-{family}", help=f"convert an original {family} checkpoint "
@@ -143,6 +158,26 @@ def _cmd_train_image(args):
     return 0
 
 
+def _cmd_train_video(args):
+    import torch
+
+    from .moving_shapes import make_moving_shapes_dataset
+    from .recipes import configure_cpu_threads
+    from .video import storm_video_classifier, train_video_classifier, video_processor_for
+
+    print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
+    train = make_moving_shapes_dataset(args.clips, seed=args.seed, split="train")
+    test = make_moving_shapes_dataset(args.test_clips, seed=args.seed + 1, split="test")
+    torch.manual_seed(args.seed)
+    model = storm_video_classifier(num_frames=args.frames, hidden=args.hidden, keep_ratios=[args.keep_ratio],
+                                   labels=train)
+    metrics = train_video_classifier(model, video_processor_for(model.config), train, args.out, max_steps=args.steps,
+                                     lr=args.lr, batch_size=args.batch_size, seed=args.seed, eval_ds=test,
+                                     save_strategy="no")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2))
+    return 0
+
+
 def _cmd_train_lm(args):
     from .main_job import lm_step
     from .recipes import configure_cpu_threads
@@ -188,6 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _cmd_train_lm(args)
     if args.command == "train-image":
         return _cmd_train_image(args)
+    if args.command == "train-video":
+        return _cmd_train_video(args)
     raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
 
 
