@@ -112,6 +112,7 @@ def main(argv=None):
     ap.add_argument("shapes", nargs="+", help="B,D,L")
     ap.add_argument("--mamba-build", help="folder holding mamba_ssm's built selective_scan_cuda extension")
     ap.add_argument("--sweep", action="store_true", help="also time ssmvl's PARALLEL_CONFIG settings")
+    ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
     ap.add_argument("--profile", action="store_true", help="print GPU kernel time per forward (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
     args = ap.parse_args(argv)
@@ -143,6 +144,29 @@ def main(argv=None):
                 print("sweep", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                       flush=True)
         ssm_triton.PARALLEL_CONFIG.update(default)
+    if args.tile_sweep:
+        from triton.testing import do_bench
+
+        default = dict(ssm_triton.TILE_CONFIG)
+        result["tile_sweep"] = []
+        for block_t, warps in ((256, 2), (1024, 4), (2048, 4)):
+            ssm_triton.TILE_CONFIG.update(enabled=True, BLOCK_T=block_t, num_warps=warps)
+            for shape in shapes:
+                x = inputs(*shape)
+                fwd = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"],  # noqa
+                                                               x["D"], x["z"], x["bias"], True)
+                y = fwd()
+                ssm_triton.TILE_CONFIG["enabled"] = False
+                with torch.no_grad():
+                    y_ref = fwd().float()
+                ssm_triton.TILE_CONFIG["enabled"] = True
+                row = dict(BLOCK_T=block_t, num_warps=warps, B=shape[0], D=shape[1], L=shape[2],
+                           ssmvl_fwd=do_bench(fwd), kernels_us=kernel_times(shape, ssm_triton),
+                           rel_err_vs_sequential=((y.float() - y_ref).norm() / y_ref.norm()).item())
+                result["tile_sweep"].append(row)
+                print("tile", json.dumps(row), flush=True)
+        ssm_triton.TILE_CONFIG.clear()
+        ssm_triton.TILE_CONFIG.update(default)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

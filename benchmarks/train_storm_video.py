@@ -4,6 +4,7 @@ cell never seen in training).
 
     python benchmarks/train_storm_video.py                      # one model (keep ratio --keep-ratio, default 0.125)
     python benchmarks/train_storm_video.py --keep-ratios-table  # the same model at keep ratios 1, 0.5, 0.25, 0.125
+    python benchmarks/train_storm_video.py --keep-ratios-table --from-full  # ratios < 1 fine-tuned from the 1.0 model
     # the table in two processes (one core each), then merged:
     python benchmarks/train_storm_video.py --keep-ratios-table --ratios 1 0.5 --name part1.json
     python benchmarks/train_storm_video.py --keep-ratios-table --ratios 0.25 0.125 --name part2.json
@@ -42,23 +43,30 @@ from ssmvl.training.video import (  # noqa: E402
 TABLE_RATIOS = (1.0, 0.5, 0.25, 0.125)
 
 
-def run_one(args, keep_ratio: float, train, test) -> dict:
+def run_one(args, keep_ratio: float, train, test, init=None) -> dict:
+    """Trains (``init``: a trained model to start from, else fresh weights) and evaluates one model."""
     torch.manual_seed(args.seed)
     model = storm_video_classifier(
         num_frames=args.frames, image_size=args.image_size, hidden=args.hidden, layers=args.layers,
         keep_ratios=[keep_ratio] + [1.0] * (args.layers - 1), labels=train, frame_layers=args.frame_layers,
         temporal_layers=args.temporal_layers, temporal_pool=args.temporal_pool, num_memory_tokens=args.memory,
         state_size=args.state_size, patch_size=args.patch_size, conv_kernel=args.conv_kernel)
+    steps, lr = args.steps, args.lr
+    if init is not None:  # same weights; only the new retention scorer starts fresh
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        assert not unexpected and all(".retention." in k for k in missing), (missing, unexpected)
+        steps, lr = args.finetune_steps, args.finetune_lr
     processor = video_processor_for(model.config)
     work = Path(args.work) / f"keep{keep_ratio:g}"
     start = time.perf_counter()
-    result = train_video_classifier(model, processor, train, work, max_steps=args.steps, lr=args.lr,
+    result = train_video_classifier(model, processor, train, work, max_steps=steps, lr=lr,
                                     batch_size=args.batch_size, seed=args.seed, disable_tqdm=True,
                                     logging_steps=50, save_strategy="no")
     train_eval = evaluate_video_classifier(result.model, processor, train.select(range(min(len(train), 512))))
     scores = evaluate_video_classifier(result.model, processor, test)
     cfg = model.config
-    row = dict(keep_ratio=keep_ratio, accuracy=scores["accuracy"], train_accuracy_512=train_eval["accuracy"],
+    row = dict(keep_ratio=keep_ratio, start="keep-1.0 model" if init is not None else "fresh", lr=lr,
+               accuracy=scores["accuracy"], train_accuracy_512=train_eval["accuracy"],
                tokens_to_head=scores["tokens_to_head"], memory_tokens=scores["memory_tokens"],
                frames_x_patches=scores["frames_x_patches"], token_reduction=round(scores["token_reduction"], 2),
                token_counts=cfg.token_counts(args.frames), parameters=result["total_params"],
@@ -66,7 +74,7 @@ def run_one(args, keep_ratio: float, train, test) -> dict:
                loss_every_50=[round(x, 3) for x in result["loss_history"]],
                train_seconds=round(result["train_seconds"], 1), seconds=round(time.perf_counter() - start, 1))
     print(json.dumps({k: v for k, v in row.items() if k != "loss_every_50"}), flush=True)
-    return row
+    return row, result.model
 
 
 def table(rows) -> list:
@@ -98,6 +106,11 @@ def main(argv=None):
     parser.add_argument("--keep-ratios-table", action="store_true",
                         help=f"train at keep ratios {TABLE_RATIOS} (first STORM block) and report the table")
     parser.add_argument("--ratios", type=float, nargs="+", default=None, help="the table's keep ratios")
+    parser.add_argument("--from-full", action="store_true",
+                        help="table: ratios < 1 start from the trained keep-1.0 model (new scorer) and train "
+                             "--finetune-steps more steps at --finetune-lr, as DynamicViT prunes a trained model")
+    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--merge", nargs="+", default=None, help="merge the results of table runs into the table")
     parser.add_argument("--keep-ratio", type=float, default=0.125, help="keep ratio of the first STORM block")
     parser.add_argument("--clips", type=int, default=4000, help="training clips")
@@ -130,7 +143,14 @@ def main(argv=None):
     train = make_moving_shapes_dataset(args.clips, seed=0, split="train", num_frames=16, image_size=args.image_size)
     test = make_moving_shapes_dataset(args.test_clips, seed=1, split="test", num_frames=16, image_size=args.image_size)
     ratios = (tuple(args.ratios or TABLE_RATIOS)) if args.keep_ratios_table else (args.keep_ratio,)
-    rows = [run_one(args, r, train, test) for r in ratios]
+    rows, full = [], None
+    for r in ratios:
+        init = full if args.from_full and r < 1.0 else None
+        if args.from_full and r < 1.0 and full is None:
+            raise SystemExit("--from-full needs keep ratio 1.0 first in --ratios")
+        row, model = run_one(args, r, train, test, init)
+        rows.append(row)
+        full = model if r == 1.0 else full
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", "name", "keep_ratios_table", "merge")}
     report = dict(task="moving shapes direction (4 classes), held-out clips", settings=settings,
                   train_clips=len(train), test_clips=len(test), clip_frames=16,

@@ -61,6 +61,12 @@ BWD_CONFIG = {"BLOCK_D": 8, "num_warps": 1, "CHUNK": 64, "atomic": True}
 # the sequential kernel is throughput-bound from ~768 programs up (B8 D1536: time-parallel is 1.4x slower there), and
 # latency-bound below (B4 D768 L6085, 192 programs: 1.60 ms sequential, 0.81 ms time-parallel).
 PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk": 256, "carry_rows": 32}
+# Inference forward (no gradients needed): the time-tiled kernel (_scan_fwd_tile_kernel) for sequences of at least
+# `min_len` steps, unless the chunked time-parallel path applies and the sequence is `long` (there it is faster).
+# "enabled": None = that rule, True / False = always / never. H200 sweep (benchmarks/README.md): B8 D1536 L1024
+# 0.438 -> 0.222 ms, B16 D1536 L4096 2.92 -> 1.76 ms, B1 D1536 L1024 kernel 93 -> 30 us; B4 D768 L6085 0.90-0.97 ms
+# (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
+TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -294,6 +300,88 @@ def _chunk_carry_kernel(
         sc = tl.load(S_ptr + r64 * nchunks + c, mask=mask_r, other=0.0)
         h = tl.exp2(A2 * sc[:, None]) * h + tl.load(local_ptr + off, mask=mask, other=0.0)
     tl.store(final_ptr + r64[:, None] * N + n[None, :], h, mask=mask)
+
+
+@triton.jit
+def _linear_combine(a1, b1, a2, b2):
+    """Composition of two steps h -> a h + b (first (a1, b1), then (a2, b2)): the operator of tl.associative_scan."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan_fwd_tile_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr,
+    dim, L, dg, G, N,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
+):
+    """Forward without saved states, parallel in time inside a program (mamba_ssm's scheme): one program per
+    (batch, channel) walks the sequence in tiles of BLOCK_T consecutive steps (coalesced loads of u / delta / z and of
+    B / C rows); per state n, the tile's recurrence h_t = a_t h_{t-1} + b_t is one tl.associative_scan (each thread
+    scans its consecutive steps, warps and then the block join them), with the previous tile's state folded into the
+    first step."""
+    pid = tl.program_id(0)
+    b = pid // dim
+    d = pid % dim
+    g = d // dg
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    n = tl.arange(0, N_P2)
+    mask_n = n < N
+    offs = tl.arange(0, BLOCK_T)
+    first = offs == 0
+    last = offs == BLOCK_T - 1
+    row = b64 * dim + d64
+    # the state lives in hlast (N fp32 per program, L1-resident): per state, a scalar load before the tile's scan
+    # and a one-thread store of the scan's last element after it; a barrier per tile makes the stores visible
+    h_p = hlast_ptr + row * N
+    if HAS_H0:
+        tl.store(h_p + n, tl.load(h0_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32), mask=mask_n)
+    else:
+        tl.store(h_p + n, tl.zeros((N_P2,), dtype=tl.float32), mask=mask_n)
+    tl.debug_barrier()
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    y_p = y_ptr + b64 * sy_b + d64 * sy_d
+    B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g
+    C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g
+    for t0 in range(0, L, BLOCK_T):
+        t = t0 + offs
+        mt = t < L
+        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
+        dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, b = 0 (the state passes through unchanged)
+        du = dt * u
+        y = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        for i in range(N):
+            a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32) * 1.4426950408889634
+            h_i = tl.load(h_p + i)
+            Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * a_i)
+            bb = du * Bn
+            bb = tl.where(first, bb + a * h_i, bb)
+            _, hs = tl.associative_scan((a, bb), 0, _linear_combine)
+            y += hs * Cn
+            tl.store(h_p + i + offs * 0, hs, mask=last)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -675,6 +763,15 @@ def _fwd_chunking(programs: int, L: int, need_grad: bool):
     return (chunk if parallel or need_grad else L), parallel
 
 
+def _use_tile_kernel(programs: int, L: int) -> bool:
+    """Whether a forward without gradients runs _scan_fwd_tile_kernel (see TILE_CONFIG)."""
+    cfg = TILE_CONFIG
+    if cfg["enabled"] is not None:
+        return bool(cfg["enabled"])
+    few_programs = programs < PARALLEL_CONFIG["parallel_below"]
+    return L >= cfg["min_len"] and not (few_programs and L >= cfg["long"])
+
+
 def _bwd_lanes(programs: int, nchunks: int) -> int:
     """Lanes of the time-parallel backward (1: sequential over all chunks)."""
     if programs >= PARALLEL_CONFIG["parallel_below"] or nchunks == 1:
@@ -706,6 +803,21 @@ class _SelectiveScanFn(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:9])
         BLOCK_D = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         nblk = triton.cdiv(dg, BLOCK_D)
+        if not need_grad and _use_tile_kernel(batch * G * nblk, L):  # inference: one program per channel
+            y = _empty_as(u)
+            h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
+            block_t = min(TILE_CONFIG["BLOCK_T"], max(32, _next_pow2(L)))
+            _scan_fwd_tile_kernel[(batch * dim,)](
+                u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
+                delta_bias if delta_bias is not None else u, h0 if h0 is not None else h_last, y, h_last,
+                dim, L, dg, G, N,
+                *u.stride(), *delta.stride(), *(z if z is not None else u).stride(), *y.stride(), *B.stride(),
+                *C.stride(),
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+                HAS_H0=h0 is not None, BLOCK_T=block_t, N_P2=_next_pow2(N), num_warps=TILE_CONFIG["num_warps"],
+            )
+            ctx.set_materialize_grads(False)
+            return y, h_last
         CHUNK, parallel = _fwd_chunking(batch * G * nblk, L, need_grad)
         nchunks = triton.cdiv(L, CHUNK)
         y = _empty_as(u)

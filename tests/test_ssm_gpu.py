@@ -172,6 +172,24 @@ def parallel_config(request):
     ssm_triton.PARALLEL_CONFIG.update(saved)
 
 
+@pytest.mark.parametrize("tile", [True, False], ids=["tile", "no-tile"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
+                                                                                  False)],
+                         ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
+def test_scan_forward_tile_kernel_matches_reference(tile, dtype, case):
+    """The inference forward (no gradients): the time-tiled kernel (one program per channel, tl.associative_scan over
+    tiles of steps, state carried across tiles) against the float64 reference, output and last state."""
+    saved = dict(ssm_triton.TILE_CONFIG)
+    ssm_triton.TILE_CONFIG.update(enabled=tile, BLOCK_T=256)
+    try:
+        batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+        check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
+    finally:
+        ssm_triton.TILE_CONFIG.clear()
+        ssm_triton.TILE_CONFIG.update(saved)
+
+
 @pytest.mark.parametrize("parallel_config", list(PARALLEL_SETTINGS), indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(1, 16, 1000, 16, 0, True, True, True, True), (2, 40, 333, 16, 2, True, False, True,
