@@ -206,17 +206,7 @@ class StormPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, MambaMixer):
-            for name in ("in_proj", "x_proj", "x_proj_b"):
-                linear = getattr(module, name, None)
-                if linear is not None:
-                    init.kaiming_uniform_(linear.weight, a=5**0.5)
-                    if linear.bias is not None:
-                        init.zeros_(linear.bias)
-            if module.out_proj.bias is not None:
-                init.zeros_(module.out_proj.bias)
-            module.reset_ssm_parameters()
-            if self.config.rescale_prenorm_residual:
-                init.copy_(module.out_proj.weight, module.out_proj.weight / self.config.num_mamba_layers**0.5)
+            module.reset_vision_parameters(self.config.num_mamba_layers if self.config.rescale_prenorm_residual else None)
         elif isinstance(module, StormModel):
             for param in (module.pos_embed, module.temporal_embed, module.memory_tokens):
                 if param is not None:

@@ -150,17 +150,7 @@ class VimPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, MambaMixer):
-            for name in ("in_proj", "x_proj", "x_proj_b"):
-                linear = getattr(module, name, None)
-                if linear is not None:
-                    init.kaiming_uniform_(linear.weight, a=5**0.5)
-                    if linear.bias is not None:
-                        init.zeros_(linear.bias)
-            if module.out_proj.bias is not None:
-                init.zeros_(module.out_proj.bias)
-            module.reset_ssm_parameters()
-            if self.config.rescale_prenorm_residual:
-                init.copy_(module.out_proj.weight, module.out_proj.weight / self.config.num_hidden_layers**0.5)
+            module.reset_vision_parameters(self.config.num_hidden_layers if self.config.rescale_prenorm_residual else None)
         elif isinstance(module, VimModel):
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, std=std)

@@ -275,6 +275,22 @@ class MambaMixer(nn.Module):
                 init.zeros_(conv.bias)
         init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
 
+    def reset_vision_parameters(self, rescale_layers: Optional[int] = None):
+        """The vision families' init (Vim / STORM, after Vim's ``_init_weights``): in_proj / x_proj(_b) as
+        nn.Linear's default, zero biases, the SSM parameters (`reset_ssm_parameters`), and with ``rescale_layers``
+        out_proj scaled by 1 / sqrt(rescale_layers) (GPT-2's prenorm-residual rescaling)."""
+        for name in ("in_proj", "x_proj", "x_proj_b"):
+            linear = getattr(self, name, None)
+            if linear is not None:
+                init.kaiming_uniform_(linear.weight, a=5**0.5)
+                if linear.bias is not None:
+                    init.zeros_(linear.bias)
+        if self.out_proj.bias is not None:
+            init.zeros_(self.out_proj.bias)
+        self.reset_ssm_parameters()
+        if rescale_layers:
+            init.copy_(self.out_proj.weight, self.out_proj.weight / rescale_layers**0.5)
+
     # -- one scan direction ------------------------------------------------------------------------------------------
     def _step(self, x, z, suffix, cache, idx, mask=None):
         """One decoding step, O(1) in the sequence length. x, z: (batch, intermediate); mask: (batch,) or None.
