@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .lora import count_parameters
-from .recipes import RecipeResult, save_trained, training_arguments
+from .recipes import RecipeResult, finish_recipe, training_arguments
 
 RETRIEVAL_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "retrieval.py"
 
@@ -180,12 +180,7 @@ def train_dual_encoder(model_or_config, train_ds, processor, out_dir: Union[str,
         metrics["first_logged_loss"], metrics["final_loss"] = losses[0], losses[-1]
     if eval_ds is not None:
         metrics.update(evaluate_retrieval(trainer.model, processor, eval_ds))
-    metrics.trainer = trainer
-    metrics.model = trainer.model
-    if save:
-        metrics.model = save_trained(trainer.model, out_dir, processor=processor)
-        metrics.output_dir = str(out_dir)
-    return metrics
+    return finish_recipe(metrics, trainer, out_dir, processor, save)
 
 
 __all__ = [

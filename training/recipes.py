@@ -177,6 +177,17 @@ def merge_and_unload(model):
     return model
 
 
+def finish_recipe(metrics, trainer, out_dir: Union[str, Path], processor=None, save: bool = True):
+    """The common end of a recipe: ``metrics.trainer`` / ``.model`` set, and with ``save`` the model (merged when it
+    has LoRA adapters) and its processor saved to ``out_dir`` (``save_trained``); returns ``metrics``."""
+    metrics.trainer = trainer
+    metrics.model = trainer.model
+    if save:
+        metrics.model = save_trained(trainer.model, out_dir, processor=processor)
+        metrics.output_dir = str(out_dir)
+    return metrics
+
+
 def save_trained(model, out_dir: Union[str, Path], processor=None, adapter_subdir: str = ADAPTER_SUBDIR):
     """Saves so that ``out_dir`` loads with ``trust_remote_code=True`` and without ssmvl: the model (merged if it has
     LoRA adapters; the adapter alone goes to ``out_dir/adapter`` first) plus its tokenizer / image processor.
@@ -305,12 +316,7 @@ def train_causal_lm(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics["eval_loss"] = eval_loss
         metrics["perplexity"] = math.exp(eval_loss)
-    metrics.trainer = trainer
-    metrics.model = trainer.model
-    if save:
-        metrics.model = save_trained(trainer.model, out_dir, processor=tokenizer)
-        metrics.output_dir = str(out_dir)
-    return metrics
+    return finish_recipe(metrics, trainer, out_dir, tokenizer, save)
 
 
 def train_image_classifier(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path], epochs: float = 10,

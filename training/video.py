@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .lora import count_parameters
-from .recipes import RecipeResult, load_accuracy_metric, save_trained, training_arguments
+from .recipes import RecipeResult, finish_recipe, load_accuracy_metric, training_arguments
 
 DEFAULT_LABELS = ("left", "right", "up", "down")  # moving_shapes.DIRECTIONS
 
@@ -170,12 +170,7 @@ def train_video_classifier(model, processor, train_ds, out_dir: Union[str, Path]
     if eval_ds is not None:
         for name, value in evaluate_video_classifier(trainer.model, processor, eval_ds, eval_batch_size).items():
             metrics[f"eval_{name}"] = value
-    metrics.trainer = trainer
-    metrics.model = trainer.model
-    if save:
-        metrics.model = save_trained(trainer.model, out_dir, processor=processor)
-        metrics.output_dir = str(out_dir)
-    return metrics
+    return finish_recipe(metrics, trainer, out_dir, processor, save)
 
 
 __all__ = ["VideoCollator", "storm_video_classifier", "video_processor_for", "train_video_classifier",
