@@ -4,7 +4,7 @@ cell never seen in training).
 
     python benchmarks/train_storm_video.py                      # one model (keep ratio --keep-ratio, default 0.125)
     python benchmarks/train_storm_video.py --keep-ratios-table  # the same model at keep ratios 1, 0.5, 0.25, 0.125
-    python benchmarks/train_storm_video.py --keep-ratios-table --from-full  # ratios < 1 fine-tuned from the 1.0 model
+    python benchmarks/train_storm_video.py --keep-ratios-table --from-full --steps 300  # ratios < 1 fine-tuned from it
     # the table in two processes (one core each), then merged:
     python benchmarks/train_storm_video.py --keep-ratios-table --ratios 1 0.5 --name part1.json
     python benchmarks/train_storm_video.py --keep-ratios-table --ratios 0.25 0.125 --name part2.json
@@ -127,7 +127,7 @@ def main(argv=None):
     parser.add_argument("--temporal-pool", type=int, default=1)
     parser.add_argument("--memory", type=int, default=4, help="memory tokens")
     parser.add_argument("--state-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600, help="training steps (with --from-full: of the 1.0 model)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=1)
