@@ -438,7 +438,9 @@ def causal_conv1d(
            f"got shape {tuple(weight.shape)}")
     _check(activation in (None, "silu", "swish"), f"activation must be None or 'silu', got {activation!r}")
     name = resolve_backend(backend, x.device)
-    if name == "mamba_ssm" and "causal_conv1d_fn" in _load_mamba_ssm() and x.dtype != torch.float64:
+    # causal-conv1d's CUDA kernels take widths 2..4 only (STORM's video mixers use wider ones): others use F.conv1d
+    if (name == "mamba_ssm" and "causal_conv1d_fn" in _load_mamba_ssm() and x.dtype != torch.float64
+            and 2 <= weight.shape[1] <= 4):
         return _load_mamba_ssm()["causal_conv1d_fn"](x, weight, bias, activation=activation)
     if name == "triton" and hasattr(_load_triton(), "causal_conv1d_triton"):
         return _load_triton().causal_conv1d_triton(x, weight, bias, activation=activation)
@@ -465,7 +467,7 @@ def causal_conv1d_update(
            f"conv_state must be (batch, dim, width)={(x.shape[0], x.shape[1], weight.shape[1])}, "
            f"got {tuple(conv_state.shape)}")
     name = resolve_backend(backend, x.device)
-    if name == "mamba_ssm" and "causal_conv1d_update" in _load_mamba_ssm():
+    if name == "mamba_ssm" and "causal_conv1d_update" in _load_mamba_ssm() and 2 <= weight.shape[1] <= 4:
         return _load_mamba_ssm()["causal_conv1d_update"](x, conv_state, weight, bias, activation)
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
     conv_state[:, :, -1] = x.to(conv_state.dtype)

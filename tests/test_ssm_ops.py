@@ -220,3 +220,29 @@ def test_all_flag_combinations_small():
         assert torch.allclose(y, y_ref, atol=1e-5)
         for name in g_ref:
             assert rel_err(g[name], g_ref[name]) < 1e-5
+
+
+def test_mamba_ssm_conv_only_for_widths_its_kernels_take(monkeypatch):
+    """causal-conv1d's CUDA kernels take widths 2..4; a wider conv (STORM's video mixers) must not reach them."""
+    calls = []
+
+    def fake_conv(x, weight, bias, activation=None):  # as the real kernel: widths 2..4 only
+        calls.append(weight.shape[1])
+        assert 2 <= weight.shape[1] <= 4, "causal_conv1d only supports width between 2 and 4"
+        return torch.zeros_like(x)
+
+    def fake_update(x, conv_state, weight, bias, activation=None):
+        calls.append(weight.shape[1])
+        assert 2 <= weight.shape[1] <= 4
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(ssm_ops, "resolve_backend", lambda backend, device: "mamba_ssm")
+    monkeypatch.setattr(ssm_ops, "_load_mamba_ssm",
+                        lambda: {"causal_conv1d_fn": fake_conv, "causal_conv1d_update": fake_update})
+    x, w17, w4 = torch.randn(2, 3, 10), torch.randn(3, 17), torch.randn(3, 4)
+    expected = torch.nn.functional.conv1d(x, w17.unsqueeze(1), padding=16, groups=3)[..., :10]
+    torch.testing.assert_close(ssm_ops.causal_conv1d(x, w17, None, activation=None), expected)
+    state = torch.randn(2, 3, 17)
+    ssm_ops.causal_conv1d_update(x[..., 0], state, w17, None)
+    assert calls == []
+    assert ssm_ops.causal_conv1d(x, w4, None).abs().sum() == 0 and calls == [4]
