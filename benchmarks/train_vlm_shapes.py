@@ -31,7 +31,7 @@ def main(argv=None):
     parser.add_argument("--vision", default="patches", choices=("siglip", "patches"))
     parser.add_argument("--scenes", type=int, default=3000)
     parser.add_argument("--test-scenes", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=2400)
+    parser.add_argument("--steps", type=int, default=3600)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--hidden", type=int, default=96)

@@ -183,7 +183,7 @@ def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, bl
 # ---------------------------------------------------------------------------------------------------------------------
 # (ii) vision
 # ---------------------------------------------------------------------------------------------------------------------
-def vlm_step(out_dir: Path, steps: int = 2400, scenes: int = 3000, test_scenes: int = 100, lr: float = 1e-3,
+def vlm_step(out_dir: Path, steps: int = 3600, scenes: int = 3000, test_scenes: int = 100, lr: float = 1e-3,
              batch_size: int = 32, progress: bool = True) -> Dict[str, Any]:
     """A tiny Mamba-decoder VLM (VLM-Mamba's Fuyu mode: raw 16 px patches -> linear -> Mamba LM, no vision tower)
     instruction-tuned on generated shapes scenes (colour / shape / position questions), then asked about held-out
@@ -550,7 +550,7 @@ def run_demo(out_dir="outputs/demo", quick: bool = False, families: Sequence[str
                                    lora_epochs=2 if quick else None, progress=not quick))
 
     banner("(iii) vision-language: a Mamba-decoder VLM answers questions about generated scenes")
-    summary.update(vlm_step(out_dir, steps=30 if quick else 2400, scenes=200 if quick else 3000,
+    summary.update(vlm_step(out_dir, steps=30 if quick else 3600, scenes=200 if quick else 3000,
                             test_scenes=20 if quick else 100, progress=not quick))
 
     banner("(iv) Hub: push, then load back with transformers alone (no ssmvl) in a fresh process")
