@@ -10,6 +10,7 @@ from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING, AutoConfig
 
 from .configuration_mamba_lm import MambaLMConfig
+from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
 from .configuration_vmamba import VMambaConfig
 from .vlm_bridge import BridgeDecoderConfig, BridgeVisionConfig, resolve_fusion_config, resolve_projector_config
@@ -29,6 +30,7 @@ _SSMVL_CONFIGS = {
     MambaLMConfig.model_type: MambaLMConfig,
     BridgeVisionConfig.model_type: BridgeVisionConfig,
     BridgeDecoderConfig.model_type: BridgeDecoderConfig,
+    StormConfig.model_type: StormConfig,
 }
 
 # Vision towers the model knows how to read, and how many leading non-patch ("CLS-like") tokens each returns
@@ -36,7 +38,10 @@ _SSMVL_CONFIGS = {
 _PREFIX_TOKEN_TOWERS = {"vit": 1, "clip_vision_model": 1, "dinov2": 1, "dinov2_with_registers": None,
                         BridgeVisionConfig.model_type: 1}
 _NO_PREFIX_TOWERS = ("siglip_vision_model",)
-VISION_TOWER_TYPES = tuple(_PREFIX_TOKEN_TOWERS) + _NO_PREFIX_TOWERS + (VimConfig.model_type, VMambaConfig.model_type)
+# STORM is the video tower: it takes pixel_values_videos (n, T, C, H, W) and returns its reduced tokens
+VIDEO_TOWER_TYPES = (StormConfig.model_type,)
+VISION_TOWER_TYPES = (tuple(_PREFIX_TOKEN_TOWERS) + _NO_PREFIX_TOWERS + (VimConfig.model_type, VMambaConfig.model_type)
+                      + VIDEO_TOWER_TYPES)
 
 PROJECTOR_TYPES = ("mlp", "resampler", "ssm_bridge", "bridger_ffn", "patch_linear")
 FUSION_TYPES = ("prefix", "cross_attention")
@@ -90,7 +95,9 @@ class SsmVlmConfig(PretrainedConfig):
         vision_config (`PretrainedConfig` or `dict`, *optional*): the vision tower. A transformers ViT
             (`"vit"`), SigLIP vision (`"siglip_vision_model"`), CLIP vision (`"clip_vision_model"`), DINOv2
             (`"dinov2"`, `"dinov2_with_registers"`) config, or ssmvl's Vim (`"ssmvl_vim"`) / VMamba (`"ssmvl_vmamba"`);
-            a dict needs its `model_type`. None only for `projector_type="patch_linear"` (no tower: raw pixel patches).
+            or the video tower STORM (`"ssmvl_storm"`: the model then takes `pixel_values_videos` (n_videos,
+            num_frames, C, H, W) and hands the decoder STORM's reduced tokens, `num_output_tokens(num_frames)` per
+            video, at one `"<video>"` placeholder each); a dict needs its `model_type`. None only for `projector_type="patch_linear"` (no tower: raw pixel patches).
             When both vision_config and text_config are None (`SsmVlmConfig()`), the default is a Vim-tiny tower and a
             default Mamba LM.
         text_config (`PretrainedConfig` or `dict`, *optional*): the decoder: ssmvl's Mamba LM (`"ssmvl_mamba"`, with
@@ -131,7 +138,7 @@ class SsmVlmConfig(PretrainedConfig):
             >= 5.24 reads `config.fusion_config` for its own runtime module fusions in `from_pretrained`).
         image_token_id (`int`, *optional*): id of the image placeholder token (what the processor writes
             `num_image_tokens` times per image). Required for fusion "prefix" once images are given.
-        image_token (`str`, defaults to `"<image>"`): the placeholder's text.
+        image_token (`str`, *optional*): the placeholder's text: `"<image>"`, or `"<video>"` with a video tower.
         vision_feature_layer (`int`, defaults to -1): which entry of the tower's `hidden_states` feeds the projector
             (-1: the last, -2: the one before, as LLaVA's; for VMamba the entries are the stem and each stage).
         vision_feature_select_strategy (`str`, defaults to `"default"`): `"default"` drops the CLS-like tokens (ViT /
@@ -157,7 +164,7 @@ class SsmVlmConfig(PretrainedConfig):
         fusion: str = "prefix",
         cross_attention_config: Optional[dict] = None,
         image_token_id: Optional[int] = None,
-        image_token: str = "<image>",
+        image_token: Optional[str] = None,
         vision_feature_layer: int = -1,
         vision_feature_select_strategy: str = "default",
         image_size: Optional[int] = None,
@@ -182,7 +189,7 @@ class SsmVlmConfig(PretrainedConfig):
         self.cross_attention_config = (resolve_fusion_config(cross_attention_config) if fusion == "cross_attention"
                                        else dict(cross_attention_config or {}))
         self.image_token_id = image_token_id
-        self.image_token = image_token
+        self.image_token = image_token or ("<video>" if self.is_video else "<image>")
         self.vision_feature_layer = vision_feature_layer
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.freeze_vision_tower = freeze_vision_tower
@@ -217,6 +224,9 @@ class SsmVlmConfig(PretrainedConfig):
         if self.vision_config is not None and self.vision_config.model_type not in VISION_TOWER_TYPES:
             raise ValueError(f"SsmVlmConfig: vision_config.model_type={self.vision_config.model_type!r} is not a "
                              f"supported vision tower; use one of {VISION_TOWER_TYPES}.")
+        if self.is_video and self.vision_feature_layer != -1:
+            raise ValueError("SsmVlmConfig: a STORM video tower hands over its last (reduced) tokens; "
+                             f"vision_feature_layer must be -1, got {self.vision_feature_layer}.")
         if getattr(self.text_config, "is_encoder_decoder", False):
             raise ValueError("SsmVlmConfig.text_config must be a decoder-only causal LM config, got an "
                              f"encoder-decoder ({self.text_config.model_type!r}).")
@@ -277,10 +287,22 @@ class SsmVlmConfig(PretrainedConfig):
         return self.text_config.hidden_size
 
     @property
+    def is_video(self) -> bool:
+        """Whether the tower is a video tower (STORM): inputs `pixel_values_videos` (n, num_frames, C, H, W), one
+        placeholder (`image_token`, "<video>" by default) per video."""
+        vc = self.vision_config
+        return vc is not None and vc.model_type in VIDEO_TOWER_TYPES
+
+    @property
+    def num_frames(self) -> Optional[int]:
+        """Frames per video a video tower takes (the processor samples exactly this many); None for images."""
+        return self.vision_config.num_frames if self.is_video else None
+
+    @property
     def num_vision_hidden_states(self) -> int:
         """Entries of the tower's `hidden_states` (embeddings + one per layer; VMamba: stem + one per stage)."""
         vc = self.vision_config
-        if vc is None:
+        if vc is None or self.is_video:  # STORM: only its last tokens are read
             return 0
         if vc.model_type == VMambaConfig.model_type:
             return vc.num_stages + 1
@@ -319,7 +341,7 @@ class SsmVlmConfig(PretrainedConfig):
     def num_vision_prefix_tokens(self) -> int:
         """CLS-like tokens the tower returns besides the patches (dropped by the "default" strategy)."""
         vc = self.vision_config
-        if vc is None or vc.model_type in _NO_PREFIX_TOWERS or vc.model_type == VMambaConfig.model_type:
+        if vc is None or vc.model_type in _NO_PREFIX_TOWERS + VIDEO_TOWER_TYPES + (VMambaConfig.model_type,):
             return 0
         if vc.model_type == VimConfig.model_type:
             return 1 if vc.use_cls_token else 0
@@ -329,7 +351,10 @@ class SsmVlmConfig(PretrainedConfig):
 
     @property
     def num_vision_tokens(self) -> int:
-        """Tokens per image that reach the projector (after `vision_feature_select_strategy`)."""
+        """Tokens per image that reach the projector (after `vision_feature_select_strategy`); for a video tower, the
+        tokens STORM keeps of a video of `num_frames` frames (`StormConfig.num_output_tokens`)."""
+        if self.is_video:
+            return self.vision_config.num_output_tokens(self.vision_config.num_frames)
         rows, cols = self.vision_grid
         n = rows * cols
         if self.vision_feature_select_strategy == "full":

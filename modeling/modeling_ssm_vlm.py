@@ -34,6 +34,7 @@ from transformers.utils import ModelOutput, logging
 from .configuration_ssm_vlm import SsmVlmConfig, _side
 from .hf_compat import CACHE_NAME, cache_output, init, new_token_count, pop_cache
 from .modeling_mamba_lm import MambaLMForCausalLM
+from .modeling_storm import StormModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
 from .ssm_layers import MambaMixer, RMSNorm, SsmCache
@@ -43,6 +44,7 @@ from .vlm_projectors import PatchLinearProjector, ResamplerProjector, build_proj
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
     from .configuration_mamba_lm import MambaLMConfig  # noqa: F401
+    from .configuration_storm import StormConfig  # noqa: F401
     from .configuration_vim import VimConfig  # noqa: F401
     from .configuration_vmamba import VMambaConfig  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
@@ -83,6 +85,14 @@ class SsmVlmModelOutput(ModelOutput):
     vision_hidden_states: Optional[torch.FloatTensor] = None
 
 
+def _one_visual_input(pixel_values, pixel_values_videos):
+    """pixel_values_videos is the video tower's name for pixel_values (as transformers' video models call it)."""
+    if pixel_values is not None and pixel_values_videos is not None:
+        raise ValueError("Pass pixel_values (images) or pixel_values_videos (videos), not both: the model has one "
+                         "vision tower.")
+    return pixel_values if pixel_values_videos is None else pixel_values_videos
+
+
 def build_vision_tower(vision_config) -> PreTrainedModel:
     """ssmvl's Vim / VMamba / bridge ViT from their sibling files; any other tower through transformers' AutoModel."""
     if vision_config.model_type == "ssmvl_vim":
@@ -91,6 +101,8 @@ def build_vision_tower(vision_config) -> PreTrainedModel:
         return VMambaModel(vision_config)
     if vision_config.model_type == "ssmvl_bridge_vision":
         return BridgeVisionModel(vision_config)
+    if vision_config.model_type == "ssmvl_storm":
+        return StormModel(vision_config)
     return AutoModel.from_config(vision_config, **_TOWER_KWARGS.get(vision_config.model_type, {}))
 
 
@@ -181,6 +193,16 @@ class SsmVlmModel(SsmVlmPreTrainedModel):
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         cfg = self.config
+        if cfg.is_video:
+            if pixel_values.dim() != 5:
+                raise ValueError(f"This model's tower (STORM) takes videos: pixel_values_videos must be (n_videos, "
+                                 f"{cfg.num_frames}, {cfg.num_channels}, height, width), got shape "
+                                 f"{tuple(pixel_values.shape)}.")
+            if pixel_values.shape[1] != cfg.num_frames:
+                raise ValueError(f"Each video must have exactly {cfg.num_frames} frames (vision_config.num_frames: the "
+                                 f"number of video tokens depends on it), got {pixel_values.shape[1]}; the processor "
+                                 f"samples them (StormVideoProcessor(num_frames={cfg.num_frames})).")
+            pixel_values = pixel_values[:, 0]  # the frame checks below
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (n_images, {cfg.num_channels}, height, width), got shape "
                              f"{tuple(pixel_values.shape)}.")
@@ -201,6 +223,9 @@ class SsmVlmModel(SsmVlmPreTrainedModel):
         if self.vision_tower is None:
             return pixel_values
         tower_dtype = next(self.vision_tower.parameters()).dtype
+        if cfg.is_video:  # STORM: its reduced tokens (n, num_output_tokens(T), hidden)
+            outputs = self.vision_tower(pixel_values_videos=pixel_values.to(tower_dtype), return_dict=True)
+            return outputs.last_hidden_state
         outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True, return_dict=True)
         features = outputs.hidden_states[cfg.vision_feature_layer]
         model_type = cfg.vision_config.model_type
@@ -218,10 +243,11 @@ class SsmVlmModel(SsmVlmPreTrainedModel):
         return self(pixel_values, return_dict=True).last_hidden_state
 
     def forward(self, pixel_values: Optional[torch.FloatTensor] = None, return_dict: Optional[bool] = None,
-                **kwargs) -> Union[Tuple, SsmVlmModelOutput]:
+                pixel_values_videos: Optional[torch.FloatTensor] = None, **kwargs) -> Union[Tuple, SsmVlmModelOutput]:
         unknown = sorted(set(kwargs) - {"output_attentions", "output_hidden_states"})
         if unknown:
             raise TypeError(f"SsmVlmModel.forward() got unexpected argument(s) {unknown}; it takes pixel_values.")
+        pixel_values = _one_visual_input(pixel_values, pixel_values_videos)
         if pixel_values is None:
             raise ValueError("SsmVlmModel needs pixel_values (n_images, channels, height, width).")
         self._check_pixel_values(pixel_values)
@@ -342,6 +368,7 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
+        pixel_values_videos: Optional[torch.FloatTensor] = None,
         **kwargs,
     ) -> Union[Tuple, SsmVlmCausalLMOutput]:
         r"""input_ids: (batch, seqlen) with `num_image_tokens` image tokens per image (fusion "prefix"), or
@@ -351,6 +378,7 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
         cache (also accepted as `past_key_values` / `cache_params`); labels: (batch, seqlen), shifted inside, -100
         ignored (mask the prompt and the image positions in the collator)."""
         cache = pop_cache(cache, kwargs)
+        pixel_values = _one_visual_input(pixel_values, pixel_values_videos)  # a video tower's (n, T, C, H, W)
         for name in ("cache_position", "output_attentions", "token_type_ids"):  # no use here (older generate()
             kwargs.pop(name, None)                                              # passes cache_position)
         num_items = kwargs.pop("num_items_in_batch", None)
@@ -479,7 +507,7 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids, inputs_embeds=None, attention_mask=None, pixel_values=None, image_hidden_states=None,
         position_ids=None, use_cache=None, cache=None, is_first_iteration=False, next_sequence_length=None,
-        cache_position=None, past_key_values=None, cache_params=None, **kwargs,
+        cache_position=None, past_key_values=None, cache_params=None, pixel_values_videos=None, **kwargs,
     ):
         """What generate() feeds forward() at each step. Prefill: the whole prompt with its images (pixel_values) and
         attention mask. Later steps: only the tokens the decoder's cache has not seen; no pixels (the image tokens are
@@ -489,6 +517,7 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
         the text tokens only); the Mamba decoder needs the mask only at prefill (padding lives in its state as
         zeros)."""
         cache = pop_cache(cache, {"past_key_values": past_key_values, "cache_params": cache_params})
+        pixel_values = _one_visual_input(pixel_values, pixel_values_videos)
         kwargs.pop("labels", None)
         if use_cache is None:
             use_cache = getattr(self.config.text_config, "use_cache", True)

@@ -22,17 +22,17 @@ class SsmVlmProcessor(ProcessorMixin):
             when the text holds placeholders (`config.uses_image_placeholders`), else 0 (cross-attention fusion
             without an image prefix: placeholders are dropped from the text and each text needs exactly one image).
             [`SsmVlmProcessor.from_config`] reads it from the model config.
-        image_token (`str`, defaults to `"<image>"`): the placeholder (the tokenizer's `image_token` wins if it has
-            one).
+        image_token (`str`, *optional*): the placeholder; else the tokenizer's `image_token`, else `"<image>"`
+            ([`SsmVlmProcessor.from_config`] passes the model's: `"<video>"` for a video tower).
         chat_template (`str`, *optional*): Jinja chat template; defaults to the tokenizer's. `apply_chat_template`
             (from `ProcessorMixin`) renders conversations with `{"type": "image"}` content parts.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, num_image_tokens: Optional[int] = None,
-                 image_token: str = "<image>", chat_template: Optional[str] = None, **kwargs):
+                 image_token: Optional[str] = None, chat_template: Optional[str] = None, **kwargs):
         if tokenizer is None or image_processor is None:
             raise ValueError("SsmVlmProcessor needs an image_processor and a tokenizer.")
-        self.image_token = getattr(tokenizer, "image_token", None) or image_token
+        self.image_token = image_token or getattr(tokenizer, "image_token", None) or "<image>"
         self.num_image_tokens = num_image_tokens
         if chat_template is None:
             chat_template = getattr(tokenizer, "chat_template", None)
@@ -64,11 +64,20 @@ class SsmVlmProcessor(ProcessorMixin):
 
     # -- call ---------------------------------------------------------------------------------------------------------
     def __call__(self, images=None, text=None, padding=False, truncation=None, max_length: Optional[int] = None,
-                 return_tensors: Optional[str] = "pt", images_kwargs: Optional[dict] = None, **kwargs) -> BatchFeature:
+                 return_tensors: Optional[str] = "pt", images_kwargs: Optional[dict] = None, videos=None,
+                 **kwargs) -> BatchFeature:
         """``text``: a string or a list of strings with one ``<image>`` where each image goes; ``images``: one image, a
         list of images (in the order of the placeholders over the whole batch) or a list of lists (per text).
         Returns a `BatchFeature` with ``input_ids``, ``attention_mask`` (text) and ``pixel_values`` (images).
-        Other keyword arguments go to the tokenizer; ``images_kwargs`` to the image processor."""
+        ``videos`` (a model with a video tower; its processor is a video processor such as `StormVideoProcessor`):
+        one video (a numpy array (T, H, W, C) or a tensor (T, C, H, W)), a list of them or a list of lists (per
+        text), placed like images at the ``<video>`` placeholders; the video processor gives
+        ``pixel_values_videos``. Other keyword arguments go to the tokenizer; ``images_kwargs`` to the image /
+        video processor."""
+        if images is not None and videos is not None:
+            raise ValueError("Pass images or videos, not both: the model has one vision tower.")
+        if videos is not None:
+            images = videos if isinstance(videos, (list, tuple)) else [videos]
         if images is None and text is None:
             raise ValueError("SsmVlmProcessor needs text, images or both.")
         flat_images, per_text = self._flatten_images(images)
