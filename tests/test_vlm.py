@@ -112,7 +112,11 @@ def test_preset_tiny_builds_and_runs(name):
     ids = prompt(n, before=0).unsqueeze(0) if config.uses_image_placeholders else text_ids(5, 0)[None]
     ids[ids >= config.text_config.vocab_size] = BOS
     ids[ids == IMG] = config.image_token_id
-    out = model(ids, pixel_values=pixels(1), labels=ids)
+    if config.is_video:  # STORM tower: one video of num_frames frames
+        side = config.vision_config.image_size
+        out = model(ids, pixel_values_videos=torch.randn(1, config.num_frames, 3, side, side), labels=ids)
+    else:
+        out = model(ids, pixel_values=pixels(1), labels=ids)
     assert out.logits.shape == (1, ids.shape[1], config.text_config.vocab_size)
     assert out.image_hidden_states.shape == (1, n, config.text_config.hidden_size)
     assert torch.isfinite(out.loss)
@@ -125,6 +129,7 @@ REAL_PARAMS = {
     "vlm-mamba": (1.0e8, 1.8e8),  # Vim 768 x 12 + Mamba LM 768 x 12 + BridgerFFN
     "vlm-mamba-fuyu": (7e7, 1.0e8),  # Mamba LM 768 x 12 + one Linear + BridgerFFN
     "vlm-ssm-bridge": (2.0e8, 3.0e8),  # ViT 768 x 12 (MQA) + bridge + 2 cross-attention layers + decoder 768 x 12
+    "vlm-storm-video": (1.4e8, 1.7e8),  # STORM-small 384 (26.6M) + MLP + Mamba LM 768 x 24 (mamba-130m)
 }
 
 
