@@ -93,3 +93,12 @@ def test_cli_train_video_parses():
 
     args = build_parser().parse_args(["train-video", "--out", "x", "--steps", "5", "--keep-ratio", "0.25"])
     assert (args.command, args.out, args.steps, args.keep_ratio, args.frames) == ("train-video", "x", 5, 0.25, 8)
+
+
+def test_main_job_video_step_runs_and_reports(tmp_path):
+    from ssmvl.training.main_job import video_step
+
+    summary = video_step(tmp_path, steps=3, clips=16, test_clips=8, batch_size=8, progress=False)
+    assert summary["video_steps"] == 3 and 0.0 <= summary["video_accuracy"] <= 1.0
+    assert summary["video_tokens_to_head"] == 8 * 16  # keep ratio 1.0: every patch of the 8 sampled frames
+    assert (tmp_path / "storm-video" / "config.json").is_file()
