@@ -119,6 +119,27 @@ def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, sy, mask_d,
 
 
 @triton.jit
+def _channel_block(pid_bg, pid_d, dim, G, dg, N, A_ptr, bias_ptr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
+                   N_P2: tl.constexpr):
+    """A program's (batch, B/C group, block of BLOCK_D channels): b, g, the channels d and their masks, the state
+    indices n, A (BLOCK_D, N_P2) in fp32, delta_bias of the block (zeros without it) and the (batch, channel) rows."""
+    b = pid_bg // G
+    g = pid_bg % G
+    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs < dg
+    d = g * dg + offs
+    n = tl.arange(0, N_P2)
+    mask_n = n < N
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    row = b.to(tl.int64) * dim + d  # (BLOCK_D,)
+    return b, g, d, mask_d, n, mask_n, mask_dn, A, bias, row
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     y_ptr, hlast_ptr, states_ptr,
@@ -132,22 +153,12 @@ def _scan_fwd_kernel(
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
     c_begin = tl.program_id(2)  # PARALLEL: one chunk per program, its start state computed by _chunk_carry_kernel
-    b = pid_bg // G
-    g = pid_bg % G
-    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs < dg
-    d = g * dg + offs
-    n = tl.arange(0, N_P2)
-    mask_n = n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
+    b, g, d, mask_d, n, mask_n, mask_dn, A, bias, row = _channel_block(pid_bg, pid_d, dim, G, dg, N, A_ptr, bias_ptr,
+                                                                       HAS_BIAS, BLOCK_D, N_P2)
+    A2 = A * 1.4426950408889634
     Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-    row = b.to(tl.int64) * dim + d  # (BLOCK_D,)
     b64 = b.to(tl.int64)
     d64 = d.to(tl.int64)
     n64 = n.to(tl.int64)
@@ -224,19 +235,9 @@ def _chunk_end_kernel(
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
     c = tl.program_id(2)
-    b = pid_bg // G
-    g = pid_bg % G
-    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs < dg
-    d = g * dg + offs
-    n = tl.arange(0, N_P2)
-    mask_n = n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-    row = b.to(tl.int64) * dim + d
+    b, g, d, mask_d, n, mask_n, mask_dn, A, bias, row = _channel_block(pid_bg, pid_d, dim, G, dg, N, A_ptr, bias_ptr,
+                                                                       HAS_BIAS, BLOCK_D, N_P2)
+    A2 = A * 1.4426950408889634
     b64 = b.to(tl.int64)
     d64 = d.to(tl.int64)
     u_p = u_ptr + b64 * su_b + d64 * su_d
@@ -398,19 +399,9 @@ def _chunk_adjoint_kernel(
     pid_bg = tl.program_id(0)
     pid_d = tl.program_id(1)
     c = tl.program_id(2)
-    b = pid_bg // G
-    g = pid_bg % G
-    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs < dg
-    d = g * dg + offs
-    n = tl.arange(0, N_P2)
-    mask_n = n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32) * 1.4426950408889634
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-    row = b.to(tl.int64) * dim + d
+    b, g, d, mask_d, n, mask_n, mask_dn, A, bias, row = _channel_block(pid_bg, pid_d, dim, G, dg, N, A_ptr, bias_ptr,
+                                                                       HAS_BIAS, BLOCK_D, N_P2)
+    A2 = A * 1.4426950408889634
     b64 = b.to(tl.int64)
     d64 = d.to(tl.int64)
     dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
@@ -539,23 +530,12 @@ def _scan_bwd_kernel(
     nlanes = tl.num_programs(2)
     c_lo = pid_l * per_lane
     c_hi = tl.minimum(c_lo + per_lane, nchunks)
-    b = pid_bg // G
-    g = pid_bg % G
-    offs = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs < dg
-    d = g * dg + offs
-    n = tl.arange(0, N_P2)
-    mask_n = n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    b, g, d, mask_d, n, mask_n, mask_dn, A, bias, row = _channel_block(pid_bg, pid_d, dim, G, dg, N, A_ptr, bias_ptr,
+                                                                       HAS_BIAS, BLOCK_D, N_P2)
     A2 = A * 1.4426950408889634
     Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-    row = b.to(tl.int64) * dim + d
     state_off = row[:, None] * N + n[None, :]
     b64 = b.to(tl.int64)
     d64 = d.to(tl.int64)
