@@ -97,7 +97,8 @@ class SsmVlmConfig(PretrainedConfig):
             (`"dinov2"`, `"dinov2_with_registers"`) config, or ssmvl's Vim (`"ssmvl_vim"`) / VMamba (`"ssmvl_vmamba"`);
             or the video tower STORM (`"ssmvl_storm"`: the model then takes `pixel_values_videos` (n_videos,
             num_frames, C, H, W) and hands the decoder STORM's reduced tokens, `num_output_tokens(num_frames)` per
-            video, at one `"<video>"` placeholder each); a dict needs its `model_type`. None only for `projector_type="patch_linear"` (no tower: raw pixel patches).
+            video, at one `"<video>"` placeholder each); a dict needs its `model_type`. None only for
+            `projector_type="patch_linear"` (no tower: raw pixel patches).
             When both vision_config and text_config are None (`SsmVlmConfig()`), the default is a Vim-tiny tower and a
             default Mamba LM.
         text_config (`PretrainedConfig` or `dict`, *optional*): the decoder: ssmvl's Mamba LM (`"ssmvl_mamba"`, with

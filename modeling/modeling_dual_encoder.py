@@ -32,6 +32,7 @@ from .hf_compat import init
 from .modeling_mamba_lm import MambaLMModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
+from .ssm_layers import check_pixel_values
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
@@ -255,6 +256,7 @@ class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
         if not torch.is_tensor(pixel_values) or pixel_values.dim() != 4:
             shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {shape}")
+        check_pixel_values(pixel_values)
         channels = getattr(vcfg, "num_channels", None)
         if channels is not None and pixel_values.shape[1] != channels:
             raise ValueError(f"pixel_values has {pixel_values.shape[1]} channels but the vision tower "

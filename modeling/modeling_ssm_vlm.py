@@ -37,7 +37,7 @@ from .modeling_mamba_lm import MambaLMForCausalLM
 from .modeling_storm import StormModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
-from .ssm_layers import MambaMixer, RMSNorm, SsmCache
+from .ssm_layers import MambaMixer, RMSNorm, SsmCache, check_pixel_values
 from .vlm_bridge import BridgeDecoderForCausalLM, BridgeVisionModel, CrossModalFusion, text_position_ids
 from .vlm_projectors import PatchLinearProjector, ResamplerProjector, build_projector
 
@@ -193,6 +193,7 @@ class SsmVlmModel(SsmVlmPreTrainedModel):
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         cfg = self.config
+        check_pixel_values(pixel_values, "pixel_values_videos" if cfg.is_video else "pixel_values")
         if cfg.is_video:
             if pixel_values.dim() != 5:
                 raise ValueError(f"This model's tower (STORM) takes videos: pixel_values_videos must be (n_videos, "

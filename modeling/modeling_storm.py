@@ -33,7 +33,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_storm import FRAME_ENCODER_PREFIX_TOKENS, StormConfig, _pair, num_kept
 from .modeling_vim import VimPatchEmbeddings, resample_pos_embed
-from .ssm_layers import GradientCheckpointingLayer, MambaBlock, MambaMixer, RMSNorm, init
+from .ssm_layers import GradientCheckpointingLayer, MambaBlock, MambaMixer, RMSNorm, check_pixel_values, init
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
@@ -206,7 +206,8 @@ class StormPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, MambaMixer):
-            module.reset_vision_parameters(self.config.num_mamba_layers if self.config.rescale_prenorm_residual else None)
+            rescale = self.config.num_mamba_layers if self.config.rescale_prenorm_residual else None
+            module.reset_vision_parameters(rescale)
         elif isinstance(module, StormModel):
             for param in (module.pos_embed, module.temporal_embed, module.memory_tokens):
                 if param is not None:
@@ -289,6 +290,7 @@ class StormModel(StormPreTrainedModel):
         else:
             raise ValueError("StormModel needs pixel_values (batch, C, H, W) or pixel_values_videos "
                              "(batch, frames, C, H, W).")
+        check_pixel_values(video, "pixel_values_videos" if pixel_values_videos is not None else "pixel_values")
         _, frames, channels, height, width = video.shape
         if frames == 0:
             raise ValueError(f"The video has no frames (shape {tuple(video.shape)}, frames == 0); give each video at "

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import logging
 
 from .configuration_vim import VimConfig
-from .ssm_layers import GradientCheckpointingLayer, MambaMixer, RMSNorm, init
+from .ssm_layers import GradientCheckpointingLayer, MambaMixer, RMSNorm, check_pixel_values, init
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
@@ -150,7 +150,8 @@ class VimPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RMSNorm):
             init.ones_(module.weight)
         elif isinstance(module, MambaMixer):
-            module.reset_vision_parameters(self.config.num_hidden_layers if self.config.rescale_prenorm_residual else None)
+            rescale = self.config.num_hidden_layers if self.config.rescale_prenorm_residual else None
+            module.reset_vision_parameters(rescale)
         elif isinstance(module, VimModel):
             if module.cls_token is not None:
                 init.trunc_normal_(module.cls_token, std=std)
@@ -195,6 +196,7 @@ class VimModel(VimPreTrainedModel):
         if pixel_values is None or pixel_values.dim() != 4:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(f"pixel_values must be (batch, {cfg.num_channels}, height, width), got {shape}")
+        check_pixel_values(pixel_values)
         _, channels, height, width = pixel_values.shape
         if channels != cfg.num_channels:
             raise ValueError(

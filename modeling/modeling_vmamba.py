@@ -46,7 +46,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import logging
 
 from .configuration_vmamba import VMambaConfig, parse_forward_type
-from .ssm_layers import GradientCheckpointingLayer, init
+from .ssm_layers import GradientCheckpointingLayer, check_pixel_values, init
 from .ssm_ops import selective_scan
 
 
@@ -377,6 +377,7 @@ class VMambaModel(VMambaPreTrainedModel):
                 f"pixel_values must be (batch, {cfg.num_channels}, height, width), "
                 f"got shape {tuple(pixel_values.shape)}"
             )
+        check_pixel_values(pixel_values)
         if pixel_values.shape[1] != cfg.num_channels:
             raise ValueError(
                 f"pixel_values has {pixel_values.shape[1]} channels but the model was configured with "

@@ -185,6 +185,21 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
 
 
+def check_pixel_values(pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
+    """What a vision model reads must be floating-point pixels (the image processor's rescaled, normalised output)
+    and finite: integer images (uint8 0..255) are a TypeError and NaN / inf values a ValueError, each naming the fix,
+    instead of silently wrong outputs. The finiteness check is skipped while torch.compile traces."""
+    if not torch.is_floating_point(pixel_values):
+        raise TypeError(f"{name} is {pixel_values.dtype}, but the model takes floating-point pixels: pass the image "
+                        "processor's output (rescaled and normalised, e.g. processor(images, return_tensors='pt')), "
+                        "or convert with .float() / 255 and normalise as the processor does.")
+    compiling = getattr(torch, "compiler", None) is not None and torch.compiler.is_compiling()
+    if not compiling and not bool(torch.isfinite(pixel_values).all()):
+        bad = int((~torch.isfinite(pixel_values)).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite value(s) (shape {tuple(pixel_values.shape)}); check the "
+                         "images and their preprocessing (e.g. a division by a zero std).")
+
+
 def _mask(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Zero the padding positions. hidden_states: (batch, seqlen, dim); attention_mask: (batch, seqlen)."""
     if attention_mask is None or attention_mask.shape[1] != hidden_states.shape[1]:

@@ -119,3 +119,49 @@ def test_saved_weights_are_safetensors(tmp_path):
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], names
     py = {n for n in names if n.endswith(".py")}
     assert py and py <= {p.name for p in MODELING}  # the remote code shipped is exactly files checked above
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# odd pixels (issue 12's fuzzing list: uint8 and NaN pixels used to pass silently)
+# ---------------------------------------------------------------------------------------------------------------------
+def _vision_models():
+    import torch
+
+    from ssmvl.modeling import (SigLipDualEncoderConfig, SigLipDualEncoderModel, SsmVlmConfig,
+                                SsmVlmForConditionalGeneration, StormConfig, StormForImageClassification, VimConfig,
+                                VimForImageClassification, VMambaConfig, VMambaForImageClassification)
+
+    torch.manual_seed(0)
+    small = dict(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, state_size=4, num_labels=3)
+    yield "vim", VimForImageClassification(VimConfig(**small)), {}
+    yield "vmamba", VMambaForImageClassification(VMambaConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1, 1],
+                                                              d_state=1, num_labels=3)), {}
+    yield "storm", StormForImageClassification(StormConfig(keep_ratios=[1.0], num_memory_tokens=2, **small)), {}
+    vlm = SsmVlmForConditionalGeneration(SsmVlmConfig(
+        vision_config=None, projector_type="patch_linear", image_size=32, patch_size=8, image_token_id=9,
+        text_config=dict(model_type="ssmvl_mamba", vocab_size=16, hidden_size=16, num_hidden_layers=1)))
+    yield "vlm", vlm, {"input_ids": torch.tensor([[1] + [9] * 16 + [2]])}
+    dual = SigLipDualEncoderModel(SigLipDualEncoderConfig(
+        vision_config=dict(model_type="ssmvl_vim", **{k: v for k, v in small.items() if k != "num_labels"}),
+        text_config=dict(model_type="ssmvl_mamba", vocab_size=16, hidden_size=16, num_hidden_layers=1),
+        projection_dim=8))
+    yield "dual", dual, {"input_ids": torch.tensor([[1, 2, 3]])}
+
+
+@pytest.mark.parametrize("kind", ["uint8", "nan", "inf"])
+def test_odd_pixels_are_clear_errors_in_every_vision_family(kind):
+    import torch
+
+    for name, model, extra in _vision_models():
+        model.eval()
+        good = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            model(pixel_values=good, **extra)  # the model itself runs
+        if kind == "uint8":
+            bad, error, match = (good.clamp(-1, 1) * 127 + 128).to(torch.uint8), TypeError, "uint8.*floating-point"
+        else:
+            bad = good.clone()
+            bad[0, 1, 3, 4] = float("nan") if kind == "nan" else float("inf")
+            error, match = ValueError, "1 NaN or infinite"
+        with pytest.raises(error, match=match), torch.no_grad():
+            model(pixel_values=bad, **extra)
