@@ -72,6 +72,17 @@ def pop_cache(cache, kwargs: dict):
     return next(iter(given.values()), None)
 
 
+def set_auto_map(model, classes: dict) -> None:
+    """Names each ``{Auto class: class name}`` of ``classes`` in ``model.config.auto_map`` as a class of the model's
+    own module file, keeping the entries already there: ``save_pretrained`` writes only the one Auto class a class
+    was registered for (``_auto_class``), so a family whose folder several Auto classes should load adds the others
+    here before saving."""
+    module = type(model).__module__.rsplit(".", 1)[-1]
+    auto_map = dict(getattr(model.config, "auto_map", None) or {})
+    auto_map.update({auto: f"{module}.{name}" for auto, name in classes.items()})
+    model.config.auto_map = auto_map
+
+
 def new_token_count(next_sequence_length: Optional[int] = None,
                     cache_position: Optional[torch.Tensor] = None) -> int:
     """How many trailing tokens of ``input_ids`` are not yet in the cache, as generate() says it: ``next_sequence_length``

@@ -28,7 +28,7 @@ from .configuration_dual_encoder import SigLipDualEncoderConfig, tower_width
 from .configuration_mamba_lm import MambaLMConfig
 from .configuration_vim import VimConfig
 from .configuration_vmamba import VMambaConfig
-from .hf_compat import init
+from .hf_compat import init, set_auto_map
 from .modeling_mamba_lm import MambaLMModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
@@ -212,10 +212,7 @@ class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
         ``pipeline("zero-shot-image-classification")`` loads (a class has one ``_auto_class``, so the second entry is
         added here)."""
         if getattr(type(self), "_auto_class", None) is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map["AutoModelForZeroShotImageClassification"] = (
-                f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}")
-            self.config.auto_map = auto_map
+            set_auto_map(self, {"AutoModelForZeroShotImageClassification": type(self).__name__})
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self):

@@ -32,7 +32,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.utils import ModelOutput, logging
 
 from .configuration_ssm_vlm import SsmVlmConfig, _side
-from .hf_compat import CACHE_NAME, cache_output, init, new_token_count, pop_cache
+from .hf_compat import CACHE_NAME, cache_output, init, new_token_count, pop_cache, set_auto_map
 from .modeling_mamba_lm import MambaLMForCausalLM
 from .modeling_storm import StormModel
 from .modeling_vim import VimModel
@@ -162,14 +162,9 @@ class SsmVlmPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As PreTrainedModel's, with every Auto class of the family in `auto_map` (not only this class's), so that
         AutoModel / AutoModelForImageTextToText / AutoModelForCausalLM all load the folder with trust_remote_code."""
-        module = type(self).__module__.rsplit(".", 1)[-1]
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update({
-            "AutoModel": f"{module}.SsmVlmModel",
-            "AutoModelForImageTextToText": f"{module}.SsmVlmForConditionalGeneration",
-            "AutoModelForCausalLM": f"{module}.SsmVlmForConditionalGeneration",
-        })
-        self.config.auto_map = auto_map
+        set_auto_map(self, {"AutoModel": "SsmVlmModel",
+                            "AutoModelForImageTextToText": "SsmVlmForConditionalGeneration",
+                            "AutoModelForCausalLM": "SsmVlmForConditionalGeneration"})
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

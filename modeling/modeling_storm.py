@@ -32,6 +32,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_storm import FRAME_ENCODER_PREFIX_TOKENS, StormConfig, _pair, num_kept
+from .hf_compat import set_auto_map
 from .modeling_vim import VimPatchEmbeddings, resample_pos_embed
 from .ssm_layers import GradientCheckpointingLayer, MambaBlock, MambaMixer, RMSNorm, check_pixel_values, init
 
@@ -41,7 +42,6 @@ if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's
     from .configuration_ssm_vlm import SsmVlmConfig  # noqa: F401
     from .configuration_vim import VimConfig  # noqa: F401
     from .configuration_vmamba import VMambaConfig  # noqa: F401
-    from .hf_compat import CACHE_NAME  # noqa: F401
     from .modeling_mamba_lm import MambaLMModel  # noqa: F401
     from .modeling_vmamba import VMambaModel  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
@@ -218,14 +218,9 @@ class StormPreTrainedModel(PreTrainedModel):
         that AutoModel / AutoModelForImageClassification / AutoModelForVideoClassification all load the folder with
         trust_remote_code. The two heads share one layout (``storm.*``, ``head.*``): either loads the other's
         weights."""
-        module = type(self).__module__.rsplit(".", 1)[-1]
-        auto_map = dict(getattr(self.config, "auto_map", None) or {})
-        auto_map.update({
-            "AutoModel": f"{module}.StormModel",
-            "AutoModelForImageClassification": f"{module}.StormForImageClassification",
-            "AutoModelForVideoClassification": f"{module}.StormForVideoClassification",
-        })
-        self.config.auto_map = auto_map
+        set_auto_map(self, {"AutoModel": "StormModel",
+                            "AutoModelForImageClassification": "StormForImageClassification",
+                            "AutoModelForVideoClassification": "StormForVideoClassification"})
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
