@@ -91,13 +91,20 @@ def measure(shape, bw, cuda_ext, ssm_triton):
     return row
 
 
-def kernel_times(shape, ssm_triton, reps: int = 20):
-    """GPU time per forward call of each kernel (us), from torch.profiler: separates kernel time from launch cost."""
+def kernel_times(shape, ssm_triton, reps: int = 20, backward: bool = False):
+    """GPU time per call of each kernel (us), from torch.profiler: separates kernel time from launch cost. With
+    ``backward``: a forward + backward call (inputs that need gradients), else an inference forward."""
     from torch.profiler import ProfilerActivity, profile
 
     x = inputs(*shape)
-    run = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],  # noqa
-                                                   x["bias"], True)
+    leaves = {k: x[k].detach().clone().requires_grad_(backward) for k in ("u", "delta", "B", "C", "z")}
+
+    def run():
+        y = ssm_triton.selective_scan_triton(leaves["u"], leaves["delta"], x["A"], leaves["B"], leaves["C"], x["D"],
+                                             leaves["z"], x["bias"], True)
+        if backward:
+            y.backward(torch.ones_like(y))
+
     run()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -113,7 +120,7 @@ def main(argv=None):
     ap.add_argument("--mamba-build", help="folder holding mamba_ssm's built selective_scan_cuda extension")
     ap.add_argument("--sweep", action="store_true", help="also time ssmvl's PARALLEL_CONFIG settings")
     ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
-    ap.add_argument("--profile", action="store_true", help="print GPU kernel time per forward (torch.profiler)")
+    ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
     args = ap.parse_args(argv)
     from ssmvl.modeling import ssm_triton
@@ -130,6 +137,7 @@ def main(argv=None):
         row = measure(shape, bw, cuda_ext, ssm_triton)
         if args.profile:
             row["ssmvl_fwd_kernels_us"] = kernel_times(shape, ssm_triton)
+            row["ssmvl_fb_kernels_us"] = kernel_times(shape, ssm_triton, backward=True)
         result["rows"].append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.sweep:

@@ -67,6 +67,10 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # 0.438 -> 0.222 ms, B16 D1536 L4096 2.92 -> 1.76 ms, B1 D1536 L1024 kernel 93 -> 30 us; B4 D768 L6085 0.90-0.97 ms
 # (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
+# Training (gradients needed): the time-tiled forward saving the state at every tile start, then the time-tiled
+# backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps. "enabled": None = that rule,
+# True / False = always / never.
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -311,18 +315,19 @@ def _linear_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _scan_fwd_tile_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr,
-    dim, L, dg, G, N,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr, states_ptr,
+    dim, L, dg, G, N, nchunks,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
 ):
-    """Forward without saved states, parallel in time inside a program (mamba_ssm's scheme): one program per
+    """Forward parallel in time inside a program (mamba_ssm's scheme): one program per
     (batch, channel) walks the sequence in tiles of BLOCK_T consecutive steps (coalesced loads of u / delta / z and of
     B / C rows); per state n, the tile's recurrence h_t = a_t h_{t-1} + b_t is one tl.associative_scan (each thread
     scans its consecutive steps, warps and then the block join them), with the previous tile's state folded into the
-    first step."""
+    first step. SAVE_STATES (training): the state before each tile goes to states (batch, dim, nchunks, N), for
+    _scan_bwd_tile_kernel."""
     pid = tl.program_id(0)
     b = pid // dim
     d = pid % dim
@@ -368,6 +373,8 @@ def _scan_fwd_tile_kernel(
         for i in range(N):
             a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32) * 1.4426950408889634
             h_i = tl.load(h_p + i)
+            if SAVE_STATES:
+                tl.store(states_ptr + (row * nchunks + t0 // BLOCK_T) * N + i, h_i)
             Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
             Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
             a = tl.exp2(dt * a_i)
@@ -383,6 +390,136 @@ def _scan_fwd_tile_kernel(
             y = y * zz * tl.sigmoid(zz)
         tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
         tl.debug_barrier()
+
+
+@triton.jit
+def _scan_bwd_tile_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
+    gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
+    dim, L, dg, G, N, nchunks,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l,
+    sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
+    (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
+    tile: the states h_t again by one associative scan, then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} by a
+    reverse associative scan (a_{t+1} from delta read one step ahead; the tile to the right hands on
+    a_{t1} g_{t1} in carry_ptr, N fp32 per program, which ends as dL/dh0). Then, as in _step_bwd:
+    dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t summed over channels
+    with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from a per-state tile sum into gA (batch, dim, N)."""
+    pid = tl.program_id(0)
+    b = pid // dim
+    d = pid % dim
+    g = d // dg
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    g64 = g.to(tl.int64)
+    offs = tl.arange(0, BLOCK_T)
+    first = offs == 0
+    last = offs == BLOCK_T - 1
+    row = b64 * dim + d64
+    c_p = carry_ptr + row * N
+    gA_p = gA_ptr + row * N
+    for i in range(N):
+        if HAS_GHL:
+            tl.store(c_p + i, tl.load(ghl_ptr + row * N + i).to(tl.float32))
+        else:
+            tl.store(c_p + i, 0.0)
+        tl.store(gA_p + i, 0.0)
+    tl.debug_barrier()
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
+    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
+    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
+    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
+    B_p = B_ptr + b64 * sB_b + g64 * sB_g
+    C_p = C_ptr + b64 * sC_b + g64 * sC_g
+    gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
+    gD_acc = 0.0
+    gbias_acc = 0.0
+    for k in range(nchunks):
+        c = nchunks - 1 - k
+        t0 = c * BLOCK_T
+        t = t0 + offs
+        mt = t < L
+        mt1 = (t + 1) < L
+        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
+        dl = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+        dl1 = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dl)
+            dt1 = _softplus(dl1)
+        else:
+            dt = dl
+            dt1 = dl1
+        dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, x = 0
+        dt1 = tl.where(mt1, dt1, 0.0)
+        gout = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(zz)
+            gy = gout * zz * sig
+        else:
+            gy = gout
+        x = dt * u
+        ypre = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        for i in range(N):
+            a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            a_i = a_n * 1.4426950408889634
+            h_i = tl.load(states_ptr + (row * nchunks + c) * N + i)
+            carry_i = tl.load(c_p + i)
+            Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * a_i)
+            xb = x * Bn
+            _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
+            ypre += hs * Cn
+            a1 = tl.exp2(dt1 * a_i)
+            cg = gy * Cn
+            _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 0, _linear_combine, reverse=True)
+            gdA = gs * (hs - xb)
+            gx += gs * Bn
+            gdt += gdA * a_n
+            gA_i = tl.load(gA_p + i) + tl.sum(gdA * dt, axis=0)
+            tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
+            tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
+            tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
+            tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
+            tl.store(c_p + i + offs * 0, a * gs, mask=first)  # a_{t0} g_{t0}: handed to the tile on the left
+        gu = gx * dt
+        if HAS_D:
+            gu += gy * Dv
+            gD_acc += tl.sum(gy * u, axis=0)
+            ypre += Dv * u
+        if HAS_Z:
+            gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(gz_p + t * sgz_l, gz.to(gz_p.dtype.element_ty), mask=mt)
+        tl.store(gu_p + t * sgu_l, gu.to(gu_p.dtype.element_ty), mask=mt)
+        gdt = gdt + gx * u
+        if SOFTPLUS:
+            gdt = gdt * tl.sigmoid(dl)
+        gdt = tl.where(mt, gdt, 0.0)
+        tl.store(gdl_p + t * sgdl_l, gdt.to(gdl_p.dtype.element_ty), mask=mt)
+        if HAS_BIAS:
+            gbias_acc += tl.sum(gdt, axis=0)
+        tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
+    if HAS_D:
+        tl.store(gD_ptr + row, gD_acc)
+    if HAS_BIAS:
+        tl.store(gbias_ptr + row, gbias_acc)
 
 
 @triton.jit
@@ -752,6 +889,12 @@ def _use_tile_kernel(programs: int, L: int) -> bool:
     return L >= cfg["min_len"] and not (few_programs and L >= cfg["long"])
 
 
+def _use_tile_bwd(L: int) -> bool:
+    """Whether a forward with gradients runs the time-tiled pair (see TILE_BWD_CONFIG)."""
+    cfg = TILE_BWD_CONFIG
+    return bool(cfg["enabled"]) if cfg["enabled"] is not None else L >= cfg["min_len"]
+
+
 def _bwd_lanes(programs: int, nchunks: int) -> int:
     """Lanes of the time-parallel backward (1: sequential over all chunks)."""
     if programs >= PARALLEL_CONFIG["parallel_below"] or nchunks == 1:
@@ -783,19 +926,32 @@ class _SelectiveScanFn(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:9])
         BLOCK_D = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         nblk = triton.cdiv(dg, BLOCK_D)
-        if not need_grad and _use_tile_kernel(batch * G * nblk, L):  # inference: one program per channel
+        tile_bwd = need_grad and _use_tile_bwd(L)
+        if tile_bwd or (not need_grad and _use_tile_kernel(batch * G * nblk, L)):  # one program per channel
+            cfg = TILE_BWD_CONFIG if tile_bwd else TILE_CONFIG
+            block_t = min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
+            nchunks = triton.cdiv(L, block_t)
             y = _empty_as(u)
             h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
-            block_t = min(TILE_CONFIG["BLOCK_T"], max(32, _next_pow2(L)))
+            states = (torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if tile_bwd
+                      else h_last)
             _scan_fwd_tile_kernel[(batch * dim,)](
                 u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-                delta_bias if delta_bias is not None else u, h0 if h0 is not None else h_last, y, h_last,
-                dim, L, dg, G, N,
+                delta_bias if delta_bias is not None else u, h0 if h0 is not None else h_last, y, h_last, states,
+                dim, L, dg, G, N, nchunks,
                 *u.stride(), *delta.stride(), *(z if z is not None else u).stride(), *y.stride(), *B.stride(),
                 *C.stride(),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-                HAS_H0=h0 is not None, BLOCK_T=block_t, N_P2=_next_pow2(N), num_warps=TILE_CONFIG["num_warps"],
+                HAS_H0=h0 is not None, SAVE_STATES=tile_bwd, BLOCK_T=block_t, N_P2=_next_pow2(N),
+                num_warps=cfg["num_warps"],
             )
+            if tile_bwd:
+                ctx.softplus = bool(softplus)
+                ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
+                ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
+                ctx.chunk = (block_t, nchunks)
+                ctx.tile = True
+                ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
         CHUNK, parallel = _fwd_chunking(batch * G * nblk, L, need_grad)
@@ -828,6 +984,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
         ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
         ctx.chunk = (CHUNK, nchunks)
+        ctx.tile = False
         if need_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         ctx.set_materialize_grads(False)
@@ -835,6 +992,8 @@ class _SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, g_last):
+        if ctx.tile:
+            return _SelectiveScanFn._tile_backward(ctx, gy, g_last)
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
         batch, dim, L = u.shape
         G, N = B.shape[1], A.shape[1]
@@ -911,6 +1070,43 @@ class _SelectiveScanFn(torch.autograd.Function):
             gh0.to(h0_dt) if need_gh0 else None, None, None,
         )
 
+
+    @staticmethod
+    def _tile_backward(ctx, gy, g_last):
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        batch, dim, L = u.shape
+        G, N = B.shape[1], A.shape[1]
+        block_t, nchunks = ctx.chunk
+        has_D, has_z, has_bias, has_h0 = ctx.has
+        dev = u.device
+        f32 = dict(device=dev, dtype=torch.float32)
+        gy = _empty_as(u).zero_() if gy is None else _strided(gy)
+        gu, gdl = _empty_as(u), _empty_as(delta)
+        gz = _empty_as(z) if has_z else None
+        gBC = torch.zeros((2, batch, G, N, L), **f32)  # dB, dC summed over channels by atomics
+        gA = torch.empty((batch, dim, N), **f32)
+        gD = torch.empty((batch, dim), **f32) if has_D else None
+        gbias = torch.empty((batch, dim), **f32) if has_bias else None
+        carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
+        ghl = g_last.contiguous().float() if g_last is not None else None
+        _scan_bwd_tile_kernel[(batch * dim,)](
+            u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
+            ghl if ghl is not None else carry,
+            gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
+            dim, L, dim // G, G, N, nchunks,
+            *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
+            HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
+            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"],
+        )
+        A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
+        need_gh0 = has_h0 and ctx.needs_input_grad[8]
+        return (
+            gu, gdl, gA.sum(0).to(A_dt), gBC[0].to(B.dtype), gBC[1].to(C.dtype),
+            gD.sum(0).to(D_dt) if has_D else None, gz,
+            gbias.sum(0).to(bias_dt) if has_bias else None,
+            carry.to(h0_dt) if need_gh0 else None, None, None,
+        )
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,

@@ -165,11 +165,38 @@ PARALLEL_SETTINGS = {  # ssm_triton.PARALLEL_CONFIG: sequential in time, and tim
 
 @pytest.fixture
 def parallel_config(request):
-    saved = dict(ssm_triton.PARALLEL_CONFIG)
+    """A PARALLEL_CONFIG setting, with the time-tiled training pair off (it would take the long cases)."""
+    saved = dict(ssm_triton.PARALLEL_CONFIG), dict(ssm_triton.TILE_BWD_CONFIG)
     ssm_triton.PARALLEL_CONFIG.update(PARALLEL_SETTINGS[request.param])
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=False)
     yield request.param
-    ssm_triton.PARALLEL_CONFIG.clear()
-    ssm_triton.PARALLEL_CONFIG.update(saved)
+    for config, old in zip((ssm_triton.PARALLEL_CONFIG, ssm_triton.TILE_BWD_CONFIG), saved):
+        config.clear()
+        config.update(old)
+
+
+@pytest.fixture(params=[(True, 64, 4), (True, 256, 4), (False, 64, 4)], ids=["tile64", "tile256", "no-tile"])
+def tile_bwd_config(request):
+    saved = dict(ssm_triton.TILE_BWD_CONFIG)
+    enabled, block_t, warps = request.param
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps)
+    yield request.param
+    ssm_triton.TILE_BWD_CONFIG.clear()
+    ssm_triton.TILE_BWD_CONFIG.update(saved)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [(2, 24, 300, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
+                                                                                 False), (3, 8, 1, 16, 0, True, False,
+                                                                                          True, True),
+                                  (2, 16, 128, 8, 2, False, False, False, True)],
+                         ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
+def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
+    """Training through the time-tiled pair (forward saving the state at tile starts, backward walking the tiles from
+    the last with reverse associative scans): output, last state and every gradient (u, delta, A, B, C, D, z,
+    delta_bias, initial_state) against the float64 reference; several tiles, a partial last tile, L = 1, groups."""
+    batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+    check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
 @pytest.mark.parametrize("tile", [True, False], ids=["tile", "no-tile"])
