@@ -89,6 +89,17 @@ def _load_triton():
     return _TRITON_OPS
 
 
+def _compiling() -> bool:
+    return getattr(torch, "compiler", None) is not None and torch.compiler.is_compiling()
+
+
+def _warn_once(message: str):
+    """``logger.warning_once``, except while torch.compile traces: dynamo cannot trace a logging call (each would be a
+    graph break, one per mixer); the compiled forward makes the same choice as an eager one, without saying it."""
+    if not _compiling():
+        logger.warning_once(message)
+
+
 def available_backends(device: Union[str, torch.device, None] = None) -> Tuple[str, ...]:
     """Backends that can run on ``device`` in this environment."""
     on_cuda = device is not None and torch.device(device).type == "cuda"
@@ -124,21 +135,21 @@ def resolve_backend(requested: Optional[str] = None, device: Union[str, torch.de
             reasons.append(f"mamba_ssm unavailable ({_MAMBA_SSM_ERROR})")
         if on_cuda and choice == "torch":
             reasons.append(f"triton unavailable ({_TRITON_ERROR})")
-        logger.warning_once(
+        _warn_once(
             f"ssmvl: selective-scan backend '{choice}' on {torch.device(device).type if device else 'cpu'}"
             + (f"; {'; '.join(reasons)}" if reasons else "")
         )
         return choice
     if requested in ("triton", "mamba_ssm"):
         if not on_cuda:
-            logger.warning_once(f"ssmvl: backend '{requested}' needs CUDA tensors; using 'torch' on this device.")
+            _warn_once(f"ssmvl: backend '{requested}' needs CUDA tensors; using 'torch' on this device.")
             return "torch"
         if requested == "mamba_ssm" and _load_mamba_ssm() is None:
             fallback = "triton" if _load_triton() is not None else "torch"
-            logger.warning_once(f"ssmvl: mamba_ssm unavailable ({_MAMBA_SSM_ERROR}); using '{fallback}'.")
+            _warn_once(f"ssmvl: mamba_ssm unavailable ({_MAMBA_SSM_ERROR}); using '{fallback}'.")
             return fallback
         if requested == "triton" and _load_triton() is None:
-            logger.warning_once(f"ssmvl: triton unavailable ({_TRITON_ERROR}); using 'torch'.")
+            _warn_once(f"ssmvl: triton unavailable ({_TRITON_ERROR}); using 'torch'.")
             return "torch"
     return requested
 
@@ -262,88 +273,179 @@ def selective_scan_ref(
 _BLOCK = 64  # time steps per block: the decays/inputs of a block are computed at once, the state kept at its start
 
 
-class _TimeMajorScan(torch.autograd.Function):
+def _block_inputs(dt, x, A, B, t0, t1, bufs):
+    """dA = exp(dt A), dBx = x B for steps t0..t1, written into reused buffers (no allocation per block)."""
+    T = t1 - t0
+    dA, dBx = bufs[0][:T], bufs[1][:T]  # (T, b, G, dg, N)
+    torch.mul(dt[t0:t1], A, out=dA).exp_()
+    torch.mul(x[t0:t1], B[t0:t1], out=dBx)
+    return dA, dBx
+
+
+def _buffers(dt, A, n=2):
+    shape = (min(_BLOCK, dt.shape[0]),) + tuple(dt.shape[1:4]) + tuple(A.shape[-1:])
+    return [dt.new_empty(shape) for _ in range(n)]
+
+
+def _time_major_scan_forward(dt, x, A, B, C, h0):
     """h_t = dA_t * h_{t-1} + dBx_t with dA_t = exp(dt_t A), dBx_t = x_t B_t; y_t = <h_t, C_t>.
     Per block of _BLOCK steps: dA, dBx for the whole block in two vectorised ops, then ONE in-place op per step
-    (``addcmul``), then y for the whole block in one batched matmul. The backward does the same in reverse:
-    g_t = gy_t C_t + dA_{t+1} g_{t+1} one op per step, every parameter gradient as a block-wide product."""
+    (``addcmul``), then y for the whole block in one batched matmul. Returns ys (L, b, G, dg, 1), the last state
+    (b, G, dg, N) and the states at the block starts (blocks, b, G, dg, N), which the backward starts from."""
+    L = dt.shape[0]
+    h = h0.clone() if h0 is not None else dt.new_zeros(tuple(dt.shape[1:4]) + tuple(A.shape[-1:]))
+    ys = dt.new_empty(dt.shape)
+    checkpoints = []
+    bufs = _buffers(dt, A)
+    for t0 in range(0, L, _BLOCK):
+        t1 = min(L, t0 + _BLOCK)
+        checkpoints.append(h)
+        dA, H = _block_inputs(dt, x, A, B, t0, t1, bufs)
+        H[0].addcmul_(dA[0], h)  # H[j] holds dBx_j, becomes h_j in place
+        for j in range(1, t1 - t0):
+            H[j].addcmul_(dA[j], H[j - 1])
+        torch.matmul(H, C[t0:t1].transpose(-1, -2), out=ys[t0:t1])  # (T, b, G, dg, 1)
+        h = H[-1].clone()
+    checkpoints = torch.stack(checkpoints) if checkpoints else h.new_empty((0,) + tuple(h.shape))
+    return ys, h, checkpoints
 
-    @staticmethod
-    def _block_inputs(dt, x, A, B, t0, t1, bufs):
-        """dA = exp(dt A), dBx = x B for steps t0..t1, written into reused buffers (no allocation per block)."""
+
+def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
+    """The reverse scan: g_t = gy_t C_t + dA_{t+1} g_{t+1}, one op per step, every parameter gradient as a block-wide
+    product; each block's states recomputed from its checkpoint. Returns the gradients of dt, x, A, B, C, h0."""
+    L = dt.shape[0]
+    gy = gy.contiguous()
+    g = g_last.clone()
+    gdt, gx = torch.empty_like(dt), torch.empty_like(x)
+    gB, gC = torch.empty_like(B), torch.empty_like(C)
+    gA = torch.zeros_like(A)
+    n_blocks = len(checkpoints)
+    bufs = _buffers(dt, A, n=4)
+    for c in range(n_blocks - 1, -1, -1):
+        t0, t1 = c * _BLOCK, min(L, (c + 1) * _BLOCK)
+        # recompute the block's states: H[j] = h_{t0+j}; h_prev[j] = h_{t0+j-1}
+        dA, H = _block_inputs(dt, x, A, B, t0, t1, bufs)
+        H[0].addcmul_(dA[0], checkpoints[c])
+        for j in range(1, t1 - t0):
+            H[j].addcmul_(dA[j], H[j - 1])
         T = t1 - t0
-        dA, dBx = bufs[0][:T], bufs[1][:T]  # (T, b, G, dg, N)
-        torch.mul(dt[t0:t1], A, out=dA).exp_()
-        torch.mul(x[t0:t1], B[t0:t1], out=dBx)
-        return dA, dBx
+        h_prev = bufs[2][:T]
+        h_prev[0] = checkpoints[c]
+        h_prev[1:] = H[:-1]
+        # reverse recurrence: G[j] = gy_j C_j + dA_{j+1} G[j+1]  (dA of the next block folded into g)
+        G = torch.mul(gy[t0:t1], C[t0:t1], out=bufs[3][:T])  # (T, b, G, dg, N)
+        G[-1].add_(g)
+        for j in range(t1 - t0 - 2, -1, -1):
+            G[j].addcmul_(dA[j + 1], G[j + 1])
+        torch.matmul(gy[t0:t1].transpose(-1, -2), H, out=gC[t0:t1])  # sum_d gy h
+        torch.matmul(G, B[t0:t1].transpose(-1, -2), out=gx[t0:t1])  # <g, B>
+        torch.matmul(x[t0:t1].transpose(-1, -2), G, out=gB[t0:t1])  # sum_d x g
+        g = G[0] * dA[0]  # dL/dh_{t0-1}, handed to the previous block
+        gdA = G.mul_(h_prev).mul_(dA)  # dL/d(dt A), in G's memory
+        torch.sum(torch.mul(gdA, A, out=h_prev), -1, keepdim=True, out=gdt[t0:t1])
+        gA += torch.mul(gdA, dt[t0:t1], out=h_prev).sum(dim=(0, 1))
+    return gdt, gx, gA, gB, gC, g
 
-    @staticmethod
-    def _buffers(dt, A, n=2):
-        shape = (min(_BLOCK, dt.shape[0]),) + dt.shape[1:4] + A.shape[-1:]
-        return [dt.new_empty(shape) for _ in range(n)]
+
+class _TimeMajorScan(torch.autograd.Function):
+    """The time-major scan with its hand-written backward, for eager use where the custom op below is unavailable."""
 
     @staticmethod
     def forward(ctx, dt, x, A, B, C, h0):
-        L = dt.shape[0]
-        h = h0.clone() if h0 is not None else dt.new_zeros(dt.shape[1:4] + A.shape[-1:])
-        ys = dt.new_empty(dt.shape)
-        checkpoints = []
-        bufs = _TimeMajorScan._buffers(dt, A)
-        for t0 in range(0, L, _BLOCK):
-            t1 = min(L, t0 + _BLOCK)
-            checkpoints.append(h)
-            dA, H = _TimeMajorScan._block_inputs(dt, x, A, B, t0, t1, bufs)
-            H[0].addcmul_(dA[0], h)  # H[j] holds dBx_j, becomes h_j in place
-            for j in range(1, t1 - t0):
-                H[j].addcmul_(dA[j], H[j - 1])
-            torch.matmul(H, C[t0:t1].transpose(-1, -2), out=ys[t0:t1])  # (T, b, G, dg, 1)
-            h = H[-1].clone()
-        ctx.save_for_backward(dt, x, A, B, C, torch.stack(checkpoints))
+        ys, h, checkpoints = _time_major_scan_forward(dt, x, A, B, C, h0)
+        ctx.save_for_backward(dt, x, A, B, C, checkpoints)
         ctx.has_h0 = h0 is not None
         return ys, h
 
     @staticmethod
     def backward(ctx, gy, g_last):
         dt, x, A, B, C, checkpoints = ctx.saved_tensors
-        L = dt.shape[0]
-        gy = gy.contiguous()
-        g = g_last.clone() if g_last is not None else dt.new_zeros(checkpoints.shape[1:])
-        gdt, gx = torch.empty_like(dt), torch.empty_like(x)
-        gB, gC = torch.empty_like(B), torch.empty_like(C)
-        gA = torch.zeros_like(A)
-        n_blocks = len(checkpoints)
-        bufs = _TimeMajorScan._buffers(dt, A, n=4)
-        for c in range(n_blocks - 1, -1, -1):
-            t0, t1 = c * _BLOCK, min(L, (c + 1) * _BLOCK)
-            # recompute the block's states: H[j] = h_{t0+j}; h_prev[j] = h_{t0+j-1}
-            dA, H = _TimeMajorScan._block_inputs(dt, x, A, B, t0, t1, bufs)
-            H[0].addcmul_(dA[0], checkpoints[c])
-            for j in range(1, t1 - t0):
-                H[j].addcmul_(dA[j], H[j - 1])
-            T = t1 - t0
-            h_prev = bufs[2][:T]
-            h_prev[0] = checkpoints[c]
-            h_prev[1:] = H[:-1]
-            # reverse recurrence: G[j] = gy_j C_j + dA_{j+1} G[j+1]  (dA of the next block folded into g)
-            G = torch.mul(gy[t0:t1], C[t0:t1], out=bufs[3][:T])  # (T, b, G, dg, N)
-            G[-1].add_(g)
-            for j in range(t1 - t0 - 2, -1, -1):
-                G[j].addcmul_(dA[j + 1], G[j + 1])
-            torch.matmul(gy[t0:t1].transpose(-1, -2), H, out=gC[t0:t1])  # sum_d gy h
-            torch.matmul(G, B[t0:t1].transpose(-1, -2), out=gx[t0:t1])  # <g, B>
-            torch.matmul(x[t0:t1].transpose(-1, -2), G, out=gB[t0:t1])  # sum_d x g
-            g = G[0] * dA[0]  # dL/dh_{t0-1}, handed to the previous block
-            gdA = G.mul_(h_prev).mul_(dA)  # dL/d(dt A), in G's memory
-            torch.sum(torch.mul(gdA, A, out=h_prev), -1, keepdim=True, out=gdt[t0:t1])
-            gA += torch.mul(gdA, dt[t0:t1], out=h_prev).sum(dim=(0, 1))
-        return gdt, gx, gA, gB, gC, (g if ctx.has_h0 else None)
+        gy = torch.zeros_like(dt) if gy is None else gy
+        g_last = dt.new_zeros(tuple(dt.shape[1:4]) + tuple(A.shape[-1:])) if g_last is None else g_last
+        *grads, gh0 = _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints)
+        return (*grads, gh0 if ctx.has_h0 else None)
+
+
+# torch.compile sees the time-major scan as one opaque operator (torch.library.custom_op, with a shape-only "fake"
+# twin and the backward above as its autograd formula): a compiled forward calls it inside the graph, without a graph
+# break, and fuses the element-wise work around it. Every copy of this file registers its own ops: a checkpoint loaded
+# with trust_remote_code brings its own ssm_ops module (the installed ssmvl may sit beside it), so the op names carry
+# the module's name. Where torch has no custom_op (< 2.4) or the registration fails, the autograd Function is used
+# under torch.compiler.disable (one graph break per scan).
+_SCAN_OP = None
+
+
+def _register_scan_op():
+    library = getattr(torch, "library", None)
+    if library is None or not hasattr(library, "custom_op") or not hasattr(library, "register_fake"):
+        return None
+    name = "ssmvl::time_major_scan_" + "".join(c if c.isalnum() else "_" for c in __name__)
+    namespace, op = name.split("::")
+    existing = getattr(getattr(torch.ops, namespace), op, None) if hasattr(torch.ops, namespace) else None
+    if existing is not None:  # this module was imported again (importlib.reload): the op is already there
+        return existing.default
+    tensors6 = "Tensor dt, Tensor x, Tensor A, Tensor B, Tensor C"
+
+    @library.custom_op(name, mutates_args=(), schema=f"({tensors6}, Tensor? h0) -> (Tensor, Tensor, Tensor)")
+    def scan_op(dt, x, A, B, C, h0):
+        return _time_major_scan_forward(dt, x, A, B, C, h0)
+
+    @scan_op.register_fake
+    def _(dt, x, A, B, C, h0):
+        blocks = (dt.shape[0] + _BLOCK - 1) // _BLOCK
+        state = tuple(dt.shape[1:4]) + tuple(A.shape[-1:])
+        return dt.new_empty(dt.shape), dt.new_empty(state), dt.new_empty((blocks,) + state)
+
+    @library.custom_op(name + "_backward", mutates_args=(),
+                       schema=f"(Tensor gy, Tensor g_last, {tensors6}, Tensor checkpoints) "
+                              "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+    def scan_backward_op(gy, g_last, dt, x, A, B, C, checkpoints):
+        return _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints)
+
+    @scan_backward_op.register_fake
+    def _(gy, g_last, dt, x, A, B, C, checkpoints):
+        return (torch.empty_like(dt), torch.empty_like(x), torch.empty_like(A), torch.empty_like(B),
+                torch.empty_like(C), torch.empty_like(g_last))
+
+    def setup_context(ctx, inputs, output):
+        dt, x, A, B, C, h0 = inputs
+        ctx.save_for_backward(dt, x, A, B, C, output[2])
+        ctx.has_h0 = h0 is not None
+
+    def backward(ctx, gy, g_last, _g_checkpoints):
+        dt, x, A, B, C, checkpoints = ctx.saved_tensors
+        gy = torch.zeros_like(dt) if gy is None else gy
+        g_last = torch.zeros_like(checkpoints[0]) if g_last is None else g_last
+        *grads, gh0 = scan_backward_op(gy, g_last, dt, x, A, B, C, checkpoints)
+        return (*grads, gh0 if ctx.has_h0 else None)
+
+    scan_op.register_autograd(backward, setup_context=setup_context)
+    return scan_op
+
+
+try:
+    _SCAN_OP = _register_scan_op()
+except Exception as err:  # an unexpected torch: the eager Function path still works
+    logger.info(f"ssmvl: time-major scan not registered as a torch custom op ({type(err).__name__}: {err})")
+
+
+@torch.compiler.disable
+def _time_major_scan_eager(dt, x, A, B, C, h0):
+    return _TimeMajorScan.apply(dt, x, A, B, C, h0)
+
+
+def _time_major_scan(dt, x, A, B, C, h0):
+    """(ys, last state) of the time-major scan: the custom op when registered, else the autograd Function."""
+    if _SCAN_OP is not None:
+        ys, h, _ = _SCAN_OP(dt, x, A, B, C, h0)
+        return ys, h
+    return _time_major_scan_eager(dt, x, A, B, C, h0)
 
 
 def _groups(t: torch.Tensor) -> int:
     return 1 if t.dim() == 3 else t.shape[1]
 
 
-@torch.compiler.disable  # a Python loop over time: let torch.compile call it as it is (one graph break)
 def selective_scan_torch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state=None,
@@ -368,7 +470,7 @@ def selective_scan_torch(
         return t.permute(3, 0, 1, 2).expand(seqlen, batch, G, N).unsqueeze(3).contiguous()
 
     h0 = None if initial_state is None else initial_state.to(acc).reshape(batch, G, dg, N)
-    ys, h_last = _TimeMajorScan.apply(
+    ys, h_last = _time_major_scan(
         time_major(dt), time_major(x), A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
     )
     y = ys.reshape(seqlen, batch, dim).permute(1, 2, 0)  # (b, d, L)
@@ -409,7 +511,7 @@ def selective_scan(
     # mamba_ssm: its kernel has no initial state and wants fp32 A and contiguous inputs
     if initial_state is not None or u.dtype == torch.float64:
         other = "triton" if u.dtype != torch.float64 and _load_triton() is not None else "torch"
-        logger.warning_once(f"ssmvl: mamba_ssm scan has no initial_state / float64 support; using '{other}' for it.")
+        _warn_once(f"ssmvl: mamba_ssm scan has no initial_state / float64 support; using '{other}' for it.")
         return selective_scan(u, delta, A, B, C, initial_state=initial_state, backend=other, **kwargs)
     fn = _load_mamba_ssm()["selective_scan_fn"]
     out = fn(
