@@ -3,11 +3,17 @@
     ssmvl demo [--out DIR] [--quick]                       the main job (training/main_job.py)
     ssmvl train-lm --out DIR [--steps N] [--lora] [--resume [CKPT]]
     ssmvl train-image --model vim-digits|vmamba-digits|vim-tiny|vmamba-tiny|CONFIG.json|DIR --data digits
-                      [--shift invert|rotate] [--epochs N] [--lora] --out DIR [--resume [CKPT]]
+                      [--shift invert|rotate] [--epochs N] [--max-steps N] [--save-steps N] [--lora] --out DIR
+                      [--resume [CKPT]]
     ssmvl train-video --out DIR [--steps N] [--keep-ratio R] [--frames T]   STORM on the moving shapes clips
     ssmvl convert-mamba|convert-vim|convert-vmamba ...     -> ssmvl.conversion.convert_*_to_hf.main(argv)
     ssmvl push DIR REPO_ID ...                             -> ssmvl.conversion.hub.main_push(argv)
+    ssmvl accelerate-config ddp|fsdp                       the path of a shipped `accelerate launch --config_file`
     ssmvl compose-vlm --vision DIR --language DIR --out DIR ...  -> ssmvl.conversion.compose_vlm.main(argv)
+
+train-* run unchanged under ``torchrun`` / ``accelerate launch`` (``ssmvl.training.distributed``). Started plainly on a
+host with several CUDA GPUs they relaunch themselves under torchrun (DDP) instead of falling into
+``torch.nn.DataParallel``; ``--no-relaunch`` trains on one GPU instead.
 """
 
 from __future__ import annotations
@@ -23,9 +29,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO_ROOT / "configs"
 
 
+TRAIN_COMMANDS = ("train-lm", "train-image", "train-video")
+
+
 def _resume_arg(parser):
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
-                        help="resume from a Trainer checkpoint (no value: the last one in OUT/checkpoints)")
+                        help="resume from a Trainer checkpoint (no value: the last complete one in OUT/checkpoints)")
+
+
+def _launch_arg(parser):
+    parser.add_argument("--no-relaunch", action="store_true",
+                        help="on a host with several CUDA GPUs, train on one GPU instead of relaunching under "
+                             "torchrun (DDP, one process per GPU); never torch.nn.DataParallel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
+    _launch_arg(p)
 
     p = sub.add_parser("train-image", help="train an image classifier with Trainer (+ LoRA)")
     p.add_argument("--model", default="vim-digits",
@@ -63,14 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", default=None, choices=["invert", "rotate"], help="shifted digits task")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (overrides --epochs)")
+    p.add_argument("--save-steps", type=int, default=None,
+                   help="a Trainer checkpoint every N steps in OUT/checkpoints (default: one per epoch)")
+    p.add_argument("--save-total-limit", type=int, default=1, help="checkpoints kept (default 1, the last; 0: all)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="per process (the global batch is N x processes)")
     p.add_argument("--lora", action="store_true", help="LoRA on the family preset targets, head trained fully "
                    "(from a trained --model DIR)")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: the demo's per-family rank)")
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
+    _launch_arg(p)
 
     p = sub.add_parser("train-video", help="train a small STORM video classifier on generated moving shapes clips "
                        "(direction of motion), evaluate on held-out clips")
@@ -86,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    _launch_arg(p)
 
     for family in ("mamba", "vim", "vmamba"):
         p = sub.add_parser(f"convert-{family}", help=f"convert an original {family} checkpoint "
@@ -98,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="push a saved model folder to the Hub (ssmvl.conversion.hub)", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("accelerate-config", help="print the path of a shipped accelerate config (ddp: one process "
+                       "per GPU; fsdp: FSDP2, one unit per model block) for `accelerate launch --config_file`")
+    p.add_argument("name", choices=["ddp", "fsdp"])
     return parser
 
 
@@ -154,9 +181,18 @@ def _cmd_train_image(args):
     lr = args.lr if args.lr is not None else (1e-2 if args.lora else 3e-3)
     metrics = train_image_classifier(model_or_config, data["train"], data["test"], args.out, epochs=epochs, lr=lr,
                                      batch_size=args.batch_size, lora=lora, resume_from_checkpoint=args.resume,
-                                     image_processor=processor)
-    print(json.dumps(dict(metrics), indent=2))
+                                     image_processor=processor, max_steps=args.max_steps, save_steps=args.save_steps,
+                                     save_total_limit=args.save_total_limit, seed=args.seed)
+    _print_main(json.dumps(dict(metrics), indent=2))
     return 0
+
+
+def _print_main(text: str):
+    """Prints on the main process only (every process of a multi-process run reaches the end of a recipe)."""
+    from .distributed import is_main_process
+
+    if is_main_process():
+        print(text, flush=True)
 
 
 def _cmd_train_video(args):
@@ -175,7 +211,7 @@ def _cmd_train_video(args):
     metrics = train_video_classifier(model, video_processor_for(model.config), train, args.out, max_steps=args.steps,
                                      lr=args.lr, batch_size=args.batch_size, seed=args.seed, eval_ds=test,
                                      save_strategy="no")
-    print(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2))
+    _print_main(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2))
     return 0
 
 
@@ -187,7 +223,7 @@ def _cmd_train_lm(args):
     result = lm_step(args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size, block_size=args.block_size,
                      vocab_size=args.vocab_size, model=args.model, lora_only=args.lora, lora_r=args.lora_r,
                      lora_steps=args.lora_steps, save_steps=args.save_steps, resume=args.resume)
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, str) or len(v) < 300}, indent=2))
+    _print_main(json.dumps({k: v for k, v in result.items() if not isinstance(v, str) or len(v) < 300}, indent=2))
     return 0
 
 
@@ -215,17 +251,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "push":
         return _delegate("ssmvl.conversion.hub", "main_push", argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command in TRAIN_COMMANDS or args.command == "demo":
+        from .distributed import guard_data_parallel
+
+        # Trainer would wrap the model in torch.nn.DataParallel when one process sees several GPUs. The demo pushes
+        # and reloads in one process, so it takes one GPU; train-* relaunch as DDP unless --no-relaunch.
+        if args.command == "demo":
+            guard_data_parallel(argv, relaunch=False, reason="the demo runs in one process", advise_ddp=False)
+        else:
+            guard_data_parallel(argv, relaunch=not args.no_relaunch, reason="--no-relaunch")
     if args.command == "demo":
         from .main_job import run_demo
 
         run_demo(args.out, quick=args.quick, threads=args.threads)
         return 0
-    if args.command == "train-lm":
-        return _cmd_train_lm(args)
-    if args.command == "train-image":
-        return _cmd_train_image(args)
-    if args.command == "train-video":
-        return _cmd_train_video(args)
+    if args.command == "accelerate-config":
+        from .distributed import accelerate_config
+
+        print(accelerate_config(args.name))
+        return 0
+    commands = {"train-lm": _cmd_train_lm, "train-image": _cmd_train_image, "train-video": _cmd_train_video}
+    if args.command in commands:
+        from .distributed import shutdown
+
+        rc = commands[args.command](args)
+        shutdown()  # after a multi-process run: every process is done before any exits
+        return rc
     raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
 
 

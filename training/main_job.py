@@ -271,7 +271,10 @@ def _write_model_card(model_dir: Path, **metadata) -> str:
         lines += [f"- {k} ({metadata.get('metrics_dataset', '')}): {v:.4f}" if isinstance(v, float)
                   else f"- {k}: {v}" for k, v in metadata.get("metrics", {}).items()]
         text = "\n".join(lines) + "\n"
-    (model_dir / "README.md").write_text(text, encoding="utf-8")
+    from .distributed import is_main_process
+
+    if is_main_process():  # under torchrun / accelerate launch every process gets here; one writes
+        (model_dir / "README.md").write_text(text, encoding="utf-8")
     return text
 
 

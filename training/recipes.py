@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
+from .distributed import prepare_for_fsdp
 from .lora import count_parameters, is_image_classifier, lora_config_for
 
 ACCURACY_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "accuracy.py"
@@ -191,34 +192,113 @@ def finish_recipe(metrics, trainer, out_dir: Union[str, Path], processor=None, s
 def save_trained(model, out_dir: Union[str, Path], processor=None, adapter_subdir: str = ADAPTER_SUBDIR):
     """Saves so that ``out_dir`` loads with ``trust_remote_code=True`` and without ssmvl: the model (merged if it has
     LoRA adapters; the adapter alone goes to ``out_dir/adapter`` first) plus its tokenizer / image processor.
-    Returns the saved (merged) model."""
+    Returns the saved (merged) model.
+
+    In a multi-process run every process calls it (as every process runs the recipe): each merges its own replica,
+    only the main process writes, and all wait for it. An FSDP-sharded model is gathered first (a collective); with
+    LoRA under FSDP only the adapter is written (merge it where the whole model fits: ``PeftModel.from_pretrained(base,
+    out_dir / "adapter").merge_and_unload()``)."""
+    from .distributed import barrier, full_state_dict, is_fsdp_model, is_main_process
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = is_main_process()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if is_fsdp_model(model):
+        state_dict = full_state_dict(model)  # every rank: the gather is a collective
+        if main:
+            if is_peft_model(model):
+                model.save_pretrained(str(out_dir / adapter_subdir), state_dict=state_dict)
+                print(f"[ssmvl] FSDP + LoRA: adapter saved to {out_dir / adapter_subdir}; merge it where the whole "
+                      f"model fits (PeftModel.from_pretrained(base, adapter_dir).merge_and_unload())")
+            else:
+                model.save_pretrained(str(out_dir), state_dict=state_dict)
+            if processor is not None:
+                processor.save_pretrained(str(out_dir))
+        barrier()
+        return model
     if is_peft_model(model):
         adapter_dir = out_dir / adapter_subdir
-        model.save_pretrained(str(adapter_dir))
-        if processor is not None:
-            processor.save_pretrained(str(adapter_dir))
+        if main:
+            model.save_pretrained(str(adapter_dir))
+            if processor is not None:
+                processor.save_pretrained(str(adapter_dir))
         model = merge_and_unload(model)
-    model.save_pretrained(str(out_dir))
-    if processor is not None:
-        processor.save_pretrained(str(out_dir))
+    if main:
+        model.save_pretrained(str(out_dir))
+        if processor is not None:
+            processor.save_pretrained(str(out_dir))
+    barrier()
     return model
 
 
+CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"  # what Trainer._save_checkpoint writes last
+
+
+def checkpoint_problem(checkpoint: Union[str, Path]) -> Optional[str]:
+    """None for a complete Trainer checkpoint, else what is missing. Trainer (transformers 5.0 to 5.24,
+    ``Trainer._save_checkpoint``) writes into ``checkpoint-N`` directly, with no temporary folder: the model
+    (``save_model``), then optimizer / scheduler / RNG states, then ``trainer_state.json``, and only then deletes
+    older checkpoints (``rotate_checkpoints``). A process killed while saving leaves ``checkpoint-N`` without a
+    readable ``trainer_state.json`` and keeps the previous checkpoint."""
+    import json
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        return "not a folder"
+    state = checkpoint / CHECKPOINT_COMPLETE_MARKER
+    if not state.is_file():
+        return f"no {CHECKPOINT_COMPLETE_MARKER} (Trainer writes it last: the save was interrupted)"
+    try:
+        json.loads(state.read_text())
+    except (ValueError, OSError) as exc:
+        return f"{CHECKPOINT_COMPLETE_MARKER} is unreadable ({exc}; the save was interrupted)"
+    if not any(checkpoint.glob("*.safetensors")) and not any(checkpoint.glob("pytorch_model_fsdp*")):
+        return "no model weights (*.safetensors)"
+    return None
+
+
+def last_complete_checkpoint(checkpoint_dir: Union[str, Path]) -> Optional[str]:
+    """The ``checkpoint-N`` in ``checkpoint_dir`` with the largest N that is complete (``checkpoint_problem``); the
+    incomplete ones after it are named on stdout and left in place (a run that reaches step N again overwrites
+    them)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return None
+    steps = []
+    for path in checkpoint_dir.iterdir():
+        name = path.name
+        if path.is_dir() and name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-", 1)[1].isdigit():
+            steps.append((int(name.split("-", 1)[1]), path))
+    for _, path in sorted(steps, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        print(f"[ssmvl] skipping incomplete checkpoint {path}: {problem}. Left in place; delete it yourself or let "
+              f"the resumed run overwrite it when it saves that step again")
+    return None
+
+
 def _resolve_resume(resume_from_checkpoint, checkpoint_dir: Path):
-    """True -> the last checkpoint in checkpoint_dir (None with a message when there is none); a path -> itself."""
+    """True / "last" -> the last complete checkpoint in checkpoint_dir (incomplete ones are skipped with a message;
+    None with a message when there is none); a path -> itself, checked to be complete."""
     if resume_from_checkpoint in (None, False):
         return None
     if resume_from_checkpoint is True or resume_from_checkpoint == "last":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+        last = last_complete_checkpoint(checkpoint_dir)
         if last is None:
-            print(f"[ssmvl] no checkpoint in {checkpoint_dir} to resume from; training from the start")
+            print(f"[ssmvl] no complete checkpoint in {checkpoint_dir} to resume from; training from the start")
         else:
             print(f"[ssmvl] resuming from {last}")
         return last
+    problem = checkpoint_problem(resume_from_checkpoint)
+    if problem is not None:
+        parent = Path(resume_from_checkpoint).parent
+        raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}. Resume from the last complete "
+                         f"checkpoint instead (--resume with no value, or resume_from_checkpoint=True, picks it from "
+                         f"{parent}: {last_complete_checkpoint(parent) or 'none there'})")
     print(f"[ssmvl] resuming from {resume_from_checkpoint}")
     return str(resume_from_checkpoint)
 
@@ -302,7 +382,7 @@ def train_causal_lm(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path
         save_strategy="steps" if save_steps else "epoch", save_steps=save_steps, warmup_ratio=warmup_ratio,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, **training_kwargs,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = Trainer(model=prepare_for_fsdp(model), args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
     metrics = RecipeResult(params)
     if evaluate_before and eval_ds is not None:
@@ -324,11 +404,13 @@ def train_image_classifier(model_or_config, train_ds, eval_ds, out_dir: Union[st
                            image_processor=None, checkpoint_dir: Optional[Union[str, Path]] = None,
                            warmup_ratio: float = 0.1, weight_decay: float = 0.05, logging_steps: int = 10,
                            seed: int = 0, save: bool = True, eval_each_epoch: bool = False, max_steps: int = -1,
-                           **training_kwargs) -> RecipeResult:
+                           save_steps: Optional[int] = None, callbacks=None, **training_kwargs) -> RecipeResult:
     """Image classification with Trainer (+ LoRA). ``train_ds`` / ``eval_ds``: ``pixel_values`` and ``label``
     columns (``data.build_digits_dataset``). Metrics: ``eval_accuracy`` (local evaluate module), ``eval_loss``,
     ``train_loss``, parameter counts (trainable % for LoRA), ``train_seconds``; after LoRA also
-    ``merged_eval_accuracy`` (the merged model, re-evaluated). The final model (merged when LoRA; the adapter in
+    ``merged_eval_accuracy`` (the merged model, re-evaluated). Trainer checkpoints go to ``checkpoint_dir`` (default
+    ``out_dir/checkpoints``) every ``save_steps`` steps when given, else per epoch (``save_strategy`` overrides;
+    ``callbacks``: extra ``TrainerCallback``s). The final model (merged when LoRA; the adapter in
     ``out_dir/adapter``) goes to ``out_dir`` with the image processor."""
     from transformers import AutoModelForImageClassification, Trainer, default_data_collator, set_seed
 
@@ -344,13 +426,15 @@ def train_image_classifier(model_or_config, train_ds, eval_ds, out_dir: Union[st
     params = count_parameters(model)
     args = training_arguments(
         checkpoint_dir, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
-        eval_strategy="epoch" if eval_each_epoch and eval_ds is not None else "no", save_strategy="epoch",
+        eval_strategy=training_kwargs.pop("eval_strategy",
+                                          "epoch" if eval_each_epoch and eval_ds is not None else "no"),
+        save_strategy=training_kwargs.pop("save_strategy", "steps" if save_steps else "epoch"), save_steps=save_steps,
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, logging_steps=logging_steps, seed=seed,
         **training_kwargs,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = Trainer(model=prepare_for_fsdp(model), args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, compute_metrics=_accuracy_fn(),
-                      processing_class=image_processor)
+                      processing_class=image_processor, callbacks=callbacks)
     start = time.time()
     train_out = trainer.train(resume_from_checkpoint=_resolve_resume(resume_from_checkpoint, checkpoint_dir))
     metrics = RecipeResult(params)
@@ -375,5 +459,6 @@ def train_image_classifier(model_or_config, train_ds, eval_ds, out_dir: Union[st
 __all__ = [
     "RecipeResult", "configure_cpu_threads", "load_accuracy_metric", "training_arguments", "apply_lora",
     "merge_and_unload", "save_trained", "evaluate_image_classifier", "evaluate_perplexity", "generate_text",
-    "train_causal_lm", "train_image_classifier", "is_peft_model", "ACCURACY_METRIC_PATH",
+    "train_causal_lm", "train_image_classifier", "is_peft_model", "ACCURACY_METRIC_PATH", "checkpoint_problem",
+    "last_complete_checkpoint",
 ]
