@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .distributed import prepare_for_fsdp
 from .lora import count_parameters
 from .recipes import RecipeResult, finish_recipe, load_accuracy_metric, training_arguments
 
@@ -158,7 +159,8 @@ def train_video_classifier(model, processor, train_ds, out_dir: Union[str, Path]
     args = training_arguments(out_dir / "checkpoints", epochs=epochs, max_steps=max_steps, lr=lr,
                               batch_size=batch_size, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                               logging_steps=logging_steps, seed=seed, **settings)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=VideoCollator(processor),
+    trainer = Trainer(model=prepare_for_fsdp(model), args=args, train_dataset=train_ds,
+                      data_collator=VideoCollator(processor),
                       processing_class=processor)
     metrics = RecipeResult(count_parameters(model))
     start = time.time()
