@@ -120,6 +120,8 @@ def main(argv=None):
     ap.add_argument("--mamba-build", help="folder holding mamba_ssm's built selective_scan_cuda extension")
     ap.add_argument("--sweep", action="store_true", help="also time ssmvl's PARALLEL_CONFIG settings")
     ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
+    ap.add_argument("--tile-bwd-sweep", action="store_true",
+                    help="time forward + backward over the time-tiled training pair's settings (TILE_BWD_CONFIG)")
     ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
     args = ap.parse_args(argv)
@@ -175,6 +177,20 @@ def main(argv=None):
                 print("tile", json.dumps(row), flush=True)
         ssm_triton.TILE_CONFIG.clear()
         ssm_triton.TILE_CONFIG.update(default)
+    if args.tile_bwd_sweep:
+        default = dict(ssm_triton.TILE_BWD_CONFIG)
+        result["tile_bwd_sweep"] = []
+        for enabled, block_t, warps in ((False, 0, 0), (True, 256, 4), (True, 512, 4), (True, 1024, 4),
+                                        (True, 512, 8), (True, 1024, 8)):
+            ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t or default["BLOCK_T"],
+                                              num_warps=warps or default["num_warps"])
+            for shape in shapes:
+                row = dict(enabled=enabled, BLOCK_T=block_t, num_warps=warps, **measure(shape, bw, None, ssm_triton))
+                result["tile_bwd_sweep"].append(row)
+                print("tile_bwd", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                      flush=True)
+        ssm_triton.TILE_BWD_CONFIG.clear()
+        ssm_triton.TILE_BWD_CONFIG.update(default)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

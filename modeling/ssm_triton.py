@@ -68,8 +68,11 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
 # Training (gradients needed): the time-tiled forward saving the state at every tile start, then the time-tiled
-# backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps. "enabled": None = that rule,
-# True / False = always / never.
+# backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps, unless the chunked time-parallel path
+# applies and the sequence is TILE_CONFIG["long"]. "enabled": None = that rule, True / False = always / never.
+# H200 sweep (benchmarks/results/scan_vs_mamba_ssm.json, fwd+bwd ms, sequential or chunked -> tiled 512 / 4 warps):
+# B8 D1536 L1024 1.84 -> 1.46, B16 D1536 L4096 13.9 -> 11.9, B1 D1536 L1024 1.41 -> 1.06; B4 D768 L6085 chunked 2.72
+# (tiled 4.16); B128 D768 L197 sequential 2.48 (tiled 4.75). Tiles of 256 / 1024 steps or 8 warps were slower.
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512}
 
 
@@ -889,10 +892,13 @@ def _use_tile_kernel(programs: int, L: int) -> bool:
     return L >= cfg["min_len"] and not (few_programs and L >= cfg["long"])
 
 
-def _use_tile_bwd(L: int) -> bool:
+def _use_tile_bwd(programs: int, L: int) -> bool:
     """Whether a forward with gradients runs the time-tiled pair (see TILE_BWD_CONFIG)."""
     cfg = TILE_BWD_CONFIG
-    return bool(cfg["enabled"]) if cfg["enabled"] is not None else L >= cfg["min_len"]
+    if cfg["enabled"] is not None:
+        return bool(cfg["enabled"])
+    few_programs = programs < PARALLEL_CONFIG["parallel_below"]
+    return L >= cfg["min_len"] and not (few_programs and L >= TILE_CONFIG["long"])
 
 
 def _bwd_lanes(programs: int, nchunks: int) -> int:
@@ -926,7 +932,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:9])
         BLOCK_D = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         nblk = triton.cdiv(dg, BLOCK_D)
-        tile_bwd = need_grad and _use_tile_bwd(L)
+        tile_bwd = need_grad and _use_tile_bwd(batch * G * nblk, L)
         if tile_bwd or (not need_grad and _use_tile_kernel(batch * G * nblk, L)):  # one program per channel
             cfg = TILE_BWD_CONFIG if tile_bwd else TILE_CONFIG
             block_t = min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
