@@ -8,13 +8,17 @@ DDP scaling of Vim-S (configs/vim-small.json, 224 px, bf16 autocast, AdamW, fixe
     python benchmarks/ddp_scaling.py --compare results/ddp_vim_small_1gpu.json results/ddp_vim_small_2gpu.json
 
 FSDP (the shipped training/accelerate_configs/fsdp.yaml: FSDP2, one unit per block, full state dicts) against one
-GPU without FSDP, peak memory per GPU:
+GPU without FSDP at the same batch per GPU, peak memory per GPU:
 
-    python benchmarks/ddp_scaling.py --model vim-base --steps 30 --eval-every 0 --out results/fsdp_vim_base_1gpu.json
-    accelerate launch --config_file training/accelerate_configs/fsdp.yaml --num_processes 2 --mixed_precision bf16 \\
-        benchmarks/ddp_scaling.py --model vim-base --steps 30 --eval-every 0 --out results/fsdp_vim_base_2gpu.json
-    (the same with --model vlm:cobra-style, 3.19B; vlm:qwen-vl-style, 9.66B, needs more than 2 x 80 GB: AdamW keeps
-     16 bytes per parameter before activations)
+    python benchmarks/ddp_scaling.py --model vim-base --per-device-batch 32 --steps 30 --eval-every 0 \
+        --out results/fsdp_vim_base_1gpu.json
+    accelerate launch --config_file training/accelerate_configs/fsdp.yaml --num_processes 2 --mixed_precision bf16 \
+        benchmarks/ddp_scaling.py --model vim-base --per-device-batch 32 --steps 30 --eval-every 0 \
+        --out results/fsdp_vim_base_2gpu.json
+    (the same with --model vlm:cobra-style --per-device-batch 4 --steps 10 --gradient-checkpointing: 3.19B
+     parameters, rows of 729 image + 256 text tokens; vlm:qwen-vl-style, 9.66B, needs more than 2 x 80 GB: fp32
+     weights, gradients and AdamW's two moments are 16 bytes per parameter before activations, 155 GB, 77 GB per GPU
+     over 2)
 
 Data. Vim: scikit-learn's digits (shipped with it; 1,437 train / 360 validation, the stratified split of
 ``training.data.digits_split_indices``) upsampled from 8 x 8 to the model's image size (bilinear, grey -> 3 channels,
@@ -198,8 +202,14 @@ def run(args) -> dict:
         raise ValueError(f"--global-batch {args.global_batch} does not split over {world} processes")
     clock = StepClock()
     common = dict(bf16=on_gpu and not args.fp32, dataloader_num_workers=args.workers if on_gpu else 0,
-                  ddp_find_unused_parameters=False, disable_tqdm=True, report_to="none",
-                  gradient_checkpointing=args.gradient_checkpointing)
+                  # every Vim parameter gets a gradient; a VLM leaves the tower's layers after
+                  # vision_feature_layer unused (cobra-style: SigLIP's last layer), which DDP must be told
+                  ddp_find_unused_parameters=args.model.startswith("vlm:"), disable_tqdm=True, report_to="none")
+    if args.gradient_checkpointing:  # transformers 5.24 renamed it (the old name warns); 5.0 has only the old one
+        from ssmvl.training.recipes import _training_argument_names
+
+        names = _training_argument_names()
+        common["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = True
     out_dir = Path(args.work) / f"rank-shared-{args.label or 'run'}"
     record = dict(model=args.model, world_size=world, per_device_batch=per_device, global_batch=per_device * world,
                   steps=args.steps, warmup_steps_excluded=args.warmup, bf16=common["bf16"], fsdp=fsdp_enabled(),
@@ -264,8 +274,9 @@ def run(args) -> dict:
 def compare(paths):
     a, b = (json.loads(Path(p).read_text()) for p in paths)
     key = "images_per_s" if a.get("images_per_s") else "sequences_per_s"
-    print(f"{paths[0]}: {a['world_size']} process(es), {a[key]:.1f} {key}, peak MiB/rank {a['peak_memory_mib_per_rank']}")
-    print(f"{paths[1]}: {b['world_size']} process(es), {b[key]:.1f} {key}, peak MiB/rank {b['peak_memory_mib_per_rank']}")
+    for path, r in zip(paths, (a, b)):
+        print(f"{path}: {r['world_size']} process(es), {r[key]:.1f} {key}, peak MiB per rank "
+              f"{r['peak_memory_mib_per_rank']}")
     print(f"speed-up {b[key] / a[key]:.2f}x")
     for name in ("eval_history", "loss_history"):
         pa, pb = dict(map(tuple, a.get(name, []))), dict(map(tuple, b.get(name, [])))
@@ -282,7 +293,8 @@ def main(argv=None):
                         "vlm:<preset> (cobra-style, qwen-vl-style, vlm-mamba)")
     parser.add_argument("--out", default=None, help="JSON written by rank 0")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--global-batch", type=int, default=256, help="split over the processes (default 256)")
+    parser.add_argument("--global-batch", type=int, default=None,
+                        help="split over the processes (default 256 for Vim, 8 for a VLM preset)")
     parser.add_argument("--per-device-batch", type=int, default=None, help="fix the per-GPU batch instead")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
@@ -303,6 +315,8 @@ def main(argv=None):
     if args.compare:
         compare(args.compare)
         return 0
+    if args.global_batch is None:
+        args.global_batch = 8 if args.model.startswith("vlm:") else 256
     if args.tiny:
         args.steps = min(args.steps, 6)
         args.global_batch = min(args.global_batch, 16)
