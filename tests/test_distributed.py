@@ -1,5 +1,6 @@
 """Multi-process training (issue 12, part 1): shipped accelerate configs, FSDP wrap classes, a 2-process CPU (gloo)
-run against a 1-process run with the same global batch, and the DataParallel guard of ``ssmvl train-*``.
+run against a 1-process run with the same global batch, FSDP2 sharding on 2 CPU processes against the plain model
+(and the gathered save), the DataParallel guard of ``ssmvl train-*``, and the device benchmark's CPU mode.
 
 Why the two runs should match: accelerate's ``SeedableRandomSampler`` draws the same permutation in every process
 (seeded by ``data_seed`` and the epoch), its ``BatchSamplerShard`` gives process k of n the k-th of each n consecutive
@@ -71,8 +72,8 @@ def _env():
     return env
 
 
-def _run(cmd, cwd: Path):
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+def _run(cmd, cwd: Path, **env):
+    proc = subprocess.run(cmd, cwd=cwd, env={**_env(), **env}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -117,6 +118,120 @@ def test_two_cpu_processes_follow_the_single_process_loss_curve(tmp_path):
     from transformers import AutoModelForImageClassification
 
     AutoModelForImageClassification.from_pretrained(double, trust_remote_code=True)
+
+
+# FSDP2 itself on 2 CPU processes (accelerate only runs FSDP on accelerators, so fully_shard is applied here the way
+# accelerate's fsdp2_prepare_model does: each block class of fsdp_wrap_classes, then the root), against the plain model
+# trained on the whole batch in the same process; then save_trained's FSDP branch (gather, main process writes).
+FSDP_CHILD = """
+import copy, json, sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+from ssmvl.modeling import VimConfig, VimForImageClassification
+from ssmvl.training.distributed import fsdp_wrap_classes, is_fsdp_model, shutdown
+from ssmvl.training.recipes import save_trained
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+model = VimForImageClassification(VimConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                            state_size=4, num_labels=10))
+reference = copy.deepcopy(model)
+classes = fsdp_wrap_classes(model)
+for module in list(model.modules()):
+    if type(module).__name__ in classes:
+        fully_shard(module)
+fully_shard(model)
+sharded = [n for n, p in model.named_parameters() if p.to_local().numel() < p.numel()]
+opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+g = torch.Generator().manual_seed(1)
+losses = []
+for step in range(4):
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    mine = slice(rank * 8 // world, (rank + 1) * 8 // world)
+    loss = model(pixel_values=x[mine], labels=y[mine]).loss
+    loss.backward()
+    opt.step()
+    opt.zero_grad()
+    ref_loss = reference(pixel_values=x, labels=y).loss
+    ref_loss.backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    total = loss.detach().clone()
+    dist.all_reduce(total)
+    losses.append([float(total) / world, float(ref_loss)])
+assert is_fsdp_model(model)
+save_trained(model, sys.argv[1])
+if rank == 0:
+    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    torch.save(state, sys.argv[1] + "/reference.pt")
+    json.dump({"losses": losses, "classes": classes, "sharded": len(sharded), "class": type(model).__name__},
+              open(sys.argv[1] + "/fsdp.json", "w"))
+shutdown()
+"""
+
+
+def test_fsdp2_on_two_cpu_processes_matches_the_plain_model_and_saves(tmp_path):
+    from safetensors.torch import load_file
+
+    child = tmp_path / "fsdp_child.py"
+    child.write_text(FSDP_CHILD)
+    out = tmp_path / "fsdp"
+    out.mkdir()
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+          str(child), str(out)], tmp_path)
+    record = json.loads((out / "fsdp.json").read_text())
+    assert record["classes"] == ["VimBlock"] and record["sharded"] > 0 and record["class"].startswith("FSDP")
+    loss_diff = max(abs(a - b) for a, b in record["losses"])
+    saved = load_file(str(out / "model.safetensors"))
+    reference = torch.load(out / "reference.pt", weights_only=True)
+    weight_diff = max(float((saved[k] - reference[k]).abs().max()) for k in saved)
+    print(f"\nFSDP2 on 2 CPU processes vs the plain model, 4 AdamW steps: max |loss diff| {loss_diff:.3g}, "
+          f"max |saved weight diff| {weight_diff:.3g}")
+    assert loss_diff <= LOSS_TOLERANCE and weight_diff <= WEIGHT_TOLERANCE
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["VimForImageClassification"]  # not FSDPVimForImageClassification
+    assert config["auto_map"]["AutoModelForImageClassification"] == "modeling_vim.VimForImageClassification"
+    assert (out / "modeling_vim.py").is_file() and not list(out.glob("_fsdp*.py"))
+    from transformers import AutoModelForImageClassification
+
+    AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (accelerate runs FSDP on GPUs only)")
+def test_fsdp_on_two_gpus_follows_one_gpu(tmp_path):
+    """The shipped fsdp.yaml (FSDP2, VimBlock units) on 2 GPUs against 1 GPU without FSDP, fp32, same global batch:
+    the same loss curve (GPU reductions are not bit-reproducible: 1e-4), and the final save gathers the shards into
+    one safetensors file (save_trained's FSDP branch) that loads and equals the 1-GPU weights closely."""
+    from safetensors.torch import load_file
+
+    child = tmp_path / "recipe_child.py"
+    child.write_text(CHILD)
+    single, sharded = tmp_path / "one-gpu", tmp_path / "fsdp-two-gpus"
+    _run([sys.executable, str(child), str(single), str(GLOBAL_BATCH), str(STEPS)], tmp_path, CUDA_VISIBLE_DEVICES="0")
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config("fsdp")),
+          "--num_processes", "2", "--main_process_port", str(_free_port()), str(child), str(sharded),
+          str(GLOBAL_BATCH // 2), str(STEPS)], tmp_path, CUDA_VISIBLE_DEVICES="0,1")
+    _, one_losses, _ = _losses(single)
+    two, two_losses, _ = _losses(sharded)
+    assert two["world_size"] == 2 and len(two_losses) == STEPS
+    loss_diff = max(abs(a - b) for a, b in zip(one_losses, two_losses))
+    a, b = load_file(str(single / "model.safetensors")), load_file(str(sharded / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    weight_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"\nFSDP 2 GPUs vs 1 GPU: max |loss diff| {loss_diff:.3g}, max |final weight diff| {weight_diff:.3g}")
+    assert loss_diff <= 1e-4 and weight_diff <= 1e-3
+    from transformers import AutoModelForImageClassification
+
+    config = json.loads((sharded / "config.json").read_text())
+    assert config["architectures"] == ["VimForImageClassification"]
+    AutoModelForImageClassification.from_pretrained(sharded, trust_remote_code=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

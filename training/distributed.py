@@ -22,6 +22,7 @@ equally full (tests/test_distributed.py measures the per-step loss difference).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -139,6 +140,28 @@ def is_fsdp_model(model) -> bool:
         isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
 
 
+@contextlib.contextmanager
+def original_class(model):
+    """While inside, an FSDP2 module has its own class again. ``fully_shard`` swaps a module's class for a dynamic
+    subclass ``FSDP<Name>`` whose ``__module__`` is torch's (torch/distributed/fsdp/_fully_shard/_fully_shard.py);
+    ``save_pretrained`` writes the class name to ``config.architectures`` and, for remote code, copies the module
+    file of the class (``transformers.dynamic_module_utils.custom_object_save``), so it must see the original."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover (torch < 2.6)
+        yield model
+        return
+    fsdp_class = type(model)
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(c for c in fsdp_class.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = fsdp_class
+
+
 def full_state_dict(model) -> Dict[str, "object"]:
     """The unsharded state dict of an FSDP model on CPU (a collective: every rank calls it; all get the tensors)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -226,5 +249,5 @@ def guard_data_parallel(argv: Sequence[str], relaunch: bool = True, exec_fn=None
 __all__ = [
     "ACCELERATE_CONFIG_DIR", "accelerate_config", "available_accelerate_configs", "launched_by_a_launcher",
     "world_size", "is_main_process", "barrier", "fsdp_enabled", "fsdp_wrap_classes", "prepare_for_fsdp",
-    "is_fsdp_model", "full_state_dict", "guard_data_parallel", "relaunch_command", "multi_gpu_advice", "shutdown",
+    "is_fsdp_model", "full_state_dict", "original_class", "guard_data_parallel", "relaunch_command", "multi_gpu_advice", "shutdown",
 ]

@@ -198,7 +198,7 @@ def save_trained(model, out_dir: Union[str, Path], processor=None, adapter_subdi
     only the main process writes, and all wait for it. An FSDP-sharded model is gathered first (a collective); with
     LoRA under FSDP only the adapter is written (merge it where the whole model fits: ``PeftModel.from_pretrained(base,
     out_dir / "adapter").merge_and_unload()``)."""
-    from .distributed import barrier, full_state_dict, is_fsdp_model, is_main_process
+    from .distributed import barrier, full_state_dict, is_fsdp_model, is_main_process, original_class
 
     out_dir = Path(out_dir)
     main = is_main_process()
@@ -212,7 +212,8 @@ def save_trained(model, out_dir: Union[str, Path], processor=None, adapter_subdi
                 print(f"[ssmvl] FSDP + LoRA: adapter saved to {out_dir / adapter_subdir}; merge it where the whole "
                       f"model fits (PeftModel.from_pretrained(base, adapter_dir).merge_and_unload())")
             else:
-                model.save_pretrained(str(out_dir), state_dict=state_dict)
+                with original_class(model):  # config.architectures and the copied code name our class
+                    model.save_pretrained(str(out_dir), state_dict=state_dict)
             if processor is not None:
                 processor.save_pretrained(str(out_dir))
         barrier()
