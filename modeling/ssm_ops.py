@@ -459,11 +459,19 @@ def selective_scan_torch(
         B, C = _expand_groups(B, dim), _expand_groups(C, dim)
     G = max(_groups(B), _groups(C))
     dg = dim // G
-    dt = _prepare_delta(delta, delta_bias, delta_softplus, acc)  # (b, d, L)
-    x = dt * u.to(acc)
 
     def time_major(t):  # (b, d, L) -> (L, b, G, dg, 1)
-        return t.permute(2, 0, 1).reshape(seqlen, batch, G, dg, 1).contiguous()
+        return t.to(acc).permute(2, 0, 1).reshape(seqlen, batch, G, dg, 1).contiguous()
+
+    # delta's bias and softplus, and x = dt * u, computed time-major: every element-wise op (and its gradient) then
+    # sees one memory layout (under torch.compile's aot_eager, softplus_backward of mixed layouts gets other strides
+    # than its meta function says, and a later view fails)
+    dt = time_major(delta)  # (L, b, G, dg, 1)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(acc).reshape(G, dg, 1)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    x = dt * time_major(u)
 
     def bc_time_major(t):  # (b, N, L) | (b, g, N, L) -> (L, b, G, 1, N)
         t = t.to(acc).unsqueeze(1) if t.dim() == 3 else t.to(acc)
@@ -471,7 +479,7 @@ def selective_scan_torch(
 
     h0 = None if initial_state is None else initial_state.to(acc).reshape(batch, G, dg, N)
     ys, h_last = _time_major_scan(
-        time_major(dt), time_major(x), A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
+        dt, x, A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
     )
     y = ys.reshape(seqlen, batch, dim).permute(1, 2, 0)  # (b, d, L)
     out = _finish(y, u, D, z, out_dtype)
