@@ -55,6 +55,24 @@ if result.trainer.is_world_process_zero():
     with open(os.path.join(out, "log.json"), "w") as fh:
         json.dump({"log_history": result.trainer.state.log_history, "world_size": result.trainer.args.world_size,
                    "per_device_batch": result.trainer.args.per_device_train_batch_size}, fh)
+if sys.argv[4:] == ["lm"]:  # the LM recipe, which evaluates before it trains (perplexity_before)
+    from datasets import Dataset
+    from safetensors.torch import save_file
+
+    from ssmvl.modeling import MambaLMConfig
+    from ssmvl.training.recipes import train_causal_lm
+
+    ids = torch.randint(0, 64, (64, 12), generator=torch.Generator().manual_seed(0)).tolist()
+    blocks = Dataset.from_dict({"input_ids": ids, "labels": ids})
+    lm = train_causal_lm(MambaLMConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2), blocks, blocks.select(
+        range(16)), os.path.join(out, "lm"), max_steps=6, batch_size=batch // 2, lr=1e-2, logging_steps=1,
+        save=False, save_strategy="no", disable_tqdm=True)
+    rank = result.trainer.args.process_index
+    save_file({k: v.detach().clone().contiguous() for k, v in lm.model.state_dict().items()},
+              os.path.join(out, f"lm-rank{rank}.safetensors"))
+    with open(os.path.join(out, f"lm-rank{rank}.json"), "w") as fh:
+        json.dump({"losses": [e["loss"] for e in lm.trainer.state.log_history if "loss" in e],
+                   "perplexity_before": lm["perplexity_before"], "perplexity": lm["perplexity"]}, fh)
 shutdown()
 """
 
@@ -93,10 +111,10 @@ def test_two_cpu_processes_follow_the_single_process_loss_curve(tmp_path):
     child = tmp_path / "recipe_child.py"
     child.write_text(CHILD)
     single, double = tmp_path / "one-process", tmp_path / "two-processes"
-    _run([sys.executable, str(child), str(single), str(GLOBAL_BATCH), str(STEPS)], tmp_path)
+    _run([sys.executable, str(child), str(single), str(GLOBAL_BATCH), str(STEPS), "lm"], tmp_path)
     _run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config("ddp")),
           "--num_processes", "2", "--main_process_port", str(_free_port()), "--num_cpu_threads_per_process", "1",
-          str(child), str(double), str(GLOBAL_BATCH // 2), str(STEPS)], tmp_path)
+          str(child), str(double), str(GLOBAL_BATCH // 2), str(STEPS), "lm"], tmp_path)
 
     one, one_losses, one_norms = _losses(single)
     two, two_losses, two_norms = _losses(double)
@@ -118,6 +136,20 @@ def test_two_cpu_processes_follow_the_single_process_loss_curve(tmp_path):
     from transformers import AutoModelForImageClassification
 
     AutoModelForImageClassification.from_pretrained(double, trust_remote_code=True)
+
+    # the LM recipe evaluates before training: the two processes still train one model (their replicas are equal)
+    # and follow the single process. (A trainer.evaluate() before trainer.train() would leave the model without its
+    # DDP wrapper: every process training its own copy; see train_causal_lm.)
+    lm_one = json.loads((single / "lm-rank0.json").read_text())
+    lm_two = json.loads((double / "lm-rank0.json").read_text())
+    r0, r1 = load_file(str(double / "lm-rank0.safetensors")), load_file(str(double / "lm-rank1.safetensors"))
+    replica_diff = max(float((r0[k] - r1[k]).abs().max()) for k in r0)
+    lm_loss_diff = max(abs(a - b) for a, b in zip(lm_one["losses"], lm_two["losses"]))
+    print(f"LM recipe (evaluates first): replicas differ by {replica_diff:.3g}; max |loss diff| vs 1 process "
+          f"{lm_loss_diff:.3g}")
+    assert replica_diff == 0.0
+    assert len(lm_two["losses"]) == 6 and lm_loss_diff <= LOSS_TOLERANCE
+    assert abs(lm_one["perplexity_before"] - lm_two["perplexity_before"]) <= 1e-3 * lm_one["perplexity_before"]
 
 
 # FSDP2 itself on 2 CPU processes (accelerate only runs FSDP on accelerators, so fully_shard is applied here the way

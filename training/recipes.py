@@ -368,7 +368,8 @@ def train_causal_lm(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path
                     logging_steps: int = 20, seed: int = 0, save: bool = True, evaluate_before: bool = True,
                     **training_kwargs) -> RecipeResult:
     """Causal LM training with Trainer (+ LoRA). Metrics: ``perplexity_before`` / ``perplexity`` (exp of the eval
-    loss before / after), ``train_loss``, ``eval_loss``, parameter counts, ``train_seconds``. ``checkpoint_dir``
+    loss at the start of training, i.e. of the checkpoint's weights when resuming / at the end), ``train_loss``,
+    ``eval_loss``, parameter counts, ``train_seconds`` (without the first evaluation). ``checkpoint_dir``
     (default ``out_dir/checkpoints``) holds the Trainer checkpoints (every ``save_steps`` steps when given, else per
     epoch); the final model (merged when LoRA) goes to ``out_dir`` with the tokenizer."""
     from transformers import AutoModelForCausalLM, Trainer, default_data_collator, set_seed
@@ -378,19 +379,30 @@ def train_causal_lm(model_or_config, train_ds, eval_ds, out_dir: Union[str, Path
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir / "checkpoints"
     model = apply_lora(_load_model(model_or_config, AutoModelForCausalLM), lora)
     params = count_parameters(model)
+    # The evaluation before training runs inside train() (eval_on_start), after the model is wrapped: a
+    # trainer.evaluate() before trainer.train() makes accelerate mark the bare model as prepared
+    # (prepare_model(evaluation_mode=True)), and train() then skips the DistributedDataParallel wrap, so under DDP
+    # every process would train its own copy with no gradient sync, silently (transformers 5.0 / 5.24, accelerate 1.15;
+    # tests/test_distributed.py).
+    before = bool(evaluate_before and eval_ds is not None)
     args = training_arguments(
-        checkpoint_dir, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size, eval_strategy="no",
-        save_strategy="steps" if save_steps else "epoch", save_steps=save_steps, warmup_ratio=warmup_ratio,
+        checkpoint_dir, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+        eval_on_start=training_kwargs.pop("eval_on_start", before),
+        eval_strategy=training_kwargs.pop("eval_strategy", "no"),
+        save_strategy=training_kwargs.pop("save_strategy", "steps" if save_steps else "epoch"), save_steps=save_steps,
+        warmup_ratio=warmup_ratio,
         weight_decay=weight_decay, logging_steps=logging_steps, seed=seed, **training_kwargs,
     )
     trainer = Trainer(model=prepare_for_fsdp(model), args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=default_data_collator, processing_class=tokenizer)
     metrics = RecipeResult(params)
-    if evaluate_before and eval_ds is not None:
-        metrics["perplexity_before"] = math.exp(trainer.evaluate()["eval_loss"])
     start = time.time()
     train_out = trainer.train(resume_from_checkpoint=_resolve_resume(resume_from_checkpoint, checkpoint_dir))
     metrics["train_seconds"] = time.time() - start
+    if before:
+        first = next(entry for entry in trainer.state.log_history if "eval_loss" in entry)
+        metrics["perplexity_before"] = math.exp(first["eval_loss"])
+        metrics["train_seconds"] -= first.get("eval_runtime", 0.0)
     metrics["train_loss"] = train_out.training_loss
     metrics["global_step"] = train_out.global_step
     if eval_ds is not None:
