@@ -3,7 +3,7 @@ trajectory against one GPU, and FSDP peak memory per GPU for the largest presets
 
 DDP scaling of Vim-S (configs/vim-small.json, 224 px, bf16 autocast, AdamW, fixed global batch):
 
-    python benchmarks/ddp_scaling.py --out results/ddp_vim_small_1gpu.json                      # one GPU
+    python benchmarks/ddp_scaling.py --out results/ddp_vim_small_1gpu.json      # one GPU (GPU 0 unless told)
     torchrun --standalone --nproc_per_node 2 benchmarks/ddp_scaling.py --out results/ddp_vim_small_2gpu.json
     python benchmarks/ddp_scaling.py --compare results/ddp_vim_small_1gpu.json results/ddp_vim_small_2gpu.json
 
@@ -56,9 +56,14 @@ import time
 import traceback
 from pathlib import Path
 
-import torch
+# A plain `python benchmarks/ddp_scaling.py` is the one-GPU baseline: on a multi-GPU host Trainer would otherwise wrap
+# the model in torch.nn.DataParallel over every visible GPU. Set before torch initialises CUDA.
+if not any(os.environ.get(k) for k in ("WORLD_SIZE", "LOCAL_RANK")) and "CUDA_VISIBLE_DEVICES" not in os.environ:
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0"
 
-from common import ROOT, ensure_ssmvl
+import torch  # noqa: E402
+
+from common import ensure_ssmvl  # noqa: E402
 
 ensure_ssmvl()
 
@@ -341,7 +346,7 @@ def main(argv=None):
 
     record.update(started=started, torch=torch.__version__, transformers=transformers.__version__,
                   accelerate=accelerate.__version__, python=platform.python_version(), argv=sys.argv[1:],
-                  launcher=launcher)
+                  launcher=launcher, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     if record["status"] == "oom":
         out = Path(args.out or "oom.json")
         out = out.with_name(f"{out.stem}.rank{record['rank']}{out.suffix}")
