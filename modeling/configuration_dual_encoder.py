@@ -10,6 +10,7 @@ from typing import Optional, Union
 from transformers import AutoConfig, PretrainedConfig
 
 from .configuration_mamba_lm import MambaLMConfig
+from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
 from .configuration_vmamba import VMambaConfig
 
@@ -18,8 +19,10 @@ from .configuration_vmamba import VMambaConfig
 SSMVL_TOWER_CONFIGS = {
     VimConfig.model_type: VimConfig,
     VMambaConfig.model_type: VMambaConfig,
+    StormConfig.model_type: StormConfig,
     MambaLMConfig.model_type: MambaLMConfig,
 }
+VIDEO_TOWER_TYPES = (StormConfig.model_type,)  # towers that take videos (batch, frames, C, H, W)
 LOSS_TYPES = ("sigmoid", "softmax")
 TEXT_POOLING = ("cls", "mean", "last_token")
 VISION_POOLING = ("pooler", "cls", "mean")
@@ -69,7 +72,9 @@ class SigLipDualEncoderConfig(PretrainedConfig):
             (`"vit"`, `"siglip_vision_model"`, `"clip_vision_model"`, `"dinov2"`, ... built with
             `AutoModel.from_config`) or ssmvl's `"ssmvl_vim"` / `"ssmvl_vmamba"` (built from the sibling modeling files,
             so a saved model loads without ssmvl). A dict is turned into a config by its `model_type`. Default: Vim-tiny
-            (`VimConfig()`).
+            (`VimConfig()`). ssmvl's STORM (`"ssmvl_storm"`) makes it a video-text dual encoder: the "images" are then
+            videos, `pixel_values` (or `pixel_values_videos`) of shape (batch, frames, C, H, W), pooled by STORM's
+            `pooler_output` (the mean of its kept tokens and memory).
         text_config (`dict` or `PretrainedConfig`, *optional*): the text tower. A transformers encoder (`"bert"` --
             MiniLM is a BERT --, `"roberta"`, `"siglip_text_model"`, ...) or ssmvl's Mamba LM (`"ssmvl_mamba"`, its
             `MambaLMModel` backbone). Default: `MambaLMConfig()`.
@@ -176,4 +181,4 @@ class SigLipDualEncoderConfig(PretrainedConfig):
         return output
 
 
-__all__ = ["SigLipDualEncoderConfig", "SSMVL_TOWER_CONFIGS", "tower_config", "tower_width"]
+__all__ = ["SigLipDualEncoderConfig", "SSMVL_TOWER_CONFIGS", "VIDEO_TOWER_TYPES", "tower_config", "tower_width"]

@@ -7,8 +7,9 @@ softmax loss (Radford et al. 2021).
     logits_per_text = exp(t') * text_embeds @ image_embeds.T + b           (b_t, b_i); logits_per_image = its transpose
 
 Towers: transformers encoders are built with ``AutoModel.from_config`` (ViT, SigLIP / CLIP vision, DINOv2, BERT /
-MiniLM, ...; no code of ours); ssmvl's Vim / VMamba / Mamba LM come from the sibling modeling files, so
+MiniLM, ...; no code of ours); ssmvl's Vim / VMamba / STORM / Mamba LM come from the sibling modeling files, so
 ``save_pretrained`` copies them and the folder loads with ``trust_remote_code=True`` where ssmvl is not installed.
+With STORM as the vision tower the "images" are videos, pixel_values (b_i, frames, C, H, W) (or pixel_values_videos).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
 
-from .configuration_dual_encoder import SigLipDualEncoderConfig, tower_width
+from .configuration_dual_encoder import VIDEO_TOWER_TYPES, SigLipDualEncoderConfig, tower_width
 from .configuration_mamba_lm import MambaLMConfig
+from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
 from .configuration_vmamba import VMambaConfig
 from .hf_compat import init, set_auto_map
 from .modeling_mamba_lm import MambaLMModel
+from .modeling_storm import StormModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
 from .ssm_layers import check_pixel_values
@@ -48,6 +51,7 @@ logger = logging.get_logger(__name__)
 SSMVL_TOWERS = {
     VimConfig.model_type: VimModel,
     VMambaConfig.model_type: VMambaModel,
+    StormConfig.model_type: StormModel,
     MambaLMConfig.model_type: MambaLMModel,
 }
 # forward() arguments that callers pass to every model and that the dual encoder has no use for
@@ -162,8 +166,16 @@ class SigLipDualEncoderPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_bias, cfg.logit_bias_init)
 
 
+def _one_pixel_input(pixel_values, pixel_values_videos):
+    """pixel_values_videos is a video tower's name for pixel_values (what StormVideoProcessor returns)."""
+    if pixel_values is not None and pixel_values_videos is not None:
+        raise ValueError("Pass pixel_values or pixel_values_videos, not both: the model has one vision tower.")
+    return pixel_values if pixel_values_videos is None else pixel_values_videos
+
+
 def build_tower(config) -> PreTrainedModel:
-    """ssmvl's Vim / VMamba / Mamba LM from the sibling files; any other config through ``AutoModel.from_config``."""
+    """ssmvl's Vim / VMamba / STORM / Mamba LM from the sibling files; any other config through
+    ``AutoModel.from_config``."""
     if config.model_type in SSMVL_TOWERS:
         return SSMVL_TOWERS[config.model_type](config)
     return AutoModel.from_config(config)
@@ -250,6 +262,13 @@ class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------------
     def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool):
         vcfg = self.config.vision_config
+        if vcfg.model_type in VIDEO_TOWER_TYPES:  # STORM checks the frames itself (count, channels, size, values)
+            if not torch.is_tensor(pixel_values) or pixel_values.dim() != 5:
+                shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+                raise ValueError(f"The vision tower ({vcfg.model_type}) takes videos: pixel_values (or "
+                                 f"pixel_values_videos) must be (batch, frames, channels, height, width), got {shape}; "
+                                 "its video processor (StormVideoProcessor) makes them.")
+            return
         if not torch.is_tensor(pixel_values) or pixel_values.dim() != 4:
             shape = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
             raise ValueError(f"pixel_values must be (batch, channels, height, width), got {shape}")
@@ -325,10 +344,13 @@ class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------------
     # public API
     # ----------------------------------------------------------------------------------------------------------------
-    def get_image_features(self, pixel_values: torch.FloatTensor, interpolate_pos_encoding: bool = False,
-                           normalize: bool = True) -> torch.FloatTensor:
+    def get_image_features(self, pixel_values: Optional[torch.FloatTensor] = None,
+                           interpolate_pos_encoding: bool = False, normalize: bool = True,
+                           pixel_values_videos: Optional[torch.FloatTensor] = None) -> torch.FloatTensor:
         """pixel_values: (batch, C, H, W) -> image embeddings (batch, projection_dim), L2-normalised unless
-        ``normalize=False``."""
+        ``normalize=False``. A video tower (STORM) takes videos (batch, frames, C, H, W), as ``pixel_values`` or
+        ``pixel_values_videos``."""
+        pixel_values = _one_pixel_input(pixel_values, pixel_values_videos)
         pooled = self._pool_vision(self._vision_forward(pixel_values, interpolate_pos_encoding))
         embeds = self.visual_projection(pooled.to(self.visual_projection.weight.dtype))
         return F.normalize(embeds, dim=-1) if normalize else embeds
@@ -358,9 +380,11 @@ class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
         interpolate_pos_encoding: bool = False,
         output_hidden_states: Optional[bool] = None,
         return_dict: Optional[bool] = None,
+        pixel_values_videos: Optional[torch.FloatTensor] = None,
         **kwargs,
     ) -> Union[Tuple, SigLipDualEncoderOutput]:
-        r"""input_ids / attention_mask: (n_texts, seqlen); pixel_values: (n_images, C, H, W).
+        r"""input_ids / attention_mask: (n_texts, seqlen); pixel_values: (n_images, C, H, W) -- with a video tower
+        (STORM) videos (n_videos, frames, C, H, W), also accepted as ``pixel_values_videos``.
         return_loss: True -- the loss of ``config.loss_type`` over the paired batch (text i describes image i; a
         different number of images and texts is an error); False -- none; None (default) -- the loss whenever the
         batch pairs up (as many texts as images), so Trainer gets it and a zero-shot call with K labels does not."""
@@ -369,6 +393,7 @@ class SigLipDualEncoderModel(SigLipDualEncoderPreTrainedModel):
             raise TypeError(f"{type(self).__name__}.forward() got unexpected argument(s) {unknown}; it takes "
                             "input_ids, pixel_values, attention_mask, token_type_ids, position_ids, return_loss, "
                             "interpolate_pos_encoding, output_hidden_states, return_dict.")
+        pixel_values = _one_pixel_input(pixel_values, pixel_values_videos)
         if input_ids is None or pixel_values is None:
             raise ValueError("forward() needs both input_ids and pixel_values; for one modality use "
                              "get_text_features() / get_image_features().")

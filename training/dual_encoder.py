@@ -56,8 +56,9 @@ def shapes_dual_encoder_processor(image_size: int = 64, tokenizer=None):
 
 
 class DualEncoderCollator:
-    """Batches (image, caption) rows for the dual encoder: images (PIL, column ``image_column``) through the
-    processor's image processor -- or a ready ``pixel_values`` column stacked as is --, captions (``text_column``)
+    """Batches (image, caption) rows for the dual encoder: images (PIL, column ``image_column``; or videos for a STORM
+    tower with a ``StormVideoProcessor``) through the processor's image processor -- or a ready ``pixel_values``
+    column stacked as is --, captions (``text_column``)
     through its tokenizer (padded to the longest; truncated to ``max_length`` when given). Adds ``return_loss=True``:
     caption i describes image i."""
 
@@ -79,7 +80,10 @@ class DualEncoderCollator:
                                                  for row in rows])
         else:
             images = [row[self.image_column] for row in rows]
-            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            pixels = self.processor.image_processor(images, return_tensors="pt")
+            # a video processor (StormVideoProcessor, for a STORM tower) names its output pixel_values_videos
+            key = "pixel_values" if "pixel_values" in pixels else "pixel_values_videos"
+            batch["pixel_values"] = pixels[key]
         batch["return_loss"] = True
         return batch
 

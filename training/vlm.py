@@ -31,18 +31,20 @@ EXACT_MATCH_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "exact_m
 ATTRIBUTES = ("color", "shape", "position")  # the question types of the shapes attribute QA
 
 
-def chat_prompt(processor, question: str, question_first: bool = True) -> str:
-    """The user turn with one image and ``question``, ready for the assistant's answer. ``question_first`` puts the
-    question before the image: a recurrent (Mamba) decoder reads the image tokens once, in order, so it must know
-    what to look for before it sees them (an attention decoder can look back either way)."""
-    parts = [{"type": "image"}, {"type": "text", "text": question}]
+def chat_prompt(processor, question: str, question_first: bool = True, media: str = "image") -> str:
+    """The user turn with one image (``media="video"``: one video) and ``question``, ready for the assistant's answer.
+    ``question_first`` puts the question before the image: a recurrent (Mamba) decoder reads the image tokens once, in
+    order, so it must know what to look for before it sees them (an attention decoder can look back either way)."""
+    parts = [{"type": media}, {"type": "text", "text": question}]
     messages = [{"role": "user", "content": parts[::-1] if question_first else parts}]
     return processor.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 class VqaCollator:
     """Rows with ``image`` (PIL), ``question`` and ``answer`` -> ``input_ids``, ``attention_mask``, ``labels``,
-    ``pixel_values``. Only the answer and the end-of-sequence token carry labels."""
+    ``pixel_values``. Rows with ``video`` instead (uint8 (T, H, W, 3), for a model with a video tower and a processor
+    with a ``StormVideoProcessor``) give ``pixel_values_videos`` and a ``<video>`` part in the prompt. Only the answer
+    and the end-of-sequence token carry labels."""
 
     def __init__(self, processor, max_length: int = 512):
         self.processor = processor
@@ -52,8 +54,10 @@ class VqaCollator:
         self.max_length = max_length
 
     def __call__(self, rows: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
-        prompts = [chat_prompt(self.processor, r["question"]) for r in rows]
-        enc = self.processor(images=[r["image"] for r in rows], text=prompts, return_tensors=None)
+        media = "video" if "video" in rows[0] else "image"
+        prompts = [chat_prompt(self.processor, r["question"], media=media) for r in rows]
+        visual = {"videos" if media == "video" else "images": [r[media] for r in rows]}
+        enc = self.processor(text=prompts, return_tensors=None, **visual)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         seqs, labels = [], []
         for prompt_ids, row in zip(enc["input_ids"], rows):
@@ -71,8 +75,9 @@ class VqaCollator:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attention_mask[i, : len(ids)] = 1
             target[i, : len(lab)] = torch.tensor(lab)
+        pixel_key = "pixel_values_videos" if media == "video" else "pixel_values"
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": target,
-                "pixel_values": torch.as_tensor(np.asarray(enc["pixel_values"]), dtype=torch.float32)}
+                pixel_key: torch.as_tensor(np.asarray(enc[pixel_key]), dtype=torch.float32)}
 
 
 def freeze_vision_tower(model, freeze: bool = True) -> int:
@@ -124,8 +129,10 @@ def load_exact_match_metric():
 @torch.no_grad()
 def answer_questions(model, processor, images: Sequence, questions: Sequence[str], max_new_tokens: int = 6,
                      batch_size: int = 64) -> List[str]:
-    """Greedy answers, one per (image, question); left-padded batches; text cut at the end-of-sequence token."""
+    """Greedy answers, one per (image, question); left-padded batches; text cut at the end-of-sequence token. For a
+    model with a video tower (``config.is_video``) ``images`` are videos (uint8 (T, H, W, 3) arrays)."""
     model.eval()
+    media = "video" if getattr(model.config, "is_video", False) else "image"
     tok = processor.tokenizer
     device = next(model.parameters()).device
     side, tok.padding_side = tok.padding_side, "left"
@@ -133,8 +140,9 @@ def answer_questions(model, processor, images: Sequence, questions: Sequence[str
     try:
         for start in range(0, len(questions), batch_size):
             qs, ims = list(questions[start:start + batch_size]), list(images[start:start + batch_size])
-            enc = processor(images=ims, text=[chat_prompt(processor, q) for q in qs], padding=True,
-                            return_tensors="pt").to(device)
+            visual = {"videos" if media == "video" else "images": ims}
+            enc = processor(text=[chat_prompt(processor, q, media=media) for q in qs], padding=True,
+                            return_tensors="pt", **visual).to(device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
             new = out[:, enc["input_ids"].shape[1]:]
@@ -144,10 +152,21 @@ def answer_questions(model, processor, images: Sequence, questions: Sequence[str
     return answers
 
 
+def _visual_column(model, qa_ds):
+    """The QA rows' images (``image``), or videos (``video``) for a model with a video tower."""
+    column = "video" if getattr(model.config, "is_video", False) else "image"
+    if column not in qa_ds.column_names:
+        raise ValueError(f"The QA dataset has no {column!r} column (columns: {qa_ds.column_names}); this model takes "
+                         f"{column}s.")
+    return qa_ds[column]
+
+
 def evaluate_vqa(model, processor, qa_ds, batch_size: int = 64, max_new_tokens: int = 6) -> Dict[str, float]:
-    """Exact match of greedy answers on a QA dataset (``image``, ``question``, ``answer``, optional
-    ``question_type``): ``exact_match`` overall and ``exact_match_<type>`` per type; ``num_questions``."""
-    preds = answer_questions(model, processor, qa_ds["image"], qa_ds["question"], max_new_tokens, batch_size)
+    """Exact match of greedy answers on a QA dataset (``image`` -- or ``video`` for a video tower --, ``question``,
+    ``answer``, optional ``question_type``): ``exact_match`` overall and ``exact_match_<type>`` per type;
+    ``num_questions``."""
+    preds = answer_questions(model, processor, _visual_column(model, qa_ds), qa_ds["question"], max_new_tokens,
+                             batch_size)
     refs = list(qa_ds["answer"])
     metric = load_exact_match_metric()
     result = {"exact_match": metric.compute(predictions=preds, references=refs)["exact_match"],
@@ -165,7 +184,7 @@ def evaluate_vqa(model, processor, qa_ds, batch_size: int = 64, max_new_tokens: 
 def examples(model, processor, qa_ds, n: int = 6) -> Iterable[Dict[str, str]]:
     """A few (question, answer, prediction) triples for display."""
     sub = qa_ds.select(range(min(n, len(qa_ds))))
-    preds = answer_questions(model, processor, sub["image"], sub["question"])
+    preds = answer_questions(model, processor, _visual_column(model, sub), sub["question"])
     for q, a, p in zip(sub["question"], sub["answer"], preds):
         yield {"question": q, "answer": a, "prediction": p}
 
