@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .distributed import prepare_for_fsdp
 from .lora import count_parameters
 from .recipes import RecipeResult, finish_recipe, training_arguments
 
@@ -173,7 +174,7 @@ def train_dual_encoder(model_or_config, train_ds, processor, out_dir: Union[str,
         logging_steps=logging_steps, seed=seed, remove_unused_columns=False, label_names=[], **training_kwargs,
     )
     collator = DualEncoderCollator(processor, image_column, text_column, max_length)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=collator)
+    trainer = Trainer(model=prepare_for_fsdp(model), args=args, train_dataset=train_ds, data_collator=collator)
     start = time.time()
     train_out = trainer.train()
     metrics["train_seconds"] = time.time() - start

@@ -25,6 +25,7 @@ import torch
 
 from ..modeling.configuration_ssm_vlm import SsmVlmConfig
 from ..modeling.modeling_ssm_vlm import SsmVlmForConditionalGeneration
+from .distributed import prepare_for_fsdp
 from .recipes import RecipeResult, apply_lora, save_trained, training_arguments
 
 EXACT_MATCH_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "exact_match.py"
@@ -108,7 +109,8 @@ def train_vlm(model, processor, train_ds, out_dir: Union[str, Path], eval_ds=Non
                               eval_strategy="no", save_strategy="no", logging_steps=logging_steps,
                               warmup_ratio=warmup_ratio, weight_decay=weight_decay, seed=seed,
                               remove_unused_columns=False, disable_tqdm=disable_tqdm, **trainer_kwargs)
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=VqaCollator(processor))
+    trainer = Trainer(model=prepare_for_fsdp(model), args=args, train_dataset=train_ds,
+                      data_collator=VqaCollator(processor))
     start = time.perf_counter()
     train_out = trainer.train()
     result = RecipeResult(train_loss=float(train_out.training_loss), train_seconds=time.perf_counter() - start,
