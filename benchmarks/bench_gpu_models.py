@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, ensure_ssmvl, peak_memory_mib, wall_time_s
+from common import ROOT, ensure_ssmvl, peak_memory_mib, plot_panels, wall_time_s
 
 ensure_ssmvl()
 
@@ -286,28 +286,9 @@ def section_vim_backends(out: Path, quick: bool):
 
 
 def plot_vision(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    names = sorted({r["model"] for r in result["rows"]})
-    for name in names:
-        rows = [r for r in result["rows"] if r["model"] == name and "error" not in r]
-        sizes = [r["size"] for r in rows]
-        for (i, j), key, label in (((0, 0), "infer_img_s", "inference images/s"),
-                                   ((0, 1), "infer_peak_mib", "inference peak MiB"),
-                                   ((1, 0), "train_img_s", "training images/s"),
-                                   ((1, 1), "train_peak_mib", "training peak MiB")):
-            axes[i][j].plot(sizes, [r[key] for r in rows], "o-", label=name)
-            axes[i][j].set(yscale="log", xlabel="image side (px)", ylabel=label)
-    for ax in axes.flat:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{result['device']['gpu']}, bf16 autocast, batch {result['batch']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    panels = [("infer_img_s", "inference images/s"), ("infer_peak_mib", "inference peak MiB"),
+              ("train_img_s", "training images/s"), ("train_peak_mib", "training peak MiB")]
+    plot_panels(result, path, "size", panels, f"{result['device']['gpu']}, bf16 autocast, batch {result['batch']}")
 
 
 def main():

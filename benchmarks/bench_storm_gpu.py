@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from common import ROOT, ensure_ssmvl, peak_memory_mib, wall_time_s
+from common import ROOT, ensure_ssmvl, peak_memory_mib, plot_panels, wall_time_s
 
 ensure_ssmvl()
 
@@ -126,9 +126,7 @@ def section_video(out: Path, frames_list=FRAMES):
             if name == "storm_small":
                 row["tokens_out"] = model.config.num_output_tokens(frames)
             _measure(model, {"pixel_values_videos": video}, labels, frames, row)
-            print(f"{name:26s} T={frames:4d} infer {row.get('infer_per_s', math.nan):9.1f} frames/s "
-                  f"{row.get('infer_peak_mib', math.nan):9.1f} MiB | train {row.get('train_per_s', math.nan):8.1f} "
-                  f"frames/s {row.get('train_peak_mib', math.nan):9.1f} MiB", flush=True)
+            report(f"{name:26s} T={frames:4d}", row, "frames/s")
             result["rows"].append(row)
         del model
         torch.cuda.empty_cache()
@@ -154,9 +152,7 @@ def section_image(out: Path, sizes=(224, 512, 1024, 1248)):
             labels = torch.randint(0, 1000, (batch,), device="cuda")
             row = {"model": name, "size": size, "batch": batch}
             _measure(model, {"pixel_values": x, "interpolate_pos_encoding": size != SIZE}, labels, batch, row)
-            print(f"{name:18s} {size:5d}px b={batch:3d} infer {row.get('infer_per_s', math.nan):9.1f} img/s "
-                  f"{row.get('infer_peak_mib', math.nan):8.1f} MiB | train {row.get('train_per_s', math.nan):8.1f} "
-                  f"img/s {row.get('train_peak_mib', math.nan):8.1f} MiB", flush=True)
+            report(f"{name:18s} {size:5d}px b={batch:3d}", row, "img/s")
             result["rows"].append(row)
         del model
         torch.cuda.empty_cache()
@@ -165,28 +161,15 @@ def section_image(out: Path, sizes=(224, 512, 1024, 1248)):
 
 
 def plot(result, path, x_key, unit, log_x):
-    import matplotlib
+    panels = [("infer_per_s", f"inference {unit}"), ("infer_peak_mib", "inference peak MiB"),
+              ("train_per_s", f"training {unit}"), ("train_peak_mib", "training peak MiB")]
+    plot_panels(result, path, x_key, panels, f"{result['device']['gpu']}, {result['dtype']}", log_x=log_x)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    for name in sorted({r["model"] for r in result["rows"]}):
-        rows = [r for r in result["rows"] if r["model"] == name]
-        for (i, j), key, label in (((0, 0), "infer_per_s", f"inference {unit}"),
-                                   ((0, 1), "infer_peak_mib", "inference peak MiB"),
-                                   ((1, 0), "train_per_s", f"training {unit}"),
-                                   ((1, 1), "train_peak_mib", "training peak MiB")):
-            pts = [(r[x_key], r[key]) for r in rows if key in r]
-            if pts:
-                axes[i][j].plot(*zip(*pts), "o-", label=name)
-            axes[i][j].set(yscale="log", xscale="log" if log_x else "linear", xlabel=x_key, ylabel=label)
-    for ax in axes.flat:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{result['device']['gpu']}, {result['dtype']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def report(label: str, row, unit: str):
+    print(f"{label} infer {row.get('infer_per_s', math.nan):9.1f} {unit} {row.get('infer_peak_mib', math.nan):9.1f} MiB"
+          f" | train {row.get('train_per_s', math.nan):8.1f} {unit} {row.get('train_peak_mib', math.nan):9.1f} MiB",
+          flush=True)
 
 
 def main():

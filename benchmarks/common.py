@@ -70,3 +70,27 @@ def peak_memory_mib(fn):
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def plot_panels(result, path, x_key: str, panels, title: str, log_x: bool = False):
+    """A 2 x 2 figure of result["rows"] (one line per row["model"]): panels = four (key, y label) pairs, x = row[x_key],
+    log y; rows lacking a key (e.g. out of memory) are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for name in sorted({r["model"] for r in result["rows"]}):
+        rows = [r for r in result["rows"] if r["model"] == name]
+        for ax, (key, label) in zip(axes.flat, panels):
+            pts = [(r[x_key], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), "o-", label=name)
+            ax.set(yscale="log", xscale="log" if log_x else "linear", xlabel=x_key, ylabel=label)
+    for ax in axes.flat:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
