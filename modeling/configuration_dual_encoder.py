@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .config_checks import check_int, check_number
 from .configuration_mamba_lm import MambaLMConfig
 from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
@@ -129,9 +130,12 @@ class SigLipDualEncoderConfig(PretrainedConfig):
         self.projection_dim = projection_dim
         self.loss_type = loss_type
         sigmoid = loss_type == "sigmoid"
-        self.logit_scale_init = float(
+        self.logit_scale_init = check_number(
+            "SigLipDualEncoderConfig", "logit_scale_init",
             logit_scale_init if logit_scale_init is not None else (math.log(10.0) if sigmoid else math.log(1 / 0.07)))
-        self.logit_bias_init = float(logit_bias_init if logit_bias_init is not None else (-10.0 if sigmoid else 0.0))
+        self.logit_bias_init = check_number(
+            "SigLipDualEncoderConfig", "logit_bias_init",
+            logit_bias_init if logit_bias_init is not None else (-10.0 if sigmoid else 0.0))
         if text_pooling is None:
             text_pooling = "last_token" if self.text_config.model_type in _CAUSAL_TEXT_TYPES else "mean"
         self.text_pooling = text_pooling
@@ -143,10 +147,9 @@ class SigLipDualEncoderConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     def _validate(self):
-        dim = self.projection_dim
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"SigLipDualEncoderConfig.projection_dim must be a positive integer, got "
-                             f"{self.projection_dim!r}")
+        check_int("SigLipDualEncoderConfig", "projection_dim", self.projection_dim)
+        if self.initializer_range is not None:
+            check_number("SigLipDualEncoderConfig", "initializer_range", self.initializer_range, low=0.0)
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"SigLipDualEncoderConfig.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.text_pooling not in TEXT_POOLING:

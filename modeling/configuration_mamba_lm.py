@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from transformers import PretrainedConfig
+
+from .config_checks import (
+    check_choice, check_int, check_number, check_time_step_rank, check_time_steps, check_token_id,
+)
 
 
 class MambaLMConfig(PretrainedConfig):
@@ -87,19 +90,19 @@ class MambaLMConfig(PretrainedConfig):
         for k in ("use_mambapy", "use_associative_scan", "layer_types"):
             kwargs.pop(k, None)
         self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
+        self.hidden_size = check_int("MambaLMConfig", "hidden_size", hidden_size)  # first: the sizes below use it
         self.state_size = state_size
         self.num_hidden_layers = num_hidden_layers
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.expand = expand
-        self.intermediate_size = int(intermediate_size if intermediate_size is not None else expand * hidden_size)
+        self.expand = check_int("MambaLMConfig", "expand", expand)
+        self.intermediate_size = intermediate_size if intermediate_size is not None else expand * hidden_size
         self.conv_kernel = conv_kernel
         self.use_bias = use_bias
         self.use_conv_bias = use_conv_bias
         self.hidden_act = hidden_act
         self.initializer_range = initializer_range
         self.residual_in_fp32 = residual_in_fp32
-        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else int(time_step_rank)
+        self.time_step_rank = check_time_step_rank("MambaLMConfig", time_step_rank, hidden_size)
         self.time_step_scale = time_step_scale
         self.time_step_min = time_step_min
         self.time_step_max = time_step_max
@@ -109,8 +112,11 @@ class MambaLMConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.ssm_backend = ssm_backend
         self.use_cuda_graph = use_cuda_graph
-        self.chunked_prefill_size = int(chunked_prefill_size)
+        self.chunked_prefill_size = check_int("MambaLMConfig", "chunked_prefill_size", chunked_prefill_size, minimum=0)
         self._validate_sizes()
+        for name, value in (("pad_token_id", pad_token_id), ("bos_token_id", bos_token_id),
+                            ("eos_token_id", eos_token_id)):
+            check_token_id("MambaLMConfig", name, value, allow_list=name == "eos_token_id")
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -120,17 +126,15 @@ class MambaLMConfig(PretrainedConfig):
         )
 
     def _validate_sizes(self):
-        for name in ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "intermediate_size",
-                     "conv_kernel", "time_step_rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"MambaLMConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("vocab_size", "state_size", "num_hidden_layers", "intermediate_size", "conv_kernel"):
+            check_int("MambaLMConfig", name, getattr(self, name))
         if self.hidden_act not in ("silu", "swish"):
             raise ValueError(f"MambaLMConfig.hidden_act must be 'silu' (Mamba's gate), got {self.hidden_act!r}")
-        if not 0 < self.time_step_min <= self.time_step_max:
-            raise ValueError(
-                f"MambaLMConfig needs 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}"
-            )
+        check_number("MambaLMConfig", "layer_norm_epsilon", self.layer_norm_epsilon, low=0.0, low_open=True)
+        check_number("MambaLMConfig", "initializer_range", self.initializer_range, low=0.0)
+        check_time_steps("MambaLMConfig", self.time_step_min, self.time_step_max, self.time_step_floor,
+                         self.time_step_scale)
+        check_choice("MambaLMConfig", "time_step_init_scheme", self.time_step_init_scheme, ("random", "constant"))
         if self.time_step_rank > self.intermediate_size:
             raise ValueError(
                 f"MambaLMConfig.time_step_rank={self.time_step_rank} exceeds intermediate_size="

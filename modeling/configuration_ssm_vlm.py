@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING, AutoConfig
 
+from .config_checks import is_int
 from .configuration_mamba_lm import MambaLMConfig
 from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
@@ -187,6 +188,10 @@ class SsmVlmConfig(PretrainedConfig):
             if cross_attention_config is not None:
                 raise ValueError("Pass cross_attention_config or fusion_config, not both.")
             cross_attention_config = kwargs.pop("fusion_config")
+        if (cross_attention_config is not None and not isinstance(cross_attention_config, dict)
+                and not hasattr(cross_attention_config, "to_dict")):
+            raise ValueError("SsmVlmConfig.cross_attention_config must be a dict of the fusion's options or None, got "
+                             f"{cross_attention_config!r}")
         self.cross_attention_config = (resolve_fusion_config(cross_attention_config) if fusion == "cross_attention"
                                        else dict(cross_attention_config or {}))
         self.image_token_id = image_token_id
@@ -203,6 +208,9 @@ class SsmVlmConfig(PretrainedConfig):
 
     # -- validation ------------------------------------------------------------------------------------------------
     def _check_choices(self):
+        if self.image_token_id is not None and (not is_int(self.image_token_id) or self.image_token_id < 0):
+            raise ValueError("SsmVlmConfig.image_token_id must be a token id (an int >= 0: the tokenizer's id of the "
+                             f"image token) or None, got {self.image_token_id!r}")
         if self.projector_type not in PROJECTOR_TYPES:
             raise ValueError(f"SsmVlmConfig.projector_type={self.projector_type!r} is unknown; use one of "
                              f"{PROJECTOR_TYPES}.")
@@ -233,6 +241,9 @@ class SsmVlmConfig(PretrainedConfig):
                              f"encoder-decoder ({self.text_config.model_type!r}).")
 
     def _resolve_projector_config(self, given: Optional[dict]) -> dict:
+        if given is not None and not isinstance(given, dict) and not hasattr(given, "to_dict"):
+            raise ValueError(f"SsmVlmConfig.projector_config must be a dict of the projector's options or None, got "
+                             f"{given!r}")
         given = dict(given or {})
         defaults = PROJECTOR_DEFAULTS[self.projector_type]
         if self.projector_type == "ssm_bridge":

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import AutoConfig
 
+from .config_checks import check_choice, check_int, check_number, check_time_step_rank, is_int
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
     from .configuration_mamba_lm import MambaLMConfig  # noqa: F401
@@ -169,17 +171,18 @@ class StormConfig(PretrainedConfig):
     ):
         self.vision_config = self._build_vision_config(vision_config)
         self.image_size, self.patch_size, self.num_channels = self._resolve_input(image_size, patch_size, num_channels)
-        self.hidden_size = hidden_size
-        self.num_hidden_layers = num_hidden_layers
+        # checked first: the sizes below are computed from them
+        self.hidden_size = check_int("StormConfig", "hidden_size", hidden_size)
+        self.num_hidden_layers = check_int("StormConfig", "num_hidden_layers", num_hidden_layers)
         self.keep_ratios = (default_keep_ratios(num_hidden_layers) if keep_ratios is None
-                            else [float(r) for r in keep_ratios])
+                            else self._keep_ratios(keep_ratios))
         self.num_memory_tokens = num_memory_tokens
         self.retention_gate = retention_gate
         self.state_size = state_size
-        self.expand = expand
-        self.intermediate_size = int(intermediate_size if intermediate_size is not None else expand * hidden_size)
+        self.expand = check_int("StormConfig", "expand", expand)
+        self.intermediate_size = intermediate_size if intermediate_size is not None else expand * hidden_size
         self.conv_kernel = conv_kernel
-        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else time_step_rank
+        self.time_step_rank = check_time_step_rank("StormConfig", time_step_rank, hidden_size)
         self.use_bias = use_bias
         self.use_conv_bias = use_conv_bias
         self.bidirectional = bidirectional
@@ -212,10 +215,32 @@ class StormConfig(PretrainedConfig):
                              f"encoder; use one of {FRAME_ENCODER_TYPES} (or None for STORM's own patch embedding).")
         return config
 
+    @staticmethod
+    def _keep_ratios(keep_ratios) -> List[float]:
+        if isinstance(keep_ratios, (str, bytes)) or not isinstance(keep_ratios, Sequence):
+            raise ValueError(f"StormConfig.keep_ratios must be a list of numbers in (0, 1] (one per block), got "
+                             f"{keep_ratios!r}")
+        bad = [r for r in keep_ratios if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 < r <= 1.0]
+        if bad:
+            raise ValueError(f"StormConfig.keep_ratios must lie in (0, 1] (the fraction of tokens each block keeps), "
+                             f"got {bad}.")
+        return [float(r) for r in keep_ratios]
+
+    @staticmethod
+    def _size(name: str, value):
+        """An image / patch size: a positive int or a (height, width) pair of them."""
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_int(v) and v > 0 for v in value):
+            return value
+        if is_int(value) and value > 0:
+            return value
+        raise ValueError(f"StormConfig.{name} must be a positive integer or a (height, width) pair of them, got "
+                         f"{value!r}")
+
     def _resolve_input(self, image_size, patch_size, num_channels):
         vc = self.vision_config
         if vc is None:
-            return (224 if image_size is None else image_size, 16 if patch_size is None else patch_size,
+            return (self._size("image_size", 224 if image_size is None else image_size),
+                    self._size("patch_size", 16 if patch_size is None else patch_size),
                     3 if num_channels is None else num_channels)
         for name, given in (("image_size", image_size), ("patch_size", patch_size), ("num_channels", num_channels)):
             encoder = getattr(vc, name)
@@ -226,25 +251,16 @@ class StormConfig(PretrainedConfig):
         return vc.image_size, vc.patch_size, vc.num_channels
 
     def _validate(self):
-        for name in ("hidden_size", "num_hidden_layers", "state_size", "intermediate_size", "conv_kernel",
-                     "time_step_rank", "num_frames", "temporal_pool", "num_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"StormConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("state_size", "intermediate_size", "conv_kernel", "num_frames", "temporal_pool", "num_channels"):
+            check_int("StormConfig", name, getattr(self, name))
         for name in ("frame_layers", "temporal_layers", "num_memory_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"StormConfig.{name} must be an integer >= 0, got {value!r}")
+            check_int("StormConfig", name, getattr(self, name), minimum=0)
+        check_number("StormConfig", "layer_norm_epsilon", self.layer_norm_epsilon, low=0.0, low_open=True)
+        check_number("StormConfig", "initializer_range", self.initializer_range, low=0.0)
         if len(self.keep_ratios) != self.num_hidden_layers:
             raise ValueError(f"StormConfig.keep_ratios has {len(self.keep_ratios)} entries but num_hidden_layers="
                              f"{self.num_hidden_layers}: give one keep ratio per STORM block.")
-        bad = [r for r in self.keep_ratios if not 0.0 < r <= 1.0]
-        if bad:
-            raise ValueError(f"StormConfig.keep_ratios must lie in (0, 1] (the fraction of tokens each block keeps), "
-                             f"got {bad}.")
-        if self.retention_gate not in RETENTION_GATES:
-            raise ValueError(f"StormConfig.retention_gate must be one of {RETENTION_GATES}, got "
-                             f"{self.retention_gate!r}.")
+        check_choice("StormConfig", "retention_gate", self.retention_gate, RETENTION_GATES)
         if self.vision_config is None:
             (h, w), (ph, pw) = _pair(self.image_size), _pair(self.patch_size)
             if h % ph or w % pw:

@@ -3,10 +3,11 @@ Mamba backbone over image patches."""
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from transformers import PretrainedConfig
+
+from .config_checks import check_choice, check_int, check_number, check_time_step_rank, check_time_steps
 
 
 class VimConfig(PretrainedConfig):
@@ -108,13 +109,13 @@ class VimConfig(PretrainedConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
-        self.hidden_size = hidden_size
+        self.hidden_size = check_int("VimConfig", "hidden_size", hidden_size)  # checked first: the sizes below use it
         self.num_hidden_layers = num_hidden_layers
         self.state_size = state_size
-        self.expand = expand
-        self.intermediate_size = int(intermediate_size if intermediate_size is not None else expand * hidden_size)
+        self.expand = check_int("VimConfig", "expand", expand)
+        self.intermediate_size = intermediate_size if intermediate_size is not None else expand * hidden_size
         self.conv_kernel = conv_kernel
-        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else time_step_rank
+        self.time_step_rank = check_time_step_rank("VimConfig", time_step_rank, hidden_size)
         self.use_bias = use_bias
         self.use_conv_bias = use_conv_bias
         self.rms_norm = rms_norm
@@ -144,28 +145,25 @@ class VimConfig(PretrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
     def _validate(self):
-        for name in ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "state_size",
-                     "intermediate_size", "conv_kernel", "time_step_rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"VimConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("image_size", "patch_size", "num_channels", "num_hidden_layers", "state_size",
+                     "intermediate_size", "conv_kernel"):
+            check_int("VimConfig", name, getattr(self, name))
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"VimConfig.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
                 f"use e.g. image_size={self.image_size // self.patch_size * self.patch_size or self.patch_size}."
             )
-        if self.final_pool_type not in ("cls", "mean", "last"):
-            raise ValueError(f"VimConfig.final_pool_type must be 'cls', 'mean' or 'last', got {self.final_pool_type!r}")
+        check_choice("VimConfig", "final_pool_type", self.final_pool_type, ("cls", "mean", "last"))
         if self.final_pool_type == "cls" and not self.use_cls_token:
             raise ValueError(
                 "VimConfig.final_pool_type='cls' needs use_cls_token=True; use 'mean' without a cls token."
             )
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"VimConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if not 0 < self.time_step_min <= self.time_step_max:
-            raise ValueError(
-                f"VimConfig needs 0 < time_step_min <= time_step_max, got {self.time_step_min}, {self.time_step_max}"
-            )
+        check_number("VimConfig", "drop_path_rate", self.drop_path_rate, low=0.0, high=1.0, high_open=True)
+        check_number("VimConfig", "layer_norm_epsilon", self.layer_norm_epsilon, low=0.0, low_open=True)
+        check_number("VimConfig", "initializer_range", self.initializer_range, low=0.0)
+        check_time_steps("VimConfig", self.time_step_min, self.time_step_max, self.time_step_floor,
+                         self.time_step_scale)
+        check_choice("VimConfig", "time_step_init_scheme", self.time_step_init_scheme, ("random", "constant"))
 
 
 __all__ = ["VimConfig"]

@@ -6,6 +6,8 @@ from typing import List, Optional, Sequence, Union
 
 from transformers import PretrainedConfig
 
+from .config_checks import check_int, check_number, is_int
+
 
 # forward types of upstream SS2Dv2 (classification/models/vmamba.py, `SS2Dv2.__initv2__`) whose core is the same
 # 4-direction cross-scan ("cross2d"); they differ only in kernels / fp32 casts, not in the function computed.
@@ -17,6 +19,8 @@ _POSTFIXES = ("_no32", "_oact", "_noz", "_nozact")
 
 def parse_forward_type(forward_type: str) -> dict:
     """Splits an upstream forward type such as "v05_noz" into its core and flags; raises for unsupported ones."""
+    if not isinstance(forward_type, str):
+        raise ValueError(f"VMambaConfig.forward_type must be a string such as 'v05_noz', got {forward_type!r}")
     rest, flags = forward_type, {}
     for tag in _POSTFIXES:  # upstream strips them in this order
         flags[tag[1:]] = rest.endswith(tag)
@@ -120,13 +124,13 @@ class VMambaConfig(PretrainedConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
-        self.embed_dim = embed_dim
-        self.depths = [int(d) for d in depths]
+        self.embed_dim = check_int("VMambaConfig", "embed_dim", embed_dim)  # first: the widths below use it
+        self.depths = self._int_list("depths", depths)
         if hidden_sizes is None:
             hidden_sizes = [int(embed_dim * 2**i) for i in range(len(self.depths))]
-        self.hidden_sizes = [int(h) for h in hidden_sizes]
+        self.hidden_sizes = self._int_list("hidden_sizes", hidden_sizes)
         self.d_state = d_state
-        self.ssm_ratio = float(ssm_ratio)
+        self.ssm_ratio = check_number("VMambaConfig", "ssm_ratio", ssm_ratio, low=0.0, low_open=True)
         self.dt_rank = dt_rank
         self.ssm_act = ssm_act
         self.ssm_conv = ssm_conv
@@ -135,7 +139,7 @@ class VMambaConfig(PretrainedConfig):
         self.ssm_init = ssm_init
         self.dt_min, self.dt_max, self.dt_init = dt_min, dt_max, dt_init
         self.dt_scale, self.dt_init_floor = dt_scale, dt_init_floor
-        self.mlp_ratio = float(mlp_ratio)
+        self.mlp_ratio = check_number("VMambaConfig", "mlp_ratio", mlp_ratio, low=0.0)
         self.mlp_act = mlp_act
         self.drop_path_rate = drop_path_rate
         self.patch_norm = patch_norm
@@ -149,6 +153,14 @@ class VMambaConfig(PretrainedConfig):
         self._validate()
         self.out_features, self.out_indices = self._align_out(out_features, out_indices)
         super().__init__(**kwargs)
+
+    @staticmethod
+    def _int_list(name: str, values) -> List[int]:
+        """A list of positive integers (one per stage)."""
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
+                is_int(v) and v > 0 for v in values):
+            raise ValueError(f"VMambaConfig.{name} must be a list of positive integers (one per stage), got {values!r}")
+        return [int(v) for v in values]
 
     # -- derived sizes ---------------------------------------------------------------------------------------------
     @property
@@ -170,33 +182,21 @@ class VMambaConfig(PretrainedConfig):
 
     # -- checks ----------------------------------------------------------------------------------------------------
     def _validate(self):
-        def positive_int(name, value):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"VMambaConfig.{name} must be a positive integer, got {value!r}")
-
         for name in ("image_size", "patch_size", "num_channels", "embed_dim", "d_state"):
-            positive_int(name, getattr(self, name))
+            check_int("VMambaConfig", name, getattr(self, name))
         if not self.depths:
             raise ValueError("VMambaConfig.depths must list at least one stage, got []")
-        for i, d in enumerate(self.depths):
-            positive_int(f"depths[{i}]", d)
         if len(self.hidden_sizes) != len(self.depths):
             raise ValueError(
                 f"VMambaConfig.hidden_sizes has {len(self.hidden_sizes)} entries but depths has {len(self.depths)} "
                 f"stages ({self.hidden_sizes} vs {self.depths}); give one width per stage."
             )
         for i, h in enumerate(self.hidden_sizes):
-            positive_int(f"hidden_sizes[{i}]", h)
-        if self.ssm_ratio <= 0:
-            raise ValueError(f"VMambaConfig.ssm_ratio must be > 0 (SS2D inner width ratio), got {self.ssm_ratio}")
-        for i, h in enumerate(self.hidden_sizes):
             if int(self.ssm_ratio * h) <= 0:
                 raise ValueError(f"VMambaConfig: ssm_ratio={self.ssm_ratio} gives an empty SS2D for width {h}")
         if self.dt_rank != "auto":
-            positive_int("dt_rank", self.dt_rank)
-        if self.mlp_ratio < 0:
-            raise ValueError(f"VMambaConfig.mlp_ratio must be >= 0, got {self.mlp_ratio}")
-        if not isinstance(self.ssm_conv, int) or self.ssm_conv < 0 or (self.ssm_conv > 1 and self.ssm_conv % 2 == 0):
+            check_int("VMambaConfig", "dt_rank", self.dt_rank)
+        if not is_int(self.ssm_conv) or self.ssm_conv < 0 or (self.ssm_conv > 1 and self.ssm_conv % 2 == 0):
             raise ValueError(
                 f"VMambaConfig.ssm_conv must be an odd kernel size (or < 2 for no conv), got {self.ssm_conv!r}"
             )
@@ -207,7 +207,7 @@ class VMambaConfig(PretrainedConfig):
                               ("norm_layer", ("ln", "ln2d")), ("downsample", ("v1", "v2", "v3")),
                               ("patchembed", ("v1", "v2")), ("dt_init", ("random", "constant"))):
             value = getattr(self, name)
-            if value.lower() not in allowed:
+            if not isinstance(value, str) or value.lower() not in allowed:
                 raise ValueError(f"VMambaConfig.{name} must be one of {allowed}, got {value!r}")
         if self.patchembed == "v2" and self.patch_size != 4:
             raise ValueError(f"VMambaConfig: patchembed 'v2' is two stride-2 convs, i.e. patch_size 4; got "
@@ -222,8 +222,15 @@ class VMambaConfig(PretrainedConfig):
                 f"VMambaConfig.image_size={self.image_size} must be a multiple of patch_size * 2**(stages-1) = "
                 f"{self.size_multiple}."
             )
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"VMambaConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        check_number("VMambaConfig", "drop_path_rate", self.drop_path_rate, low=0.0, high=1.0, high_open=True)
+        check_number("VMambaConfig", "layer_norm_eps", self.layer_norm_eps, low=0.0, low_open=True)
+        check_number("VMambaConfig", "initializer_range", self.initializer_range, low=0.0)
+        dt_min = check_number("VMambaConfig", "dt_min", self.dt_min, low=0.0, low_open=True)
+        dt_max = check_number("VMambaConfig", "dt_max", self.dt_max, low=0.0, low_open=True)
+        if dt_min > dt_max:
+            raise ValueError(f"VMambaConfig needs dt_min <= dt_max, got {dt_min} > {dt_max}")
+        check_number("VMambaConfig", "dt_scale", self.dt_scale, low=0.0, low_open=True)
+        check_number("VMambaConfig", "dt_init_floor", self.dt_init_floor, low=0.0)
 
     def _align_out(self, out_features, out_indices):
         names = self.stage_names

@@ -13,10 +13,11 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
 from .hf_compat import CACHE_NAME, cache_output, new_token_count, pop_cache
-from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, init
+from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, check_input_ids, init
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .config_checks import check_int  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
 
@@ -151,7 +152,9 @@ class MambaLMModel(MambaLMPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if input_ids is not None:
-            _check_input_ids(input_ids)
+            # the id range is read (a device sync) for prompts only: decoding steps feed ids generate() sampled
+            decoding = cache is not None and cache.get_seq_length() > 0
+            check_input_ids(input_ids, None if decoding else self.embeddings.num_embeddings)
             inputs_embeds = self.embeddings(input_ids)  # (b, L, H)
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(
@@ -191,16 +194,6 @@ class MambaLMModel(MambaLMPreTrainedModel):
         if not return_dict:
             return tuple(v for v in (hidden_states, cache if use_cache else None, all_hidden_states) if v is not None)
         return MambaLMOutput(hidden_states, cache if use_cache else None, all_hidden_states)
-
-
-def _check_input_ids(input_ids: torch.Tensor):
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise ValueError(f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}; pass vectors as "
-                         "inputs_embeds (batch, seqlen, hidden).")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, seqlen), got shape {tuple(input_ids.shape)}.")
-    if input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids has no tokens (shape {tuple(input_ids.shape)}): pass at least one token.")
 
 
 class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
@@ -354,8 +347,9 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         `SsmCache` to continue (also accepted as `past_key_values` / `cache_params`)."""
         cache = pop_cache(cache, kwargs)
         _check_kwargs(kwargs, type(self).__name__)
-        if input_ids is not None:
-            _check_input_ids(input_ids)
+        if input_ids is not None:  # here too: a long prompt goes to the backbone in chunks
+            decoding = cache is not None and cache.get_seq_length() > 0
+            check_input_ids(input_ids, None if decoding else self.get_input_embeddings().num_embeddings)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if self._can_replay_graph(input_ids, inputs_embeds, cache, labels, output_hidden_states, use_cache):
             logits = self._decode_with_cuda_graph(input_ids, cache)

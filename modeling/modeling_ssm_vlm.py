@@ -37,12 +37,13 @@ from .modeling_mamba_lm import MambaLMForCausalLM
 from .modeling_storm import StormModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
-from .ssm_layers import MambaMixer, RMSNorm, SsmCache, check_pixel_values
+from .ssm_layers import MambaMixer, RMSNorm, SsmCache, check_input_ids, check_pixel_values
 from .vlm_bridge import BridgeDecoderForCausalLM, BridgeVisionModel, CrossModalFusion, text_position_ids
 from .vlm_projectors import PatchLinearProjector, ResamplerProjector, build_projector
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .config_checks import check_int  # noqa: F401
     from .configuration_mamba_lm import MambaLMConfig  # noqa: F401
     from .configuration_storm import StormConfig  # noqa: F401
     from .configuration_vim import VimConfig  # noqa: F401
@@ -386,6 +387,8 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
         if pixel_values is not None and image_hidden_states is not None:
             raise ValueError("Pass pixel_values or image_hidden_states, not both.")
         decoding = cache is not None and cache.get_seq_length() > 0
+        if input_ids is not None:  # the id range only for prompts (a device sync): decoding feeds sampled ids
+            check_input_ids(input_ids, None if decoding else self.get_input_embeddings().num_embeddings)
         decoder_kwargs = {CACHE_NAME: cache} if cache is not None else {}
         if inputs_embeds is None and self._text_positions:
             # learned positions counting text tokens only, added before the fusion (vlm_bridge.py's decoder)

@@ -193,11 +193,37 @@ def check_pixel_values(pixel_values: torch.Tensor, name: str = "pixel_values") -
         raise TypeError(f"{name} is {pixel_values.dtype}, but the model takes floating-point pixels: pass the image "
                         "processor's output (rescaled and normalised, e.g. processor(images, return_tensors='pt')), "
                         "or convert with .float() / 255 and normalise as the processor does.")
-    compiling = getattr(torch, "compiler", None) is not None and torch.compiler.is_compiling()
-    if not compiling and not bool(torch.isfinite(pixel_values).all()):
+    if not _compiling() and not bool(torch.isfinite(pixel_values).all()):
         bad = int((~torch.isfinite(pixel_values)).sum())
         raise ValueError(f"{name} holds {bad} NaN or infinite value(s) (shape {tuple(pixel_values.shape)}); check the "
                          "images and their preprocessing (e.g. a division by a zero std).")
+
+
+def _compiling() -> bool:
+    return getattr(torch, "compiler", None) is not None and torch.compiler.is_compiling()
+
+
+def check_input_ids(input_ids, vocab_size: Optional[int] = None, name: str = "input_ids") -> None:
+    """Token ids a model embeds must be an integer (batch, seqlen) tensor with at least one token and, given
+    ``vocab_size`` (the embedding's rows), ids in [0, vocab_size): else a ValueError / TypeError naming the fix, instead
+    of torch's "index out of range in self" from inside the embedding. The range check is skipped while torch.compile
+    traces (it reads the values)."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids (batch, seqlen), got {type(input_ids).__name__}; "
+                        "the tokenizer gives one with return_tensors='pt'.")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer token ids (torch.long), got {input_ids.dtype}; pass vectors as "
+                         "inputs_embeds (batch, seqlen, hidden).")
+    if input_ids.dim() != 2:
+        raise ValueError(f"{name} must be (batch, seqlen), got shape {tuple(input_ids.shape)}.")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"{name} has no tokens (shape {tuple(input_ids.shape)}): pass at least one token.")
+    if vocab_size is not None and input_ids.numel() and not _compiling():
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} holds ids {low}..{high} but the vocabulary has {vocab_size} tokens (ids "
+                             f"0..{vocab_size - 1}); use the model's own tokenizer, or grow the embeddings after adding "
+                             "tokens (model.resize_token_embeddings(len(tokenizer))).")
 
 
 def _mask(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:

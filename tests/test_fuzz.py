@@ -1,0 +1,306 @@
+"""Fuzz tests (hypothesis) over what users hand to ssmvl: configs, processors, converters, forward passes and
+save_pretrained. Random sizes, dtypes (uint8 and NaN pixels included), strings, empty inputs, partial / extra /
+mis-shaped state dicts must give a correct output or a *clear* error: a ValueError / TypeError / KeyError /
+FileExistsError raised by ssmvl's own code (the traceback's last frame is in modeling/, conversion/ or training/)
+whose message names the problem (the argument, key or input at fault) -- never an exception from deep inside torch,
+and never a half-written output folder or a silently replaced user file.
+
+Deterministic (``derandomize=True``: the same examples every run, no example database), ``deadline=None``. The
+default sizes keep this file near a minute on 2 CPU cores; ``SSMVL_FUZZ_EXAMPLES=<n>`` runs n examples per test
+instead (e.g. 500 for a long run). The number of examples each test ran is printed at the end (``pytest -s``) and,
+with ``SSMVL_FUZZ_REPORT=<path>``, written there as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from ssmvl.modeling.configuration_dual_encoder import SigLipDualEncoderConfig
+from ssmvl.modeling.configuration_mamba_lm import MambaLMConfig
+from ssmvl.modeling.configuration_ssm_vlm import SsmVlmConfig
+from ssmvl.modeling.configuration_storm import StormConfig
+from ssmvl.modeling.configuration_vim import VimConfig
+from ssmvl.modeling.configuration_vmamba import VMambaConfig
+from ssmvl.modeling.modeling_mamba_lm import MambaLMForCausalLM
+from ssmvl.modeling.modeling_storm import StormForImageClassification, StormForVideoClassification
+from ssmvl.modeling.modeling_vim import VimForImageClassification
+from ssmvl.modeling.modeling_vmamba import VMambaForImageClassification
+
+ROOT = Path(__file__).resolve().parent.parent
+OUR_CODE = tuple(str(ROOT / d) + os.sep for d in ("modeling", "conversion", "training"))
+LONG_RUN = int(os.environ.get("SSMVL_FUZZ_EXAMPLES", "0"))
+RUNS: Counter = Counter()  # examples run per test
+
+
+def fuzz(examples: int):
+    """hypothesis settings: ``examples`` per test (SSMVL_FUZZ_EXAMPLES overrides), deterministic, no deadline."""
+    return settings(max_examples=LONG_RUN or examples, derandomize=True, deadline=None, database=None,
+                    suppress_health_check=list(HealthCheck), print_blob=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts():
+    yield
+    total = sum(RUNS.values())
+    print(f"\n[fuzz] {total} cases: " + ", ".join(f"{name} {n}" for name, n in sorted(RUNS.items())))
+    path = os.environ.get("SSMVL_FUZZ_REPORT")
+    if path:
+        Path(path).write_text(json.dumps({"total": total, "per_test": dict(sorted(RUNS.items()))}, indent=1) + "\n")
+
+
+def assert_clear(err: BaseException, *names: str):
+    """``err`` is a clear error: one of the types users can catch, raised by ssmvl's own code, naming one of
+    ``names`` (the arguments / keys / inputs at fault) when given."""
+    assert isinstance(err, (ValueError, TypeError, KeyError, FileExistsError)), (
+        f"unclear error type {type(err).__name__}: {err}\n" + "".join(traceback.format_exception(err)))
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    assert frame.filename.startswith(OUR_CODE), (
+        f"{type(err).__name__} raised outside ssmvl ({frame.filename}:{frame.lineno}): {err}\n"
+        + "".join(traceback.format_exception(err)))
+    if names:
+        message = str(err)
+        assert any(name in message for name in names), f"the message names none of {names}: {message}"
+
+
+def outcome(fn, *names):
+    """fn() -> (result, None), or (None, err) for a clear error (checked with ``assert_clear``)."""
+    try:
+        return fn(), None
+    except Exception as err:  # noqa: BLE001 - every exception is checked to be a clear one
+        assert_clear(err, *names)
+        return None, err
+
+
+# =====================================================================================================================
+# configs: random and invalid values -> a valid model, or a clear error at config time naming the argument
+# =====================================================================================================================
+BAD = st.sampled_from([0, -1, -8, True, 1.5, float("nan"), float("inf"), "3", "abc", None, [], [2], {}, 10**6])
+SMALL_INT = st.integers(1, 6)
+
+
+@st.composite
+def kwargs_of(draw, fields: dict):
+    """Some of ``fields`` (name -> strategy of values), then none, one or two of them replaced by an invalid value."""
+    kwargs = draw(st.fixed_dictionaries({}, optional=fields))
+    n_bad = draw(st.sampled_from([0, 0, 1, 1, 2]))
+    for name in draw(st.lists(st.sampled_from(sorted(fields)), min_size=n_bad, max_size=n_bad, unique=True)):
+        kwargs[name] = draw(BAD)
+    return kwargs
+
+
+def _names(kwargs: dict):
+    """The argument names an error about ``kwargs`` may name: its keys and those of nested config dicts."""
+    nested = [k for v in kwargs.values() if isinstance(v, dict) for k in v]
+    return [*kwargs, *nested]
+
+
+def _check_config(cls, kwargs, build_and_run):
+    """Config from ``kwargs`` (some values invalid): a clear ValueError / TypeError naming an argument at config time,
+    or a config that serialises, reloads and (when small) builds a model whose forward gives finite outputs."""
+    config, err = outcome(lambda: cls(**kwargs), *_names(kwargs))
+    if err is not None:
+        return "error"
+    again = cls.from_dict(config.to_dict())
+    assert again.to_dict() == config.to_dict()
+    small = all(not isinstance(v, int) or isinstance(v, bool) or v <= 64 for v in kwargs.values())
+    if small:
+        torch.manual_seed(0)
+        out = build_and_run(config)  # a config the class accepted must build and run: no error allowed here
+        assert torch.isfinite(out).all(), f"non-finite outputs for {kwargs}"
+    return "valid"
+
+
+@fuzz(60)
+@given(kwargs_of({
+    "image_size": st.sampled_from([8, 16, 24]), "patch_size": st.sampled_from([4, 8]),
+    "num_channels": st.sampled_from([1, 3]), "hidden_size": st.sampled_from([8, 16]),
+    "num_hidden_layers": st.integers(1, 2), "state_size": SMALL_INT,
+    "expand": st.integers(1, 3), "intermediate_size": st.integers(1, 24),
+    "conv_kernel": st.integers(1, 5), "time_step_rank": st.just("auto") | SMALL_INT,
+    "layer_norm_epsilon": st.sampled_from([1e-5, 1e-6]),
+    "final_pool_type": st.sampled_from(["cls", "mean", "last", "max"]),
+    "use_cls_token": st.booleans(), "use_middle_cls_token": st.booleans(), "if_abs_pos_embed": st.booleans(),
+    "bimamba": st.booleans(), "rms_norm": st.booleans(),
+    "drop_path_rate": st.sampled_from([0.0, 0.1]),
+    "time_step_min": st.sampled_from([1e-3, 0.5]), "time_step_max": st.just(0.1),
+}))
+def test_vim_config(kwargs):
+    kwargs = {"image_size": 16, "patch_size": 8, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 2,
+              "num_labels": 3, **kwargs}
+
+    def run(config):
+        model = VimForImageClassification(config).eval()
+        x = torch.randn(2, config.num_channels, config.image_size, config.image_size)
+        with torch.no_grad():
+            logits = model(x).logits
+        assert logits.shape == (2, 3)
+        return logits
+
+    RUNS["config_vim/" + _check_config(VimConfig, kwargs, run)] += 1
+
+
+@fuzz(60)
+@given(kwargs_of({
+    "vocab_size": st.integers(1, 40), "hidden_size": st.sampled_from([4, 8, 16]),
+    "num_hidden_layers": st.integers(1, 2), "state_size": SMALL_INT,
+    "expand": st.integers(1, 3), "intermediate_size": st.integers(1, 24),
+    "conv_kernel": st.integers(1, 5), "time_step_rank": st.just("auto") | SMALL_INT,
+    "layer_norm_epsilon": st.sampled_from([1e-5, 1e-6]), "hidden_act": st.just("silu"),
+    "chunked_prefill_size": st.sampled_from([1, 4, 1024]),
+    "time_step_min": st.sampled_from([1e-3, 0.5]), "time_step_max": st.just(0.1),
+    "pad_token_id": st.sampled_from([0, 1, None]), "use_cache": st.booleans(),
+}))
+def test_mamba_lm_config(kwargs):
+    kwargs = {"vocab_size": 16, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 2, **kwargs}
+
+    def run(config):
+        model = MambaLMForCausalLM(config).eval()
+        ids = torch.randint(0, config.vocab_size, (2, 5))
+        with torch.no_grad():
+            logits = model(ids).logits
+        assert logits.shape == (2, 5, config.vocab_size)
+        return logits
+
+    RUNS["config_mamba_lm/" + _check_config(MambaLMConfig, kwargs, run)] += 1
+
+
+@fuzz(40)
+@given(kwargs_of({
+    "image_size": st.sampled_from([16, 32]), "patch_size": st.sampled_from([2, 4]),
+    "embed_dim": st.sampled_from([4, 8]), "depths": st.one_of(st.lists(st.integers(1, 2), max_size=3),
+                                                                          st.lists(BAD, min_size=1, max_size=2)),
+    "d_state": SMALL_INT, "ssm_ratio": st.sampled_from([1.0, 2.0, 0.01]),
+    "ssm_conv": st.sampled_from([1, 3, 4]), "mlp_ratio": st.sampled_from([0.0, 2.0]),
+    "forward_type": st.sampled_from(["v05_noz", "v2", "xyz"]),
+    "downsample": st.sampled_from(["v1", "v3", "v9"]), "patchembed": st.sampled_from(["v1", "v2"]),
+    "norm_layer": st.sampled_from(["ln", "ln2d", "bn"]), "drop_path_rate": st.just(0.0),
+    "out_indices": st.one_of(st.none(), st.lists(st.integers(-3, 4), max_size=3)),
+}))
+def test_vmamba_config(kwargs):
+    kwargs = {"image_size": 16, "patch_size": 4, "patchembed": "v1", "embed_dim": 4, "depths": [1, 1], "d_state": 2,
+              "num_labels": 3, "drop_path_rate": 0.0, **kwargs}
+
+    def run(config):
+        model = VMambaForImageClassification(config).eval()
+        x = torch.randn(1, config.num_channels, config.image_size, config.image_size)
+        with torch.no_grad():
+            logits = model(x).logits
+        assert logits.shape == (1, 3)
+        return logits
+
+    RUNS["config_vmamba/" + _check_config(VMambaConfig, kwargs, run)] += 1
+
+
+@fuzz(40)
+@given(kwargs_of({
+    "image_size": st.sampled_from([8, 16]), "patch_size": st.sampled_from([4, 8]),
+    "hidden_size": st.sampled_from([8, 16]), "num_hidden_layers": st.integers(1, 3),
+    "keep_ratios": st.one_of(st.none(), st.lists(st.sampled_from([1.0, 0.5, 0.25, 0.0, 1.5, float("nan")]),
+                                                 min_size=1, max_size=3), BAD),
+    "num_memory_tokens": st.integers(0, 3), "state_size": SMALL_INT,
+    "frame_layers": st.integers(0, 2), "temporal_layers": st.integers(0, 2),
+    "num_frames": st.integers(1, 4), "temporal_pool": st.integers(1, 3),
+    "retention_gate": st.sampled_from(["straight_through", "soft", "hard"]),
+    "conv_kernel": st.integers(1, 5), "layer_norm_epsilon": st.just(1e-5),
+}))
+def test_storm_config(kwargs):
+    kwargs = {"image_size": 8, "patch_size": 4, "hidden_size": 8, "num_hidden_layers": 1, "state_size": 2,
+              "num_frames": 2, "num_labels": 3, **kwargs}
+
+    def run(config):
+        model = StormForVideoClassification(config).eval()
+        x = torch.randn(2, config.num_frames, config.num_channels, config.image_size, config.image_size)
+        with torch.no_grad():
+            logits = model(x).logits
+        assert logits.shape == (2, 3)
+        return logits
+
+    RUNS["config_storm/" + _check_config(StormConfig, kwargs, run)] += 1
+
+
+TINY_VIM = dict(model_type="ssmvl_vim", image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1, state_size=2)
+TINY_MAMBA = dict(model_type="ssmvl_mamba", vocab_size=16, hidden_size=8, num_hidden_layers=1, state_size=2)
+
+
+@fuzz(40)
+@given(kwargs_of({
+    "projection_dim": st.sampled_from([4, 8]),
+    "loss_type": st.sampled_from(["sigmoid", "softmax", "clip", "hinge"]),
+    "logit_scale_init": st.sampled_from([0.0, 2.3]), "logit_bias_init": st.just(-10.0),
+    "text_pooling": st.one_of(st.none(), st.sampled_from(["last", "mean", "first", "cls", "max"]), BAD),
+    "vision_pooling": st.sampled_from(["pooler", "mean", "cls", "max"]),
+    "vision_config": st.sampled_from([TINY_VIM, {"model_type": "nope"}, {"hidden_size": 8}, None, 3]),
+    "text_config": st.sampled_from([TINY_MAMBA, {"model_type": "nope"}, None, "mamba"]),
+}))
+def test_dual_encoder_config(kwargs):
+    from ssmvl.modeling.modeling_dual_encoder import SigLipDualEncoderModel
+
+    kwargs = {"vision_config": TINY_VIM, "text_config": TINY_MAMBA, "projection_dim": 4, **kwargs}
+
+    def run(config):
+        if kwargs["vision_config"] is None or kwargs["text_config"] is None:  # a default-size tower: config only
+            return torch.zeros(1)
+        model = SigLipDualEncoderModel(config).eval()
+        ids, px = torch.randint(1, 16, (2, 4)), torch.randn(2, 3, 16, 16)
+        with torch.no_grad():
+            out = model(input_ids=ids, pixel_values=px, return_loss=True)
+        assert out.logits_per_image.shape == (2, 2)
+        return torch.cat([out.logits_per_image.flatten(), out.loss.reshape(1)])
+
+    RUNS["config_dual_encoder/" + _check_config(SigLipDualEncoderConfig, kwargs, run)] += 1
+
+
+@fuzz(40)
+@given(kwargs_of({
+    "projector_type": st.sampled_from(["mlp", "resampler", "ssm_bridge", "bridger_ffn", "patch_linear",
+                                                  "linear"]),
+    "fusion": st.sampled_from(["prefix", "cross_attention", "concat"]),
+    "image_token_id": st.one_of(st.sampled_from([3, 15, 16, -1, None]), BAD),
+    "vision_feature_layer": st.sampled_from([-1, -2, 0, 5]),
+    "vision_feature_select_strategy": st.sampled_from(["default", "full", "cls"]),
+    "projector_config": st.sampled_from([None, {}, {"num_queries": 2, "num_heads": 2}, {"bogus": 1},
+                                         {"hidden_size": 8, "num_layers": 1, "state_size": 2}]),
+    "vision_config": st.sampled_from([TINY_VIM, {"model_type": "nope"}, None]),
+    "text_config": st.sampled_from([TINY_MAMBA, None, {"model_type": "ssmvl_mamba", "vocab_size": 0}]),
+}))
+def test_vlm_config(kwargs):
+    from ssmvl.modeling.modeling_ssm_vlm import SsmVlmForConditionalGeneration
+
+    kwargs = {"vision_config": TINY_VIM, "text_config": TINY_MAMBA, "image_token_id": 3, **kwargs}
+    if kwargs.get("projector_type") == "patch_linear":
+        kwargs.update(image_size=16, patch_size=8)
+    big = kwargs["text_config"] is None or (kwargs["vision_config"] is None
+                                             and kwargs.get("projector_type") != "patch_linear")
+
+    def run(config):
+        if big:  # a default-size tower / decoder: only check that the config was usable
+            return torch.zeros(1)
+        model = SsmVlmForConditionalGeneration(config).eval()
+        token = config.image_token_id
+        n = config.num_image_tokens if config.uses_image_placeholders and token is not None else 0
+        ids = torch.cat([torch.tensor([[5, 6]]), torch.full((1, n), 0 if token is None else token),
+                         torch.tensor([[7]])], 1)
+
+        def forward():
+            with torch.no_grad():
+                return model(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16)).logits
+
+        if token is None or token >= config.text_config.vocab_size:  # the config cannot know the tokenizer's ids
+            logits, err = outcome(forward, "image_token_id", "input_ids")
+            assert err is not None
+            return torch.zeros(1)
+        logits = forward()
+        assert logits.shape[:2] == ids.shape
+        return logits
+
+    RUNS["config_vlm/" + _check_config(SsmVlmConfig, kwargs, run)] += 1
