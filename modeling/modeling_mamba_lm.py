@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
 from .hf_compat import CACHE_NAME, cache_output, new_token_count, pop_cache
-from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, check_input_ids, init
+from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, init
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
@@ -374,15 +374,7 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must be (batch, seqlen)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-            num_items = kwargs.get("num_items_in_batch")
-            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-            reduction = "sum" if num_items is not None else "mean"
-            loss = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
-            if num_items is not None:
-                loss = loss / num_items
+            loss = causal_lm_loss(logits, labels, kwargs.get("num_items_in_batch"))
         if not return_dict:
             out = (logits, outputs.cache, outputs.hidden_states)
             out = tuple(v for v in out if v is not None)

@@ -37,7 +37,7 @@ from .modeling_mamba_lm import MambaLMForCausalLM
 from .modeling_storm import StormModel
 from .modeling_vim import VimModel
 from .modeling_vmamba import VMambaModel
-from .ssm_layers import MambaMixer, RMSNorm, SsmCache, check_input_ids, check_pixel_values
+from .ssm_layers import MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, check_pixel_values
 from .vlm_bridge import BridgeDecoderForCausalLM, BridgeVisionModel, CrossModalFusion, text_position_ids
 from .vlm_projectors import PatchLinearProjector, ResamplerProjector, build_projector
 
@@ -463,14 +463,7 @@ class SsmVlmForConditionalGeneration(SsmVlmPreTrainedModel, GenerationMixin):
             logits = logits[:, -logits_to_keep:]
         loss = None
         if labels is not None:
-            if labels.shape != logits.shape[:2]:
-                raise ValueError(f"labels must be (batch, seqlen)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
-            shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
-            shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
-            reduction = "sum" if num_items is not None else "mean"
-            loss = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction=reduction)
-            if num_items is not None:
-                loss = loss / num_items
+            loss = causal_lm_loss(logits, labels, num_items)
         new_cache = getattr(outputs, CACHE_NAME, None)
         if not return_dict:
             out = tuple(v for v in (logits, new_cache, outputs.hidden_states, image_hidden_states) if v is not None)

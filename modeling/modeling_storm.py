@@ -304,10 +304,13 @@ class StormModel(StormPreTrainedModel):
                 "H, W)."
             )
         (ph, pw), (h0, w0) = _pair(cfg.patch_size), _pair(cfg.image_size)
+        if not height or not width:
+            raise ValueError(f"Image size {height}x{width} has an empty side; pass frames of at least one {ph}x{pw} "
+                             "patch.")
         if height % ph or width % pw:
             raise ValueError(
-                f"Image size {height}x{width} is not a multiple of the patch size {ph}x{pw}; resize or crop to a "
-                f"multiple (e.g. {max(ph, height // ph * ph)}x{max(pw, width // pw * pw)}) first."
+                f"Image size {height}x{width} is not a multiple of the patch size {ph}x{pw}; resize or crop "
+                f"to a multiple (e.g. {max(ph, height // ph * ph)}x{max(pw, width // pw * pw)}) first."
             )
         if (height, width) != (h0, w0) and not interpolate_pos_encoding:
             raise ValueError(
@@ -366,7 +369,7 @@ class StormModel(StormPreTrainedModel):
         for layer in self.temporal_layers:  # across frames
             x = layer(x)
         x = temporal_mean_pool(x.reshape(batch, frames, tokens_per_frame, dim), cfg.temporal_pool)
-        x = x.reshape(batch, -1, dim)  # (b, N, D), N = ceil(T / temporal_pool) * M
+        x = x.flatten(1, 2)  # (b, N, D), N = ceil(T / temporal_pool) * M (flatten, not reshape(b, -1): b may be 0)
 
         positions = torch.arange(x.shape[1], device=x.device).expand(batch, -1)  # (b, N)
         memory = None if self.memory_tokens is None else self.memory_tokens.expand(batch, -1, -1).to(x.dtype)

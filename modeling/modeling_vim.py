@@ -205,10 +205,13 @@ class VimModel(VimPreTrainedModel):
                 "convert the images (e.g. the image processor's do_convert_rgb=True for grayscale / RGBA)."
             )
         p = cfg.patch_size
+        if not height or not width:
+            raise ValueError(f"Image size {height}x{width} has an empty side; pass images of at least one {p}x{p} "
+                             "patch.")
         if height % p or width % p:
             raise ValueError(
-                f"Image size {height}x{width} is not a multiple of the patch size {p}; resize or crop to a multiple "
-                f"of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)}) first."
+                f"Image size {height}x{width} is not a multiple of the patch size {p}; resize or crop to a "
+                f"multiple of {p} (e.g. {max(p, height // p * p)}x{max(p, width // p * p)}) first."
             )
         if (cfg.if_abs_pos_embed and (height, width) != (cfg.image_size, cfg.image_size)
                 and not interpolate_pos_encoding):

@@ -222,8 +222,34 @@ def check_input_ids(input_ids, vocab_size: Optional[int] = None, name: str = "in
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} holds ids {low}..{high} but the vocabulary has {vocab_size} tokens (ids "
-                             f"0..{vocab_size - 1}); use the model's own tokenizer, or grow the embeddings after adding "
-                             "tokens (model.resize_token_embeddings(len(tokenizer))).")
+                             f"0..{vocab_size - 1}); use the model's own tokenizer, or grow the embeddings after "
+                             "adding tokens (model.resize_token_embeddings(len(tokenizer))).")
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Next-token cross-entropy of a causal LM. logits: (batch, seqlen, vocab); labels: (batch, seqlen) token ids,
+    shifted inside, -100 ignored. The mean over the predicted tokens, or their sum / ``num_items_in_batch`` (what
+    Trainer passes for gradient accumulation). A label outside [0, vocab) other than -100 is a ValueError naming it
+    (torch raises "Target ... is out of bounds" from inside cross_entropy on CPU and a device-side assert on CUDA; the
+    check is skipped while torch.compile traces). With no token to predict (seqlen 1, or every label -100) the loss is
+    0, still part of the graph, not NaN: such a batch leaves the weights as they are."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels must be (batch, seqlen)={tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integer token ids (-100 where no loss is taken), got {labels.dtype}")
+    vocab = logits.shape[-1]
+    shift_logits = logits[:, :-1].float().reshape(-1, vocab)  # (b * (L - 1), V)
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)  # (b * (L - 1),)
+    if not _compiling():
+        bad = shift_labels[(shift_labels != -100) & ((shift_labels < 0) | (shift_labels >= vocab))]
+        if bad.numel():
+            raise ValueError(f"labels hold {bad.numel()} id(s) outside the vocabulary of {vocab} tokens (e.g. "
+                             f"{int(bad[0])}); labels are token ids in 0..{vocab - 1}, or -100 where no loss is taken.")
+    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    count = (shift_labels != -100).sum() if num_items_in_batch is None else num_items_in_batch
+    if isinstance(count, torch.Tensor):
+        return loss / count.to(loss.device).clamp(min=1)
+    return loss / max(count, 1)
 
 
 def _mask(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:

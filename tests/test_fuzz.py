@@ -304,3 +304,124 @@ def test_vlm_config(kwargs):
         return logits
 
     RUNS["config_vlm/" + _check_config(SsmVlmConfig, kwargs, run)] += 1
+
+
+# =====================================================================================================================
+# forward passes: random batch / image / sequence sizes, dtypes (uint8, integer, bool, half, NaN pixels), shapes
+# =====================================================================================================================
+_MODELS = {}
+
+
+def tiny(name):
+    """One tiny model per family, built once (eval mode, seeded)."""
+    if name not in _MODELS:
+        torch.manual_seed(0)
+        vision = dict(image_size=16, num_labels=3)
+        _MODELS[name] = {
+            "vim": lambda: VimForImageClassification(VimConfig(patch_size=4, hidden_size=8, num_hidden_layers=1,
+                                                               state_size=2, **vision)),
+            "vmamba": lambda: VMambaForImageClassification(VMambaConfig(patch_size=4, patchembed="v1", embed_dim=4,
+                                                                        depths=[1, 1], d_state=2, drop_path_rate=0.0,
+                                                                        **vision)),
+            "storm_image": lambda: StormForImageClassification(StormConfig(
+                patch_size=4, hidden_size=8, num_hidden_layers=2, keep_ratios=[1.0, 0.5], num_memory_tokens=2,
+                state_size=2, frame_layers=1, temporal_layers=1, num_frames=3, **vision)),
+            "storm_video": lambda: StormForVideoClassification(StormConfig(
+                patch_size=4, hidden_size=8, num_hidden_layers=2, keep_ratios=[1.0, 0.5], num_memory_tokens=2,
+                state_size=2, frame_layers=1, temporal_layers=1, num_frames=3, temporal_pool=2, **vision)),
+            "mamba_lm": lambda: MambaLMForCausalLM(MambaLMConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1,
+                                                                 state_size=2)),
+        }[name]().eval()
+    return _MODELS[name]
+
+
+FLOATS = st.sampled_from([torch.float32, torch.float32, torch.float64, torch.bfloat16, torch.float16])
+BAD_PIXELS = ("batch", "frames", "channels", "side", "dims", "dtype", "nan")
+
+
+@st.composite
+def pixels(draw, video=False):
+    """Pixels for the tiny vision models (16 px, patch 4, 3 channels, <= 3 frames): valid ones (random batch 0-3,
+    frames, sides 8 / 16 / 32, float dtypes) or, about half the time, with one thing wrong (channels 1 / 4, a side
+    that is not a multiple of the patch or 0, no frames, a missing or extra dimension, uint8 / int64 / bool, NaN /
+    inf)."""
+    wrong = draw(st.sampled_from((None,) * len(BAD_PIXELS) + BAD_PIXELS))
+    batch = draw(st.integers(0, 3))
+    frames = (draw(st.integers(0, 5) if wrong == "frames" else st.integers(1, 3)),) if video else ()
+    channels = draw(st.sampled_from([1, 4])) if wrong == "channels" else 3
+    sides = [0, 6, 13, 17] if wrong == "side" else [8, 16, 16, 32]
+    height, width = draw(st.sampled_from(sides)), draw(st.sampled_from([16, 8, 32] if wrong != "side" else sides))
+    shape = (batch, *frames, channels, height, width)
+    if wrong == "dims":
+        shape = shape[1:] if draw(st.booleans()) else (1, *shape)
+    dtype = draw(st.sampled_from([torch.uint8, torch.int64, torch.bool])) if wrong == "dtype" else draw(FLOATS)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 9))))
+    x = (x * 255).to(dtype) if not dtype.is_floating_point else x.to(dtype)
+    if wrong == "nan" and x.numel():
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+    return x
+
+
+def _check_vision_forward(name, x, interpolate, video=False):
+    model = tiny(name)
+    kwargs = {"interpolate_pos_encoding": interpolate} if name != "vmamba" else {}
+
+    def forward():
+        with torch.no_grad():
+            return model(x, **kwargs).logits
+
+    logits, err = outcome(forward, "pixel_values", "interpolate_pos_encoding", "image", "video", "frame", "size",
+                          "channels", "batch")
+    if err is not None:
+        return "error"
+    assert x.dtype.is_floating_point, f"{name} accepted {x.dtype} pixels"
+    assert torch.isfinite(x).all(), f"{name} accepted non-finite pixels"
+    assert logits.shape == (x.shape[0], 3) and torch.isfinite(logits).all(), (name, tuple(x.shape), logits)
+    return "output"
+
+
+@fuzz(80)
+@given(pixels(), st.sampled_from(["vim", "vmamba", "storm_image"]), st.booleans())
+def test_image_forward(x, name, interpolate):
+    RUNS[f"forward_{name}/" + _check_vision_forward(name, x, interpolate)] += 1
+
+
+@fuzz(30)
+@given(pixels(video=True), st.booleans())
+def test_video_forward(x, interpolate):
+    RUNS["forward_storm_video/" + _check_vision_forward("storm_video", x, interpolate, video=True)] += 1
+
+
+@fuzz(80)
+@given(st.data())
+def test_language_model_forward(data):
+    model = tiny("mamba_lm")
+    shape = data.draw(st.sampled_from([(2, 5), (1, 1), (3, 7), (2, 0), (0, 4), (5,), (1, 2, 3), (1, 70)]))
+    dtype = data.draw(st.sampled_from([torch.long, torch.long, torch.int32, torch.float32, torch.bool]))
+    high = data.draw(st.sampled_from([16, 16, 17, 100]))
+    low = data.draw(st.sampled_from([0, 0, 0, -1]))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    ids = torch.randint(low, high, shape, generator=gen).to(dtype)
+    kwargs = {}
+    mask = data.draw(st.sampled_from([None, "ok", "short", "float", "left_pad"]))
+    if mask is not None and ids.dim() == 2:
+        m = torch.ones(ids.shape[0], max(0, ids.shape[1] - (mask == "short")), dtype=torch.long)
+        if mask == "left_pad" and ids.shape[1] > 1:
+            m[:, 0] = 0
+        kwargs["attention_mask"] = m.float() if mask == "float" else m
+    if data.draw(st.booleans()) and ids.dim() == 2:
+        labels = torch.randint(0, 16, ids.shape, generator=gen)
+        labels[labels == 0] = data.draw(st.sampled_from([-100, -1, 16, 3]))  # -1: not -100, not a class; 16: too high
+        kwargs["labels"] = labels
+    kwargs["use_cache"] = data.draw(st.booleans())
+
+    def forward():
+        with torch.no_grad():
+            return model(ids, **kwargs)
+
+    out, err = outcome(forward, "input_ids", "attention_mask", "labels", "vocabulary", "token")
+    if err is None:
+        assert out.logits.shape == (*ids.shape, 16) and torch.isfinite(out.logits).all()
+        if "labels" in kwargs:
+            assert torch.isfinite(out.loss)
+    RUNS["forward_mamba_lm/" + ("error" if err is not None else "output")] += 1
