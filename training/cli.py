@@ -6,6 +6,7 @@
                       [--shift invert|rotate] [--epochs N] [--max-steps N] [--save-steps N] [--lora] --out DIR
                       [--resume [CKPT]]
     ssmvl train-video --out DIR [--steps N] [--keep-ratio R] [--frames T]   STORM on the moving shapes clips
+    ssmvl train-video-qa --out DIR [--stage1-steps N] [--stage2-steps N]     STORM tower -> Mamba LM answers questions
     ssmvl convert-mamba|convert-vim|convert-vmamba ...     -> ssmvl.conversion.convert_*_to_hf.main(argv)
     ssmvl push DIR REPO_ID ...                             -> ssmvl.conversion.hub.main_push(argv)
     ssmvl accelerate-config ddp|fsdp                       the path of a shipped `accelerate launch --config_file`
@@ -109,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     _launch_arg(p)
+
+    p = sub.add_parser("train-video-qa", help="the combined video pipeline on generated moving shapes clips: align a "
+                       "STORM video tower with the captions (sigmoid loss), then tune the VLM (LoRA on the Mamba LM "
+                       "decoder) to answer questions; held-out exact match (training/video_vlm.py)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=3000, help="training clips (16 frames of 32 px), all their questions")
+    p.add_argument("--test-clips", type=int, default=200)
+    p.add_argument("--max-objects", type=int, default=2, help="objects per clip (1..4)")
+    p.add_argument("--stage1-steps", type=int, default=600, help="caption alignment steps (0: a fresh tower)")
+    p.add_argument("--stage2-steps", type=int, default=3500, help="question answering steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
 
     for family in ("mamba", "vim", "vmamba"):
         p = sub.add_parser(f"convert-{family}", help=f"convert an original {family} checkpoint "
@@ -215,6 +228,22 @@ def _cmd_train_video(args):
     return 0
 
 
+def _cmd_train_video_qa(args):
+    from .moving_shapes import make_moving_shapes_qa_dataset
+    from .recipes import configure_cpu_threads
+    from .video_vlm import train_video_qa_pipeline
+
+    print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
+    data = dict(num_frames=16, image_size=32, max_objects=args.max_objects)
+    train = make_moving_shapes_qa_dataset(args.clips, seed=args.seed, split="train", **data)
+    test = make_moving_shapes_qa_dataset(args.test_clips, seed=args.seed + 1, split="test", **data)
+    report = train_video_qa_pipeline(args.out, train, test, stage1_steps=args.stage1_steps,
+                                     stage2_steps=args.stage2_steps, seed=args.seed)
+    report.pop("model"), report.pop("processor")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_train_lm(args):
     from .main_job import lm_step
     from .recipes import configure_cpu_threads
@@ -251,13 +280,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] == "push":
         return _delegate("ssmvl.conversion.hub", "main_push", argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command in TRAIN_COMMANDS or args.command == "demo":
+    if args.command in TRAIN_COMMANDS or args.command in ("demo", "train-video-qa"):
         from .distributed import guard_data_parallel
 
         # Trainer would wrap the model in torch.nn.DataParallel when one process sees several GPUs. The demo pushes
-        # and reloads in one process, so it takes one GPU; train-* relaunch as DDP unless --no-relaunch.
-        if args.command == "demo":
-            guard_data_parallel(argv, relaunch=False, reason="the demo runs in one process", advise_ddp=False)
+        # and reloads in one process, so it takes one GPU (so does train-video-qa: two stages and their evaluations);
+        # train-* relaunch as DDP unless --no-relaunch.
+        if args.command in ("demo", "train-video-qa"):
+            guard_data_parallel(argv, relaunch=False, reason=f"{args.command} runs in one process", advise_ddp=False)
         else:
             guard_data_parallel(argv, relaunch=not args.no_relaunch, reason="--no-relaunch")
     if args.command == "demo":
@@ -270,7 +300,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         print(accelerate_config(args.name))
         return 0
-    commands = {"train-lm": _cmd_train_lm, "train-image": _cmd_train_image, "train-video": _cmd_train_video}
+    commands = {"train-lm": _cmd_train_lm, "train-image": _cmd_train_image, "train-video": _cmd_train_video,
+                "train-video-qa": _cmd_train_video_qa}
     if args.command in commands:
         from .distributed import shutdown
 
