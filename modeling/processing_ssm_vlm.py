@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import numpy as np
+import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -89,6 +91,7 @@ class SsmVlmProcessor(ProcessorMixin):
             self._check_encoded(texts, encoded["input_ids"])
             data.update(encoded)
         if flat_images:
+            self._check_finite(flat_images)
             data.update(self.image_processor(flat_images, return_tensors=return_tensors, **(images_kwargs or {})))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
@@ -97,8 +100,27 @@ class SsmVlmProcessor(ProcessorMixin):
         if isinstance(text, str):
             return [text]
         if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
+            if not text:
+                raise ValueError("text is an empty list: pass at least one string (or text=None for images only).")
             return list(text)
         raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+
+    @staticmethod
+    def _check_finite(images):
+        """Float images (numpy arrays, tensors; also each frame of a video) with NaN / inf values are a ValueError
+        naming the image, before the image processor (which fails on them deep inside, or passes them on)."""
+        for i, image in enumerate(images):
+            frames = image if isinstance(image, (list, tuple)) else [image]
+            for frame in frames:
+                if isinstance(frame, torch.Tensor) and frame.is_floating_point():
+                    bad = int((~torch.isfinite(frame)).sum())
+                elif isinstance(frame, np.ndarray) and np.issubdtype(frame.dtype, np.floating):
+                    bad = int((~np.isfinite(frame)).sum())
+                else:
+                    continue
+                if bad:
+                    raise ValueError(f"Image {i} holds {bad} NaN or infinite pixel value(s); check how it was loaded "
+                                     "or computed.")
 
     @staticmethod
     def _flatten_images(images):

@@ -208,6 +208,9 @@ def _frames_of(video, v: int, do_convert_rgb: bool) -> list:
     if not frames:
         raise ValueError(f"Video {v} has no frames.")
     sizes = [(f.height, f.width) if isinstance(f, Image.Image) else tuple(f.shape[:2]) for f in frames]
+    if 0 in sizes[0]:
+        raise ValueError(f"Video {v}: the frames are {sizes[0][0]}x{sizes[0][1]} (height x width), an empty image; "
+                         "pass frames of at least 1x1 pixels.")
     for i, size in enumerate(sizes):
         if size != sizes[0]:
             raise ValueError(f"Video {v}: frame {i} is {size[0]}x{size[1]} (height x width) but frame 0 is "
@@ -226,7 +229,11 @@ def _to_array(frame, v: int, i: int) -> np.ndarray:
                              f"{frame.min()}..{frame.max()}.")
         return frame.astype(np.uint8, copy=False)
     if np.issubdtype(frame.dtype, np.floating):
-        return frame.astype(np.float32, copy=False)
+        frame = frame.astype(np.float32, copy=False)
+        if not np.isfinite(frame).all():
+            raise ValueError(f"Video {v}, frame {i}: {int((~np.isfinite(frame)).sum())} NaN or infinite pixel value(s); "
+                             "check the decoding / earlier preprocessing of the video.")
+        return frame
     raise ValueError(f"Video {v}, frame {i}: pixels must be integers (0..255) or floats (0..1), got {frame.dtype}.")
 
 
@@ -281,11 +288,22 @@ def _check_fps(value):
     return float(value)
 
 
+def _check_factor(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"rescale_factor must be a finite number (1/255 for 0..255 pixels), got {value!r}")
+    return float(value)
+
+
 def _channel_values(name: str, value) -> List[float]:
-    values = [float(value)] * 3 if isinstance(value, (int, float)) else [float(v) for v in value]
-    if len(values) != 3:
-        raise ValueError(f"{name} needs one value per RGB channel (3), got {value!r}")
-    return values
+    """One finite number per RGB channel (a single number is used for all three); image_std must not hold a 0."""
+    values = [value] * 3 if isinstance(value, (int, float, np.floating)) else value
+    if (isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, np.ndarray)) or len(values) != 3
+            or not all(isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in values)):
+        raise ValueError(f"{name} needs one value per RGB channel (3 finite numbers), got {value!r}")
+    if name == "image_std" and any(v == 0 for v in values):
+        raise ValueError(f"image_std must not be 0 (the pixels are divided by it), got {value!r}")
+    return [float(v) for v in values]
 
 
 class StormVideoProcessor(BaseImageProcessor):
@@ -338,12 +356,10 @@ class StormVideoProcessor(BaseImageProcessor):
         self.size = _size_dict(size)
         self.resample = _resample_id(resample)
         self.do_rescale = bool(do_rescale)
-        self.rescale_factor = float(rescale_factor)
+        self.rescale_factor = _check_factor(rescale_factor)
         self.do_normalize = bool(do_normalize)
         self.image_mean = _channel_values("image_mean", image_mean)
         self.image_std = _channel_values("image_std", image_std)
-        if any(s == 0 for s in self.image_std):
-            raise ValueError(f"image_std must not be 0, got {self.image_std}")
         self.do_convert_rgb = bool(do_convert_rgb)
 
     @classmethod
@@ -421,7 +437,7 @@ class StormVideoProcessor(BaseImageProcessor):
         do_resize, do_rescale = pick(do_resize, "do_resize"), pick(do_rescale, "do_rescale")
         height, width = _size_dict(pick(size, "size")).values()
         resample = _resample_id(pick(resample, "resample"))
-        rescale_factor = float(pick(rescale_factor, "rescale_factor"))
+        rescale_factor = _check_factor(pick(rescale_factor, "rescale_factor"))
         do_normalize = pick(do_normalize, "do_normalize")
         mean = np.asarray(_channel_values("image_mean", pick(image_mean, "image_mean")), dtype=np.float32)
         std = np.asarray(_channel_values("image_std", pick(image_std, "image_std")), dtype=np.float32)

@@ -425,3 +425,133 @@ def test_language_model_forward(data):
         if "labels" in kwargs:
             assert torch.isfinite(out.loss)
     RUNS["forward_mamba_lm/" + ("error" if err is not None else "output")] += 1
+
+
+# =====================================================================================================================
+# processors: the STORM video processor and the VLM processor
+# =====================================================================================================================
+VIDEO_FAULTS = ("kind", "frames", "size", "channels", "dtype", "nan", "mixed", "layout")
+
+
+@st.composite
+def videos(draw):
+    """One video or a batch, as the processor takes them (PIL frame lists in any mode, numpy channels-last, torch
+    channels-first, lists of arrays, batches), valid or, about half the time, with one fault: not a video at all
+    (empty list, one image, a path, None), no frames, 0-sized frames, 1 / 4 channels, uint16 above 255 / bool pixels,
+    NaN / inf pixels, frames of two sizes, torch channels-last."""
+    from PIL import Image
+
+    wrong = draw(st.sampled_from((None,) * len(VIDEO_FAULTS) + VIDEO_FAULTS))
+    kind = draw(st.sampled_from(["pil", "numpy", "torch", "numpy_batch", "list_of_arrays"]))
+    frames = 0 if wrong == "frames" else draw(st.integers(1, 5))
+    height, width = (0, draw(st.sampled_from([0, 5]))) if wrong == "size" else (draw(st.integers(1, 16)),
+                                                                                 draw(st.integers(1, 16)))
+    channels = draw(st.sampled_from([1, 4])) if wrong == "channels" else 3
+    dtype = draw(st.sampled_from(["uint16", "bool"]) if wrong == "dtype" else
+                 st.sampled_from(["uint8", "uint8", "float32", "float64", "float16", "int64"]))
+    rng = np.random.default_rng(draw(st.integers(0, 9)))
+    scale = {"uint8": 255, "int64": 255, "uint16": 1000}.get(dtype, 1)
+    array = (rng.random((frames, height, width, channels)) * scale).astype(dtype)
+    if wrong == "nan":
+        array = array.astype(np.float32)
+        if array.size:
+            array.flat[draw(st.integers(0, array.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    if wrong == "kind":
+        return draw(st.sampled_from([[], [[]], np.zeros((0, 4, 4, 3), np.uint8), Image.new("RGB", (8, 8)), None,
+                                     "video.mp4", 3, {"frames": array}]))
+    if kind == "pil":
+        mode = draw(st.sampled_from(["RGB", "RGB", "L", "RGBA", "P", "I", "F", "1"]))
+        size = (max(width, 1), max(height, 1))
+        video = [Image.new("RGB", size, (10 * i, 20, 30)).convert(mode) for i in range(frames)]
+        if wrong == "mixed" and frames > 1:
+            video[1] = Image.new(mode, (size[0] + 1, size[1]))
+        return video
+    if kind == "numpy":
+        return array
+    if kind == "torch":
+        video = torch.from_numpy(array.astype(np.float32) / (255 if scale == 255 else 1))
+        return video if wrong == "layout" else video.permute(0, 3, 1, 2)
+    if kind == "numpy_batch":
+        return [array, array[: max(1, frames - 1)]]
+    frame_list = list(array)
+    if wrong == "mixed" and frames > 1:
+        frame_list[1] = np.zeros((height + 1, width, channels), dtype=array.dtype)
+    return frame_list
+
+
+@fuzz(120)
+@given(videos(), st.sampled_from([{}, {"num_frames": 2}, {"num_frames": 0}, {"fps": 1.0, "video_fps": 4.0},
+                                  {"fps": 2.0}, {"do_sample_frames": False}, {"size": 0}, {"size": (8, 6)},
+                                  {"image_mean": [0.5, 0.5]}, {"rescale_factor": "x"}, {"resample": None},
+                                  {"fewer_frames": "error"}, {"max_frames": 2}, {"return_tensors": None}]))
+def test_video_processor(video, call_kwargs):
+    from ssmvl.modeling.video_processing_storm import StormVideoProcessor
+
+    processor = StormVideoProcessor(num_frames=3, size=8)
+    out, err = outcome(lambda: processor(video, **call_kwargs), "Video", "video", "frame", "num_frames", "fps",
+                       "size", "image_mean", "rescale_factor", "resample", "fewer_frames", "max_frames",
+                       "channel", "pixels", "list", "image")
+    if err is None:
+        pv = out["pixel_values_videos"]
+        pv = torch.as_tensor(pv)
+        assert pv.dim() == 5 and pv.shape[2] == 3 and pv.dtype == torch.float32
+        assert torch.isfinite(pv).all(), "the processor let NaN / inf pixels through"
+    RUNS["video_processor/" + ("error" if err is not None else "output")] += 1
+
+
+_VLM_PROCESSOR = {}
+
+
+def vlm_processor(num_image_tokens):
+    if num_image_tokens not in _VLM_PROCESSOR:
+        from ssmvl.modeling.processing_ssm_vlm import SsmVlmProcessor
+        from ssmvl.training.shapes import build_shapes_tokenizer
+        from ssmvl.training.vlm import shapes_image_processor
+
+        _VLM_PROCESSOR[num_image_tokens] = SsmVlmProcessor(shapes_image_processor(16), build_shapes_tokenizer(),
+                                                           num_image_tokens=num_image_tokens)
+    return _VLM_PROCESSOR[num_image_tokens]
+
+
+TEXT = st.one_of(st.sampled_from(["", " ", "<image>", "<image> what color is the circle?", "a red circle <image>",
+                                  "<image><image> two", "<image> <image>", "<imag>", "<IMAGE>", "ünïcödé ☃ 🐍 <image>",
+                                  "\x00\n\t<image>", "<image>" * 5]),
+                 st.text(max_size=30))
+
+
+@st.composite
+def vlm_images(draw):
+    from PIL import Image
+
+    n = draw(st.integers(0, 3))
+    kind = draw(st.sampled_from(["pil", "pil", "numpy", "nested", "none", "tensor_nan"]))
+    if kind == "none":
+        return None
+    side = draw(st.sampled_from([16, 1, 33]))
+    if kind == "numpy":
+        return [np.full((side, side, 3), 200, dtype=draw(st.sampled_from([np.uint8, np.float32]))) for _ in range(n)]
+    if kind == "tensor_nan":
+        x = torch.rand(3, side, side)
+        x[0, 0, 0] = float("nan")
+        return [x] * n
+    images = [Image.new(draw(st.sampled_from(["RGB", "L", "RGBA"])), (side, side)) for _ in range(n)]
+    return [images[:1], images[1:]] if kind == "nested" else images
+
+
+@fuzz(120)
+@given(st.one_of(TEXT, st.lists(TEXT, min_size=0, max_size=3), st.just(None), st.just(3)), vlm_images(),
+       st.sampled_from([4, 0]))
+def test_vlm_processor(text, images, num_image_tokens):
+    processor = vlm_processor(num_image_tokens)
+    out, err = outcome(lambda: processor(images=images, text=text, padding=True), "image", "<image>", "text",
+                       "placeholder", "SsmVlmProcessor", "NaN", "pixel")
+    if err is None and text is not None:
+        texts = [text] if isinstance(text, str) else text
+        ids = out["input_ids"]
+        assert len(ids) == len(texts)
+        if num_image_tokens:
+            n_images = 0 if images is None else sum(len(g) if isinstance(g, list) else 1 for g in images)
+            assert int((ids == processor.image_token_id).sum()) == n_images * num_image_tokens
+    if err is None and "pixel_values" in out:
+        assert torch.isfinite(out["pixel_values"]).all(), "the processor let NaN pixels through"
+    RUNS["vlm_processor/" + ("error" if err is not None else "output")] += 1
