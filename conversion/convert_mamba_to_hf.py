@@ -232,7 +232,8 @@ def convert_state_dict(original: Dict[str, torch.Tensor], config: MambaLMConfig,
     missing = sorted(k for k in expected if k not in renamed and not (tied and k == LM_HEAD))
     unexpected = sorted(k for k in renamed if k not in expected)
     misshaped = sorted(f"{k}: expected {expected[k]}, got {tuple(renamed[k].shape)}"
-                       for k in expected if k in renamed and tuple(renamed[k].shape) != expected[k])
+                       for k in expected if isinstance(renamed.get(k), torch.Tensor)
+                       and tuple(renamed[k].shape) != expected[k])
     not_tensors = sorted(k for k, v in renamed.items() if not isinstance(v, torch.Tensor))
     if missing or unexpected or misshaped or not_tensors:
         parts = [f"{len(items)} {label} key(s): " + "; ".join(items)

@@ -353,6 +353,10 @@ def convert_state_dict(original: Dict[str, torch.Tensor], config) -> Dict[str, t
     with bias ``IMAGE_TOKEN_LOGIT_BIAS``."""
     prefixes = prefixes_for(config)
     expected = expected_shapes(config)
+    not_tensors = sorted(f"{k} ({type(v).__name__})" for k, v in original.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"EnhancedVLM state dict holds {len(not_tensors)} value(s) that are not tensors: "
+                         + "; ".join(not_tensors))
     vocab = original["token_embed.weight"].shape[0] if "token_embed.weight" in original else None
     new_token = (vocab is not None and getattr(config, "image_token_id", None) == vocab
                  and config.text_config.vocab_size == vocab + 1)

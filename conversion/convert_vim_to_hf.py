@@ -145,13 +145,13 @@ def check_variant(original: Dict[str, torch.Tensor], config: VimConfig, variant:
         shape = expected[key]
         if key.startswith("head."):
             continue
-        if key in original and tuple(original[key].shape) != shape:
+        if isinstance(original.get(key), torch.Tensor) and tuple(original[key].shape) != shape:
             try:
                 inferred = infer_config_from_state_dict(original)
                 hint = ", ".join(f"{f}={getattr(inferred, f)}" for f in ("hidden_size", "num_hidden_layers",
                                                                          "state_size", "patch_size", "image_size"))
                 hint = f" The checkpoint looks like {hint}; pick the matching --variant."
-            except ValueError:
+            except Exception:  # only a hint: a checkpoint too broken to read a config from gets none
                 hint = ""
             raise ValueError(f"Checkpoint is not {variant}: {key} has shape {tuple(original[key].shape)}, "
                              f"{variant} expects {shape}.{hint}")
@@ -166,11 +166,14 @@ def convert_state_dict(original: Dict[str, torch.Tensor], config: VimConfig) -> 
     expected = expected_original_shapes(config)
     missing = sorted(k for k in expected if k not in original)
     unexpected = sorted(k for k in original if k not in expected)
+    not_tensors = sorted(f"{k} ({type(v).__name__})" for k, v in original.items() if not isinstance(v, torch.Tensor))
     misshaped = sorted(f"{k}: checkpoint {tuple(original[k].shape)} vs expected {expected[k]}"
-                       for k in expected if k in original and tuple(original[k].shape) != expected[k])
-    if missing or unexpected or misshaped:
+                       for k in expected if isinstance(original.get(k), torch.Tensor)
+                       and tuple(original[k].shape) != expected[k])
+    if missing or unexpected or misshaped or not_tensors:
         parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                             ("non-tensor", not_tensors)):
             if items:
                 parts.append(f"{len(items)} {label} key(s): " + "; ".join(items))
         raise ValueError("Vim checkpoint does not match the config. " + " | ".join(parts))
@@ -249,6 +252,8 @@ def parity_report(model: VimForImageClassification, original: Dict[str, torch.Te
     model.eval()
     with torch.no_grad():
         ours = model(pixel_values.float()).logits.float()
+    # the reference in fp32, as our model holds the weights (a half-precision checkpoint is loaded as fp32)
+    original = {k: v.float() if v.is_floating_point() else v for k, v in original.items()}
     ref = original_forward(original, config, pixel_values).float()
     diff = (ours - ref).abs()
     return {

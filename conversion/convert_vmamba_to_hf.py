@@ -175,31 +175,46 @@ def _split_stacked(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _shape(t) -> tuple:
+    """The shape of a tensor, () for anything else (a broken checkpoint may hold non-tensors)."""
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else ()
+
+
 def describe_checkpoint(original: Dict[str, torch.Tensor]) -> dict:
-    """Architecture read off the official keys (to tell a checkpoint of another variant from a broken one)."""
+    """Architecture read off the official keys (to tell a checkpoint of another variant from a broken one); what a
+    key cannot tell (absent, not a tensor, too few dimensions) is left out. ``info["sources"]`` names the key each
+    value was read from."""
     sd = {_legacy_rename(k): v for k, v in original.items()}
     info: dict = {}
+    sources: dict = {}
     depths = {}
     for k in sd:
         m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", k)
         if m:
             depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
     info["depths"] = [depths[i] for i in sorted(depths)]
+    sources["depths"] = "layers.{i}.blocks.{j}.*"
     dims = []
     for i in sorted(depths):
-        w = sd.get(f"layers.{i}.blocks.0.norm.weight")
-        dims.append(int(w.shape[0]) if w is not None else None)
-    info["hidden_sizes"] = dims
-    a = sd.get("layers.0.blocks.0.op.A_logs")
-    info["d_state"] = int(a.shape[1]) if a is not None else None
-    ds = sd.get("layers.0.blocks.0.op.Ds")
-    if ds is not None and dims and dims[0]:
-        info["ssm_ratio"] = ds.shape[0] / 4 / dims[0]
-    w = sd.get("layers.0.blocks.0.op.in_proj.weight")
-    if w is not None and ds is not None:
-        info["gated"] = int(w.shape[0]) == 2 * (ds.shape[0] // 4)
-    head = sd.get("classifier.head.weight")
-    info["num_labels"] = int(head.shape[0]) if head is not None else None
+        shape = _shape(sd.get(f"layers.{i}.blocks.0.norm.weight"))
+        dims.append(shape[0] if shape else None)
+    if dims and None not in dims:  # a stage whose norm is missing or broken: the strict key check names it
+        info["hidden_sizes"] = dims
+        sources["hidden_sizes"] = ", ".join(f"layers.{i}.blocks.0.norm.weight" for i in sorted(depths))
+    a = _shape(sd.get("layers.0.blocks.0.op.A_logs"))
+    info["d_state"] = a[1] if len(a) >= 2 else None
+    sources["d_state"] = "layers.0.blocks.0.op.A_logs"
+    ds = _shape(sd.get("layers.0.blocks.0.op.Ds"))
+    if ds and dims and dims[0]:  # (dims[0] may be None: the norm weight is missing)
+        info["ssm_ratio"] = ds[0] / 4 / dims[0]
+        sources["ssm_ratio"] = "layers.0.blocks.0.op.Ds over layers.0.blocks.0.norm.weight"
+    w = _shape(sd.get("layers.0.blocks.0.op.in_proj.weight"))
+    if w and ds:
+        info["gated"] = w[0] == 2 * (ds[0] // 4)
+        sources["gated"] = "layers.0.blocks.0.op.in_proj.weight"
+    head = _shape(sd.get("classifier.head.weight"))
+    info["num_labels"] = head[0] if head else None
+    info["sources"] = sources
     return info
 
 
@@ -209,7 +224,8 @@ def _check_variant(original, config: VMambaConfig):
                 ssm_ratio=config.ssm_ratio, gated=not parse_forward_type(config.forward_type)["noz"])
     diffs = {k: (info.get(k), v) for k, v in want.items() if k in info and info[k] is not None and info[k] != v}
     if diffs:
-        detail = "; ".join(f"{k}: checkpoint {got} vs config {exp}" for k, (got, exp) in diffs.items())
+        detail = "; ".join(f"{k}: checkpoint {got} (read from {info['sources'][k]}) vs config {exp}"
+                           for k, (got, exp) in diffs.items())
         raise ConversionError(
             f"The checkpoint is another VMamba variant than the one requested ({detail}). Pick the matching "
             f"--variant (presets: {list(VARIANTS)}) or pass a config with these sizes."

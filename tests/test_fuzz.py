@@ -555,3 +555,175 @@ def test_vlm_processor(text, images, num_image_tokens):
     if err is None and "pixel_values" in out:
         assert torch.isfinite(out["pixel_values"]).all(), "the processor let NaN pixels through"
     RUNS["vlm_processor/" + ("error" if err is not None else "output")] += 1
+
+
+# =====================================================================================================================
+# converters: partial, extra, mis-shaped and non-tensor state dicts -> a clear error naming the keys; a failed
+# conversion leaves no output folder (and no staging folder) behind
+# =====================================================================================================================
+_ORIGINALS = {}
+
+
+def original_state_dict(name):
+    """(config, a valid original-layout state dict, convert_state_dict) of a tiny model of each converter."""
+    if name in _ORIGINALS:
+        return _ORIGINALS[name]
+    torch.manual_seed(0)
+    if name == "vim":
+        from ssmvl.conversion import convert_vim_to_hf as conv
+
+        config = VimConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=2, state_size=2, num_labels=3)
+        sd = {conv.hf_key_to_original(k): v for k, v in VimForImageClassification(config).state_dict().items()}
+        convert = conv.convert_state_dict
+    elif name == "mamba":
+        from ssmvl.conversion import convert_mamba_to_hf as conv
+
+        config = MambaLMConfig(vocab_size=16, hidden_size=8, num_hidden_layers=2, state_size=2)
+        sd = {conv.EMBED_ORIGINAL if k == conv.EMBED else k: v
+              for k, v in MambaLMForCausalLM(config).state_dict().items() if k != conv.LM_HEAD}
+        convert = conv.convert_state_dict
+    elif name == "vmamba":
+        from ssmvl.conversion import convert_vmamba_to_hf as conv
+        from test_vmamba import official_state_dict  # the upstream layout, written from upstream's modules
+
+        config = VMambaConfig(image_size=32, embed_dim=8, depths=[1, 1], d_state=2, num_labels=3, drop_path_rate=0.0)
+        sd = official_state_dict(config)
+        convert = conv.convert_state_dict
+    else:  # ssm_bridge: upstream EnhancedVLM keys
+        from ssmvl.conversion import convert_ssm_bridge_to_hf as conv
+
+        config = conv.config_from_enhanced_vlm(dict(
+            img_size=16, patch_size=8, vision_embed_dim=8, vision_num_layers=1, vision_num_heads=2, vocab_size=11,
+            text_embed_dim=8, text_num_layers=1, text_num_heads=2, text_kv_heads=1, max_seq_length=8,
+            ssm_state_dim=2, ssm_hidden_dim=8, ssm_num_layers=1, cross_attn_layers=1, cross_attn_heads=2), target="parts")
+        prefixes = conv.prefixes_for(config)
+        sd = {conv.hf_key_to_original(k, prefixes): v for k, v in conv.build_model(config).state_dict().items()}
+        convert = conv.convert_state_dict
+    convert(sd, config)  # the untouched dict converts
+    _ORIGINALS[name] = (config, sd, convert)
+    return _ORIGINALS[name]
+
+
+MUTATIONS = ("drop", "extra", "reshape", "transpose", "not_a_tensor", "dtype", "rename")
+
+
+def key_names(name, key):
+    """The names a converter's message may use for an original ``key``: the original one, or ours."""
+    config = original_state_dict(name)[0]
+    if name == "vim":
+        return [key, "vim." + key]
+    if name == "mamba":
+        from ssmvl.conversion import convert_mamba_to_hf as conv
+
+        return [key, conv.EMBED if key == conv.EMBED_ORIGINAL else key]
+    if name == "vmamba":
+        from ssmvl.conversion import convert_vmamba_to_hf as conv
+
+        return [key, conv.map_key(conv._legacy_rename(key), config) or key]
+    from ssmvl.conversion import convert_ssm_bridge_to_hf as conv
+
+    return [key, conv.original_key_to_hf(key, conv.prefixes_for(config)) or key]
+
+
+@st.composite
+def mutated_state_dict(draw, name):
+    """(state dict, the keys a message may name, whether it must fail): 1-3 random mutations of a valid one."""
+    config, original, _ = original_state_dict(name)
+    sd = dict(original)
+    keys, named = sorted(sd), []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(MUTATIONS))
+        key = draw(st.sampled_from(keys))
+        if not isinstance(sd.get(key), torch.Tensor):  # dropped or replaced by an earlier mutation
+            continue
+        if kind == "drop":
+            del sd[key]
+        elif kind == "extra":
+            key = draw(st.sampled_from(["extra.weight", "layers.7.mixer.A_log", "head.extra", key + ".copy",
+                                        "model.weight", "ünïcode.weight"]))
+            sd[key] = torch.zeros(draw(st.sampled_from([(2,), (3, 3)])))
+        elif kind == "rename":
+            new = key.replace(".", "_", 1) if "." in key else key + "_x"
+            sd[new] = sd.pop(key)
+            named.append(new)
+        elif kind == "reshape":
+            sd[key] = torch.zeros(*sd[key].shape, 2) if draw(st.booleans()) else sd[key].reshape(-1)[:1].clone()
+            if sd[key].shape == original[key].shape:
+                continue
+        elif kind == "transpose":
+            if sd[key].dim() < 2 or sd[key].shape[0] == sd[key].shape[-1]:
+                continue
+            sd[key] = sd[key].transpose(0, -1)
+        elif kind == "not_a_tensor":
+            sd[key] = draw(st.sampled_from([None, 3, [1.0, 2.0], "weights", np.zeros(2)]))
+        else:  # another dtype: converts (load_state_dict casts), so not a failure by itself
+            sd[key] = sd[key].to(draw(st.sampled_from([torch.float16, torch.bfloat16, torch.float64])))
+            continue
+        named.extend(key_names(name, key))
+    must_fail = sd.keys() != original.keys() or any(
+        not isinstance(v, torch.Tensor) or v.shape != original[k].shape for k, v in sd.items())
+    return sd, named, must_fail
+
+
+@fuzz(40)
+@given(st.sampled_from(["vim", "mamba", "vmamba", "ssm_bridge"]).flatmap(
+    lambda name: st.tuples(st.just(name), mutated_state_dict(name))))
+def test_converters_name_the_keys(case):
+    name, (sd, named, must_fail) = case
+    config, original, convert = original_state_dict(name)
+    before = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in sd.items()}
+    converted, err = outcome(lambda: convert(sd, config), *[n for n in named if n])
+    if must_fail:
+        assert err is not None, f"{name}: converted a broken state dict (changed keys {named})"
+    else:
+        assert err is None
+    for k, v in before.items():  # pure: the input is left as it was
+        assert (torch.equal(sd[k], v) if isinstance(v, torch.Tensor) else sd[k] is v), k
+    RUNS[f"converter_{name}/" + ("error" if err is not None else "converted")] += 1
+
+
+@fuzz(12)
+@given(mutated_state_dict("vim"), st.sampled_from(["new", "user_files", "user_files_overwrite"]))
+def test_failed_conversion_leaves_no_output(case, out_state):
+    """The whole Vim converter (file in, folder out): a broken checkpoint fails before anything is written, and an
+    existing folder with user files is refused (or, with overwrite, kept as it was when the conversion fails)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from ssmvl.conversion import convert_vim_to_hf as conv
+
+    sd, named, must_fail = case
+    config, _, _ = original_state_dict("vim")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tensors = {k: v.contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        save_file(tensors, str(tmp / "ckpt.safetensors"))
+        variant = tmp / "tiny.json"
+        variant.write_text(json.dumps({k: v for k, v in config.to_dict().items()
+                                       if k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers",
+                                                "state_size")}))
+        out = tmp / "out"
+        if out_state != "new":
+            out.mkdir()
+            (out / "notes.txt").write_text("mine")
+            (out / "config.json").write_text("{\"mine\": true}")
+        original = original_state_dict("vim")[1]
+        broken = tensors.keys() != original.keys() or any(v.shape != original[k].shape for k, v in tensors.items())
+        _, err = outcome(lambda: conv.convert(str(tmp / "ckpt.safetensors"), str(variant), str(out),
+                                               overwrite=out_state == "user_files_overwrite"),
+                         "out", "Output folder", "overwrite", *[n for n in named if n], "Checkpoint", "checkpoint")
+        leftovers = [p.name for p in tmp.iterdir() if ".converting-" in p.name]
+        assert not leftovers, f"staging folders left behind: {leftovers}"
+        if out_state == "user_files":
+            assert err is not None, "wrote into a folder with user files without overwrite"
+        if err is not None and out_state != "new":  # the user's files are as they were
+            assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "config.json").read_text())
+        if err is not None and out_state == "new":
+            assert not out.exists(), "a failed conversion left an output folder"
+        if err is None:
+            assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+            assert not (out / "notes.txt").exists()  # overwrite=True replaced the folder, as documented
+        if broken and out_state != "user_files":
+            assert err is not None
+    RUNS["converter_vim_folder/" + ("error" if err is not None else "converted")] += 1
