@@ -1,11 +1,11 @@
 """The ``ssmvl`` console script.
 
     ssmvl demo [--out DIR] [--quick]                       the main job (training/main_job.py)
-    ssmvl train-lm --out DIR [--steps N] [--lora] [--resume [CKPT]]
+    ssmvl train-lm --out DIR [--steps N] [--lora] [--resume [CKPT]] [--bf16]
     ssmvl train-image --model vim-digits|vmamba-digits|vim-tiny|vmamba-tiny|CONFIG.json|DIR --data digits
                       [--shift invert|rotate] [--epochs N] [--max-steps N] [--save-steps N] [--lora] --out DIR
-                      [--resume [CKPT]]
-    ssmvl train-video --out DIR [--steps N] [--keep-ratio R] [--frames T]   STORM on the moving shapes clips
+                      [--resume [CKPT]] [--bf16]
+    ssmvl train-video --out DIR [--steps N] [--keep-ratio R] [--frames T] [--bf16]   STORM on moving shapes clips
     ssmvl train-video-qa --out DIR [--stage1-steps N] [--stage2-steps N]     STORM tower -> Mamba LM answers questions
     ssmvl convert-mamba|convert-vim|convert-vmamba ...     -> ssmvl.conversion.convert_*_to_hf.main(argv)
     ssmvl push DIR REPO_ID ...                             -> ssmvl.conversion.hub.main_push(argv)
@@ -36,6 +36,12 @@ TRAIN_COMMANDS = ("train-lm", "train-image", "train-video")
 def _resume_arg(parser):
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
                         help="resume from a Trainer checkpoint (no value: the last complete one in OUT/checkpoints)")
+
+
+def _precision_arg(parser):
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 mixed precision (Trainer bf16=True: autocast, float32 weights and optimizer; "
+                             "a GPU with bfloat16, or the CPU)")
 
 
 def _launch_arg(parser):
@@ -70,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-steps", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
+    _precision_arg(p)
     _launch_arg(p)
 
     p = sub.add_parser("train-image", help="train an image classifier with Trainer (+ LoRA)")
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=None)
     _resume_arg(p)
+    _precision_arg(p)
     _launch_arg(p)
 
     p = sub.add_parser("train-video", help="train a small STORM video classifier on generated moving shapes clips "
@@ -109,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    _precision_arg(p)
     _launch_arg(p)
 
     p = sub.add_parser("train-video-qa", help="the combined video pipeline on generated moving shapes clips: align a "
@@ -195,7 +204,7 @@ def _cmd_train_image(args):
     metrics = train_image_classifier(model_or_config, data["train"], data["test"], args.out, epochs=epochs, lr=lr,
                                      batch_size=args.batch_size, lora=lora, resume_from_checkpoint=args.resume,
                                      image_processor=processor, max_steps=args.max_steps, save_steps=args.save_steps,
-                                     save_total_limit=args.save_total_limit, seed=args.seed)
+                                     save_total_limit=args.save_total_limit, seed=args.seed, bf16=args.bf16)
     _print_main(json.dumps(dict(metrics), indent=2))
     return 0
 
@@ -223,7 +232,7 @@ def _cmd_train_video(args):
                                    labels=train)
     metrics = train_video_classifier(model, video_processor_for(model.config), train, args.out, max_steps=args.steps,
                                      lr=args.lr, batch_size=args.batch_size, seed=args.seed, eval_ds=test,
-                                     save_strategy="no")
+                                     save_strategy="no", bf16=args.bf16)
     _print_main(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2))
     return 0
 
@@ -251,7 +260,7 @@ def _cmd_train_lm(args):
     print(f"[ssmvl] torch threads: {configure_cpu_threads(args.threads)}")
     result = lm_step(args.out, steps=args.steps, lr=args.lr, batch_size=args.batch_size, block_size=args.block_size,
                      vocab_size=args.vocab_size, model=args.model, lora_only=args.lora, lora_r=args.lora_r,
-                     lora_steps=args.lora_steps, save_steps=args.save_steps, resume=args.resume)
+                     lora_steps=args.lora_steps, save_steps=args.save_steps, resume=args.resume, bf16=args.bf16)
     _print_main(json.dumps({k: v for k, v in result.items() if not isinstance(v, str) or len(v) < 300}, indent=2))
     return 0
 

@@ -57,11 +57,11 @@ def banner(title: str):
 def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, block_size: int = 128,
             vocab_size: int = 1024, model: Optional[str] = None, lora_only: bool = False, lora_r: int = 4,
             lora_steps: int = 80, lora_lr: float = 5e-3, save_steps: int = 100, resume=None,
-            prompt: str = LM_PROMPT, progress: bool = True) -> Dict[str, Any]:
+            prompt: str = LM_PROMPT, progress: bool = True, bf16: bool = False) -> Dict[str, Any]:
     """Trains the base LM on stdlib docstrings (``OUT/mamba-lm``) and a LoRA adaptation to the scikit-learn dataset
     descriptions (``OUT/mamba-lm-sklearn-lora``: merged model + ``adapter/``). ``model``: a config JSON or a model
     folder to start from (default: the tiny ``LM_MODEL``); ``lora_only``: skip the base training (``model`` must be a
-    trained folder)."""
+    trained folder); ``bf16``: bfloat16 mixed precision for both trainings (``training_arguments``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,6 +91,8 @@ def lm_step(out_dir, steps: int = 240, lr: float = 3e-3, batch_size: int = 8, bl
         f"{len(base_data['test'])} eval blocks of {block_size} tokens; scikit-learn descriptions: "
         f"{sum(map(len, sklearn_docs)):,} chars -> {len(lora_data['train'])} / {len(lora_data['test'])} blocks")
     extra = {} if progress else {"disable_tqdm": True}
+    if bf16:
+        extra["bf16"] = True
 
     if lora_only:
         if model is None:

@@ -82,10 +82,17 @@ def training_arguments(output_dir: Union[str, Path], epochs: float = 1.0, lr: fl
                        max_steps: int = -1, eval_strategy: str = "epoch", save_strategy: str = "epoch",
                        save_steps: Optional[int] = None, logging_steps: int = 10, warmup_ratio: float = 0.0,
                        weight_decay: float = 0.0, lr_scheduler_type: str = "cosine", seed: int = 0,
-                       save_total_limit: Optional[int] = 1, eval_batch_size: Optional[int] = None, **extra):
+                       save_total_limit: Optional[int] = 1, eval_batch_size: Optional[int] = None,
+                       bf16: bool = False, **extra):
     """``TrainingArguments`` with the recipe defaults: no reporting integrations, progress bars on, safetensors,
-    ``use_cpu`` without CUDA, checkpoints every epoch (keeping ``save_total_limit``)."""
+    ``use_cpu`` without CUDA, checkpoints every epoch (keeping ``save_total_limit``). ``bf16``: bfloat16 mixed
+    precision (Trainer's ``bf16=True``: the forward and backward under ``torch.autocast(bfloat16)``, weights, optimizer
+    states and the SSM state in float32), on a GPU with bfloat16 (Ampere or newer) or on the CPU."""
     from transformers import TrainingArguments
+
+    if bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bf16=True needs a GPU with bfloat16 support (Ampere or newer); "
+                         f"{torch.cuda.get_device_name(0)} has none. Train in float32 (bf16=False) instead.")
 
     kwargs = dict(
         output_dir=str(output_dir),
@@ -109,6 +116,7 @@ def training_arguments(output_dir: Union[str, Path], epochs: float = 1.0, lr: fl
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         label_names=["labels"],
+        bf16=bool(bf16),
     )
     if save_steps is not None:
         kwargs["save_steps"] = save_steps
