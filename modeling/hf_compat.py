@@ -19,11 +19,15 @@ detected here by feature, once, and nowhere else:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from transformers import initialization as _hf_init
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # The transformers releases these files support (pyproject.toml says the same; a test checks) and the oldest and newest
 # that the test suite ran against (`make test-oldest`, `make test-latest` / the lock). Model cards quote both.
@@ -81,6 +85,36 @@ def set_auto_map(model, classes: dict) -> None:
     auto_map = dict(getattr(model.config, "auto_map", None) or {})
     auto_map.update({auto: f"{module}.{name}" for auto, name in classes.items()})
     model.config.auto_map = auto_map
+
+
+def _files(folder) -> dict:
+    """{name: (size, mtime_ns)} of the files directly in ``folder`` ({} when it does not exist)."""
+    if not os.path.isdir(folder):
+        return {}
+    out = {}
+    for entry in os.scandir(folder):
+        if entry.is_file():
+            stat = entry.stat()
+            out[entry.name] = (stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+class NamesReplacedFilesMixin:
+    """``save_pretrained`` into a folder that already holds files: transformers writes its files over same-named ones
+    (config.json, model.safetensors, the modeling .py files, README.md from a card) and deletes stale weight shards
+    (``model-0000i-of-0000n.safetensors``), without a word. With this mixin first in a model's bases the save is the
+    same, but every file that was there before and was rewritten or removed is named in one warning, so a user's own
+    file is never replaced silently."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        before = _files(save_directory)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        after = _files(save_directory)
+        replaced = sorted(name for name, stat in before.items() if after.get(name) != stat)
+        if replaced:
+            logger.warning(f"save_pretrained replaced {len(replaced)} file(s) that were already in {save_directory}: "
+                           f"{', '.join(replaced)}. Save into an empty folder to keep other files apart.")
+        return result
 
 
 def new_token_count(next_sequence_length: Optional[int] = None,

@@ -30,7 +30,7 @@ from .configuration_mamba_lm import MambaLMConfig
 from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
 from .configuration_vmamba import VMambaConfig
-from .hf_compat import init, set_auto_map
+from .hf_compat import NamesReplacedFilesMixin, init, set_auto_map
 from .modeling_mamba_lm import MambaLMModel
 from .modeling_storm import StormModel
 from .modeling_vim import VimModel
@@ -148,7 +148,7 @@ def pool_text(hidden: torch.Tensor, attention_mask: Optional[torch.Tensor], how:
 # ---------------------------------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------------------------------
-class SigLipDualEncoderPreTrainedModel(PreTrainedModel):
+class SigLipDualEncoderPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     config_class = SigLipDualEncoderConfig
     base_model_prefix = "dual_encoder"
     main_input_name = "input_ids"

@@ -12,7 +12,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
-from .hf_compat import CACHE_NAME, cache_output, new_token_count, pop_cache
+from .hf_compat import CACHE_NAME, NamesReplacedFilesMixin, cache_output, new_token_count, pop_cache
 from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, init
 
 
@@ -59,7 +59,7 @@ class MambaLMCausalLMOutput(ModelOutput):
     hidden_states: Optional[Tuple[torch.FloatTensor, ...]] = None
 
 
-class MambaLMPreTrainedModel(PreTrainedModel):
+class MambaLMPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     config_class = MambaLMConfig
     base_model_prefix = "backbone"
     main_input_name = "input_ids"

@@ -32,7 +32,9 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.utils import ModelOutput, logging
 
 from .configuration_ssm_vlm import SsmVlmConfig, _side
-from .hf_compat import CACHE_NAME, cache_output, init, new_token_count, pop_cache, set_auto_map
+from .hf_compat import (
+    CACHE_NAME, NamesReplacedFilesMixin, cache_output, init, new_token_count, pop_cache, set_auto_map,
+)
 from .modeling_mamba_lm import MambaLMForCausalLM
 from .modeling_storm import StormModel
 from .modeling_vim import VimModel
@@ -117,7 +119,7 @@ def build_decoder(text_config) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(text_config)
 
 
-class SsmVlmPreTrainedModel(PreTrainedModel):
+class SsmVlmPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     config_class = SsmVlmConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

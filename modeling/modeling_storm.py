@@ -32,7 +32,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
 from .configuration_storm import FRAME_ENCODER_PREFIX_TOKENS, StormConfig, _pair, num_kept
-from .hf_compat import set_auto_map
+from .hf_compat import NamesReplacedFilesMixin, set_auto_map
 from .modeling_vim import VimPatchEmbeddings, resample_pos_embed
 from .ssm_layers import GradientCheckpointingLayer, MambaBlock, MambaMixer, RMSNorm, check_pixel_values, init
 
@@ -182,7 +182,7 @@ class StormBlock(GradientCheckpointingLayer):
         return sequence[:, num_memory:], memory, positions
 
 
-class StormPreTrainedModel(PreTrainedModel):
+class StormPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     config_class = StormConfig
     base_model_prefix = "storm"
     main_input_name = "pixel_values"

@@ -28,12 +28,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import logging
 
 from .configuration_vim import VimConfig
+from .hf_compat import NamesReplacedFilesMixin
 from .ssm_layers import GradientCheckpointingLayer, MambaMixer, RMSNorm, check_pixel_values, init
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
     from .config_checks import check_int  # noqa: F401
-    from .hf_compat import CACHE_NAME  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
 
@@ -124,7 +124,7 @@ class VimBlock(GradientCheckpointingLayer):
         return hidden_states, residual
 
 
-class VimPreTrainedModel(PreTrainedModel):
+class VimPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     config_class = VimConfig
     base_model_prefix = "vim"
     main_input_name = "pixel_values"

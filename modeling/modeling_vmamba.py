@@ -46,13 +46,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import logging
 
 from .configuration_vmamba import VMambaConfig, parse_forward_type
+from .hf_compat import NamesReplacedFilesMixin
 from .ssm_layers import GradientCheckpointingLayer, check_pixel_values, init
 from .ssm_ops import selective_scan
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
     from .config_checks import check_int  # noqa: F401
-    from .hf_compat import CACHE_NAME  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
 
@@ -321,7 +321,7 @@ class VMambaStage(nn.Module):
             self.downsample = VMambaDownsample(config, dim, config.hidden_sizes[stage + 1])
 
 
-class VMambaPreTrainedModel(PreTrainedModel):
+class VMambaPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     config_class = VMambaConfig
     base_model_prefix = "vmamba"
     main_input_name = "pixel_values"

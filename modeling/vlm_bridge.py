@@ -78,7 +78,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, logging
 
-from .hf_compat import cache_output, init, pop_cache
+from .hf_compat import NamesReplacedFilesMixin, cache_output, init, pop_cache
 from .ssm_layers import GradientCheckpointingLayer, MambaBlock, MambaMixer, RMSNorm
 
 
@@ -639,7 +639,7 @@ class BridgeDecoderConfig(_BridgeTransformerConfig):
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
-class _BridgePreTrainedModel(PreTrainedModel):
+class _BridgePreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["BridgeBlock"]
     _supports_sdpa = True

@@ -727,3 +727,48 @@ def test_failed_conversion_leaves_no_output(case, out_state):
         if broken and out_state != "user_files":
             assert err is not None
     RUNS["converter_vim_folder/" + ("error" if err is not None else "converted")] += 1
+
+
+# =====================================================================================================================
+# save_pretrained into a folder that already holds the user's files: what the save does not write is kept as it was,
+# and a file it replaces (or removes) is named in a warning, never replaced silently
+# =====================================================================================================================
+USER_FILES = ["notes.txt", "README.md", "config.json", "model.safetensors", "modeling_vim.py", "ssm_ops.py",
+              "generation_config.json", "train.log", "model-00001-of-00002.safetensors", "data.csv", "ünïcode.txt",
+              ".hidden", "preprocessor_config.json"]
+
+
+@fuzz(30)
+@given(st.sampled_from(["vim", "mamba_lm", "storm_image"]),
+       st.lists(st.sampled_from(USER_FILES), min_size=1, max_size=5, unique=True),
+       st.booleans())
+def test_save_pretrained_never_replaces_user_files_silently(name, user_files, saved_before):
+    import logging
+    import tempfile
+
+    model = tiny(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        if saved_before:  # a model saved here earlier, then the user's files next to it
+            model.save_pretrained(folder)
+        folder.mkdir(exist_ok=True)
+        for i, file in enumerate(user_files):
+            (folder / file).write_bytes(f"user file {i}".encode())
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        loggers = [logging.getLogger(n) for n in ("ssmvl", "transformers_modules", "")]
+        for lg in loggers:
+            lg.addHandler(handler)
+        try:
+            model.save_pretrained(folder)
+        finally:
+            for lg in loggers:
+                lg.removeHandler(handler)
+        warned = " ".join(r.getMessage() for r in records if r.levelno >= logging.WARNING)
+        for i, file in enumerate(user_files):
+            path = folder / file
+            kept = path.is_file() and path.read_bytes() == f"user file {i}".encode()
+            assert kept or file in warned, f"{name}: save_pretrained replaced the user's {file} without a warning"
+        assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    RUNS[f"save_pretrained_{name}"] += 1
