@@ -120,7 +120,7 @@ def _check_config(cls, kwargs, build_and_run):
     return "valid"
 
 
-@fuzz(60)
+@fuzz(100)
 @given(kwargs_of({
     "image_size": st.sampled_from([8, 16, 24]), "patch_size": st.sampled_from([4, 8]),
     "num_channels": st.sampled_from([1, 3]), "hidden_size": st.sampled_from([8, 16]),
@@ -149,7 +149,7 @@ def test_vim_config(kwargs):
     RUNS["config_vim/" + _check_config(VimConfig, kwargs, run)] += 1
 
 
-@fuzz(60)
+@fuzz(100)
 @given(kwargs_of({
     "vocab_size": st.integers(1, 40), "hidden_size": st.sampled_from([4, 8, 16]),
     "num_hidden_layers": st.integers(1, 2), "state_size": SMALL_INT,
@@ -174,7 +174,7 @@ def test_mamba_lm_config(kwargs):
     RUNS["config_mamba_lm/" + _check_config(MambaLMConfig, kwargs, run)] += 1
 
 
-@fuzz(40)
+@fuzz(60)
 @given(kwargs_of({
     "image_size": st.sampled_from([16, 32]), "patch_size": st.sampled_from([2, 4]),
     "embed_dim": st.sampled_from([4, 8]), "depths": st.one_of(st.lists(st.integers(1, 2), max_size=3),
@@ -201,7 +201,7 @@ def test_vmamba_config(kwargs):
     RUNS["config_vmamba/" + _check_config(VMambaConfig, kwargs, run)] += 1
 
 
-@fuzz(40)
+@fuzz(60)
 @given(kwargs_of({
     "image_size": st.sampled_from([8, 16]), "patch_size": st.sampled_from([4, 8]),
     "hidden_size": st.sampled_from([8, 16]), "num_hidden_layers": st.integers(1, 3),
@@ -232,7 +232,7 @@ TINY_VIM = dict(model_type="ssmvl_vim", image_size=16, patch_size=8, hidden_size
 TINY_MAMBA = dict(model_type="ssmvl_mamba", vocab_size=16, hidden_size=8, num_hidden_layers=1, state_size=2)
 
 
-@fuzz(40)
+@fuzz(60)
 @given(kwargs_of({
     "projection_dim": st.sampled_from([4, 8]),
     "loss_type": st.sampled_from(["sigmoid", "softmax", "clip", "hinge"]),
@@ -260,7 +260,7 @@ def test_dual_encoder_config(kwargs):
     RUNS["config_dual_encoder/" + _check_config(SigLipDualEncoderConfig, kwargs, run)] += 1
 
 
-@fuzz(40)
+@fuzz(60)
 @given(kwargs_of({
     "projector_type": st.sampled_from(["mlp", "resampler", "ssm_bridge", "bridger_ffn", "patch_linear",
                                                   "linear"]),
@@ -380,19 +380,19 @@ def _check_vision_forward(name, x, interpolate, video=False):
     return "output"
 
 
-@fuzz(80)
+@fuzz(150)
 @given(pixels(), st.sampled_from(["vim", "vmamba", "storm_image"]), st.booleans())
 def test_image_forward(x, name, interpolate):
     RUNS[f"forward_{name}/" + _check_vision_forward(name, x, interpolate)] += 1
 
 
-@fuzz(30)
+@fuzz(50)
 @given(pixels(video=True), st.booleans())
 def test_video_forward(x, interpolate):
     RUNS["forward_storm_video/" + _check_vision_forward("storm_video", x, interpolate, video=True)] += 1
 
 
-@fuzz(80)
+@fuzz(150)
 @given(st.data())
 def test_language_model_forward(data):
     model = tiny("mamba_lm")
@@ -479,7 +479,7 @@ def videos(draw):
     return frame_list
 
 
-@fuzz(120)
+@fuzz(200)
 @given(videos(), st.sampled_from([{}, {"num_frames": 2}, {"num_frames": 0}, {"fps": 1.0, "video_fps": 4.0},
                                   {"fps": 2.0}, {"do_sample_frames": False}, {"size": 0}, {"size": (8, 6)},
                                   {"image_mean": [0.5, 0.5]}, {"rescale_factor": "x"}, {"resample": None},
@@ -538,7 +538,7 @@ def vlm_images(draw):
     return [images[:1], images[1:]] if kind == "nested" else images
 
 
-@fuzz(120)
+@fuzz(200)
 @given(st.one_of(TEXT, st.lists(TEXT, min_size=0, max_size=3), st.just(None), st.just(3)), vlm_images(),
        st.sampled_from([4, 0]))
 def test_vlm_processor(text, images, num_image_tokens):
@@ -665,7 +665,7 @@ def mutated_state_dict(draw, name):
     return sd, named, must_fail
 
 
-@fuzz(40)
+@fuzz(80)
 @given(st.sampled_from(["vim", "mamba", "vmamba", "ssm_bridge"]).flatmap(
     lambda name: st.tuples(st.just(name), mutated_state_dict(name))))
 def test_converters_name_the_keys(case):
@@ -682,7 +682,7 @@ def test_converters_name_the_keys(case):
     RUNS[f"converter_{name}/" + ("error" if err is not None else "converted")] += 1
 
 
-@fuzz(12)
+@fuzz(20)
 @given(mutated_state_dict("vim"), st.sampled_from(["new", "user_files", "user_files_overwrite"]))
 def test_failed_conversion_leaves_no_output(case, out_state):
     """The whole Vim converter (file in, folder out): a broken checkpoint fails before anything is written, and an
@@ -738,7 +738,7 @@ USER_FILES = ["notes.txt", "README.md", "config.json", "model.safetensors", "mod
               ".hidden", "preprocessor_config.json"]
 
 
-@fuzz(30)
+@fuzz(40)
 @given(st.sampled_from(["vim", "mamba_lm", "storm_image"]),
        st.lists(st.sampled_from(USER_FILES), min_size=1, max_size=5, unique=True),
        st.booleans())
