@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -92,7 +93,22 @@ class SsmVlmProcessor(ProcessorMixin):
             data.update(encoded)
         if flat_images:
             self._check_finite(flat_images)
-            data.update(self.image_processor(flat_images, return_tensors=return_tensors, **(images_kwargs or {})))
+            images_kwargs = dict(images_kwargs or {})
+            if videos is None and all(isinstance(im, Image.Image) for im in flat_images):
+                # PIL images are channels-last: say so, or transformers (5.0) guesses from the shape and takes a
+                # 1- or 3-pixel-high image for a channels-first one
+                images_kwargs.setdefault("input_data_format", "channels_last")
+            try:
+                data.update(self.image_processor(flat_images, return_tensors=return_tensors, **images_kwargs))
+            except (ValueError, TypeError) as err:
+                if videos is not None:  # the video processor's own errors name the video and frame already
+                    raise
+                raise ValueError(
+                    f"{type(self.image_processor).__name__} could not process the {len(flat_images)} image(s): {err} "
+                    "Images are RGB PIL images, or arrays / tensors the image processor reads; for an array whose "
+                    "layout it cannot tell (e.g. 1 or 3 pixels high), pass images_kwargs={'input_data_format': "
+                    "'channels_last'} (H, W, C) or 'channels_first' (C, H, W)."
+                ) from err
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     @staticmethod
