@@ -202,21 +202,28 @@ def run(args) -> dict:
 
     rank, world = _world()
     on_gpu = torch.cuda.is_available()
-    per_device = args.per_device_batch or max(1, args.global_batch // world)
-    if args.per_device_batch is None and args.global_batch % world:
-        raise ValueError(f"--global-batch {args.global_batch} does not split over {world} processes")
+    accum = args.grad_accum
+    per_device = args.per_device_batch or max(1, args.global_batch // (world * accum))
+    if args.per_device_batch is None and args.global_batch % (world * accum):
+        raise ValueError(f"--global-batch {args.global_batch} does not split over {world} processes x {accum} "
+                         "accumulation steps")
     clock = StepClock()
-    common = dict(bf16=on_gpu and not args.fp32, dataloader_num_workers=args.workers if on_gpu else 0,
+    workers = args.workers if on_gpu else 0
+    common = dict(bf16=on_gpu and not args.fp32, dataloader_num_workers=workers,
+                  # the digits are 5.6 steps an epoch at 256: workers respawned at every epoch cost a stall each
+                  dataloader_persistent_workers=workers > 0,
                   # every Vim parameter gets a gradient; a VLM leaves the tower's layers after
                   # vision_feature_layer unused (cobra-style: SigLIP's last layer), which DDP must be told
-                  ddp_find_unused_parameters=args.model.startswith("vlm:"), disable_tqdm=True, report_to="none")
+                  ddp_find_unused_parameters=args.model.startswith("vlm:"), disable_tqdm=True, report_to="none",
+                  gradient_accumulation_steps=accum)
     if args.gradient_checkpointing:  # transformers 5.24 renamed it (the old name warns); 5.0 has only the old one
         from ssmvl.training.recipes import _training_argument_names
 
         names = _training_argument_names()
         common["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = True
     out_dir = Path(args.work) / f"rank-shared-{args.label or 'run'}"
-    record = dict(model=args.model, world_size=world, per_device_batch=per_device, global_batch=per_device * world,
+    record = dict(model=args.model, world_size=world, per_device_batch=per_device, gradient_accumulation_steps=accum,
+                  global_batch=per_device * world * accum,
                   steps=args.steps, warmup_steps_excluded=args.warmup, bf16=common["bf16"], fsdp=fsdp_enabled(),
                   gradient_checkpointing=args.gradient_checkpointing, tiny=args.tiny)
     torch.manual_seed(args.seed)
@@ -227,7 +234,8 @@ def run(args) -> dict:
         from ssmvl.training.vlm_presets import vlm_preset
 
         config = vlm_preset(args.model.split(":", 1)[1], size="tiny" if args.tiny else "real")
-        data = SyntheticVlmBatches(config, rows=per_device * world * (args.steps + 1), text_tokens=args.text_tokens)
+        data = SyntheticVlmBatches(config, rows=per_device * world * accum * (args.steps + 1),
+                                   text_tokens=args.text_tokens)
         t0 = time.perf_counter()
         model = SsmVlmForConditionalGeneration(config)
         record.update(params=sum(p.numel() for p in model.parameters()), build_s=time.perf_counter() - t0,
@@ -264,7 +272,7 @@ def run(args) -> dict:
             record["final_eval_accuracy"] = result["eval_accuracy"]
         unit = "images"
     intervals = clock.intervals(args.warmup)
-    global_batch = per_device * world
+    global_batch = per_device * world * accum
     record[f"{unit}_per_s"] = global_batch * len(intervals) / sum(intervals) if intervals else None
     record["step_ms_median"] = 1e3 * statistics.median(intervals) if intervals else None
     record["timed_steps"] = len(intervals)
@@ -280,9 +288,11 @@ def compare(paths):
     a, b = (json.loads(Path(p).read_text()) for p in paths)
     key = "images_per_s" if a.get("images_per_s") else "sequences_per_s"
     for path, r in zip(paths, (a, b)):
-        print(f"{path}: {r['world_size']} process(es), {r[key]:.1f} {key}, peak MiB per rank "
-              f"{r['peak_memory_mib_per_rank']}")
-    print(f"speed-up {b[key] / a[key]:.2f}x")
+        speed = f"{r[key]:.1f} {key}" if r.get(key) else "no timed steps (--steps <= --warmup)"
+        print(f"{path}: {r['world_size']} process(es), {speed}, peak MiB per rank {r['peak_memory_mib_per_rank']}")
+    if a.get(key) and b.get(key):
+        print(f"speed-up {b[key] / a[key]:.2f}x (by median step time "
+              f"{b['global_batch'] * a['step_ms_median'] / (a['global_batch'] * b['step_ms_median']):.2f}x)")
     for name in ("eval_history", "loss_history"):
         pa, pb = dict(map(tuple, a.get(name, []))), dict(map(tuple, b.get(name, [])))
         common = sorted(set(pa) & set(pb))
@@ -301,6 +311,9 @@ def main(argv=None):
     parser.add_argument("--global-batch", type=int, default=None,
                         help="split over the processes (default 256 for Vim, 8 for a VLM preset)")
     parser.add_argument("--per-device-batch", type=int, default=None, help="fix the per-GPU batch instead")
+    parser.add_argument("--grad-accum", type=int, default=1,
+                        help="gradient accumulation steps: one GPU at the per-GPU batch of an N-GPU run with N "
+                             "accumulation steps has the same global batch, so the same trajectory")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the images/s (compilation, "
