@@ -98,6 +98,22 @@ def test_both_stages_lower_their_loss_and_stage2_starts_from_the_stage1_tower(to
     assert not any("lora" in k for k in stage2.model.state_dict())  # merged: a plain model was saved
 
 
+def test_stage2_with_a_trainable_tower_trains_it_beside_lora(tokenizer, data, tmp_path):
+    """freeze_tower=False with LoRA: the tower is trained in full (PEFT's modules_to_save) and merged back into a plain
+    model whose keys are the base model's."""
+    train, _ = data
+    torch.manual_seed(0)
+    model = storm_video_vlm(tokenizer, tower_config=tiny_tower(), hidden=32, layers=1)
+    keys = set(model.state_dict())
+    tower = {k: v.clone() for k, v in model.model.vision_tower.state_dict().items()}
+    stage2 = train_video_qa(model, video_vlm_processor(model, tokenizer), train, tmp_path / "s2", max_steps=3, lr=1e-2,
+                            batch_size=8, lora_r=4, freeze_tower=False, logging_steps=1, disable_tqdm=True)
+    assert all(np.isfinite(stage2["loss_history"]))
+    after = stage2.model.model.vision_tower.state_dict()
+    assert any(not torch.equal(after[k], tower[k]) for k in tower)  # the tower was trained
+    assert set(stage2.model.state_dict()) == keys  # no lora_ / modules_to_save copies left
+
+
 def test_pipeline_reports_and_its_saved_model_loads_without_ssmvl(tokenizer, data, tmp_path):
     train, test = data
     report = train_video_qa_pipeline(tmp_path / "run", train, test, tokenizer=tokenizer, tower_config=tiny_tower(),

@@ -36,15 +36,16 @@ CAPTION_QUESTION = "what is there?"  # stage 2's caption rows: this question, th
 # models and processors
 # ---------------------------------------------------------------------------------------------------------------------
 def storm_video_tower_config(num_frames: int = 4, image_size: int = 32, patch_size: int = 8, hidden: int = 64,
-                             layers: int = 1, keep_ratio: float = 0.5, temporal_pool: int = 2, frame_layers: int = 1,
+                             layers: int = 1, keep_ratio: float = 1.0, temporal_pool: int = 4, frame_layers: int = 1,
                              temporal_layers: int = 1, num_memory_tokens: int = 4, state_size: int = 8,
                              conv_kernel: Optional[int] = None, **config_kwargs):
     """A small ``StormConfig`` for the moving shapes clips: ``num_frames`` frames of ``image_size`` px cut into
     ``patch_size`` px patches; ``frame_layers`` Mamba blocks per frame and ``temporal_layers`` over all frames, then
     temporal pooling of ``temporal_pool`` frames and ``layers`` STORM blocks whose first keeps ``keep_ratio`` of the
     tokens. ``conv_kernel`` defaults to a frame of tokens plus one (as ``video.storm_video_classifier``: the temporal
-    conv then reaches the same patch of the previous frame). Defaults: 4 frames x 16 patches = 64 tokens -> pooled to
-    32 -> 16 kept tokens per clip."""
+    conv then reaches the same patch of the previous frame). Defaults: 4 frames x 16 patches = 64 tokens -> the 4 frames
+    pooled into one after the temporal layer -> 16 tokens per clip; no retention (``keep_ratio`` 1.0): at this size an
+    untrained top-k scorer drops object tokens (benchmarks/README.md, video QA)."""
     from ..modeling.configuration_storm import StormConfig
 
     if conv_kernel is None:
@@ -141,12 +142,15 @@ def decoder_lora_targets(model) -> list:
 
 
 def video_qa_lora_config(model, r: int = 16, alpha: Optional[int] = None, train_projector: bool = True,
-                         modules_to_save: Sequence[str] = ()):
+                         train_tower: bool = False, modules_to_save: Sequence[str] = ()):
     """``peft.LoraConfig`` for stage 2: LoRA of rank ``r`` on the decoder's SSM projections; the projector trained in
-    full (``modules_to_save``) when ``train_projector``, plus any ``modules_to_save`` given."""
+    full (``modules_to_save``) when ``train_projector``, the video tower too when ``train_tower`` (PEFT freezes every
+    base weight that is not in ``modules_to_save``), plus any ``modules_to_save`` given."""
     from .lora import lora_config_for
 
-    save = (["projector"] if train_projector else []) + list(modules_to_save)
+    save = ["projector"] if train_projector else []
+    save += ["vision_tower"] if train_tower else []
+    save += list(modules_to_save)
     return lora_config_for(model, r=r, alpha=2 * r if alpha is None else alpha,
                            target_modules=decoder_lora_targets(model), modules_to_save=save or None)
 
@@ -193,7 +197,7 @@ def with_caption_rows(qa_ds, question: str = CAPTION_QUESTION):
 # stages
 # ---------------------------------------------------------------------------------------------------------------------
 def align_video_tower(dual, processor, train_clips, out_dir: Union[str, Path], eval_clips=None, max_steps: int = 600,
-                      lr: float = 3e-3, batch_size: int = 64, seed: int = 0, logging_steps: int = 50,
+                      lr: float = 3e-3, batch_size: int = 32, seed: int = 0, logging_steps: int = 50,
                       save: bool = True, **training_kwargs) -> RecipeResult:
     """Stage 1: ``train_dual_encoder`` on (``video``, ``caption``) rows (sigmoid loss), then video -> caption and
     caption -> video retrieval on ``eval_clips`` (one clip per distinct caption). Returns its metrics (``eval_``
@@ -211,7 +215,7 @@ def align_video_tower(dual, processor, train_clips, out_dir: Union[str, Path], e
     return result
 
 
-def train_video_qa(model, processor, train_qa, out_dir: Union[str, Path], eval_qa=None, max_steps: int = 1500,
+def train_video_qa(model, processor, train_qa, out_dir: Union[str, Path], eval_qa=None, max_steps: int = 3500,
                    lr: float = 3e-3, batch_size: int = 32, lora_r: Optional[int] = 16, freeze_tower: bool = True,
                    seed: int = 0, logging_steps: int = 50, **training_kwargs) -> RecipeResult:
     """Stage 2: ``vlm.train_vlm`` on (``video``, ``question``, ``answer``) rows: LoRA rank ``lora_r`` on the decoder and
@@ -220,7 +224,7 @@ def train_video_qa(model, processor, train_qa, out_dir: Union[str, Path], eval_q
     question type, ``eval_`` prefixed). The merged model and processor go to ``out_dir``."""
     from .vlm import train_vlm
 
-    lora = None if lora_r is None else video_qa_lora_config(model, r=lora_r)
+    lora = None if lora_r is None else video_qa_lora_config(model, r=lora_r, train_tower=not freeze_tower)
     result = train_vlm(model, processor, train_qa, out_dir, eval_ds=eval_qa, max_steps=max_steps, lr=lr,
                        batch_size=batch_size, lora=lora, freeze_vision=freeze_tower, seed=seed,
                        logging_steps=logging_steps, **training_kwargs)
@@ -229,8 +233,8 @@ def train_video_qa(model, processor, train_qa, out_dir: Union[str, Path], eval_q
 
 
 def train_video_qa_pipeline(out_dir: Union[str, Path], train_qa, test_qa, tokenizer=None, tower_config=None,
-                            stage1_steps: int = 600, stage1_lr: float = 3e-3, stage1_batch_size: int = 64,
-                            stage2_steps: int = 1500, stage2_lr: float = 3e-3, stage2_batch_size: int = 32,
+                            stage1_steps: int = 600, stage1_lr: float = 3e-3, stage1_batch_size: int = 32,
+                            stage2_steps: int = 3500, stage2_lr: float = 3e-3, stage2_batch_size: int = 32,
                             lora_r: Optional[int] = 16, freeze_tower: bool = True, decoder_hidden: int = 96,
                             decoder_layers: int = 3, seed: int = 0, video_tower=None, caption_rows: bool = False,
                             disable_tqdm: bool = True) -> Dict[str, Any]:
