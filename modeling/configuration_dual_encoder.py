@@ -5,7 +5,7 @@ Pre-Training") or CLIP's softmax loss (Radford et al. 2021)."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -14,6 +14,14 @@ from .configuration_mamba_lm import MambaLMConfig
 from .configuration_storm import StormConfig
 from .configuration_vim import VimConfig
 from .configuration_vmamba import VMambaConfig
+
+if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .configuration_ssm_vlm import SsmVlmConfig  # noqa: F401
+    from .hf_compat import CACHE_NAME  # noqa: F401
+    from .ssm_layers import MambaMixer  # noqa: F401
+    from .ssm_ops import resolve_backend  # noqa: F401
+    from .ssm_triton import selective_scan_triton  # noqa: F401
+    from .vlm_bridge import BridgeVisionConfig  # noqa: F401
 
 # ssmvl's own tower configs, by model_type. Built from the sibling classes (not through AutoConfig), because as remote
 # code these files run where ssmvl is not installed and its model types are not registered with AutoConfig.

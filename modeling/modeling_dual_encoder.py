@@ -44,6 +44,10 @@ if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's
     from .ssm_layers import MambaMixer  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
+    from .configuration_ssm_vlm import SsmVlmConfig  # noqa: F401
+    from .modeling_ssm_vlm import SsmVlmModel  # noqa: F401
+    from .vlm_bridge import BridgeVisionConfig  # noqa: F401
+    from .vlm_projectors import build_projector  # noqa: F401
 
 
 logger = logging.get_logger(__name__)

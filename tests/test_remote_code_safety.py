@@ -86,6 +86,30 @@ def _python_files():
         yield from sorted((ROOT / folder).rglob("*.py"))
 
 
+ENTRY_FILES = [p for p in MODELING
+               if p.stem.startswith(("configuration_", "modeling_", "processing_", "video_processing_"))]
+
+
+@pytest.mark.parametrize("path", ENTRY_FILES, ids=lambda p: p.name)
+def test_entry_file_names_every_sibling_it_needs(path):
+    """transformers 5.0 copies into its modules cache only the siblings an entry file (the config, model or processor
+    file auto_map names) imports directly, then asks for all of them recursively: an entry file must import its whole
+    closure by name (hf_compat.py), else loading it as remote code fails with FileNotFoundError under 5.0. Read with
+    transformers' own parser, so a TYPE_CHECKING import counts as it does there."""
+    from transformers.dynamic_module_utils import get_relative_imports
+
+    def direct(name):
+        return set(get_relative_imports(str(ROOT / "modeling" / f"{name}.py")))
+
+    closure, todo = set(), [path.stem]
+    while todo:
+        for name in direct(todo.pop()) - closure:
+            closure.add(name)
+            todo.append(name)
+    missing = sorted(closure - direct(path.stem) - {path.stem})
+    assert not missing, f"{path.name} imports {missing} only through other siblings: name them under TYPE_CHECKING"
+
+
 def test_every_torch_load_in_the_project_is_weights_only():
     bad = []
     for path in _python_files():
