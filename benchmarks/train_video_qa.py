@@ -1,10 +1,11 @@
 """Video question answering with the combined pipeline (issue 11) on the CPU: a STORM video tower aligned with the
 clips' captions by the sigmoid loss (stage 1), then the VLM (STORM tower -> MLP projector -> Mamba LM) tuned to answer
-questions about the clips -- LoRA on the decoder, the projector in full (stage 2) -- evaluated by greedy exact match
+questions about the clips -- the fresh decoder and the projector trained, the tower frozen (stage 2; ``--lora-r 16``:
+LoRA on the decoder instead) -- evaluated by greedy exact match
 on held-out clips (combinations of shape, colour, motion, speed, event and start cell never seen in training), overall
 and per question type (direction, speed, colour, shape, count).
 
-    python benchmarks/train_video_qa.py                          # the recipe; appends an attempt to video_qa.json
+    python benchmarks/train_video_qa.py --max-objects 1           # the recipe; appends an attempt to video_qa.json
     python benchmarks/train_video_qa.py --stage1-steps 0 --label "no stage 1"   # the ablation: a fresh tower
     python benchmarks/train_video_qa.py --merge a.json b.json    # attempts run in separate processes -> one report
 
@@ -36,8 +37,8 @@ from ssmvl.training.moving_shapes import make_moving_shapes_qa_dataset  # noqa: 
 from ssmvl.training.video_vlm import storm_video_tower_config, train_video_qa_pipeline  # noqa: E402
 
 TASK = ("moving shapes video QA (direction, speed, colour, shape, count), held-out clips, greedy exact match; "
-        "stage 1: STORM tower + Mamba text tower aligned by the sigmoid loss on captions, stage 2: VLM with LoRA on "
-        "the decoder + full projector")
+        "stage 1: STORM tower + Mamba text tower aligned by the sigmoid loss on captions, stage 2: VLM, frozen tower, "
+        "decoder (in full or LoRA, see each attempt's lora_r) + projector trained")
 
 
 def load_data(args):
@@ -121,9 +122,10 @@ def main(argv=None):
     parser.add_argument("--stage1-lr", type=float, default=3e-3)
     parser.add_argument("--stage1-batch-size", type=int, default=32)
     parser.add_argument("--stage2-steps", type=int, default=3500)
-    parser.add_argument("--stage2-lr", type=float, default=3e-3)
+    parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-batch-size", type=int, default=32)
-    parser.add_argument("--lora-r", type=int, default=16, help="0: the decoder in full instead of LoRA")
+    parser.add_argument("--lora-r", type=int, default=0,
+                        help="LoRA rank on the decoder (0: the fresh decoder trained in full, the default)")
     parser.add_argument("--caption-rows", action="store_true",
                         help="stage 2 also learns to answer 'what is there?' with each training clip's caption")
     parser.add_argument("--train-tower", action="store_true", help="stage 2 trains the tower too")

@@ -121,14 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     _launch_arg(p)
 
     p = sub.add_parser("train-video-qa", help="the combined video pipeline on generated moving shapes clips: align a "
-                       "STORM video tower with the captions (sigmoid loss), then tune the VLM (LoRA on the Mamba LM "
-                       "decoder) to answer questions; held-out exact match (training/video_vlm.py)")
+                       "STORM video tower with the captions (sigmoid loss), then tune the VLM (its fresh Mamba LM "
+                       "decoder, or LoRA on it with --lora-r) to answer questions; held-out exact match "
+                       "(training/video_vlm.py)")
     p.add_argument("--out", required=True)
     p.add_argument("--clips", type=int, default=3000, help="training clips (16 frames of 32 px), all their questions")
     p.add_argument("--test-clips", type=int, default=200)
     p.add_argument("--max-objects", type=int, default=2, help="objects per clip (1..4)")
     p.add_argument("--stage1-steps", type=int, default=600, help="caption alignment steps (0: a fresh tower)")
     p.add_argument("--stage2-steps", type=int, default=3500, help="question answering steps")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank on the decoder (default: the decoder in full)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
 
@@ -247,7 +249,7 @@ def _cmd_train_video_qa(args):
     train = make_moving_shapes_qa_dataset(args.clips, seed=args.seed, split="train", **data)
     test = make_moving_shapes_qa_dataset(args.test_clips, seed=args.seed + 1, split="test", **data)
     report = train_video_qa_pipeline(args.out, train, test, stage1_steps=args.stage1_steps,
-                                     stage2_steps=args.stage2_steps, seed=args.seed)
+                                     stage2_steps=args.stage2_steps, lora_r=args.lora_r, seed=args.seed)
     report.pop("model"), report.pop("processor")
     print(json.dumps(report, indent=2))
     return 0
