@@ -347,9 +347,8 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         `SsmCache` to continue (also accepted as `past_key_values` / `cache_params`)."""
         cache = pop_cache(cache, kwargs)
         _check_kwargs(kwargs, type(self).__name__)
-        if input_ids is not None:  # here too: a long prompt goes to the backbone in chunks
-            decoding = cache is not None and cache.get_seq_length() > 0
-            check_input_ids(input_ids, None if decoding else self.get_input_embeddings().num_embeddings)
+        if input_ids is not None:  # the form here; the id range (a device sync) once, by the backbone or below
+            check_input_ids(input_ids)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if self._can_replay_graph(input_ids, inputs_embeds, cache, labels, output_hidden_states, use_cache):
             logits = self._decode_with_cuda_graph(input_ids, cache)
@@ -360,6 +359,9 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         chunk = self.config.chunked_prefill_size
         if (chunk and seqlen > chunk and labels is None and not output_hidden_states and not torch.is_grad_enabled()
                 and (use_cache if use_cache is not None else self.config.use_cache) and not self.training):
+            if input_ids is not None and not (cache is not None and cache.get_seq_length() > 0):
+                # the backbone takes the chunks after the first for decoding steps, whose ids it does not read
+                check_input_ids(input_ids, self.get_input_embeddings().num_embeddings)
             outputs = self._chunked_prefill(input_ids, inputs_embeds, attention_mask, cache, logits_to_keep)
         else:
             outputs = self.backbone(

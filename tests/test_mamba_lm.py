@@ -219,6 +219,10 @@ def test_chunked_prefill_equals_one_pass(pair):
     assert torch.allclose(chunked, one_pass, atol=ATOL)
     assert torch.allclose(last, one_pass[:, -5:], atol=ATOL)
     assert torch.equal(chunked_tokens, tokens)
+    bad = input_ids.clone()
+    bad[0, -1] = model.config.vocab_size  # in the last chunk, which the backbone runs as a cached step
+    with torch.no_grad(), pytest.raises(ValueError, match="vocabulary"):
+        model(bad, attention_mask=mask)
 
 
 def test_cache_is_constant_in_sequence_length(pair):
