@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .hf_compat import init  # noqa: F401  (the families import it from here)
-from .ssm_ops import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from .ssm_ops import causal_conv1d, causal_conv1d_update, rms_norm, selective_scan, selective_state_update
 
 try:  # transformers >= 4.56
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -174,12 +174,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+    def forward(self, hidden_states: torch.Tensor, cast_input: bool = False) -> torch.Tensor:
+        """``cast_input``: normalise ``hidden_states.to(self.weight.dtype)`` (on a GPU at inference the cast, like the
+        whole norm, happens inside one Triton kernel)."""
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon, cast_input=cast_input)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
@@ -364,14 +362,15 @@ class MambaMixer(nn.Module):
         Updates the layer's conv and SSM states in ``cache`` in place; returns y (batch, intermediate)."""
         conv = getattr(self, f"conv1d{suffix}")
         x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
-        A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
+        A_log = getattr(self, "A_log" if suffix == "" else "A_b_log")  # (I, N); the step takes A = -exp(A_log)
         xc = causal_conv1d_update(x, cache.conv_states[idx], conv.weight, conv.bias, backend=self.ssm_backend)
         if mask is not None:  # a padding position leaves the SSM state as it is (zero input)
             xc = xc * mask[:, None].to(xc.dtype)
         dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
         delta = dt_proj(dt)  # (b, I), with its bias
-        return selective_state_update(cache.ssm_states[idx], xc, delta, A, B, C, D=getattr(self, f"D{suffix}").float(),
-                                      z=z, dt_softplus=True, backend=self.ssm_backend)
+        # x / z / B / C go in as the views they are: on a GPU the step is one kernel (no copies, no casts)
+        return selective_state_update(cache.ssm_states[idx], xc, delta, A_log, B, C, D=getattr(self, f"D{suffix}"),
+                                      z=z, dt_softplus=True, backend=self.ssm_backend, a_log=True)
 
     def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None):
         """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). With a ``cache``, the layer's states
@@ -464,7 +463,7 @@ class MambaBlock(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, cache=None, attention_mask=None):
         residual = hidden_states
-        hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
+        hidden_states = self.norm(hidden_states, cast_input=True)  # the norm of hidden_states.to(its weight's dtype)
         if self.residual_in_fp32:
             residual = residual.to(torch.float32)
         hidden_states = self.mixer(hidden_states, cache=cache, attention_mask=attention_mask)

@@ -576,9 +576,12 @@ def causal_conv1d_update(
     _check(conv_state.shape == (x.shape[0], x.shape[1], weight.shape[1]),
            f"conv_state must be (batch, dim, width)={(x.shape[0], x.shape[1], weight.shape[1])}, "
            f"got {tuple(conv_state.shape)}")
+    _check(activation in (None, "silu", "swish"), f"activation must be None or 'silu', got {activation!r}")
     name = resolve_backend(backend, x.device)
     if name == "mamba_ssm" and "causal_conv1d_update" in _load_mamba_ssm() and 2 <= weight.shape[1] <= 4:
         return _load_mamba_ssm()["causal_conv1d_update"](x, conv_state, weight, bias, activation)
+    if name == "triton" and hasattr(_load_triton(), "causal_conv1d_update_triton") and x.dtype != torch.float64:
+        return _load_triton().causal_conv1d_update_triton(x, conv_state, weight, bias, activation)
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
     conv_state[:, :, -1] = x.to(conv_state.dtype)
     y = (conv_state.to(weight.dtype) * weight).sum(-1)
@@ -600,9 +603,11 @@ def selective_state_update(
     dt_bias: Optional[torch.Tensor] = None,
     dt_softplus: bool = False,
     backend: Optional[str] = None,
+    a_log: bool = False,
 ) -> torch.Tensor:
     """One decoding step of the scan. state: (batch, dim, dstate) float32, updated in place;
-    x, dt, z: (batch, dim); B, C: (batch, dstate). Returns y: (batch, dim) in x's dtype."""
+    x, dt, z: (batch, dim); B, C: (batch, dstate). ``a_log``: A holds A_log and the step uses A = -exp(A_log) (the
+    Triton kernel computes it in place of two extra kernels a step). Returns y: (batch, dim) in x's dtype."""
     _check(x.dim() == 2 and dt.shape == x.shape, f"x and dt must be (batch, dim), got {tuple(x.shape)}, "
            f"{tuple(dt.shape)}")
     _check(state.shape == (x.shape[0], x.shape[1], A.shape[1]),
@@ -610,16 +615,18 @@ def selective_state_update(
     _check(B.shape == (x.shape[0], A.shape[1]) and C.shape == B.shape,
            f"B and C must be (batch, dstate)={(x.shape[0], A.shape[1])}, got {tuple(B.shape)}, {tuple(C.shape)}")
     name = resolve_backend(backend, x.device)
+    if name == "triton" and hasattr(_load_triton(), "selective_state_update_triton"):
+        return _load_triton().selective_state_update_triton(
+            state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, a_log=a_log
+        )
+    if a_log:
+        A = -torch.exp(A.float())
     if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm() and state.dtype == torch.float32:
         # mamba_ssm's Triton step kernel reads dt_bias unconditionally (mamba_ssm 2.3 ops/triton/selective_state_update.py)
         if dt_bias is None:
             dt_bias = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
         return _load_mamba_ssm()["selective_state_update"](
             state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
-        )
-    if name == "triton" and hasattr(_load_triton(), "selective_state_update_triton"):
-        return _load_triton().selective_state_update_triton(
-            state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
         )
     acc = state.dtype
     dt = dt.to(acc) if dt_bias is None else dt.to(acc) + dt_bias.to(acc)
@@ -634,3 +641,20 @@ def selective_state_update(
     if z is not None:
         y = y * F.silu(z.to(acc))
     return y.to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, cast_input: bool = False) -> torch.Tensor:
+    """RMSNorm of the last dimension, computed in float32: ``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``
+    (transformers' MambaRMSNorm / LlamaRMSNorm); ``cast_input``: of ``x.to(weight.dtype)``. On a GPU, outside autograd
+    and torch.compile, one Triton kernel instead of about eight element-wise ones (a decoding step runs one per layer)."""
+    if (x.is_cuda and x.dtype in _FLOAT_DTYPES[:3] and weight.dtype in _FLOAT_DTYPES[:3] and x.numel()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and not _compiling()
+            and hasattr(_load_triton(), "rms_norm_triton")
+            and x.shape[-1] <= _load_triton().RMS_NORM_MAX_COLS and weight.shape == x.shape[-1:]):
+        return _load_triton().rms_norm_triton(x, weight, eps, cast_input=cast_input)
+    if cast_input:
+        x = x.to(weight.dtype)
+    input_dtype = x.dtype
+    x = x.to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps)).to(input_dtype)

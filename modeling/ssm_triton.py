@@ -41,7 +41,7 @@ except ImportError as err:  # triton is optional: ssm_ops falls back to the torc
     raise ImportError("ssmvl's Triton selective-scan kernels need the `triton` package (pip install triton)") from err
 
 
-__all__ = ["selective_scan_triton", "selective_state_update_triton"]
+__all__ = ["selective_scan_triton", "selective_state_update_triton", "causal_conv1d_update_triton", "rms_norm_triton"]
 
 _LOG2E = 1.4426950408889634
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
@@ -776,27 +776,30 @@ def _scan_bwd_kernel(
 @triton.jit
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr,
-    dim, N, s_b, s_d, s_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    dim, N, s_b, s_d, s_n, sx_b, sx_d, sdt_b, sdt_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, A_IS_LOG: tl.constexpr,
     BLOCK_D: tl.constexpr, N_P2: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    """One decoding step for (batch b, BLOCK_D channels): the strided x / dt / z rows and B / C rows are read where
+    they lie (views of the mixer's linear outputs), A is -exp(A_log) when A_IS_LOG, D / A / bias in any float dtype."""
+    b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d < dim
     n = tl.arange(0, N_P2)
     mask_n = n < N
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    row = b.to(tl.int64) * dim + d
-    x = tl.load(x_ptr + row, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + row, mask=mask_d, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + b * sx_b + d * sx_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * sdt_b + d * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    Bv = tl.load(B_ptr + b.to(tl.int64) * N + n, mask=mask_n, other=0.0).to(tl.float32)
-    Cv = tl.load(C_ptr + b.to(tl.int64) * N + n, mask=mask_n, other=0.0).to(tl.float32)
-    s_ptrs = state_ptr + b.to(tl.int64) * s_b + d[:, None].to(tl.int64) * s_d + n[None, :] * s_n
+    if A_IS_LOG:
+        A = -tl.exp(A)
+    Bv = tl.load(B_ptr + b * sB_b + n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
+    Cv = tl.load(C_ptr + b * sC_b + n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
+    s_ptrs = state_ptr + b * s_b + d[:, None].to(tl.int64) * s_d + n[None, :] * s_n
     h = tl.load(s_ptrs, mask=mask_dn, other=0.0)
     h = tl.exp2(dt[:, None] * A * 1.4426950408889634) * h + (dt * x)[:, None] * Bv[None, :]
     tl.store(s_ptrs, h, mask=mask_dn)
@@ -804,9 +807,53 @@ def _state_update_kernel(
     if HAS_D:
         y += x * tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_ptr + row, mask=mask_d, other=0.0).to(tl.float32)
+        zz = tl.load(z_ptr + b * sz_b + d * sz_d, mask=mask_d, other=0.0).to(tl.float32)
         y = y * zz * tl.sigmoid(zz)
-    tl.store(y_ptr + row, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(y_ptr + b * dim + d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _conv_update_kernel(
+    x_ptr, s_ptr, w_ptr, bias_ptr, y_ptr, dim, W, sx_b, sx_d, ss_b, ss_d, ss_w, sw_d, sw_w,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, W_P2: tl.constexpr,
+):
+    """One decoding step of the causal depthwise conv for (batch b, BLOCK_D channels): the state window shifted left
+    by one with x appended (in place), then y = sum_j window_j w_j + bias, cast to x's dtype, then SiLU."""
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d < dim
+    j = tl.arange(0, W_P2)
+    rows = s_ptr + b * ss_b + d[:, None].to(tl.int64) * ss_d
+    older = tl.load(rows + (j[None, :] + 1) * ss_w, mask=mask_d[:, None] & (j[None, :] < W - 1), other=0.0)
+    x = tl.load(x_ptr + b * sx_b + d * sx_d, mask=mask_d, other=0.0)
+    window = tl.where(j[None, :] == W - 1, x[:, None].to(older.dtype), older)  # the state's dtype, as stored
+    tl.store(rows + j[None, :] * ss_w, window, mask=mask_d[:, None] & (j[None, :] < W))
+    w = tl.load(w_ptr + d[:, None] * sw_d + j[None, :] * sw_w, mask=mask_d[:, None] & (j[None, :] < W), other=0.0)
+    y = tl.sum(window.to(tl.float32) * w.to(tl.float32), axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    y = y.to(y_ptr.dtype.element_ty).to(tl.float32)  # the torch path rounds to x's dtype before the SiLU
+    if SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + b * dim + d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n_cols, sx_row, eps, CAST_INPUT: tl.constexpr, BLOCK: tl.constexpr):
+    """One row: y = w * (x * rsqrt(mean(x^2) + eps)) in fp32, the normalised row rounded to x's dtype before the
+    product (as RMSNorm does it in torch), y in the promoted dtype of x and w. CAST_INPUT: x is first rounded to y's
+    dtype (= w's), as ``norm(x.to(w.dtype))``."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x_raw = tl.load(x_ptr + row * sx_row + cols, mask=mask, other=0.0)
+    if CAST_INPUT:
+        x_raw = x_raw.to(y_ptr.dtype.element_ty)
+    x = x_raw.to(tl.float32)
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(x * x, axis=0) / n_cols + eps)
+    h = (x * rstd).to(x_raw.dtype).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * n_cols + cols, (w * h).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1151,25 +1198,67 @@ def selective_scan_triton(
     return (y, h_last) if return_last_state else y
 
 
-def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    """One decoding step. state (batch, dim, N) float32, updated in place; x, dt, z (batch, dim); B, C (batch, N).
-    Returns y (batch, dim) in x's dtype."""
+def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                                  a_log=False):
+    """One decoding step. state (batch, dim, N) float32, updated in place; x, dt, z (batch, dim); B, C (batch, N), any
+    strides (e.g. views of a linear layer's output: nothing is copied); ``a_log``: A holds A_log, the step uses
+    A = -exp(A_log). Returns y (batch, dim) in x's dtype."""
     _check_tensors("selective_state_update_triton", x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     if state.dtype != torch.float32:
         raise TypeError(f"selective_state_update_triton: state must be float32, got {state.dtype}")
     _check_tensors("selective_state_update_triton", state=state)
     batch, dim = x.shape
     N = A.shape[1]
-    y = torch.empty_like(x)
+    y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BLOCK_D = min(64, _next_pow2(dim))
-    x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
-    z = None if z is None else z.contiguous()
+    A = A.contiguous()
+    zz = z if z is not None else x
     grid = (batch, triton.cdiv(dim, BLOCK_D))
     _state_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else x, z if z is not None else x,
-        dt_bias if dt_bias is not None else x, y,
-        dim, N, state.stride(0), state.stride(1), state.stride(2),
+        state, x, dt, A, B, C, D if D is not None else x, zz, dt_bias if dt_bias is not None else x, y,
+        dim, N, state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1), dt.stride(0),
+        dt.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=BLOCK_D, N_P2=_next_pow2(N), num_warps=4,
+        A_IS_LOG=bool(a_log), BLOCK_D=BLOCK_D, N_P2=_next_pow2(N), num_warps=4,
     )
     return y
+
+
+def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation="silu"):
+    """One decoding step of the causal depthwise conv in one kernel. x (batch, dim), any strides; conv_state
+    (batch, dim, width), shifted left and x appended in place; weight (dim, width); bias (dim,). Returns (batch, dim)
+    in x's dtype, SiLU applied unless ``activation`` is None."""
+    _check_tensors("causal_conv1d_update_triton", x=x, conv_state=conv_state, weight=weight, bias=bias)
+    batch, dim = x.shape
+    width = weight.shape[-1]
+    y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
+    BLOCK_D = min(128, _next_pow2(dim))
+    grid = (batch, triton.cdiv(dim, BLOCK_D))
+    _conv_update_kernel[grid](
+        x, conv_state, weight, bias if bias is not None else weight, y, dim, width, x.stride(0), x.stride(1),
+        conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), weight.stride(0), weight.stride(1),
+        HAS_BIAS=bias is not None, SILU=activation is not None, BLOCK_D=BLOCK_D, W_P2=_next_pow2(width),
+        num_warps=4,
+    )
+    return y
+
+
+RMS_NORM_MAX_COLS = 32768  # one program holds a row; wider rows take the torch path
+
+
+def rms_norm_triton(x, weight, eps, cast_input=False):
+    """RMSNorm of the last dimension in one kernel (inference: no autograd), same arithmetic as ssm_layers.RMSNorm:
+    w * (x_fp32 * rsqrt(mean(x^2) + eps)).to(x.dtype). x (..., H) with unit stride along H; weight (H,).
+    ``cast_input``: the result of ``rms_norm_triton(x.to(weight.dtype), weight, eps)`` without the cast's kernel."""
+    _check_tensors("rms_norm_triton", x=x, weight=weight)
+    cols = x.shape[-1]
+    x2 = x.reshape(-1, cols)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out_dtype = weight.dtype if cast_input else torch.promote_types(x.dtype, weight.dtype)
+    y = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
+    block = _next_pow2(cols)
+    if x2.shape[0]:
+        _rms_norm_kernel[(x2.shape[0],)](x2, weight, y, cols, x2.stride(0), float(eps), CAST_INPUT=bool(cast_input),
+                                          BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    return y.view(x.shape)

@@ -205,3 +205,65 @@ def test_sampling_with_several_return_sequences_expands_the_cache(model):
     no_cache = model.generate(x, do_sample=True, max_new_tokens=6, min_new_tokens=6, num_return_sequences=3,
                               use_cache=False)
     assert torch.equal(out.sequences, no_cache)  # same draws: the cached logits equal the cache-free ones
+
+
+# -- the lean greedy loop (MambaLMForCausalLM._greedy_generate) against generate()'s own loop --------------------------
+def _both_loops(model, monkeypatch, **kw):
+    """(lean loop's output, generate()'s own loop's output); asserts which loop ran each time."""
+    calls = []
+    lean = model._greedy_generate
+    monkeypatch.setattr(model, "_greedy_generate", lambda *a: calls.append(1) or lean(*a))
+    fast = model.generate(**kw)
+    assert calls, "the lean loop did not run"
+    monkeypatch.setattr(model, "fast_greedy_generate", False)
+    slow = model.generate(**kw)
+    monkeypatch.setattr(model, "fast_greedy_generate", True)
+    assert len(calls) == 1
+    return fast, slow
+
+
+def _eos_cases(model):
+    prompt = ids(4, 6, seed=3)
+    free = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None)[:, 6:]
+    all_at_3 = sorted({int(t) for t in free[:, :4].flatten()})  # every row meets one of these by step 4
+    return prompt, [int(free[0, 5]), [int(free[1, 2]), int(free[2, 7])], all_at_3]
+
+
+@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("min_new", [None, 6])
+def test_lean_greedy_loop_equals_generate_loop_with_eos(model, monkeypatch, case, min_new):
+    prompt, eos_choices = _eos_cases(model)
+    fast, slow = _both_loops(model, monkeypatch, input_ids=prompt, max_new_tokens=20, eos_token_id=eos_choices[case],
+                             min_new_tokens=min_new, do_sample=False)
+    assert fast.shape == slow.shape and torch.equal(fast, slow)
+    if case == 2 and min_new is None:  # every row ended early: generate() stops there, and so does the lean loop
+        assert fast.shape[1] < 26
+
+
+def test_lean_greedy_loop_equals_generate_loop_with_padding(model, monkeypatch):
+    prompt = ids(3, 7, seed=4)
+    mask = torch.ones_like(prompt)
+    mask[0, :3] = 0
+    mask[2, :1] = 0
+    prompt = prompt.masked_fill(mask == 0, TINY["pad_token_id"])
+    fast, slow = _both_loops(model, monkeypatch, input_ids=prompt, attention_mask=mask, max_new_tokens=9)
+    assert torch.equal(fast, slow)
+    # without the mask generate() infers it from pad_token_id: that request stays with generate()
+    assert model._greedy_plan(prompt, None, dict(max_new_tokens=9)) is None
+
+
+def test_lean_greedy_loop_length_settings(model, monkeypatch):
+    prompt = ids(2, 5, seed=5)
+    for kw in (dict(max_length=11), dict(max_new_tokens=1), dict(max_new_tokens=7, min_length=9, eos_token_id=None)):
+        fast, slow = _both_loops(model, monkeypatch, input_ids=prompt, **kw)
+        assert torch.equal(fast, slow), kw
+
+
+@pytest.mark.parametrize("kw", [dict(do_sample=True), dict(num_beams=2), dict(repetition_penalty=1.3),
+                                dict(output_scores=True, return_dict_in_generate=True), dict(use_cache=False),
+                                dict(no_repeat_ngram_size=2), dict(num_return_sequences=2, do_sample=True),
+                                dict(bad_words_ids=[[5]]), dict(inputs_embeds=None, foo_bar=1)],
+                         ids=lambda kw: "-".join(kw))
+def test_lean_greedy_loop_leaves_other_requests_to_generate(model, kw):
+    assert model._greedy_plan(ids(2, 5), None, {"max_new_tokens": 4, **kw}) is None
+    assert model._greedy_plan(ids(2, 5), None, {"max_new_tokens": 4, "temperature": 0.5, "top_k": 3}) is not None

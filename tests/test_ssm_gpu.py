@@ -405,6 +405,88 @@ def test_state_update_matches_reference(dtype):
     assert rel(y1, y1_ref) < TOL[dtype] and rel(state2, expect) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_state_update_strided_views_and_a_log(dtype):
+    """The mixer's decoding step hands the kernel views of its linear outputs (x / z halves of in_proj, B / C columns of
+    x_proj) and A_log (a_log=True): same state and y as the torch step on contiguous copies with A = -exp(A_log)."""
+    g = torch.Generator().manual_seed(11)
+    batch, dim, N, rank = 3, 40, 16, 5
+    xz = torch.randn(batch, 2 * dim, generator=g).to(DEV, dtype)
+    dbc = torch.randn(batch, rank + 2 * N, generator=g).to(DEV, dtype)
+    x, z = xz[:, :dim], xz[:, dim:]
+    B, C = dbc[:, rank:rank + N], dbc[:, rank + N:]
+    dt = torch.randn(batch, dim, generator=g).to(DEV, dtype)
+    A_log = torch.log(torch.rand(dim, N, generator=g) * 4 + 0.1).to(DEV, dtype)
+    D = torch.randn(dim, generator=g).to(DEV, dtype)
+    state = torch.randn(batch, dim, N, generator=g).to(DEV)
+    expect = state.clone()
+    y = ssm_triton.selective_state_update_triton(state, x, dt, A_log, B, C, D=D, z=z, dt_softplus=True, a_log=True)
+    y_ref = ssm_ops.selective_state_update(expect, x.contiguous(), dt, -torch.exp(A_log.float()), B.contiguous(),
+                                           C.contiguous(), D=D, z=z.contiguous(), dt_softplus=True, backend="torch")
+    assert y.dtype == dtype and y.is_contiguous()
+    assert rel(y, y_ref) < TOL[dtype] and rel(state, expect) < 1e-5
+    # the dispatch passes a_log to every backend
+    expect2 = state.clone()
+    y2 = ssm_ops.selective_state_update(state, x, dt, A_log, B, C, D=D, z=z, dt_softplus=True, backend="torch",
+                                        a_log=True)
+    ssm_ops.selective_state_update(expect2, x, dt, -torch.exp(A_log.float()), B, C, D=D, z=z, dt_softplus=True,
+                                   backend="torch")
+    assert torch.equal(state, expect2) and y2.shape == y.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", [2, 3, 4, 5])
+def test_conv_update_matches_torch(dtype, width):
+    """causal_conv1d_update_triton against the torch step: the state window after each step and y, over 7 steps, with a
+    strided x (the x half of in_proj's output), bias or none, SiLU or none, fp32 or low-precision state."""
+    g = torch.Generator().manual_seed(width)
+    batch, dim = 3, 70
+    for bias_on, act, state_dtype in [(True, "silu", torch.float32), (False, None, dtype)]:
+        w = torch.randn(dim, width, generator=g).to(DEV, dtype)
+        b = torch.randn(dim, generator=g).to(DEV, dtype) if bias_on else None
+        state = torch.randn(batch, dim, width, generator=g).to(DEV, state_dtype)
+        expect = state.clone()
+        for _ in range(7):
+            xz = torch.randn(batch, 2 * dim, generator=g).to(DEV, dtype)
+            x = xz[:, :dim]
+            y = ssm_triton.causal_conv1d_update_triton(x, state, w, b, activation=act)
+            y_ref = ssm_ops.causal_conv1d_update(x, expect, w, b, activation=act, backend="torch")
+            assert y.dtype == dtype and y.shape == (batch, dim)
+            assert torch.equal(state, expect)  # the window only moves values
+            assert rel(y, y_ref) < TOL[dtype], (bias_on, act)
+
+
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                             (torch.bfloat16, torch.float32), (torch.float16, torch.float16)],
+                         ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 768), (5, 100), (1, 1, 2560)])
+def test_rms_norm_matches_torch(x_dtype, w_dtype, shape):
+    """rms_norm_triton against ssm_layers.RMSNorm's torch arithmetic (rows of 100 / 768 / 2560 columns), output dtype
+    the promotion of x's and the weight's."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(*shape, generator=g) * 3).to(DEV, x_dtype)
+    w = (torch.rand(shape[-1], generator=g) + 0.5).to(DEV, w_dtype)
+    y = ssm_triton.rms_norm_triton(x, w, 1e-5)
+    xf = x.float()
+    y_ref = w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x_dtype)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    assert rel(y, y_ref) < (1e-6 if x_dtype == torch.float32 else TOL[x_dtype])  # rounded to x's dtype inside
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch sends only CUDA tensors to triton")
+def test_rms_norm_dispatch():
+    """ssm_ops.rms_norm takes the kernel outside autograd only: with gradients it is the torch formula and
+    differentiable, and both give the same numbers."""
+    x = torch.randn(4, 7, 96, device=DEV, dtype=torch.bfloat16)
+    w = torch.rand(96, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    with torch.no_grad():
+        fused = ssm_ops.rms_norm(x, w, 1e-5)
+    y = ssm_ops.rms_norm(x, w, 1e-5)
+    assert y.requires_grad and rel(fused, y.detach()) < TOL[torch.bfloat16]
+    y.float().sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
 def test_bad_inputs():
     inputs = make_inputs(1, 8, 5, 4, 0, torch.float32)
     cpu = {k: (v.cpu() if v is not None else None) for k, v in inputs.items()}
