@@ -15,11 +15,11 @@ from transformers.utils import ModelOutput, logging
 from .configuration_mamba_lm import MambaLMConfig
 from .hf_compat import CACHE_NAME, NamesReplacedFilesMixin, cache_output, new_token_count, pop_cache
 from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, init
+from .ssm_ops import add_rms_norm
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
     from .config_checks import check_int  # noqa: F401
-    from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
 
 
@@ -183,18 +183,51 @@ class MambaLMModel(MambaLMPreTrainedModel):
                              f"{inputs_embeds.shape[0]}.")
         hidden_states = inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        for block in self.layers:
-            hidden_states = block(hidden_states, cache=cache if use_cache else None, attention_mask=attention_mask)
-            if output_hidden_states:
-                all_hidden_states = all_hidden_states + (hidden_states,)
+        if not output_hidden_states and self._fused_norms_apply():
+            hidden_states = self._run_blocks_fused(hidden_states, cache if use_cache else None, attention_mask)
+        else:
+            for block in self.layers:
+                hidden_states = block(hidden_states, cache=cache if use_cache else None, attention_mask=attention_mask)
+                if output_hidden_states:
+                    all_hidden_states = all_hidden_states + (hidden_states,)
+            hidden_states = self.norm_f(hidden_states)
         if use_cache:
             cache.seqlen_offset += inputs_embeds.shape[1]
-        hidden_states = self.norm_f(hidden_states)
         if output_hidden_states:
             all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         if not return_dict:
             return tuple(v for v in (hidden_states, cache if use_cache else None, all_hidden_states) if v is not None)
         return MambaLMOutput(hidden_states, cache if use_cache else None, all_hidden_states)
+
+
+    # -- inference: each block's residual sum and the next norm in one op --------------------------------------------
+    # Block i computes r_i = r_{i-1} + mixer_i(norm_i(r_{i-1})). Outside autograd, the loop below computes the same
+    # numbers with (r_i, norm_{i+1}(r_i)) from one `add_rms_norm` (one Triton kernel on a GPU, as mamba_ssm's fused
+    # add + norm) instead of an add, a cast and a norm: a decoding step then runs 7 kernels a layer. The mixers are
+    # still called as modules (hooks and PEFT adapters inside them run); hooks on blocks or norms keep the plain loop.
+    def _fused_norms_apply(self) -> bool:
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not len(self.layers):
+            return False
+        hooks = nn.modules.module
+        if getattr(hooks, "_global_forward_hooks", None) or getattr(hooks, "_global_forward_pre_hooks", None):
+            return False
+        modules = [self.norm_f] + [m for block in self.layers for m in (block, getattr(block, "norm", None))]
+        return all(type(m) in (MambaBlock, RMSNorm) and not m._forward_hooks and not m._forward_pre_hooks
+                   for m in modules)
+
+    def _run_blocks_fused(self, hidden_states, cache, attention_mask):
+        """The blocks and norm_f (see above): returns norm_f's output."""
+        first = self.layers[0]
+        residual = hidden_states.to(torch.float32) if first.residual_in_fp32 else hidden_states
+        normed = first.norm(hidden_states, cast_input=True)
+        for i, block in enumerate(self.layers):
+            out = block.mixer(normed, cache=cache, attention_mask=attention_mask)
+            if i + 1 < len(self.layers):
+                norm, cast_input = self.layers[i + 1].norm, True
+            else:
+                norm, cast_input = self.norm_f, False
+            residual, normed = add_rms_norm(residual, out, norm.weight, norm.variance_epsilon, cast_input=cast_input)
+        return normed
 
 
 class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
@@ -388,8 +421,7 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
             stream = torch.cuda.Stream(device=input_ids.device)
             stream.wait_stream(torch.cuda.current_stream(input_ids.device))
             with torch.cuda.stream(stream):  # warm-up (kernel compilation, allocator) outside the capture
-                for _ in range(2):
-                    self._decode_step(static_ids, cache)
+                self._decode_step(static_ids, cache)
             torch.cuda.current_stream(input_ids.device).wait_stream(stream)
             cuda_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(cuda_graph):

@@ -157,9 +157,11 @@ def resolve_backend(requested: Optional[str] = None, device: Union[str, torch.de
 # ---------------------------------------------------------------------------------------------------------------------
 # Input checks: clear errors naming the tensor, its shape and what was expected.
 # ---------------------------------------------------------------------------------------------------------------------
-def _check(cond: bool, msg: str):
+def _check(cond: bool, msg):
+    """msg: the message, or a function making it (call sites pass ``lambda: f"..."``: formatting shapes costs a few
+    microseconds a check, which a decoding step would pay on every layer)."""
     if not cond:
-        raise ValueError(msg)
+        raise ValueError(msg() if callable(msg) else msg)
 
 
 def _check_float(name: str, t: torch.Tensor):
@@ -172,34 +174,36 @@ def _check_float(name: str, t: torch.Tensor):
 def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state):
     for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
         _check_float(name, t)
-    _check(u.dim() == 3, f"u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
+    _check(u.dim() == 3, lambda: f"u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
     batch, dim, seqlen = u.shape
-    _check(delta.shape == u.shape, f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
-    _check(A.dim() == 2 and A.shape[0] == dim, f"A must be (dim={dim}, dstate), got shape {tuple(A.shape)}")
+    _check(delta.shape == u.shape, lambda: f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    _check(A.dim() == 2 and A.shape[0] == dim, lambda: f"A must be (dim={dim}, dstate), got shape {tuple(A.shape)}")
     dstate = A.shape[1]
     for name, t in (("B", B), ("C", C)):
         _check(
             t.dim() in (3, 4) and t.shape[0] == batch and t.shape[-2] == dstate and t.shape[-1] == seqlen,
-            f"{name} must be (batch={batch}, dstate={dstate}, seqlen={seqlen}) or (batch, groups, dstate, seqlen), "
-            f"got shape {tuple(t.shape)}",
+            lambda: f"{name} must be (batch={batch}, dstate={dstate}, seqlen={seqlen}) or (batch, groups, dstate, "
+            f"seqlen), got shape {tuple(t.shape)}",
         )
         if t.dim() == 4:
-            _check(dim % t.shape[1] == 0, f"{name} has {t.shape[1]} groups, which does not divide dim={dim}")
+            _check(dim % t.shape[1] == 0, lambda: f"{name} has {t.shape[1]} groups, which does not divide dim={dim}")
     if z is not None:
         _check_float("z", z)
-        _check(z.shape == u.shape, f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+        _check(z.shape == u.shape, lambda: f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None:
             _check_float(name, t)
-            _check(t.shape == (dim,), f"{name} must be (dim={dim},), got shape {tuple(t.shape)}")
+            _check(t.shape == (dim,), lambda: f"{name} must be (dim={dim},), got shape {tuple(t.shape)}")
     if initial_state is not None:
         _check_float("initial_state", initial_state)
         _check(
             initial_state.shape == (batch, dim, dstate),
-            f"initial_state must be (batch={batch}, dim={dim}, dstate={dstate}), got {tuple(initial_state.shape)}",
+            lambda: f"initial_state must be (batch={batch}, dim={dim}, dstate={dstate}), "
+            f"got {tuple(initial_state.shape)}",
         )
     devices = {t.device for t in (u, delta, A, B, C, D, z, delta_bias, initial_state) if t is not None}
-    _check(len(devices) == 1, f"all selective_scan inputs must be on one device, got {sorted(map(str, devices))}")
+    _check(len(devices) == 1,
+           lambda: f"all selective_scan inputs must be on one device, got {sorted(map(str, devices))}")
 
 
 def _expand_groups(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -541,12 +545,12 @@ def causal_conv1d(
 ) -> torch.Tensor:
     """Causal depthwise conv1d. x: (batch, dim, seqlen); weight: (dim, width) or (dim, 1, width); bias: (dim,)."""
     _check_float("x", x)
-    _check(x.dim() == 3, f"x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
+    _check(x.dim() == 3, lambda: f"x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
     if weight.dim() == 3:
         weight = weight.squeeze(1)
-    _check(weight.dim() == 2 and weight.shape[0] == x.shape[1], f"conv weight must be (dim={x.shape[1]}, width), "
+    _check(weight.dim() == 2 and weight.shape[0] == x.shape[1], lambda: f"conv weight must be (dim={x.shape[1]}, width), "
            f"got shape {tuple(weight.shape)}")
-    _check(activation in (None, "silu", "swish"), f"activation must be None or 'silu', got {activation!r}")
+    _check(activation in (None, "silu", "swish"), lambda: f"activation must be None or 'silu', got {activation!r}")
     name = resolve_backend(backend, x.device)
     # causal-conv1d's CUDA kernels take widths 2..4 only (STORM's video mixers use wider ones): others use F.conv1d
     if (name == "mamba_ssm" and "causal_conv1d_fn" in _load_mamba_ssm() and x.dtype != torch.float64
@@ -570,13 +574,13 @@ def causal_conv1d_update(
 ) -> torch.Tensor:
     """One decoding step of the causal conv. x: (batch, dim); conv_state: (batch, dim, width), updated in place
     (shifted left, x appended). Returns (batch, dim)."""
-    _check(x.dim() == 2, f"x must be (batch, dim) for a single step, got shape {tuple(x.shape)}")
+    _check(x.dim() == 2, lambda: f"x must be (batch, dim) for a single step, got shape {tuple(x.shape)}")
     if weight.dim() == 3:
         weight = weight.squeeze(1)
     _check(conv_state.shape == (x.shape[0], x.shape[1], weight.shape[1]),
-           f"conv_state must be (batch, dim, width)={(x.shape[0], x.shape[1], weight.shape[1])}, "
+           lambda: f"conv_state must be (batch, dim, width)={(x.shape[0], x.shape[1], weight.shape[1])}, "
            f"got {tuple(conv_state.shape)}")
-    _check(activation in (None, "silu", "swish"), f"activation must be None or 'silu', got {activation!r}")
+    _check(activation in (None, "silu", "swish"), lambda: f"activation must be None or 'silu', got {activation!r}")
     name = resolve_backend(backend, x.device)
     if name == "mamba_ssm" and "causal_conv1d_update" in _load_mamba_ssm() and 2 <= weight.shape[1] <= 4:
         return _load_mamba_ssm()["causal_conv1d_update"](x, conv_state, weight, bias, activation)
@@ -608,12 +612,14 @@ def selective_state_update(
     """One decoding step of the scan. state: (batch, dim, dstate) float32, updated in place;
     x, dt, z: (batch, dim); B, C: (batch, dstate). ``a_log``: A holds A_log and the step uses A = -exp(A_log) (the
     Triton kernel computes it in place of two extra kernels a step). Returns y: (batch, dim) in x's dtype."""
-    _check(x.dim() == 2 and dt.shape == x.shape, f"x and dt must be (batch, dim), got {tuple(x.shape)}, "
+    _check(x.dim() == 2 and dt.shape == x.shape, lambda: f"x and dt must be (batch, dim), got {tuple(x.shape)}, "
            f"{tuple(dt.shape)}")
     _check(state.shape == (x.shape[0], x.shape[1], A.shape[1]),
-           f"state must be (batch, dim, dstate)={(x.shape[0], x.shape[1], A.shape[1])}, got {tuple(state.shape)}")
+           lambda: f"state must be (batch, dim, dstate)={(x.shape[0], x.shape[1], A.shape[1])}, "
+           f"got {tuple(state.shape)}")
     _check(B.shape == (x.shape[0], A.shape[1]) and C.shape == B.shape,
-           f"B and C must be (batch, dstate)={(x.shape[0], A.shape[1])}, got {tuple(B.shape)}, {tuple(C.shape)}")
+           lambda: f"B and C must be (batch, dstate)={(x.shape[0], A.shape[1])}, "
+           f"got {tuple(B.shape)}, {tuple(C.shape)}")
     name = resolve_backend(backend, x.device)
     if name == "triton" and hasattr(_load_triton(), "selective_state_update_triton"):
         return _load_triton().selective_state_update_triton(
@@ -643,14 +649,29 @@ def selective_state_update(
     return y.to(x.dtype)
 
 
+def _norm_kernel_applies(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor) -> bool:
+    tensors = (x, weight) + others
+    return (x.is_cuda and all(t.dtype in _FLOAT_DTYPES[:3] for t in tensors) and x.numel() > 0
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and not _compiling()
+            and hasattr(_load_triton(), "rms_norm_triton") and x.shape[-1] <= _load_triton().RMS_NORM_MAX_COLS
+            and weight.shape == x.shape[-1:] and all(t.shape == x.shape for t in others))
+
+
+def add_rms_norm(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 cast_input: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(r, rms_norm(r, weight, eps, cast_input))`` with ``r = residual + x``: a block's residual sum and the next
+    norm, in one Triton kernel on a GPU outside autograd (as mamba_ssm's fused add + norm)."""
+    if _norm_kernel_applies(x, weight, residual):
+        return _load_triton().add_rms_norm_triton(residual, x, weight, eps, cast_input=cast_input)
+    residual = residual + x
+    return residual, rms_norm(residual, weight, eps, cast_input=cast_input)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, cast_input: bool = False) -> torch.Tensor:
     """RMSNorm of the last dimension, computed in float32: ``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``
     (transformers' MambaRMSNorm / LlamaRMSNorm); ``cast_input``: of ``x.to(weight.dtype)``. On a GPU, outside autograd
-    and torch.compile, one Triton kernel instead of about eight element-wise ones (a decoding step runs one per layer)."""
-    if (x.is_cuda and x.dtype in _FLOAT_DTYPES[:3] and weight.dtype in _FLOAT_DTYPES[:3] and x.numel()
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)) and not _compiling()
-            and hasattr(_load_triton(), "rms_norm_triton")
-            and x.shape[-1] <= _load_triton().RMS_NORM_MAX_COLS and weight.shape == x.shape[-1:]):
+    and torch.compile, one Triton kernel instead of about eight element-wise ones (a decoding step runs one a layer)."""
+    if _norm_kernel_applies(x, weight):
         return _load_triton().rms_norm_triton(x, weight, eps, cast_input=cast_input)
     if cast_input:
         x = x.to(weight.dtype)

@@ -79,6 +79,26 @@ def test_logits_parity_with_transformers(pair):
     assert diff <= ATOL, diff
 
 
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_inference_loop_with_fused_norms_equals_blocks(pair, residual_in_fp32):
+    """Outside autograd the backbone runs each residual sum with the next norm (add_rms_norm); with gradients, or with
+    a hook on a block, it runs the blocks themselves: the same logits and cache states (CPU: the same ops, exactly)."""
+    _, ours = pair
+    model = ours_from(ours.state_dict(), residual_in_fp32=residual_in_fp32)
+    x = ids(2, 9)
+    with torch.no_grad():
+        assert model.backbone._fused_norms_apply()
+        fused = model(x, use_cache=True)
+        handle = model.backbone.layers[1].register_forward_hook(lambda *a: None)
+        assert not model.backbone._fused_norms_apply()
+        plain = model(x, use_cache=True)
+        handle.remove()
+    with_grad = model(x, use_cache=True)
+    assert torch.equal(fused.logits, plain.logits) and torch.equal(fused.logits, with_grad.logits.detach())
+    for a, b in zip(fused.cache.ssm_states + fused.cache.conv_states, plain.cache.ssm_states + plain.cache.conv_states):
+        assert torch.equal(a, b)
+
+
 def test_greedy_batch1_equals_transformers(pair):
     hf, ours = pair
     x = ids(1, 7, seed=3)

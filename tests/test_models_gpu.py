@@ -140,3 +140,22 @@ def test_tier_generate_equals_torch_tier(backend):
         assert torch.equal(fast.generate(ids, **kw), torch_tier.generate(ids, **kw))
         dict_out = fast.generate(ids, return_dict_in_generate=True, **kw)
         assert dict_out[CACHE_NAME].get_seq_length() == dict_out.sequences.shape[1] - 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fused_inference_loop_equals_blocks_on_gpu(dtype):
+    """Outside autograd on a GPU the backbone runs Triton add + RMSNorm kernels between the mixers; with gradients the
+    plain blocks: the same logits (bf16: within rounding), and greedy decoding with the lean loop and the CUDA graph
+    gives generate()'s own loop's tokens."""
+    model = tiny_lm().to(dtype)
+    ids = torch.randint(2, 97, (3, 40), device="cuda")
+    with torch.no_grad():
+        assert model.backbone._fused_norms_apply()
+        fused = model(ids).logits
+    plain = model(ids).logits.detach()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert (fused - plain).abs().max().item() <= tol * max(1.0, plain.abs().max().item())
+    model.generation_config.eos_token_id = None
+    lean = model.generate(ids[:, :9], max_new_tokens=30, do_sample=False)
+    model.fast_greedy_generate = False
+    assert torch.equal(lean, model.generate(ids[:, :9], max_new_tokens=30, do_sample=False))

@@ -351,6 +351,18 @@ def test_time_major_views(case):
     assert not bad, f"relative errors above {tol}: {bad}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("groups", [0, 4])
+def test_tile_kernels_take_time_major_views(monkeypatch, dtype, groups):
+    """The time-tiled forward and backward (forced, tiles of 32 steps: 2 tiles at L = 37) with the mixer's time-major
+    delta / z / B / C views, which they read from channel-major copies: outputs and every gradient against float64."""
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", True)
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    monkeypatch.setitem(ssm_triton.TILE_BWD_CONFIG, "enabled", True)
+    monkeypatch.setitem(ssm_triton.TILE_BWD_CONFIG, "BLOCK_T", 32)
+    test_time_major_views((dtype, groups, False, False))
+
+
 def test_layout_helpers():
     """_strided keeps channel-major and time-major (b, C, L) tensors (no copy), copies others; _empty_as follows the
     layout."""
@@ -471,6 +483,25 @@ def test_rms_norm_matches_torch(x_dtype, w_dtype, shape):
     y_ref = w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(x_dtype)
     assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
     assert rel(y, y_ref) < (1e-6 if x_dtype == torch.float32 else TOL[x_dtype])  # rounded to x's dtype inside
+
+
+@pytest.mark.parametrize("r_dtype,x_dtype,w_dtype", [(torch.float32, torch.bfloat16, torch.bfloat16),
+                                                     (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+                                                     (torch.float32, torch.float32, torch.float32)], ids=str)
+@pytest.mark.parametrize("cast_input", [True, False])
+def test_add_rms_norm_matches_torch(r_dtype, x_dtype, w_dtype, cast_input):
+    """add_rms_norm_triton = (residual + x, RMSNorm of it) as the blocks compute them in torch."""
+    g = torch.Generator().manual_seed(4)
+    r = (torch.randn(3, 5, 768, generator=g) * 3).to(DEV, r_dtype)
+    x = torch.randn(3, 5, 768, generator=g).to(DEV, x_dtype)
+    w = (torch.rand(768, generator=g) + 0.5).to(DEV, w_dtype)
+    s, y = ssm_triton.add_rms_norm_triton(r, x, w, 1e-5, cast_input=cast_input)
+    s_ref = r + x
+    v = (s_ref.to(w_dtype) if cast_input else s_ref)
+    y_ref = w * (v.float() * torch.rsqrt(v.float().pow(2).mean(-1, keepdim=True) + 1e-5)).to(v.dtype)
+    assert s.dtype == s_ref.dtype and rel(s, s_ref) < (1e-7 if s.dtype == torch.float32 else TOL[s.dtype])
+    assert y.dtype == y_ref.dtype
+    assert rel(y, y_ref) < (1e-6 if v.dtype == torch.float32 else TOL[v.dtype])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch sends only CUDA tensors to triton")
