@@ -571,3 +571,29 @@ def test_convert_refuses_non_empty_out_dir(ss_dir, tmp_path):
     report = conv.convert(ss_dir, out, overwrite=True, verbose=False)
     assert report["passed"] and (out / "model.safetensors").is_file() and not (out / "my_notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if ".converting-" in p.name]  # no temp folder left behind
+
+
+def test_cuda_graph_fingerprint_sees_what_a_captured_step_bakes_in(pair):
+    """A kept CUDA graph is replayed only while this fingerprint is unchanged (tests/test_models_gpu.py replays it);
+    it must move with every change that alters the step's Python decisions or tensors, and only then."""
+    _, ours = pair
+    model = ours_from(ours.state_dict())
+    fp = model._graph_fingerprint
+    base = fp()
+    assert fp() == base
+    handle = model.backbone.layers[1].mixer.register_forward_hook(lambda *a: None)
+    assert fp() != base
+    handle.remove()
+    assert fp() == base
+    model.backbone.layers[0].mixer.ssm_backend = "reference"
+    assert fp() != base
+    model.backbone.layers[0].mixer.ssm_backend = ours.backbone.layers[0].mixer.ssm_backend
+    model.config.output_hidden_states = True
+    assert fp() != base
+    model.config.output_hidden_states = False
+    assert fp() == base
+    model.train()
+    assert fp() != base
+    model.eval()
+    model.to(torch.float64)  # new tensors
+    assert fp() != base

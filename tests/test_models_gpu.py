@@ -159,3 +159,61 @@ def test_fused_inference_loop_equals_blocks_on_gpu(dtype):
     lean = model.generate(ids[:, :9], max_new_tokens=30, do_sample=False)
     model.fast_greedy_generate = False
     assert torch.equal(lean, model.generate(ids[:, :9], max_new_tokens=30, do_sample=False))
+
+
+def _count_captures(model, monkeypatch):
+    calls = []
+    capture = model._capture_graph
+    monkeypatch.setattr(model, "_capture_graph", lambda *a: calls.append(1) or capture(*a))
+    return calls
+
+
+def test_cuda_graph_is_kept_across_generate_calls(monkeypatch):
+    """One capture serves later generate() calls of the same batch shape: the same tokens as eager decoding, and a
+    cache returned by an earlier call keeps its states when a later call takes over the graph's buffers."""
+    model = tiny_lm()
+    model.generation_config.eos_token_id = None
+    captures = _count_captures(model, monkeypatch)
+    prompts = [torch.randint(2, 97, (3, 9), device="cuda") for _ in range(3)]
+    with torch.no_grad():
+        first = model.generate(prompts[0], max_new_tokens=12, do_sample=False, return_dict_in_generate=True)
+        kept = first[CACHE_NAME]
+        kept_states = [s.clone() for s in kept.conv_states + kept.ssm_states]
+        graphed = [first.sequences] + [model.generate(p, max_new_tokens=12, do_sample=False) for p in prompts[1:]]
+        assert len(captures) == 1
+        assert all(torch.equal(a, b) for a, b in zip(kept.conv_states + kept.ssm_states, kept_states))
+        model.config.use_cuda_graph = False
+        eager = [model.generate(p, max_new_tokens=12, do_sample=False) for p in prompts]
+    assert all(torch.equal(a, b) for a, b in zip(graphed, eager))
+
+
+def test_cuda_graph_recaptured_when_the_model_changes(monkeypatch):
+    """A change the captured step baked in (a hook, LoRA adapters switched off, new weights via .to()) makes the
+    next call capture again; its tokens are those of eager decoding."""
+    peft = pytest.importorskip("peft")
+    model = tiny_lm()
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(2, 97, (2, 9), device="cuda")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                                      target_modules=["in_proj", "x_proj", "dt_proj", "out_proj"]))
+    base_model = lora.get_base_model()
+    captures = _count_captures(base_model, monkeypatch)
+
+    def both():
+        base_model.config.use_cuda_graph = True
+        graphed = lora.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+        base_model.config.use_cuda_graph = False
+        eager = lora.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
+        base_model.config.use_cuda_graph = True
+        return graphed, eager
+
+    with torch.no_grad():
+        with_adapters = both()
+        with lora.disable_adapter():
+            without = both()
+        handle = base_model.backbone.layers[0].mixer.register_forward_hook(lambda m, a, out: out * 0.5)
+        hooked = both()
+        handle.remove()
+    assert torch.equal(*with_adapters) and torch.equal(*without) and torch.equal(*hooked)
+    assert not torch.equal(with_adapters[0], without[0]) and not torch.equal(with_adapters[0], hooked[0])
+    assert len(captures) == 3

@@ -19,6 +19,7 @@ ALLOWED_IMPORTS = {
     "torch", "transformers", "triton", "mamba_ssm", "causal_conv1d", "numpy", "PIL",  # the stack (last four guarded)
     "__future__", "math", "typing", "dataclasses", "functools", "itertools", "os", "sys", "warnings", "copy",
     "collections", "enum", "contextlib", "inspect", "re", "logging", "json", "numbers", "abc", "hashlib",
+    "weakref",  # the Mamba LM keeps captured CUDA graphs in a WeakKeyDictionary (no I/O)
 }
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "breakpoint"}
 FORBIDDEN_MODULES = {"pickle", "dill", "cloudpickle", "marshal", "shelve", "subprocess", "socket", "urllib",
