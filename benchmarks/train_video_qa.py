@@ -5,7 +5,8 @@ LoRA on the decoder instead) -- evaluated by greedy exact match
 on held-out clips (combinations of shape, colour, motion, speed, event and start cell never seen in training), overall
 and per question type (direction, speed, colour, shape, count).
 
-    python benchmarks/train_video_qa.py --max-objects 1           # the recipe; appends an attempt to video_qa.json
+    python benchmarks/train_video_qa.py                           # the recipe (up to two shapes a clip); appends an
+                                                                  # attempt to video_qa.json (about 50 min, 1 thread)
     python benchmarks/train_video_qa.py --stage1-steps 0 --label "no stage 1"   # the ablation: a fresh tower
     python benchmarks/train_video_qa.py --merge a.json b.json    # attempts run in separate processes -> one report
 
@@ -117,11 +118,11 @@ def main(argv=None):
     parser.add_argument("--temporal-layers", type=int, default=1)
     parser.add_argument("--temporal-pool", type=int, default=4)
     parser.add_argument("--keep-ratio", type=float, default=1.0, help="retention of the first STORM block")
-    parser.add_argument("--stage1-steps", type=int, default=600, help="0: no stage 1 (a fresh tower)")
+    parser.add_argument("--stage1-steps", type=int, default=3000, help="0: no stage 1 (a fresh tower)")
     parser.add_argument("--stage1-from", default=None, help="a saved stage-1 folder: stage 2 starts from it")
     parser.add_argument("--stage1-lr", type=float, default=3e-3)
     parser.add_argument("--stage1-batch-size", type=int, default=32)
-    parser.add_argument("--stage2-steps", type=int, default=3500)
+    parser.add_argument("--stage2-steps", type=int, default=6000)
     parser.add_argument("--stage2-lr", type=float, default=1e-3)
     parser.add_argument("--stage2-batch-size", type=int, default=32)
     parser.add_argument("--lora-r", type=int, default=0,
