@@ -335,6 +335,9 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         decoding of input_ids, else None."""
         if not self.fast_greedy_generate or torch.compiler.is_compiling():
             return None
+        distributed = getattr(torch, "distributed", None)
+        if distributed is not None and distributed.is_available() and distributed.is_initialized():
+            return None  # generate() keeps sharded ranks stepping together (synced_gpus): left to it
         kwargs = dict(kwargs)
         input_ids = kwargs.pop("input_ids", None) if inputs is None else inputs
         attention_mask = kwargs.pop("attention_mask", None)
@@ -366,11 +369,11 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
             pad = eos[0]  # as generate() does
         return input_ids, attention_mask, max_length, min_length, eos, pad
 
-    def generate(self, inputs=None, generation_config=None, **kwargs):
+    def generate(self, inputs=None, generation_config=None, *args, **kwargs):
         """`GenerationMixin.generate`; plain greedy requests take a lean loop with the same result (see above)."""
-        plan = self._greedy_plan(inputs, generation_config, kwargs)
+        plan = None if args else self._greedy_plan(inputs, generation_config, kwargs)
         if plan is None:
-            return super().generate(inputs, generation_config=generation_config, **kwargs)
+            return super().generate(inputs, generation_config, *args, **kwargs)
         return self._greedy_generate(*plan)
 
     @torch.no_grad()

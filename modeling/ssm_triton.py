@@ -848,6 +848,12 @@ def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n_cols, sx_row, eps, CAST_INPUT: tl.co
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     x_raw = tl.load(x_ptr + row * sx_row + cols, mask=mask, other=0.0)
+    _normalise_row(x_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT)
+
+
+@triton.jit
+def _normalise_row(x_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT: tl.constexpr):
+    """Stores row ``row`` of y = RMSNorm(x_raw) (see _rms_norm_kernel)."""
     if CAST_INPUT:
         x_raw = x_raw.to(y_ptr.dtype.element_ty)
     x = x_raw.to(tl.float32)
@@ -1265,13 +1271,7 @@ def _add_rms_norm_kernel(r_ptr, x_ptr, w_ptr, r_out_ptr, y_ptr, n_cols, eps, CAS
     r += tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
     r_raw = r.to(r_out_ptr.dtype.element_ty)
     tl.store(r_out_ptr + row * n_cols + cols, r_raw, mask=mask)
-    if CAST_INPUT:
-        r_raw = r_raw.to(y_ptr.dtype.element_ty)
-    v = r_raw.to(tl.float32)
-    rstd = 1.0 / tl.sqrt_rn(tl.sum(v * v, axis=0) / n_cols + eps)
-    h = (v * rstd).to(r_raw.dtype).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * n_cols + cols, (w * h).to(y_ptr.dtype.element_ty), mask=mask)
+    _normalise_row(r_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT)
 
 
 def add_rms_norm_triton(residual, x, weight, eps, cast_input=False):

@@ -267,3 +267,11 @@ def test_lean_greedy_loop_length_settings(model, monkeypatch):
 def test_lean_greedy_loop_leaves_other_requests_to_generate(model, kw):
     assert model._greedy_plan(ids(2, 5), None, {"max_new_tokens": 4, **kw}) is None
     assert model._greedy_plan(ids(2, 5), None, {"max_new_tokens": 4, "temperature": 0.5, "top_k": 3}) is not None
+
+
+def test_positional_generate_arguments_still_reach_generate(model):
+    """generate(inputs, generation_config, logits_processor, ...) positionally, as GenerationMixin takes them."""
+    from transformers import LogitsProcessorList
+
+    out = model.generate(ids(1, 4), None, LogitsProcessorList(), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7) and torch.equal(out, greedy(model, ids(1, 4), new=3)[:, :7])
