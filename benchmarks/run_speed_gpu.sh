@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 10's GPU figures on one GPU, side by side with mamba_ssm, in as few device calls as possible:
+#   bash benchmarks/run_speed_gpu.sh OUT_DIR SRC [PART...]
+# SRC: a folder holding mamba_ssm's csrc/selective_scan (as selective_scan/), causal-conv1d's csrc (as cc_csrc/), the
+# sdists' python packages (py/mamba_ssm, py/causal_conv1d) and ../shared/anchors (anchors/) -- e.g. the git-ignored
+# .carry/ a device call carries. PART: build (both extensions into /tmp/ms, /tmp/cc: about 3 minutes; later parts
+# need it while the machine stays warm), tests (tests/test_ssm_gpu.py, tests/test_models_gpu.py), scan (the five
+# shapes of ../shared/anchors/README.md -> scan_vs_mamba_ssm.json), generate (mamba_ssm's generate vs ours ->
+# gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), vision (Vim-S / VMamba-T / DeiT-S). Default: all but
+# vision, which takes a call of its own.
+set -u
+OUT=${1:?OUT_DIR}; SRC=${2:?SRC}; shift 2
+PARTS=${*:-build tests scan generate decode}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+for part in $PARTS; do
+  echo "=== $part $(date -u +%T)"
+  case $part in
+    build)
+      python3 "$SRC/anchors/build_mamba_scan.py" "$SRC/selective_scan" /tmp/ms > "$OUT/build_ms.log" 2>&1 &
+      p1=$!
+      python3 "$SRC/anchors/build_causal_conv1d.py" "$SRC/cc_csrc" /tmp/cc > "$OUT/build_cc.log" 2>&1 &
+      p2=$!
+      wait $p1; echo "rc $?"; wait $p2; echo "rc $?" ;;
+    tests)
+      python3 -m pytest -q -p no:cacheprovider tests/test_ssm_gpu.py tests/test_models_gpu.py > "$OUT/gpu_tests.log" 2>&1
+      echo "rc $?"; tail -1 "$OUT/gpu_tests.log" ;;
+    scan)
+      python3 benchmarks/scan_vs_mamba_ssm.py --mamba-build /tmp/ms 4,768,6085 128,768,197 1,1536,1024 8,1536,1024 \
+          16,1536,4096 --out "$OUT/scan_vs_mamba_ssm.json" > "$OUT/scan.log" 2>&1; echo "rc $?" ;;
+    generate)
+      python3 "$SRC/anchors/gen_vs_mamba_ssm.py" "/tmp/ms:/tmp/cc:$SRC/py" triton > "$OUT/gen_vs_mamba_ssm.log" 2>&1
+      echo "rc $?"; grep -v Warn "$OUT/gen_vs_mamba_ssm.log" | cut -c1-300 ;;
+    decode)
+      python3 benchmarks/decode_profile.py "$OUT/decode_profile.json" > "$OUT/decode_profile.log" 2>&1; echo "rc $?" ;;
+    vision)
+      python3 benchmarks/bench_gpu_models.py --section vision --out "$OUT" > "$OUT/vision.log" 2>&1; echo "rc $?" ;;
+    *) echo "unknown part $part" ;;
+  esac
+done
