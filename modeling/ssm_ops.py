@@ -297,21 +297,25 @@ def _time_major_scan_forward(dt, x, A, B, C, h0):
     (``addcmul``), then y for the whole block in one batched matmul. Returns ys (L, b, G, dg, 1), the last state
     (b, G, dg, N) and the states at the block starts (blocks, b, G, dg, N), which the backward starts from."""
     L = dt.shape[0]
-    h = h0.clone() if h0 is not None else dt.new_zeros(tuple(dt.shape[1:4]) + tuple(A.shape[-1:]))
+    state = tuple(dt.shape[1:4]) + tuple(A.shape[-1:])
+    n_blocks = (L + _BLOCK - 1) // _BLOCK
+    checkpoints = dt.new_empty((n_blocks + 1,) + state)  # the state at each block start, then the last state
+    if h0 is not None:
+        checkpoints[0].copy_(h0)
+    else:
+        checkpoints[0].zero_()
     ys = dt.new_empty(dt.shape)
-    checkpoints = []
     bufs = _buffers(dt, A)
-    for t0 in range(0, L, _BLOCK):
+    for c, t0 in enumerate(range(0, L, _BLOCK)):
         t1 = min(L, t0 + _BLOCK)
-        checkpoints.append(h)
         dA, H = _block_inputs(dt, x, A, B, t0, t1, bufs)
-        H[0].addcmul_(dA[0], h)  # H[j] holds dBx_j, becomes h_j in place
+        Hs, dAs = H.unbind(0), dA.unbind(0)  # the steps' views, made in one call
+        Hs[0].addcmul_(dAs[0], checkpoints[c])  # H[j] holds dBx_j, becomes h_j in place
         for j in range(1, t1 - t0):
-            H[j].addcmul_(dA[j], H[j - 1])
+            Hs[j].addcmul_(dAs[j], Hs[j - 1])
         torch.matmul(H, C[t0:t1].transpose(-1, -2), out=ys[t0:t1])  # (T, b, G, dg, 1)
-        h = H[-1].clone()
-    checkpoints = torch.stack(checkpoints) if checkpoints else h.new_empty((0,) + tuple(h.shape))
-    return ys, h, checkpoints
+        checkpoints[c + 1].copy_(Hs[-1])
+    return ys, checkpoints[-1].clone(), checkpoints[:-1]
 
 
 def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
@@ -329,9 +333,10 @@ def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
         t0, t1 = c * _BLOCK, min(L, (c + 1) * _BLOCK)
         # recompute the block's states: H[j] = h_{t0+j}; h_prev[j] = h_{t0+j-1}
         dA, H = _block_inputs(dt, x, A, B, t0, t1, bufs)
-        H[0].addcmul_(dA[0], checkpoints[c])
+        Hs, dAs = H.unbind(0), dA.unbind(0)
+        Hs[0].addcmul_(dAs[0], checkpoints[c])
         for j in range(1, t1 - t0):
-            H[j].addcmul_(dA[j], H[j - 1])
+            Hs[j].addcmul_(dAs[j], Hs[j - 1])
         T = t1 - t0
         h_prev = bufs[2][:T]
         h_prev[0] = checkpoints[c]
@@ -339,8 +344,9 @@ def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
         # reverse recurrence: G[j] = gy_j C_j + dA_{j+1} G[j+1]  (dA of the next block folded into g)
         G = torch.mul(gy[t0:t1], C[t0:t1], out=bufs[3][:T])  # (T, b, G, dg, N)
         G[-1].add_(g)
+        Gs = G.unbind(0)
         for j in range(t1 - t0 - 2, -1, -1):
-            G[j].addcmul_(dA[j + 1], G[j + 1])
+            Gs[j].addcmul_(dAs[j + 1], Gs[j + 1])
         torch.matmul(gy[t0:t1].transpose(-1, -2), H, out=gC[t0:t1])  # sum_d gy h
         torch.matmul(G, B[t0:t1].transpose(-1, -2), out=gx[t0:t1])  # <g, B>
         torch.matmul(x[t0:t1].transpose(-1, -2), G, out=gB[t0:t1])  # sum_d x g
@@ -475,7 +481,8 @@ def selective_scan_torch(
         dt = dt + delta_bias.to(acc).reshape(G, dg, 1)
     if delta_softplus:
         dt = F.softplus(dt)
-    x = dt * time_major(u)
+    u_tm = time_major(u)
+    x = dt * u_tm
 
     def bc_time_major(t):  # (b, N, L) | (b, g, N, L) -> (L, b, G, 1, N)
         t = t.to(acc).unsqueeze(1) if t.dim() == 3 else t.to(acc)
@@ -485,8 +492,14 @@ def selective_scan_torch(
     ys, h_last = _time_major_scan(
         dt, x, A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
     )
-    y = ys.reshape(seqlen, batch, dim).permute(1, 2, 0)  # (b, d, L)
-    out = _finish(y, u, D, z, out_dtype)
+    # D skip and gate time-major, where ys, u and (in a mixer) z already are: no element-wise op of mixed layouts; the
+    # output is a (b, d, L) view of a time-major tensor (a mixer transposes it back to (b, L, d) for free)
+    y = ys.reshape(seqlen, batch, dim)
+    if D is not None:
+        y = y + u_tm.reshape(seqlen, batch, dim) * D.to(acc)
+    if z is not None:
+        y = y * F.silu(z.to(acc).permute(2, 0, 1))
+    out = y.to(out_dtype).permute(1, 2, 0)
     return (out, h_last.reshape(batch, dim, N).float()) if return_last_state else out
 
 
