@@ -164,6 +164,10 @@ def _check(cond: bool, msg):
         raise ValueError(msg() if callable(msg) else msg)
 
 
+def _check_activation(activation):
+    _check(activation in (None, "silu", "swish"), lambda: f"activation must be None or 'silu', got {activation!r}")
+
+
 def _check_float(name: str, t: torch.Tensor):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -492,14 +496,13 @@ def selective_scan_torch(
     ys, h_last = _time_major_scan(
         dt, x, A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
     )
-    # D skip and gate time-major, where ys, u and (in a mixer) z already are: no element-wise op of mixed layouts; the
-    # output is a (b, d, L) view of a time-major tensor (a mixer transposes it back to (b, L, d) for free)
-    y = ys.reshape(seqlen, batch, dim)
-    if D is not None:
-        y = y + u_tm.reshape(seqlen, batch, dim) * D.to(acc)
-    if z is not None:
-        y = y * F.silu(z.to(acc).permute(2, 0, 1))
-    out = y.to(out_dtype).permute(1, 2, 0)
+    # D skip and gate on (b, d, L) views of the time-major ys and u, where (in a mixer) z already is too: no
+    # element-wise op of mixed layouts; the output keeps the time-major strides (a mixer transposes it back to
+    # (b, L, d) for free)
+    def channel_view(t):  # time-major (L, b, ...) -> a (b, d, L) view
+        return t.reshape(seqlen, batch, dim).permute(1, 2, 0)
+
+    out = _finish(channel_view(ys), channel_view(u_tm), D, z, out_dtype)
     return (out, h_last.reshape(batch, dim, N).float()) if return_last_state else out
 
 
@@ -561,9 +564,9 @@ def causal_conv1d(
     _check(x.dim() == 3, lambda: f"x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
     if weight.dim() == 3:
         weight = weight.squeeze(1)
-    _check(weight.dim() == 2 and weight.shape[0] == x.shape[1], lambda: f"conv weight must be (dim={x.shape[1]}, width), "
-           f"got shape {tuple(weight.shape)}")
-    _check(activation in (None, "silu", "swish"), lambda: f"activation must be None or 'silu', got {activation!r}")
+    _check(weight.dim() == 2 and weight.shape[0] == x.shape[1],
+           lambda: f"conv weight must be (dim={x.shape[1]}, width), got shape {tuple(weight.shape)}")
+    _check_activation(activation)
     name = resolve_backend(backend, x.device)
     # causal-conv1d's CUDA kernels take widths 2..4 only (STORM's video mixers use wider ones): others use F.conv1d
     if (name == "mamba_ssm" and "causal_conv1d_fn" in _load_mamba_ssm() and x.dtype != torch.float64
@@ -593,7 +596,7 @@ def causal_conv1d_update(
     _check(conv_state.shape == (x.shape[0], x.shape[1], weight.shape[1]),
            lambda: f"conv_state must be (batch, dim, width)={(x.shape[0], x.shape[1], weight.shape[1])}, "
            f"got {tuple(conv_state.shape)}")
-    _check(activation in (None, "silu", "swish"), lambda: f"activation must be None or 'silu', got {activation!r}")
+    _check_activation(activation)
     name = resolve_backend(backend, x.device)
     if name == "mamba_ssm" and "causal_conv1d_update" in _load_mamba_ssm() and 2 <= weight.shape[1] <= 4:
         return _load_mamba_ssm()["causal_conv1d_update"](x, conv_state, weight, bias, activation)

@@ -863,6 +863,20 @@ def _normalise_row(x_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT
     tl.store(y_ptr + row * n_cols + cols, (w * h).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _add_rms_norm_kernel(r_ptr, x_ptr, w_ptr, r_out_ptr, y_ptr, n_cols, eps, CAST_INPUT: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """One row: r = residual + x (in r_out's dtype), then y = RMSNorm(r) as _rms_norm_kernel computes it."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    r = tl.load(r_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    r += tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    r_raw = r.to(r_out_ptr.dtype.element_ty)
+    tl.store(r_out_ptr + row * n_cols + cols, r_raw, mask=mask)
+    _normalise_row(r_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1258,20 +1272,6 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation="si
         num_warps=4,
     )
     return y
-
-
-@triton.jit
-def _add_rms_norm_kernel(r_ptr, x_ptr, w_ptr, r_out_ptr, y_ptr, n_cols, eps, CAST_INPUT: tl.constexpr,
-                         BLOCK: tl.constexpr):
-    """One row: r = residual + x (in r_out's dtype), then y = RMSNorm(r) as _rms_norm_kernel computes it."""
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    r = tl.load(r_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    r += tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    r_raw = r.to(r_out_ptr.dtype.element_ty)
-    tl.store(r_out_ptr + row * n_cols + cols, r_raw, mask=mask)
-    _normalise_row(r_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT)
 
 
 def add_rms_norm_triton(residual, x, weight, eps, cast_input=False):

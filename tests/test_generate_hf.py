@@ -225,8 +225,8 @@ def _both_loops(model, monkeypatch, **kw):
 def _eos_cases(model):
     prompt = ids(4, 6, seed=3)
     free = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None)[:, 6:]
-    all_at_3 = sorted({int(t) for t in free[:, :4].flatten()})  # every row meets one of these by step 4
-    return prompt, [int(free[0, 5]), [int(free[1, 2]), int(free[2, 7])], all_at_3]
+    all_by_4 = sorted({int(t) for t in free[:, :4].flatten()})  # every row meets one of these by step 4
+    return prompt, [int(free[0, 5]), [int(free[1, 2]), int(free[2, 7])], all_by_4]
 
 
 @pytest.mark.parametrize("case", range(3))
