@@ -122,6 +122,8 @@ def main(argv=None):
     ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
     ap.add_argument("--tile-bwd-sweep", action="store_true",
                     help="time forward + backward over the time-tiled training pair's settings (TILE_BWD_CONFIG)")
+    ap.add_argument("--lane-sweep", action="store_true",
+                    help="time the register-lane forward's settings (LANE_CONFIG) against the forward without it")
     ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
     args = ap.parse_args(argv)
@@ -191,6 +193,34 @@ def main(argv=None):
                       flush=True)
         ssm_triton.TILE_BWD_CONFIG.clear()
         ssm_triton.TILE_BWD_CONFIG.update(default)
+    if args.lane_sweep:
+        from triton.testing import do_bench
+
+        default = dict(ssm_triton.LANE_CONFIG)
+        result["lane_sweep"] = []
+        for shape in shapes:
+            x = inputs(*shape)
+            fwd = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"],  # noqa
+                                                           x["D"], x["z"], x["bias"], True)
+            ssm_triton.LANE_CONFIG["enabled"] = False
+            y_ref = fwd().float()
+            row = dict(enabled=False, B=shape[0], D=shape[1], L=shape[2], ssmvl_fwd=do_bench(fwd))
+            result["lane_sweep"].append(row)
+            print("lane", json.dumps(row), flush=True)
+            seen = set()
+            for split, warps, chunk in itertools.product((1, 2, 4), (512, 1024, 2048), (64, 256)):
+                ssm_triton.LANE_CONFIG.update(enabled=True, max_split=split, min_warps=warps, min_chunk=chunk)
+                plan = ssm_triton._lane_plan(*shape[:2], 1, N, shape[2])
+                if plan in seen:  # settings that give the same plan run the same kernels
+                    continue
+                seen.add(plan)
+                y = fwd().float()
+                row = dict(max_split=split, min_warps=warps, min_chunk=chunk, plan=plan, B=shape[0],
+                           D=shape[1], L=shape[2], ssmvl_fwd=do_bench(fwd),
+                           rel_err_vs_lane_off=((y - y_ref).norm() / y_ref.norm()).item())
+                result["lane_sweep"].append(row)
+                print("lane", json.dumps(row), flush=True)
+            ssm_triton.LANE_CONFIG.update(default)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

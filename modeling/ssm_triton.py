@@ -37,6 +37,7 @@ import torch
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError as err:  # triton is optional: ssm_ops falls back to the torch backend
     raise ImportError("ssmvl's Triton selective-scan kernels need the `triton` package (pip install triton)") from err
 
@@ -75,6 +76,16 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512,
 # B8 D1536 L1024 1.84 -> 1.46, B16 D1536 L4096 13.9 -> 11.9, B1 D1536 L1024 1.41 -> 1.06; B4 D768 L6085 chunked 2.72
 # (tiled 4.16); B128 D768 L197 sequential 2.48 (tiled 4.75). Tiles of 256 / 1024 steps or 8 warps were slower.
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512}
+# Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
+# the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
+# 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
+# into chunks of at least `min_chunk` steps (time-parallel: chunk end states, carry, rescan). "enabled": None = that
+# rule, True = wherever it can run (N a multiple of S, dim // G a multiple of the program's channels), False = never.
+# H200 sweep (bf16, N = 16, benchmarks/scan_vs_mamba_ssm.py --lane-sweep): B4 D768 L6085 0.80 ms (chunked) ->
+# 0.52-0.55 ms (S = 2, 11 chunks; mamba_ssm 0.574), B128 D768 L197 0.43 (sequential) -> 0.40 ms (S = 1); against
+# the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms): there a warp reads
+# 32 channels' cache lines a step.
+LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "min_chunk": 256}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -228,6 +239,183 @@ def _scan_fwd_kernel(
             u3, d3, z3, B3, C3 = u7, d7, z7, B7, C7
     if not PARALLEL:  # else _chunk_carry_kernel wrote it
         tl.store(hlast_ptr + state_off, h, mask=mask_dn)
+
+
+@triton.jit
+def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, QUAD: tl.constexpr):
+    """The NS fp32 values at p[..., i] (i < NS; p a (S, BLOCK_D) pointer tensor, one address per split) as a tuple of
+    (S, BLOCK_D) tensors. QUAD (p 16-byte aligned, NS a multiple of 4): 16-byte loads of 4 values each, split apart
+    in registers."""
+    vals = ()
+    if QUAD:
+        for j in tl.static_range(NS // 4):
+            x = tl.load(p[:, :, None] + (4 * j + tl.arange(0, 4))[None, None, :])  # (S, BLOCK_D, 4), one thread's
+            lo, hi = tl.split(tl.reshape(x, (S, BLOCK_D, 2, 2)))  # (x0, x2), (x1, x3)
+            x0, x2 = tl.split(lo)
+            x1, x3 = tl.split(hi)
+            vals = vals + (x0, x1, x2, x3)
+    else:
+        for i in tl.static_range(NS):
+            vals = vals + (tl.load(p + i),)
+    return vals
+
+
+@triton.jit
+def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, bc_p, t, L,
+             NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, ROW: tl.constexpr, HAS_Z: tl.constexpr,
+             HAS_C: tl.constexpr, QUAD: tl.constexpr):
+    """Inputs of step t for a lane program ((S, BLOCK_D) pointer tensors): u, delta (and z) of its channels, and the
+    NS = N / S values of B_t (and C_t) that each split of the states needs, as tuples, from the fp32 rows of bc
+    (B_t at [0, N), C_t at [ROW, ROW + N)). Unmasked: t is clamped to L - 1 (the caller makes steps past its range
+    no-ops)."""
+    t = tl.minimum(t, L - 1)
+    u = tl.load(u_p + t * su).to(tl.float32)
+    dt = tl.load(dl_p + t * sdl).to(tl.float32)
+    zz = u
+    if HAS_Z:
+        zz = tl.load(z_p + t * sz).to(tl.float32)
+    row = bc_p + t * (2 * ROW)
+    Bt = _lane_row(row, NS, S, BLOCK_D, QUAD)
+    Ct = ()
+    if HAS_C:
+        Ct = _lane_row(row + ROW, NS, S, BLOCK_D, QUAD)
+    return u, dt, zz, Bt, Ct
+
+
+@triton.jit
+def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
+               NS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr, STORE_Y: tl.constexpr, FAST: tl.constexpr):
+    """One step of a lane program (a no-op when v is False). Tensors are (S, BLOCK_D): channel d's N states are split
+    over S threads, NS = N / S each (h: a tuple of NS tensors), so a step is, per state, one exp2 and three
+    multiply-adds, and y needs a sum over the S threads only (none for S = 1). The split s = 0 stores y (first).
+    Returns the new states and the step size."""
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        if FAST:  # log2 on the special-function unit (lg2.approx) instead of libdevice's polynomial
+            dt = tl.where(dt <= 20.0,
+                          0.6931471805599453 * libdevice.fast_log2f(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+        else:
+            dt = _softplus(dt)
+    dt = tl.where(v, dt, 0.0)
+    du = dt * u
+    y = tl.zeros_like(u)
+    hn = ()
+    for i in tl.static_range(NS):
+        hi = tl.exp2(dt * A2[i]) * h[i] + du * Bt[i]
+        hn = hn + (hi,)
+        if STORE_Y:
+            y += hi * Ct[i]
+    if STORE_Y:
+        y = tl.sum(y, axis=0, keep_dims=True)
+        if HAS_D:
+            y = y + Dv * u
+        if HAS_Z:
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=first & v)
+    return hn, dt
+
+
+@triton.jit
+def _lane_block(pid_b, pid_d, dim, dg, A_ptr, bias_ptr, D_ptr, N: tl.constexpr, S: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A lane program's channels d (1, BLOCK_D), the first state of each split k0 (S, 1), the group g of B/C (BLOCK_D
+    divides dim // G), A * log2(e) as a tuple of N / S (S, BLOCK_D) fp32 tensors, delta_bias and D (zeros without
+    them) and the (batch, channel) rows (int64)."""
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    k0 = (tl.arange(0, S) * (N // S))[:, None]
+    g = (pid_d * BLOCK_D) // dg
+    A2 = ()
+    for i in tl.static_range(N // S):
+        A2 = A2 + (tl.load(A_ptr + d * N + k0 + i).to(tl.float32) * 1.4426950408889634,)
+    zero = tl.zeros((S, BLOCK_D), dtype=tl.float32)
+    bias = zero
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d + k0 * 0).to(tl.float32)
+    Dv = zero
+    if HAS_D:
+        Dv = tl.load(D_ptr + d + k0 * 0).to(tl.float32)
+    row = pid_b.to(tl.int64) * dim + d + k0 * 0
+    return d + k0 * 0, k0, g, A2, bias, Dv, row
+
+
+@triton.jit
+def _scan_fwd_lane_kernel(
+    u_ptr, dl_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    y_ptr, hlast_ptr, states_ptr, hend_ptr, S_ptr,
+    dim, L, dg, nchunks, CHUNK,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    N: tl.constexpr, S: tl.constexpr, ROW: tl.constexpr, QUAD: tl.constexpr, FAST: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Inference forward with the states in registers, N / S per thread ("lanes"): a program takes BLOCK_D channels of
+    one batch row and one B/C group, S threads a channel, and keeps each thread's N / S states as a tuple of
+    (S, BLOCK_D) tensors, so a step is, per state, one exp2 and three multiply-adds with no cross-thread traffic but
+    the sum of y over the S threads. B_t and C_t come from one fp32 row of bc (batch, G, L, 2 ROW) a step, loads
+    shared by the program. MODE 0: walk the sequence from h0, write y and the last state. MODE 1 (time-parallel
+    pass 1, one program per chunk = program_id(2)): the chunk's end state from zero and its summed step sizes
+    (hend (batch, dim, nchunks, N), S (batch, dim, nchunks)): it maps a start state h to exp(A S) h + hend. MODE 2
+    (pass 3): rescan chunk program_id(2) from states[chunk] (pass 2, _chunk_carry_kernel, wrote them), write y."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    c_begin = tl.program_id(2)
+    NS: tl.constexpr = N // S
+    d, k0, g, A2, bias, Dv, row = _lane_block(pid_b, pid_d, dim, dg, A_ptr, bias_ptr, D_ptr, N, S, HAS_BIAS, HAS_D,
+                                              BLOCK_D)
+    first = k0 == 0
+    b64 = pid_b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    y_p = y_ptr + b64 * sy_b + d64 * sy_d
+    G = dim // dg
+    bc_p = bc_ptr + (b64 * G + g) * L * (2 * ROW) + (k0 + d * 0)  # row t of (batch, G, L, 2 ROW) at t * 2 ROW
+    st_p = row * N + k0  # (batch, channel, state) of a (batch, dim, N) tensor
+    if MODE != 0:
+        st_p = (row * nchunks + c_begin) * N + k0  # of a (batch, dim, nchunks, N) tensor
+    h = ()
+    for i in tl.static_range(NS):
+        if MODE == 2:
+            h = h + (tl.load(states_ptr + st_p + i),)
+        elif MODE == 0 and HAS_H0:
+            h = h + (tl.load(h0_ptr + st_p + i).to(tl.float32),)
+        else:
+            h = h + (tl.zeros((S, BLOCK_D), dtype=tl.float32),)
+    s = tl.zeros((S, BLOCK_D), dtype=tl.float32)
+    STORE_Y: tl.constexpr = MODE != 1
+    LD_Z: tl.constexpr = HAS_Z and MODE != 1
+    t0 = c_begin * CHUNK  # (MODE 0: one chunk, CHUNK = L)
+    t1 = tl.minimum(t0 + CHUNK, L)
+    # a fixed trip count (CHUNK; steps past t1 are no-ops): bounds derived from program ids would not work in triton's
+    # CPU interpreter. Two steps per iteration, the loads of the next two issued before their arithmetic.
+    u0, d0, z0, B0, C0 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t0, L, NS, S, BLOCK_D, ROW, LD_Z, STORE_Y,
+                                  QUAD)
+    u1, d1, z1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t0 + 1, L, NS, S, BLOCK_D, ROW, LD_Z,
+                                  STORE_Y, QUAD)
+    for k in range(0, CHUNK, 2):
+        t = t0 + k
+        u2, d2, z2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t + 2, L, NS, S, BLOCK_D, ROW, LD_Z,
+                                      STORE_Y, QUAD)
+        u3, d3, z3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t + 3, L, NS, S, BLOCK_D, ROW, LD_Z,
+                                      STORE_Y, QUAD)
+        h, e0 = _lane_step(h, u0, d0, z0, B0, C0, t < t1, A2, Dv, bias, y_p, sy_l, t, first, NS, HAS_D, HAS_Z,
+                           HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
+        h, e1 = _lane_step(h, u1, d1, z1, B1, C1, t + 1 < t1, A2, Dv, bias, y_p, sy_l, t + 1, first, NS, HAS_D, HAS_Z,
+                           HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
+        if MODE == 1:
+            s += e0 + e1
+        u0, d0, z0, B0, C0 = u2, d2, z2, B2, C2
+        u1, d1, z1, B1, C1 = u3, d3, z3, B3, C3
+    if MODE == 1:
+        for i in tl.static_range(NS):
+            tl.store(hend_ptr + st_p + i, h[i])
+        tl.store(S_ptr + row * nchunks + c_begin, s, mask=first)
+    elif MODE == 0:
+        for i in tl.static_range(NS):
+            tl.store(hlast_ptr + st_p + i, h[i])
 
 
 @triton.jit
@@ -993,6 +1181,86 @@ def _carry_chunks(A, S, local, init, starts, final, reverse: bool):
     )
 
 
+def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
+    """(S, BLOCK_D, CHUNK, nchunks) of the lane forward, or None where it does not apply (see LANE_CONFIG)."""
+    cfg = LANE_CONFIG
+    if cfg["enabled"] is False:
+        return None
+    if cfg["enabled"] is None:  # where the time-tiled kernel is chosen, it stays (with the programs it counts)
+        dg = dim // G
+        if _use_tile_kernel(batch * G * triton.cdiv(dg, min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))), L):
+            return None
+    lanes = 32 * int(cfg["num_warps"])
+    splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and (dim // G) % (lanes // S) == 0]
+    if not splits:
+        return None
+    S = next((S for S in splits if batch * dim * S // 32 >= cfg["min_warps"]), splits[-1])
+    warps = max(1, batch * dim * S // 32)
+    want = triton.cdiv(int(cfg["min_warps"]), warps)  # chunks wanted per channel block
+    chunk = L
+    if want > 1:
+        chunk = max(int(cfg["min_chunk"]), 2 * triton.cdiv(L, 2 * want))
+    return S, lanes // S, chunk, triton.cdiv(L, chunk)
+
+
+def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool):
+    """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state at every
+    tile start, for _scan_bwd_tile_kernel) the saved states."""
+    batch, dim, L = u.shape
+    G, N = B.shape[1], A.shape[1]
+    nchunks = triton.cdiv(L, block_t)
+    y = _empty_as(u)
+    h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
+    states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
+    zt = z if z is not None else u
+    _scan_fwd_tile_kernel[(batch * dim,)](
+        u, delta, A, B, C, D if D is not None else u, zt, delta_bias if delta_bias is not None else u,
+        h0 if h0 is not None else h_last, y, h_last, states,
+        dim, L, dim // G, G, N, nchunks,
+        *u.stride(), *delta.stride(), *zt.stride(), *y.stride(), *B.stride(), *C.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+        HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N),
+        num_warps=(TILE_BWD_CONFIG if save_states else TILE_CONFIG)["num_warps"],
+    )
+    return y, h_last, (states if save_states else None)
+
+
+def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan):
+    """Inference forward by _scan_fwd_lane_kernel (see _lane_plan): y and the last state."""
+    batch, dim, L = u.shape
+    G, N = B.shape[1], A.shape[1]
+    S, BLOCK_D, chunk, nchunks = plan
+    f32 = dict(device=u.device, dtype=torch.float32)
+    # B_t and C_t of a step side by side in one fp32 row (padded to ROW, a multiple of 4: 16-byte loads): the kernel
+    # reads them with no conversions, whatever B / C's layout and dtype. A copy of 2 N values a step (B / C are
+    # N / dim of the scan's inputs).
+    ROW = 4 * triton.cdiv(N, 4)
+    bc = torch.empty((batch, G, L, 2 * ROW), **f32)
+    bc[..., :N].copy_(B.transpose(2, 3))
+    bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
+    y = _empty_as(u)
+    h_last = torch.empty((batch, dim, N), **f32)
+    parallel = nchunks > 1
+    states = torch.empty((batch, dim, nchunks, N), **f32) if parallel else h_last
+    hend = torch.empty_like(states) if parallel else states
+    S_sum = torch.empty((batch, dim, nchunks), **f32) if parallel else states
+    zt = z if z is not None else u
+    common = (
+        dim, L, dim // G, nchunks, chunk,
+        *u.stride(), *delta.stride(), *zt.stride(), *y.stride(),
+    )
+    flags = dict(N=N, S=S, ROW=ROW, QUAD=(N // S) % 4 == 0, FAST=not _interpreting(),
+                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, num_warps=int(LANE_CONFIG["num_warps"]))
+    args = (u, delta, A, bc, D if D is not None else u, zt, delta_bias if delta_bias is not None else u,
+            h0 if h0 is not None else h_last, y, h_last, states, hend, S_sum)
+    if parallel:  # pass 1: chunk end states from zero; pass 2: every chunk's start state (and the last state)
+        _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=1, **flags)
+        _carry_chunks(A, S_sum, hend, h0, states, h_last, reverse=False)
+    _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=2 if parallel else 0, **flags)
+    return y, h_last
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # autograd.Function: inputs are channel-major or time-major (see _strided), B/C are (batch, G, N, L) with one G.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1015,20 +1283,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             cfg = TILE_BWD_CONFIG if tile_bwd else TILE_CONFIG
             block_t = min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
             nchunks = triton.cdiv(L, block_t)
-            y = _empty_as(u)
-            h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
-            states = (torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if tile_bwd
-                      else h_last)
-            _scan_fwd_tile_kernel[(batch * dim,)](
-                u, delta, A, B, C, D if D is not None else u, z if z is not None else u,
-                delta_bias if delta_bias is not None else u, h0 if h0 is not None else h_last, y, h_last, states,
-                dim, L, dg, G, N, nchunks,
-                *u.stride(), *delta.stride(), *(z if z is not None else u).stride(), *y.stride(), *B.stride(),
-                *C.stride(),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-                HAS_H0=h0 is not None, SAVE_STATES=tile_bwd, BLOCK_T=block_t, N_P2=_next_pow2(N),
-                num_warps=cfg["num_warps"],
-            )
+            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, tile_bwd)
             if tile_bwd:
                 ctx.softplus = bool(softplus)
                 ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
@@ -1219,13 +1474,17 @@ def selective_scan_triton(
     # initial_state are read as fp32.
     if LAYOUT.get("u_to_time_major", False) and _time_major(delta) and not _time_major(u):
         u = u.transpose(1, 2).contiguous().transpose(1, 2)
-    y, h_last = _SelectiveScanFn.apply(
-        _strided(u), _strided(delta), A.contiguous(), _strided(B4), _strided(C4),
-        None if D is None else D.contiguous(), None if z is None else _strided(z),
-        None if delta_bias is None else delta_bias.contiguous(),
-        None if initial_state is None else initial_state.contiguous(),
-        bool(delta_softplus), bool(return_last_state),
-    )
+    args = (_strided(u), _strided(delta), A.contiguous(), _strided(B4), _strided(C4),
+            None if D is None else D.contiguous(), None if z is None else _strided(z),
+            None if delta_bias is None else delta_bias.contiguous(),
+            None if initial_state is None else initial_state.contiguous())
+    plan = None
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)):
+        plan = _lane_plan(batch, dim, B4.shape[1], A.shape[1], L)
+    if plan is not None:  # inference: no autograd node
+        y, h_last = _lane_forward(*args, bool(delta_softplus), plan)
+    else:
+        y, h_last = _SelectiveScanFn.apply(*args, bool(delta_softplus), bool(return_last_state))
     return (y, h_last) if return_last_state else y
 
 

@@ -232,6 +232,85 @@ def test_scan_time_parallel_matches_reference(parallel_config, dtype, case):
         assert ssm_triton._fwd_chunking(batch, seqlen, need_grad=False)[1] or seqlen <= 64
 
 
+LANE_SETTINGS = {
+    # LANE_CONFIG: one thread a channel; states split over 2 / 4 threads; split and cut into chunks of >= 16 steps
+    "s1": dict(enabled=True, max_split=1, min_warps=1, min_chunk=16),
+    "s2": dict(enabled=True, max_split=2, min_warps=10**6, min_chunk=10**6),
+    "s4-chunks": dict(enabled=True, max_split=4, min_warps=10**6, min_chunk=16),
+}
+
+
+@pytest.mark.parametrize("setting", list(LANE_SETTINGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [(2, 64, 300, 16, 0, True, True, True, True), (1, 64, 77, 8, 2, False, True, False,
+                                                                                 False), (3, 32, 1, 16, 0, True, False,
+                                                                                          True, True),
+                                  (1, 32, 45, 1, 0, True, True, True, True), (2, 64, 33, 5, 0, True, True, True, False)],
+                         ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
+def test_scan_lane_forward_matches_reference(monkeypatch, setting, dtype, case):
+    """The inference forward by the register-lane kernel (each thread a channel's N / S states; time-parallel chunks:
+    end states, carry, rescan): output and last state against the float64 reference, with odd lengths, L = 1,
+    N = 1 / 5 (no state split, B / C read one value at a time), B/C groups and an initial state."""
+    for k, v in LANE_SETTINGS[setting].items():
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
+    batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+    plan = ssm_triton._lane_plan(batch, dim, max(groups, 1), dstate, seqlen)
+    assert plan is not None
+    if setting == "s4-chunks" and dstate % 4 == 0 and seqlen > 16:
+        assert plan[0] == 4 and plan[3] > 1, plan  # and the plan really splits and chunks
+    check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("groups", [0, 2])
+def test_scan_lane_forward_takes_time_major_views(dtype, groups):
+    """The lane forward (chosen by the default rule at this length) with the mixer's time-major delta / z / B / C
+    views: output and last state against float64."""
+    g = torch.Generator().manual_seed(3)
+    batch, dim, L, N, R = 2, 64, 45, 16, 3
+    gN = N * max(groups, 1)
+    bases = dict(xz=torch.randn(batch, L, 2 * dim, generator=g), dl=torch.randn(batch, L, dim, generator=g) * 0.5,
+                 xp=torch.randn(batch, L, R + 2 * gN, generator=g), u=torch.randn(batch, dim, L, generator=g))
+    A = (-torch.rand(dim, N, generator=g) * 4 - 0.1).to(DEV)
+    Dp, bias = torch.randn(dim, generator=g).to(DEV), (torch.rand(dim, generator=g) - 2).to(DEV)
+    assert ssm_triton._lane_plan(batch, dim, max(groups, 1), N, L) is not None
+    out = {}
+    for name, fn, ftype in (("triton", ssm_triton.selective_scan_triton, dtype),
+                            ("ref", ssm_ops.selective_scan_ref, torch.float64)):
+        u, delta, z, B, C = _mixer_views({k: v.to(DEV, ftype) for k, v in bases.items()}, dim, N, R, groups, False)
+        cast = (lambda t: t.double()) if name == "ref" else (lambda t: t)
+        out[name] = fn(u, delta, cast(A), B, C, D=cast(Dp), z=z, delta_bias=cast(bias), delta_softplus=True,
+                       return_last_state=True)
+    (y, last), (y0, last0) = out["triton"], out["ref"]
+    assert y.dtype == dtype and y.shape == (batch, dim, L)
+    assert rel(y, y0) <= TOL[dtype] and rel(last, last0) <= TOL[dtype], (rel(y, y0), rel(last, last0))
+
+
+def test_lane_plan():
+    """Where the lane forward applies and how it splits: channels a multiple of the program's, states of the split;
+    by default only where the time-tiled kernel is not chosen."""
+    cfg = dict(ssm_triton.LANE_CONFIG)
+    try:
+        ssm_triton.LANE_CONFIG.update(enabled=None, num_warps=1, max_split=2, min_warps=2048, min_chunk=256)
+        assert ssm_triton._lane_plan(128, 768, 1, 16, 197) == (1, 32, 197, 1)  # short: 3072 warps, one chunk
+        S, block, chunk, nchunks = ssm_triton._lane_plan(4, 768, 1, 16, 6085)  # few channels, long: 2 x 11 chunks
+        assert (S, block, nchunks) == (2, 16, 11) and chunk * 11 >= 6085
+        assert ssm_triton._lane_plan(16, 1536, 1, 16, 4096) is None  # the time-tiled kernel's
+        assert ssm_triton._lane_plan(1, 1536, 1, 16, 1024) is None
+        ssm_triton.LANE_CONFIG.update(enabled=True, max_split=4, min_warps=1024, min_chunk=64)
+        assert ssm_triton._lane_plan(16, 1536, 1, 16, 4096)[:2] == (2, 16)  # 768 -> 1536 warps
+        S, block, chunk, nchunks = ssm_triton._lane_plan(1, 1536, 1, 16, 1024)  # 192 warps at S = 4: 6 chunks
+        assert (S, block) == (4, 8) and chunk >= 64 and nchunks == -(-1024 // chunk) > 1
+        assert ssm_triton._lane_plan(2, 20, 1, 16, 100) is None  # 20 channels: no block of 8 divides them
+        assert ssm_triton._lane_plan(2, 24, 1, 5, 100) is None  # N = 5: only S = 1, 32 channels a program
+        assert ssm_triton._lane_plan(2, 64, 1, 5, 100)[0] == 1
+        ssm_triton.LANE_CONFIG["enabled"] = False
+        assert ssm_triton._lane_plan(128, 768, 1, 16, 197) is None
+    finally:
+        ssm_triton.LANE_CONFIG.clear()
+        ssm_triton.LANE_CONFIG.update(cfg)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_scan_without_softplus(dtype):
     inputs = make_inputs(2, 16, 77, 16, 0, dtype, bias=False, h0=True)
