@@ -26,6 +26,10 @@ g_t = dL/dh_t runs backwards one step per iteration, g_t = gy_t C_t + exp(dt_{t+
 dB/dC are summed over the program's channels, then across channel blocks either with fp32 atomics or through a
 per-block buffer (nblocks, batch * G, L, N) summed by torch (BWD_CONFIG["atomic"]); dA, dD and d(delta_bias) are
 written per (batch, channel) and summed over the batch with torch.
+Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernel (one program per
+channel, tl.associative_scan over tiles of steps) for inference at L >= 512 with many channels and for training
+there, and the register-lane kernel (one thread per channel, its states a tuple of registers) for inference
+elsewhere.
 """
 
 from __future__ import annotations
