@@ -48,6 +48,18 @@ def inputs(batch: int, dim: int, L: int):
                 bias=torch.randn(dim, device="cuda", generator=g) * 0.1 - 2, dy=rnd(batch, dim, L))
 
 
+def mixer_inputs(batch: int, dim: int, L: int, R: int = 48):
+    """The same inputs laid out as a Mamba mixer passes them (modeling/ssm_layers.py): u the conv output
+    (batch, dim, L) contiguous; delta, z and B / C transposed views of (batch, L, ...) linear outputs (time-major;
+    B / C slices of one (batch, L, R + 2N) x_proj output, unit stride along N)."""
+    x = inputs(batch, dim, L)
+    xz = torch.cat([x["u"], x["z"]], 1).transpose(1, 2).contiguous()  # (b, L, 2 dim)
+    xp = torch.cat([x["B"][:, 0].new_zeros(batch, R, L), x["B"][:, 0], x["C"][:, 0]], 1).transpose(1, 2).contiguous()
+    x.update(z=xz.transpose(1, 2)[:, dim:], delta=x["delta"].transpose(1, 2).contiguous().transpose(1, 2),
+             B=xp[..., R:R + N].transpose(1, 2).unsqueeze(1), C=xp[..., R + N:].transpose(1, 2).unsqueeze(1))
+    return x
+
+
 def measure(shape, bw, cuda_ext, ssm_triton):
     from triton.testing import do_bench
 
@@ -124,6 +136,8 @@ def main(argv=None):
                     help="time forward + backward over the time-tiled training pair's settings (TILE_BWD_CONFIG)")
     ap.add_argument("--lane-sweep", action="store_true",
                     help="time the register-lane forward's settings (LANE_CONFIG) against the forward without it")
+    ap.add_argument("--mixer-layout", action="store_true",
+                    help="time the inference forward with the mixer's time-major views, lane forward on and off")
     ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
     args = ap.parse_args(argv)
@@ -221,6 +235,23 @@ def main(argv=None):
                 result["lane_sweep"].append(row)
                 print("lane", json.dumps(row), flush=True)
             ssm_triton.LANE_CONFIG.update(default)
+    if args.mixer_layout:
+        from triton.testing import do_bench
+
+        default = dict(ssm_triton.LANE_CONFIG)
+        result["mixer_layout"] = []
+        for shape in shapes:
+            x = mixer_inputs(*shape)
+            fwd = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"],  # noqa
+                                                           x["D"], x["z"], x["bias"], True)
+            row = dict(B=shape[0], D=shape[1], L=shape[2])
+            for enabled in (False, True):
+                ssm_triton.LANE_CONFIG["enabled"] = enabled
+                row[f"lane_{enabled}"] = do_bench(fwd)
+                row[f"plan_{enabled}"] = ssm_triton._lane_plan(*shape[:2], 1, N, shape[2])
+            ssm_triton.LANE_CONFIG.update(default)
+            result["mixer_layout"].append(row)
+            print("mixer", json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -102,6 +102,39 @@ def _softplus(x):
 
 
 @triton.jit
+def _step_size(dt, bias, v, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """The step size from delta: + delta_bias, softplus (FAST: log2 on the special-function unit, lg2.approx,
+    instead of libdevice's polynomial), 0 where v is False (the step is then a no-op)."""
+    if HAS_BIAS:
+        dt = dt + bias
+    if SOFTPLUS:
+        if FAST:
+            dt = tl.where(dt <= 20.0,
+                          0.6931471805599453 * libdevice.fast_log2f(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
+        else:
+            dt = _softplus(dt)
+    return tl.where(v, dt, 0.0)
+
+
+@triton.jit
+def _skip_and_gate(y, u, zz, Dv, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """y + D u, times silu(z)."""
+    if HAS_D:
+        y = y + Dv * u
+    if HAS_Z:
+        y = y * zz * tl.sigmoid(zz)
+    return y
+
+
+@triton.jit
+def _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b, sy_d):
+    """Pointers to step 0 of batch row b64, channels d64 of u, delta, z and y (each with its batch / channel
+    strides)."""
+    return (u_ptr + b64 * su_b + d64 * su_d, dl_ptr + b64 * sdl_b + d64 * sdl_d, z_ptr + b64 * sz_b + d64 * sz_d,
+            y_ptr + b64 * sy_b + d64 * sy_d)
+
+
+@triton.jit
 def _ld_fwd(u_p, su, dl_p, sdl, z_p, sz, B_p, sB, C_p, sC, t, t1, mask_d, mask_n, HAS_Z: tl.constexpr):
     """Inputs of step t (all masked off, and v False, past t1). *_p: per-channel / per-state pointers at t = 0,
     s*: their strides along time."""
@@ -125,18 +158,10 @@ def _step_fwd(h, u, dt, zz, Bt, Ct, t, t1, A2, Dv, bias, y_p, sy, mask_d,
               STORE_Y: tl.constexpr):
     """One step of the recurrence (a no-op for t >= t1); stores y_t when STORE_Y."""
     v = t < t1
-    if HAS_BIAS:
-        dt = dt + bias
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(v, dt, 0.0)
+    dt = _step_size(dt, bias, v, HAS_BIAS, SOFTPLUS, False)
     h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
     if STORE_Y:
-        y = tl.sum(h * Ct[None, :], axis=1)
-        if HAS_D:
-            y = y + Dv * u
-        if HAS_Z:
-            y = y * zz * tl.sigmoid(zz)
+        y = _skip_and_gate(tl.sum(h * Ct[None, :], axis=1), u, zz, Dv, HAS_D, HAS_Z)
         tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=mask_d & v)
     return h, dt
 
@@ -186,10 +211,8 @@ def _scan_fwd_kernel(
     d64 = d.to(tl.int64)
     n64 = n.to(tl.int64)
     g64 = g.to(tl.int64)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    y_p = y_ptr + b64 * sy_b + d64 * sy_d
+    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
+                                    sy_d)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g + n64 * sB_n  # (N_P2,)
     C_p = C_ptr + b64 * sC_b + g64 * sC_g + n64 * sC_n
     state_off = row[:, None] * N + n[None, :]  # (BLOCK_D, N_P2)
@@ -294,15 +317,7 @@ def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
     over S threads, NS = N / S each (h: a tuple of NS tensors), so a step is, per state, one exp2 and three
     multiply-adds, and y needs a sum over the S threads only (none for S = 1). The split s = 0 stores y (first).
     Returns the new states and the step size."""
-    if HAS_BIAS:
-        dt = dt + bias
-    if SOFTPLUS:
-        if FAST:  # log2 on the special-function unit (lg2.approx) instead of libdevice's polynomial
-            dt = tl.where(dt <= 20.0,
-                          0.6931471805599453 * libdevice.fast_log2f(1.0 + tl.exp2(dt * 1.4426950408889634)), dt)
-        else:
-            dt = _softplus(dt)
-    dt = tl.where(v, dt, 0.0)
+    dt = _step_size(dt, bias, v, HAS_BIAS, SOFTPLUS, FAST)
     du = dt * u
     y = tl.zeros_like(u)
     hn = ()
@@ -312,11 +327,7 @@ def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
         if STORE_Y:
             y += hi * Ct[i]
     if STORE_Y:
-        y = tl.sum(y, axis=0, keep_dims=True)
-        if HAS_D:
-            y = y + Dv * u
-        if HAS_Z:
-            y = y * zz * tl.sigmoid(zz)
+        y = _skip_and_gate(tl.sum(y, axis=0, keep_dims=True), u, zz, Dv, HAS_D, HAS_Z)
         tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=first & v)
     return hn, dt
 
@@ -371,10 +382,8 @@ def _scan_fwd_lane_kernel(
     first = k0 == 0
     b64 = pid_b.to(tl.int64)
     d64 = d.to(tl.int64)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    y_p = y_ptr + b64 * sy_b + d64 * sy_d
+    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
+                                    sy_d)
     G = dim // dg
     bc_p = bc_ptr + (b64 * G + g) * L * (2 * ROW) + (k0 + d * 0)  # row t of (batch, G, L, 2 ROW) at t * 2 ROW
     st_p = row * N + k0  # (batch, channel, state) of a (batch, dim, N) tensor
@@ -550,10 +559,8 @@ def _scan_fwd_tile_kernel(
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    y_p = y_ptr + b64 * sy_b + d64 * sy_d
+    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
+                                    sy_d)
     B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g
     C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g
     for t0 in range(0, L, BLOCK_T):
