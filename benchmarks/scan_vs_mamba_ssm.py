@@ -60,6 +60,12 @@ def mixer_inputs(batch: int, dim: int, L: int, R: int = 48):
     return x
 
 
+def inference_forward(ssm_triton, x):
+    """ssmvl's forward without gradients on inputs x (from ``inputs`` or ``mixer_inputs``), as a callable."""
+    return lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                                                    x["bias"], True)
+
+
 def measure(shape, bw, cuda_ext, ssm_triton):
     from triton.testing import do_bench
 
@@ -70,9 +76,7 @@ def measure(shape, bw, cuda_ext, ssm_triton):
     bytes_fwd = (4 * batch * dim * L + 2 * batch * N * L) * 2  # read u, delta, z, B, C; write y (bf16)
     row.update(bound_fwd=bytes_fwd / bw * 1e3, bound_fb=2 * bytes_fwd / bw * 1e3)
 
-    def ssmvl_fwd():
-        return ssm_triton.selective_scan_triton(u, dl, A, Bm, Cm, Dv, z, bias, True)
-
+    ssmvl_fwd = inference_forward(ssm_triton, x)
     leaves = [t.detach().clone().requires_grad_() for t in (u, dl, Bm, Cm, z)]
 
     def ssmvl_fb():
@@ -178,9 +182,7 @@ def main(argv=None):
         for block_t, warps in ((256, 2), (1024, 4), (2048, 4)):
             ssm_triton.TILE_CONFIG.update(enabled=True, BLOCK_T=block_t, num_warps=warps)
             for shape in shapes:
-                x = inputs(*shape)
-                fwd = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"],  # noqa
-                                                               x["D"], x["z"], x["bias"], True)
+                fwd = inference_forward(ssm_triton, inputs(*shape))
                 y = fwd()
                 ssm_triton.TILE_CONFIG["enabled"] = False
                 with torch.no_grad():
@@ -207,15 +209,24 @@ def main(argv=None):
                       flush=True)
         ssm_triton.TILE_BWD_CONFIG.clear()
         ssm_triton.TILE_BWD_CONFIG.update(default)
-    if args.lane_sweep:
+    if args.lane_sweep or args.mixer_layout:
         from triton.testing import do_bench
 
         default = dict(ssm_triton.LANE_CONFIG)
-        result["lane_sweep"] = []
+        result.update(lane_sweep=[], mixer_layout=[])
         for shape in shapes:
-            x = inputs(*shape)
-            fwd = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"],  # noqa
-                                                           x["D"], x["z"], x["bias"], True)
+            if args.mixer_layout:  # the mixer's time-major views, lane forward off / where it can run
+                fwd = inference_forward(ssm_triton, mixer_inputs(*shape))
+                row = dict(B=shape[0], D=shape[1], L=shape[2])
+                for enabled in (False, True):
+                    ssm_triton.LANE_CONFIG["enabled"] = enabled
+                    row[f"lane_{enabled}"] = do_bench(fwd)
+                    row[f"plan_{enabled}"] = ssm_triton._lane_plan(*shape[:2], 1, N, shape[2])
+                result["mixer_layout"].append(row)
+                print("mixer", json.dumps(row), flush=True)
+            if not args.lane_sweep:
+                continue
+            fwd = inference_forward(ssm_triton, inputs(*shape))
             ssm_triton.LANE_CONFIG["enabled"] = False
             y_ref = fwd().float()
             row = dict(enabled=False, B=shape[0], D=shape[1], L=shape[2], ssmvl_fwd=do_bench(fwd))
@@ -235,23 +246,7 @@ def main(argv=None):
                 result["lane_sweep"].append(row)
                 print("lane", json.dumps(row), flush=True)
             ssm_triton.LANE_CONFIG.update(default)
-    if args.mixer_layout:
-        from triton.testing import do_bench
-
-        default = dict(ssm_triton.LANE_CONFIG)
-        result["mixer_layout"] = []
-        for shape in shapes:
-            x = mixer_inputs(*shape)
-            fwd = lambda: ssm_triton.selective_scan_triton(x["u"], x["delta"], x["A"], x["B"], x["C"],  # noqa
-                                                           x["D"], x["z"], x["bias"], True)
-            row = dict(B=shape[0], D=shape[1], L=shape[2])
-            for enabled in (False, True):
-                ssm_triton.LANE_CONFIG["enabled"] = enabled
-                row[f"lane_{enabled}"] = do_bench(fwd)
-                row[f"plan_{enabled}"] = ssm_triton._lane_plan(*shape[:2], 1, N, shape[2])
-            ssm_triton.LANE_CONFIG.update(default)
-            result["mixer_layout"].append(row)
-            print("mixer", json.dumps(row), flush=True)
+        ssm_triton.LANE_CONFIG.update(default)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 
