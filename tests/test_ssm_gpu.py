@@ -358,7 +358,6 @@ def _mixer_views(bases, dim, N, R, groups, u_time_major):
     of x_proj(...) transposed (unit stride along N), u = the conv output (batch, dim, L) contiguous or a time-major
     view."""
     xz, dl, xp, u = bases["xz"], bases["dl"], bases["xp"], bases["u"]
-    batch, L = xz.shape[0], xz.shape[1]
     z = xz.transpose(1, 2)[:, dim:]
     delta = dl.transpose(1, 2)
     if groups == 0:
