@@ -43,7 +43,8 @@ try:
     import triton.language as tl
     from triton.language.extra import libdevice
 except ImportError as err:  # triton is optional: ssm_ops falls back to the torch backend
-    raise ImportError("ssmvl's Triton selective-scan kernels need the `triton` package (pip install triton)") from err
+    raise ImportError("ssmvl's Triton selective-scan kernels need the `triton` package, 3.0 or newer "
+                      "(pip install 'triton>=3.0')") from err
 
 
 __all__ = ["selective_scan_triton", "selective_state_update_triton", "causal_conv1d_update_triton", "rms_norm_triton",
