@@ -88,8 +88,8 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # rule, True = wherever it can run (N a multiple of S, dim // G a multiple of the program's channels), False = never.
 # H200 sweep (bf16, N = 16, benchmarks/scan_vs_mamba_ssm.py --lane-sweep): B4 D768 L6085 0.80 ms (chunked) ->
 # 0.52-0.55 ms (S = 2, 11 chunks; mamba_ssm 0.574), B128 D768 L197 0.43 (sequential) -> 0.40 ms (S = 1); against
-# the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms): there a warp reads
-# 32 channels' cache lines a step.
+# the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms; 3-4x its instruction
+# count, for a reason not yet identified: benchmarks/README.md).
 LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "min_chunk": 256}
 
 
