@@ -35,6 +35,7 @@ elsewhere.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -91,6 +92,9 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms; 3-4x its instruction
 # count, for a reason not yet identified: benchmarks/README.md).
 LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "min_chunk": 256}
+# The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
+# compiled for sm_90 with both): with an older triton the other kernels take its cases.
+_TUPLES = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) >= (3, 3)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1196,7 +1200,7 @@ def _carry_chunks(A, S, local, init, starts, final, reverse: bool):
 def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
     """(S, BLOCK_D, CHUNK, nchunks) of the lane forward, or None where it does not apply (see LANE_CONFIG)."""
     cfg = LANE_CONFIG
-    if cfg["enabled"] is False:
+    if cfg["enabled"] is False or not _TUPLES:
         return None
     if cfg["enabled"] is None:  # where the time-tiled kernel is chosen, it stays (with the programs it counts)
         dg = dim // G

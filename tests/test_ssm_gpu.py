@@ -306,6 +306,12 @@ def test_lane_plan():
         assert ssm_triton._lane_plan(2, 64, 1, 5, 100)[0] == 1
         ssm_triton.LANE_CONFIG["enabled"] = False
         assert ssm_triton._lane_plan(128, 768, 1, 16, 197) is None
+        ssm_triton.LANE_CONFIG["enabled"] = None
+        tuples, ssm_triton._TUPLES = ssm_triton._TUPLES, False  # a triton older than 3.3: the other kernels
+        try:
+            assert ssm_triton._lane_plan(128, 768, 1, 16, 197) is None
+        finally:
+            ssm_triton._TUPLES = tuples
     finally:
         ssm_triton.LANE_CONFIG.clear()
         ssm_triton.LANE_CONFIG.update(cfg)
