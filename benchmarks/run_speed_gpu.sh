@@ -5,10 +5,10 @@
 # sdists' python packages (py/mamba_ssm, py/causal_conv1d) and ../shared/anchors (anchors/) -- e.g. the git-ignored
 # .carry/ a device call carries. PART: build (both extensions into /tmp/ms, /tmp/cc: about 3 minutes; later parts
 # need it while the machine stays warm), tests (tests/test_ssm_gpu.py, tests/test_models_gpu.py), scan (the five
-# shapes of ../shared/anchors/README.md -> scan_vs_mamba_ssm.json), lane (the lane forward's settings sweep and, with
-# the mixer's time-major inputs, the forward with it on and off -> scan_lane.json; needs no build), generate (mamba_ssm's generate vs ours ->
-# gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), vision (Vim-S / VMamba-T / DeiT-S). Default: all but
-# vision, which takes a call of its own.
+# shapes of ../shared/anchors/README.md -> scan_vs_mamba_ssm.json), lane (the lane forward's settings sweep, the
+# forward on the mixer's time-major inputs with it on and off, kernel times -> scan_lane.json; needs no build),
+# generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), vision
+# (Vim-S / VMamba-T / DeiT-S). Default: all but lane and vision, which take a call of their own.
 set -u
 OUT=${1:?OUT_DIR}; SRC=${2:?SRC}; shift 2
 PARTS=${*:-build tests scan generate decode}
@@ -31,7 +31,7 @@ for part in $PARTS; do
           16,1536,4096 --out "$OUT/scan_vs_mamba_ssm.json" > "$OUT/scan.log" 2>&1; echo "rc $?" ;;
     lane)
       python3 benchmarks/scan_vs_mamba_ssm.py 4,768,6085 128,768,197 1,1536,1024 8,1536,1024 16,1536,4096 \
-          --lane-sweep --mixer-layout --out "$OUT/scan_lane.json" > "$OUT/scan_lane.log" 2>&1; echo "rc $?"
+          --lane-sweep --mixer-layout --profile --out "$OUT/scan_lane.json" > "$OUT/scan_lane.log" 2>&1; echo "rc $?"
       grep mixer "$OUT/scan_lane.log" ;;
     generate)
       python3 "$SRC/anchors/gen_vs_mamba_ssm.py" "/tmp/ms:/tmp/cc:$SRC/py" triton > "$OUT/gen_vs_mamba_ssm.log" 2>&1
