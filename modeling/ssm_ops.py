@@ -335,16 +335,14 @@ def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
     bufs = _buffers(dt, A, n=4)
     for c in range(n_blocks - 1, -1, -1):
         t0, t1 = c * _BLOCK, min(L, (c + 1) * _BLOCK)
-        # recompute the block's states: H[j] = h_{t0+j}; h_prev[j] = h_{t0+j-1}
+        # recompute the block's states: H[j] = h_{t0+j}
         dA, H = _block_inputs(dt, x, A, B, t0, t1, bufs)
         Hs, dAs = H.unbind(0), dA.unbind(0)
         Hs[0].addcmul_(dAs[0], checkpoints[c])
         for j in range(1, t1 - t0):
             Hs[j].addcmul_(dAs[j], Hs[j - 1])
         T = t1 - t0
-        h_prev = bufs[2][:T]
-        h_prev[0] = checkpoints[c]
-        h_prev[1:] = H[:-1]
+        scratch = bufs[2][:T]
         # reverse recurrence: G[j] = gy_j C_j + dA_{j+1} G[j+1]  (dA of the next block folded into g)
         G = torch.mul(gy[t0:t1], C[t0:t1], out=bufs[3][:T])  # (T, b, G, dg, N)
         G[-1].add_(g)
@@ -355,9 +353,13 @@ def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
         torch.matmul(G, B[t0:t1].transpose(-1, -2), out=gx[t0:t1])  # <g, B>
         torch.matmul(x[t0:t1].transpose(-1, -2), G, out=gB[t0:t1])  # sum_d x g
         g = G[0] * dA[0]  # dL/dh_{t0-1}, handed to the previous block
-        gdA = G.mul_(h_prev).mul_(dA)  # dL/d(dt A), in G's memory
-        torch.sum(torch.mul(gdA, A, out=h_prev), -1, keepdim=True, out=gdt[t0:t1])
-        gA += torch.mul(gdA, dt[t0:t1], out=h_prev).sum(dim=(0, 1))
+        # dL/d(dt A) = G h_{t-1} dA, in G's memory; h_{t-1} is H shifted by one step (no copy), the block's
+        # checkpoint before its first step
+        G[1:].mul_(H[:-1])
+        G[0].mul_(checkpoints[c])
+        gdA = G.mul_(dA)
+        torch.sum(torch.mul(gdA, A, out=scratch), -1, keepdim=True, out=gdt[t0:t1])
+        gA += torch.mul(gdA, dt[t0:t1], out=scratch).sum(dim=(0, 1))
     return gdt, gx, gA, gB, gC, g
 
 
