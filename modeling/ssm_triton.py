@@ -1160,6 +1160,13 @@ def _fwd_chunking(programs: int, L: int, need_grad: bool):
     return (chunk if parallel or need_grad else L), parallel
 
 
+def _fwd_blocks(dg: int):
+    """(BLOCK_D, channel blocks) of the one-warp forward kernels for dg channels a B/C group: their program count
+    (batch x G x blocks) is what the kernel choice below weighs."""
+    block = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
+    return block, triton.cdiv(dg, block)
+
+
 def _use_tile_kernel(programs: int, L: int) -> bool:
     """Whether a forward without gradients runs _scan_fwd_tile_kernel (see TILE_CONFIG)."""
     cfg = TILE_CONFIG
@@ -1202,12 +1209,11 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
     cfg = LANE_CONFIG
     if cfg["enabled"] is False or not _TUPLES:
         return None
-    if cfg["enabled"] is None:  # where the time-tiled kernel is chosen, it stays (with the programs it counts)
-        dg = dim // G
-        if _use_tile_kernel(batch * G * triton.cdiv(dg, min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))), L):
-            return None
+    dg = dim // G
+    if cfg["enabled"] is None and _use_tile_kernel(batch * G * _fwd_blocks(dg)[1], L):
+        return None  # where the time-tiled kernel is chosen, it stays
     lanes = 32 * int(cfg["num_warps"])
-    splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and (dim // G) % (lanes // S) == 0]
+    splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and dg % (lanes // S) == 0]
     if not splits:
         return None
     S = next((S for S in splits if batch * dim * S // 32 >= cfg["min_warps"]), splits[-1])
@@ -1287,8 +1293,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         G, N = B.shape[1], A.shape[1]
         dg = dim // G
         need_grad = any(ctx.needs_input_grad[:9])
-        BLOCK_D = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
-        nblk = triton.cdiv(dg, BLOCK_D)
+        BLOCK_D, nblk = _fwd_blocks(dg)
         tile_bwd = need_grad and _use_tile_bwd(batch * G * nblk, L)
         if tile_bwd or (not need_grad and _use_tile_kernel(batch * G * nblk, L)):  # one program per channel
             # the tile kernels load BLOCK_T consecutive steps of a channel: time-major views (a mixer's delta / z / B / C
@@ -1383,8 +1388,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         if lanes > 1:  # passes 1 and 2: the adjoint carried into every chunk from the right (and dL/dh0)
             local = torch.empty_like(states)
             S = torch.empty((batch, dim, nchunks), device=dev, dtype=torch.float32)
-            bd = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
-            _chunk_adjoint_kernel[(BG, triton.cdiv(dg, bd), nchunks)](
+            bd, nbd = _fwd_blocks(dg)
+            _chunk_adjoint_kernel[(BG, nbd, nchunks)](
                 delta, A, C, z if has_z else u, delta_bias if has_bias else u, gy, local, S,
                 dim, L, dg, G, N, nchunks, CHUNK, *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
                 *C.stride(), HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, BLOCK_D=bd, N_P2=N_P2,
