@@ -257,6 +257,12 @@ def _mask(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -
     return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
 
 
+def _token_matrix(t: torch.Tensor) -> torch.Tensor:
+    """(batch, C, L) -> the (batch * L, C) matrix a linear layer takes: a view when t is stored (C, batch, L) (as the
+    triton conv and scan write), else one copy (torch's matmul would make it anyway for a transposed 3-D input)."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])
+
+
 class MambaMixer(nn.Module):
     """Mamba-1 mixer. ``bidirectional=True`` adds Vim's backward branch (bimamba v2): in_proj / out_proj shared, its own
     conv1d_b / x_proj_b / dt_proj_b / A_b_log / D_b, run on the flipped sequence; the two outputs are averaged
@@ -372,10 +378,12 @@ class MambaMixer(nn.Module):
         return selective_state_update(cache.ssm_states[idx], xc, delta, A_log, B, C, D=getattr(self, f"D{suffix}"),
                                       z=z, dt_softplus=True, backend=self.ssm_backend, a_log=True)
 
-    def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None):
+    def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None, reverse=False):
         """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). With a ``cache``, the layer's states
         are read (``continuing``: the cache already holds earlier tokens) and left holding the state after x;
-        ``record`` (default: the cache's ``record_past``) keeps snapshots of the last tokens' states for ``crop``."""
+        ``record`` (default: the cache's ``record_past``) keeps snapshots of the last tokens' states for ``crop``.
+        ``reverse`` (no cache): the branch over the time-reversed sequence, inputs and y in x's order (the conv and
+        the scan read the steps backwards; the linear layers are per token)."""
         seqlen, idx = x.shape[-1], self.layer_idx
         record = cache is not None and (cache.record_past if record is None else record)
         if cache is not None and continuing and seqlen == 1 and not record:
@@ -404,26 +412,33 @@ class MambaMixer(nn.Module):
         x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
         A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
         D = getattr(self, f"D{suffix}").float()
-        initial_state = None
-        if cache is not None:
-            if continuing:  # continue from the cached conv inputs and state
-                x_ext = torch.cat([cache.conv_states[idx][:, :, 1:].to(x.dtype), x], dim=-1)
-                initial_state = cache.ssm_states[idx]
-            else:
-                x_ext = x
+        initial_state = prefix = None
+        if cache is not None and continuing:  # continue from the cached conv inputs and state
+            prefix = cache.conv_states[idx][:, :, 1:]  # the last width - 1 inputs
+            initial_state = cache.ssm_states[idx]
+        xc = causal_conv1d(x, conv.weight, conv.bias, backend=self.ssm_backend, initial_states=prefix,
+                           reverse=reverse)  # (b, I, L)
+        if cache is not None:  # the window after x (written after the conv has read the prefix)
             width = self.conv_kernel
-            last = x_ext[..., -width:]
+            last = torch.cat([prefix.to(x.dtype), x], dim=-1) if prefix is not None and seqlen < width else x
+            last = last[..., -width:]
             cache.conv_states[idx].copy_(F.pad(last, (width - last.shape[-1], 0)))
-            xc = causal_conv1d(x_ext, conv.weight, conv.bias, backend=self.ssm_backend)[..., -seqlen:]
-        else:
-            xc = causal_conv1d(x, conv.weight, conv.bias, backend=self.ssm_backend)  # (b, I, L)
-        xc = _mask(xc.transpose(1, 2), attention_mask)  # (b, L, I)
-        dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        delta = dt_proj(dt).transpose(1, 2)  # (b, I, L), with its bias
+        if attention_mask is not None and attention_mask.shape[1] == seqlen:  # zero the padding positions
+            xc = (xc * attention_mask[:, None, :]).to(xc.dtype)
+        # the linear layers take (batch * L, features) matrices: views of (features, batch, L)-stored tensors, which
+        # the triton conv and scan write (no transposing copies around the scan); their outputs are time-major
+        batch = xc.shape[0]
+        x_dbl = x_proj(_token_matrix(xc))  # (b L, R + 2N)
+        dt, B, C = torch.split(x_dbl, [self.time_step_rank, self.state_size, self.state_size], dim=-1)
+        delta = dt_proj(dt)  # (b L, I), with its bias
+
+        def channels(t):  # (b L, C) -> a (b, C, L) view
+            return t.unflatten(0, (batch, seqlen)).transpose(1, 2)
+
         out = selective_scan(
-            xc.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), D=D, z=z,
+            xc, channels(delta), A, channels(B), channels(C), D=D, z=z,
             delta_softplus=True, return_last_state=cache is not None, initial_state=initial_state,
-            backend=self.ssm_backend,
+            backend=self.ssm_backend, reverse=reverse,
         )
         if cache is None:
             return out
@@ -444,11 +459,12 @@ class MambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         continuing = cache is not None and cache.seqlen_offset > 0
         y = self._branch(x, z, "", attention_mask, cache, continuing)
-        if self.bidirectional:
-            mask_b = attention_mask.flip(-1) if attention_mask is not None else None
-            y_b = self._branch(x.flip(-1), z.flip(-1), "_b", mask_b).flip(-1)
-            y = (y + y_b) / 2 if self.divide_output else y + y_b
-        return self.out_proj(y.transpose(1, 2).to(dtype))
+        if self.bidirectional:  # Vim's backward branch: the same, over the reversed sequence (read in place)
+            y_b = self._branch(x, z, "_b", attention_mask, reverse=True)
+            y = (y + y_b) * 0.5 if self.divide_output else y + y_b
+        if not torch.is_autocast_enabled(y.device.type):  # under autocast out_proj casts y itself
+            y = y.to(dtype)
+        return self.out_proj(_token_matrix(y)).unflatten(0, y.shape[::2])
 
 
 class MambaBlock(GradientCheckpointingLayer):

@@ -524,11 +524,21 @@ def selective_scan(
     return_last_state: bool = False,
     initial_state: Optional[torch.Tensor] = None,
     backend: Optional[str] = None,
+    reverse: bool = False,
 ):
     """Mamba-1 selective scan. Returns ``y`` (batch, dim, seqlen) in u's dtype, and the last state
-    (batch, dim, dstate) in float32 when ``return_last_state``. See the module docstring for shapes."""
+    (batch, dim, dstate) in float32 when ``return_last_state``. See the module docstring for shapes.
+    ``reverse``: the scan runs from the last step to the first (h_t from h_{t+1}; Vim's backward branch), inputs and
+    y in their given order: the triton backend reads the steps backwards in place when no gradient is needed; the
+    others, and training, scan flipped copies (``selective_scan(flip(...)).flip(-1)``)."""
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve_backend(backend, u.device)
+    if reverse and not (name == "triton" and _load_triton().reverse_in_place(u, delta, B, C, z, D, delta_bias)):
+        flip = (lambda t: None if t is None else t.flip(-1))
+        out = selective_scan(flip(u), flip(delta), A, flip(B), flip(C), D=D, z=flip(z), delta_bias=delta_bias,
+                             delta_softplus=delta_softplus, return_last_state=return_last_state,
+                             initial_state=initial_state, backend=name)
+        return (out[0].flip(-1), out[1]) if return_last_state else out.flip(-1)
     kwargs = dict(
         D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state
     )
@@ -537,7 +547,8 @@ def selective_scan(
     if name == "torch":
         return selective_scan_torch(u, delta, A, B, C, initial_state=initial_state, **kwargs)
     if name == "triton":
-        return _load_triton().selective_scan_triton(u, delta, A, B, C, initial_state=initial_state, **kwargs)
+        return _load_triton().selective_scan_triton(u, delta, A, B, C, initial_state=initial_state, reverse=reverse,
+                                                    **kwargs)
     # mamba_ssm: its kernel has no initial state and wants fp32 A and contiguous inputs
     if initial_state is not None or u.dtype == torch.float64:
         other = "triton" if u.dtype != torch.float64 and _load_triton() is not None else "torch"
@@ -560,8 +571,13 @@ def causal_conv1d(
     bias: Optional[torch.Tensor] = None,
     activation: Optional[str] = "silu",
     backend: Optional[str] = None,
+    initial_states: Optional[torch.Tensor] = None,
+    reverse: bool = False,
 ) -> torch.Tensor:
-    """Causal depthwise conv1d. x: (batch, dim, seqlen); weight: (dim, width) or (dim, 1, width); bias: (dim,)."""
+    """Causal depthwise conv1d. x: (batch, dim, seqlen); weight: (dim, width) or (dim, 1, width); bias: (dim,).
+    ``initial_states`` (batch, dim, width - 1): the inputs before x, oldest first (continuing a cached sequence).
+    ``reverse``: the conv of the time-reversed sequence, returned in x's order (``conv(x.flip(-1)).flip(-1)``; Vim's
+    backward branch). The triton backend does both in its one kernel and returns y stored as (dim, batch, seqlen)."""
     _check_float("x", x)
     _check(x.dim() == 3, lambda: f"x must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
     if weight.dim() == 3:
@@ -569,17 +585,29 @@ def causal_conv1d(
     _check(weight.dim() == 2 and weight.shape[0] == x.shape[1],
            lambda: f"conv weight must be (dim={x.shape[1]}, width), got shape {tuple(weight.shape)}")
     _check_activation(activation)
+    width = weight.shape[1]
+    if initial_states is not None:
+        _check(not reverse, "causal_conv1d: initial_states continue a causal sequence; reverse=True takes none")
+        _check(tuple(initial_states.shape) == (x.shape[0], x.shape[1], width - 1),
+               lambda: f"initial_states must be (batch, dim, width - 1)={(x.shape[0], x.shape[1], width - 1)}, "
+               f"got {tuple(initial_states.shape)}")
     name = resolve_backend(backend, x.device)
     # causal-conv1d's CUDA kernels take widths 2..4 only (STORM's video mixers use wider ones): others use F.conv1d
     if (name == "mamba_ssm" and "causal_conv1d_fn" in _load_mamba_ssm() and x.dtype != torch.float64
-            and 2 <= weight.shape[1] <= 4):
+            and 2 <= width <= 4 and initial_states is None and not reverse):
         return _load_mamba_ssm()["causal_conv1d_fn"](x, weight, bias, activation=activation)
-    if name == "triton" and hasattr(_load_triton(), "causal_conv1d_triton"):
-        return _load_triton().causal_conv1d_triton(x, weight, bias, activation=activation)
-    width = weight.shape[1]
+    if name == "triton" and x.dtype != torch.float64 and hasattr(_load_triton(), "causal_conv1d_triton"):
+        return _load_triton().causal_conv1d_triton(x, weight, bias, activation=activation,
+                                                   initial_states=initial_states, reverse=reverse)
+    seqlen = x.shape[-1]
+    if reverse:
+        x = x.flip(-1)
+    if initial_states is not None:
+        x = torch.cat([initial_states.to(x.dtype), x], dim=-1)
     y = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
-                 padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]]
-    return F.silu(y) if activation is not None else y
+                 padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]][..., x.shape[-1] - seqlen:]
+    y = F.silu(y) if activation is not None else y
+    return y.flip(-1) if reverse else y
 
 
 def causal_conv1d_update(

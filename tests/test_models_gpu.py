@@ -217,3 +217,38 @@ def test_cuda_graph_recaptured_when_the_model_changes(monkeypatch):
     assert torch.equal(*with_adapters) and torch.equal(*without) and torch.equal(*hooked)
     assert not torch.equal(with_adapters[0], without[0]) and not torch.equal(with_adapters[0], hooked[0])
     assert len(captures) == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", FAST)
+def test_vim_matches_reference_tier(backend, dtype):
+    """Vim (bidirectional mixers: on the triton tier the backward branch's conv and scan read the steps backwards in
+    place at inference, and scan flipped copies in training) against the reference tier with the same weights: logits
+    without gradients at 2 x 197 tokens (the lane forward) and 1 x 677 (the time-tiled one), then the loss and every
+    parameter gradient of a training step."""
+    from ssmvl.modeling.configuration_vim import VimConfig
+    from ssmvl.modeling.modeling_vim import VimForImageClassification
+
+    def build(b):
+        torch.manual_seed(0)
+        cfg = VimConfig(image_size=224, patch_size=16, hidden_size=64, num_hidden_layers=2, state_size=8,
+                        num_labels=5, ssm_backend=b)
+        return VimForImageClassification(cfg).cuda().to(dtype)
+
+    model, ref = build(backend), build("reference")
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    for batch, size in ((2, 224), (1, 416)):
+        x = torch.randn(batch, 3, size, size, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            out = model(pixel_values=x, interpolate_pos_encoding=True).logits
+            out_ref = ref(pixel_values=x, interpolate_pos_encoding=True).logits
+        assert (out.float() - out_ref.float()).abs().max().item() <= tol * max(1.0, out_ref.abs().max().item())
+    model.train(), ref.train()
+    x = torch.randn(2, 3, 224, 224, device="cuda", dtype=dtype)
+    labels = torch.tensor([1, 3], device="cuda")
+    model(pixel_values=x, labels=labels).loss.backward()
+    ref(pixel_values=x, labels=labels).loss.backward()
+    for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
+        err = (p.grad.float() - p_ref.grad.float()).abs().max().item()
+        assert err <= (2e-3 if dtype == torch.float32 else 1e-1) * max(1e-3, p_ref.grad.float().abs().max().item()), \
+            (name, err)

@@ -646,3 +646,124 @@ def test_dispatch_triton_and_auto():
     y = ssm_ops.selective_state_update(state, **args, backend="triton")
     y_ref = ssm_ops.selective_state_update(state_ref, **args, backend="reference")
     assert rel(y, y_ref) < TOL[torch.bfloat16] and rel(state, state_ref) < 1e-5
+
+
+def _conv_ref(x, w, b, act, prefix=None, reverse=False):
+    """The causal conv in float64 by its definition, step by step: y_t = sum_k w_k x_{t-(W-1-k)} (earlier steps from
+    the prefix, else zero), or on the time-reversed sequence; + bias; SiLU."""
+    x, w = x.double(), w.double()
+    if reverse:
+        x = x.flip(-1)
+    W = w.shape[1]
+    xp = torch.cat([prefix.double() if prefix is not None else x.new_zeros(*x.shape[:2], W - 1), x], -1)
+    y = sum(w[None, :, k, None] * xp[..., k:k + x.shape[-1]] for k in range(W))
+    y = y + (b.double()[None, :, None] if b is not None else 0)
+    y = torch.nn.functional.silu(y) if act else y
+    return y.flip(-1) if reverse else y
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["channel", "time"])
+def test_causal_conv_matches_reference(dtype, layout):
+    """causal_conv1d_triton (forward) against the float64 definition: widths 2 / 4 / 5, odd lengths (1, 7, 300: the
+    tile edges), 70 channels, channel-major x or the time-major x half of a linear output, bias or none, SiLU or none,
+    a prefix of earlier inputs (a cache continuing), the reversed direction; the output is stored (dim, batch, L)."""
+    g = torch.Generator().manual_seed(3)
+    batch, dim = 3, 70
+    for width, L, bias_on, act, pre, rev in [(4, 300, True, "silu", False, False), (4, 7, False, None, True, False),
+                                            (2, 1, True, "silu", True, False), (5, 300, True, "silu", False, True),
+                                            (4, 129, False, "silu", False, True), (4, 130, True, "silu", True, False)]:
+        if layout == "time":
+            x = torch.randn(batch, L, 2 * dim, generator=g).to(DEV, dtype)[..., :dim].transpose(1, 2)
+        else:
+            x = torch.randn(batch, dim, L, generator=g).to(DEV, dtype)
+        w = torch.randn(dim, width, generator=g).to(DEV, dtype)
+        b = torch.randn(dim, generator=g).to(DEV, dtype) if bias_on else None
+        prefix = torch.randn(batch, dim, width - 1, generator=g).to(DEV, torch.float32) if pre else None
+        y = ssm_triton.causal_conv1d_triton(x, w, b, activation=act, initial_states=prefix, reverse=rev)
+        ref = _conv_ref(x, w, b, act, prefix, rev)
+        assert y.dtype == dtype and y.shape == x.shape and y.stride() == (L, batch * L, 1)
+        assert rel(y, ref) < TOL[dtype], (width, L, bias_on, act, pre, rev)
+        # ssm_ops' torch path (F.conv1d) agrees: the same prefix / reverse semantics there
+        y_t = ssm_ops.causal_conv1d(x, w, b, act, backend="torch", initial_states=prefix, reverse=rev)
+        assert rel(y_t, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["causal", "reverse"])
+def test_causal_conv_gradients(reverse):
+    """Gradients of causal_conv1d_triton (x, weight, bias; through SiLU) against float64 autograd of the definition,
+    fp32, with a time-major x; bf16 within its tolerance."""
+    g = torch.Generator().manual_seed(5)
+    batch, dim, L, width = 2, 40, 150, 4
+    for dtype in (torch.float32, torch.bfloat16):
+        x0 = torch.randn(batch, L, 2 * dim, generator=g).to(DEV, dtype)
+        w0 = torch.randn(dim, width, generator=g).to(DEV, dtype)
+        b0 = torch.randn(dim, generator=g).to(DEV, dtype)
+        gy = torch.randn(batch, dim, L, generator=g).to(DEV, dtype)
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        y = ssm_triton.causal_conv1d_triton(x[..., :dim].transpose(1, 2), w, b, reverse=reverse)
+        y.backward(gy)
+        xr, wr, br = (t.double().requires_grad_() for t in (x0, w0, b0))
+        _conv_ref(xr[..., :dim].transpose(1, 2), wr, br, "silu", reverse=reverse).backward(gy.double())
+        tol = 1e-4 if dtype == torch.float32 else 3e-2
+        for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+            assert got.dtype == dtype and rel(got, want) < tol, dtype
+
+
+def test_causal_conv_bad_inputs():
+    """A prefix of the wrong shape, a prefix with reverse, a prefix needing a gradient: errors that say what to pass."""
+    x = torch.randn(2, 8, 5, device=DEV)
+    w = torch.randn(8, 4, device=DEV)
+    with pytest.raises(ValueError, match="width - 1"):
+        ssm_triton.causal_conv1d_triton(x, w, initial_states=torch.zeros(2, 8, 4, device=DEV))
+    with pytest.raises(ValueError, match="reverse"):
+        ssm_triton.causal_conv1d_triton(x, w, initial_states=torch.zeros(2, 8, 3, device=DEV), reverse=True)
+    with pytest.raises(NotImplementedError, match="detach"):
+        ssm_triton.causal_conv1d_triton(x, w, initial_states=torch.zeros(2, 8, 3, device=DEV, requires_grad=True))
+
+
+@pytest.mark.parametrize("shape,perm", [((3, 70, 300), (0, 2, 1)), ((1, 5, 4097), (0, 2, 1)), ((2, 64, 64), (1, 0, 2))])
+def test_transpose_copy(shape, perm):
+    """transpose_copy_triton: a contiguous copy equal to torch's, of transposed views with edges off the 64-tiles."""
+    t = torch.randn(*[shape[p] for p in perm], device=DEV, dtype=torch.bfloat16).permute(*perm)
+    y = ssm_triton.transpose_copy_triton(t)
+    assert y.is_contiguous() and torch.equal(y, t.contiguous())
+
+
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
+@pytest.mark.parametrize("layout", ["channel", "time"])
+def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
+    """selective_scan_triton(reverse=True) (inference) against the float64 reference on flipped inputs, flipped back:
+    the lane kernel (unchunked and time-parallel chunks) and the time-tiled kernel read the steps backwards in place
+    (negative step strides), other cases scan flipped copies; channel-major inputs and the mixer's time-major views,
+    an initial state, odd length. With gradients, reverse=True is refused and ssm_ops flips instead (same result)."""
+    settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
+                "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
+    for k, v in settings.items():
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    g = torch.Generator().manual_seed(11)
+    batch, dim, L, N, R = 2, 64, 77, 16, 3
+    if layout == "time":
+        bases = dict(xz=torch.randn(batch, L, 2 * dim, generator=g), dl=torch.randn(batch, L, dim, generator=g) * 0.5,
+                     xp=torch.randn(batch, L, R + 2 * N, generator=g), u=torch.randn(batch, dim, L, generator=g))
+        u, delta, z, B, C = _mixer_views({k: v.to(DEV, torch.float32) for k, v in bases.items()}, dim, N, R, 0, False)
+    else:
+        u, delta, z = (torch.randn(batch, dim, L, generator=g).to(DEV) for _ in range(3))
+        B, C = (torch.randn(batch, N, L, generator=g).to(DEV) for _ in range(2))
+    A = (-torch.rand(dim, N, generator=g) * 4 - 0.1).to(DEV)
+    Dp, bias = torch.randn(dim, generator=g).to(DEV), (torch.rand(dim, generator=g) - 2).to(DEV)
+    h0 = torch.randn(batch, dim, N, generator=g).to(DEV)
+    kw = dict(D=Dp, delta_bias=bias, delta_softplus=True, return_last_state=True, initial_state=h0)
+    y, last = ssm_triton.selective_scan_triton(u, delta, A, B, C, z=z, reverse=True, **kw)
+    f = (lambda t: t.double().flip(-1))
+    y0, last0 = ssm_ops.selective_scan_ref(f(u), f(delta), A.double(), f(B), f(C), z=f(z),
+                                           **{k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()})
+    assert rel(y, y0.flip(-1)) < 1e-4 and rel(last, last0) < 1e-4
+    if path == "lane":
+        uu = u.clone().requires_grad_()
+        with pytest.raises(ValueError, match="without gradients"):
+            ssm_triton.selective_scan_triton(uu, delta, A, B, C, z=z, reverse=True, **kw)
+        y2, _ = ssm_ops.selective_scan(uu, delta, A, B, C, z=z, reverse=True, backend="triton", **kw)
+        assert rel(y2, y0.flip(-1)) < 1e-4

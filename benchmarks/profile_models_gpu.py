@@ -1,0 +1,113 @@
+"""Where a whole model's GPU time goes: images/s (or prefill ms) and the top CUDA kernels of one call, for the issue 10
+shapes (run on the device machine):
+
+    python benchmarks/profile_models_gpu.py OUT.json [CASE ...]
+
+CASE: vim_s_1248 (Vim-S, 1248 px, batch 4), vim_s_224 (224 px, batch 128), vmamba_t_1248, deit_s_1248, deit_s_224
+(transformers ViT with the DeiT-S config, SDPA), lm_prefill (mamba-130m shape, 16 x 4096 tokens, no cache), all by
+default; mamba_ssm_prefill (the same forward by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
+MAMBA_SSM_PATHS=colon-separated import paths of a build, as ../shared/anchors/gen_vs_mamba_ssm.py takes them). bf16 autocast over fp32 weights (vision; as bench_gpu_models.py), bf16 weights (LM); random weights.
+Kernels are grouped by name; the JSON keeps the top 25 of each case with their share of the CUDA time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from common import ROOT, cuda_time_ms, ensure_ssmvl
+
+ensure_ssmvl()
+
+VISION = {"vim_s_1248": ("vim_s", 1248, 4), "vim_s_224": ("vim_s", 224, 128), "vmamba_t_1248": ("vmamba_t", 1248, 4),
+          "deit_s_1248": ("deit_s_sdpa", 1248, 4), "deit_s_224": ("deit_s_sdpa", 224, 128)}
+
+
+def build(case):
+    ids = torch.randint(1, 50000, (16, 4096), device="cuda")
+    if case == "mamba_ssm_prefill":
+        import os
+
+        sys.path[:0] = os.environ["MAMBA_SSM_PATHS"].split(":")
+        from mamba_ssm.models.config_mamba import MambaConfig
+        from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+        cfg = MambaConfig(d_model=768, n_layer=24, vocab_size=50280, ssm_cfg={"layer": "Mamba1"}, rms_norm=True,
+                          residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
+        ref = MambaLMHeadModel(cfg, device="cuda", dtype=torch.bfloat16).eval()
+
+        def run():
+            with torch.no_grad():
+                ref(ids, num_last_tokens=1)
+
+        return run, 16 * 4096, "tokens"
+    if case == "lm_prefill":
+        from bench_gpu_models import MAMBA_130M
+
+        from ssmvl.modeling import MambaLMConfig, MambaLMForCausalLM
+
+        model = MambaLMForCausalLM(MambaLMConfig(**MAMBA_130M)).to("cuda", torch.bfloat16).eval()
+
+        def run():
+            with torch.no_grad():
+                model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+        return run, 16 * 4096, "tokens"
+    from bench_gpu_models import vision_models
+
+    name, size, batch = VISION[case]
+    model = vision_models()[name]().cuda().eval()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    kwargs = {} if name.startswith("vmamba") else {"interpolate_pos_encoding": size != 224}
+
+    def run():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            model(pixel_values=x, **kwargs)
+
+    return run, batch, "images"
+
+
+def profile(run, top=25):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof_ctx
+
+    with prof_ctx(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        t = e.cuda_time_total if t is None else t
+        if t > 0 and e.key and not e.key.startswith("cuda"):
+            rows.append((e.key[:90], t / 1000.0, e.count))
+    rows.sort(key=lambda r: -r[1])
+    total = sum(r[1] for r in rows)
+    return total, [{"kernel": k, "ms": round(ms, 3), "share": round(ms / total, 3), "calls": n} for k, ms, n in rows[:top]]
+
+
+def main():
+    out = Path(sys.argv[1])
+    cases = sys.argv[2:] or [*VISION, "lm_prefill"]
+    p = torch.cuda.get_device_properties(0)
+    result = {"gpu": p.name, "torch": torch.__version__, "cases": {}}
+    for case in cases:
+        torch.manual_seed(0)
+        run, items, unit = build(case)
+        ms = cuda_time_ms(run, warmup=3, repeats=7)
+        total, kernels = profile(run)
+        result["cases"][case] = {"ms": round(ms, 3), f"{unit}_per_s": round(items / ms * 1000, 1),
+                                 "kernel_ms": round(total, 3), "top": kernels}
+        print(f"== {case}: {ms:.2f} ms a call, {items / ms * 1000:.1f} {unit}/s; kernels {total:.2f} ms", flush=True)
+        for k in kernels[:14]:
+            print(f"   {k['ms']:8.3f} ms {100 * k['share']:5.1f}% x{k['calls']:<5d} {k['kernel']}", flush=True)
+        del run
+        torch.cuda.empty_cache()
+    out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    main()
