@@ -222,12 +222,6 @@ def main(argv=None):
                     ssm_triton.LANE_CONFIG["enabled"] = enabled
                     row[f"lane_{enabled}"] = do_bench(fwd)
                     row[f"plan_{enabled}"] = ssm_triton._lane_plan(*shape[:2], 1, N, shape[2])
-                ssm_triton.LANE_CONFIG["enabled"] = False  # the tiled kernel: time-major inputs copied or read as is
-                for copy_min in (0, 1 << 62):
-                    cfg = ssm_triton.TILE_CONFIG
-                    saved, cfg["copy_min_numel"], cfg["enabled"] = dict(cfg), copy_min, True
-                    row[f"tile_copy_min_{copy_min}"] = do_bench(fwd)
-                    cfg.update(saved)
                 ssm_triton.LANE_CONFIG.update(default)
                 result["mixer_layout"].append(row)
                 print("mixer", json.dumps(row), flush=True)

@@ -74,11 +74,7 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # "enabled": None = that rule, True / False = always / never. H200 sweep (benchmarks/README.md): B8 D1536 L1024
 # 0.438 -> 0.222 ms, B16 D1536 L4096 2.92 -> 1.76 ms, B1 D1536 L1024 kernel 93 -> 30 us; B4 D768 L6085 0.90-0.97 ms
 # (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
-TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096,
-               "copy_min_numel": 1 << 22}
-# copy_min_numel: the tiled kernels read a channel's consecutive steps, so time-major inputs of at least this many
-# elements are first copied channel-major (_tile_input); smaller ones stay in L2 and are read as they are (at batch 1
-# the copies' launches cost more host time than their reads save).
+TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
 # Training (gradients needed): the time-tiled forward saving the state at every tile start, then the time-tiled
 # backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps, unless the chunked time-parallel path
 # applies and the sequence is TILE_CONFIG["long"]. "enabled": None = that rule, True / False = always / never.
@@ -1194,11 +1190,6 @@ def _channel_major(t: torch.Tensor) -> torch.Tensor:
     return transpose_copy_triton(t) if t.dim() == 3 and t.is_cuda else t.contiguous()
 
 
-def _tile_input(t: torch.Tensor) -> torch.Tensor:
-    """An input of the tiled kernels: channel-major unless it is small (TILE_CONFIG["copy_min_numel"])."""
-    return t if t.numel() < TILE_CONFIG.get("copy_min_numel", 0) else _channel_major(t)
-
-
 def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
     """An empty (batch, C, L) tensor in t's layout: time-major if t is, else with t's strides when t is dense (e.g.
     stored (C, batch, L), as _token_rows), else contiguous (coalesced writes)."""
@@ -1376,8 +1367,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             # the tile kernels load BLOCK_T consecutive steps of a channel: time-major views (a mixer's delta / z / B / C
             # are views of linear outputs) would make each of those loads touch one cache line a step. A copy costs
             # one pass; H200, B16 D1536 L1024 in the mixer's layout: the kernel took 3.7 ms a call, 0.22 ms on copies
-            u, delta, B, C = (_tile_input(t) for t in (u, delta, B, C))
-            z = None if z is None else _tile_input(z)
+            u, delta, B, C = (_channel_major(t) for t in (u, delta, B, C))
+            z = None if z is None else _channel_major(z)
             cfg = TILE_BWD_CONFIG if tile_bwd else TILE_CONFIG
             block_t = min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
             nchunks = triton.cdiv(L, block_t)
@@ -1607,8 +1598,8 @@ def _reverse_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool):
         y, h_last = _SelectiveScanFn.apply(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias, h0,
                                            softplus, True)
         return y.flip(-1), h_last
-    u, delta, B, C = (_tile_input(t) for t in (u, delta, B, C))
-    z = None if z is None else _tile_input(z)
+    u, delta, B, C = (_channel_major(t) for t in (u, delta, B, C))
+    z = None if z is None else _channel_major(z)
     block_t = min(TILE_CONFIG["BLOCK_T"], max(32, _next_pow2(L)))
     y, h_last, _ = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, False, reverse=True)
     return y, h_last
