@@ -362,23 +362,6 @@ class MambaMixer(nn.Module):
         if rescale_layers:
             init.copy_(self.out_proj.weight, self.out_proj.weight / rescale_layers**0.5)
 
-    def _scan_params(self, suffix: str):
-        """(A = -exp(A_log), D) in fp32 for the scan. Without gradients they are kept between calls while the
-        parameters are unchanged (same storage, same version counter, which every in-place update bumps): an
-        inference forward then spends no kernel launches on them (a host-bound prefill counts launches)."""
-        A_log, D = getattr(self, "A_log" if suffix == "" else "A_b_log"), getattr(self, f"D{suffix}")
-        if torch.is_grad_enabled() or _compiling():
-            return -torch.exp(A_log.float()), D.float()
-        try:
-            key = (A_log.data_ptr(), A_log._version, A_log.dtype, D.data_ptr(), D._version, D.dtype, A_log.device)
-        except RuntimeError:  # inference tensors have no version counter
-            return -torch.exp(A_log.float()), D.float()
-        cache = self.__dict__.setdefault("_scan_params_cache", {})
-        hit = cache.get(suffix)
-        if hit is None or hit[0] != key:
-            hit = cache[suffix] = (key, -torch.exp(A_log.float()), D.float())
-        return hit[1], hit[2]
-
     # -- one scan direction ------------------------------------------------------------------------------------------
     def _step(self, x, z, suffix, cache, idx, mask=None):
         """One decoding step, O(1) in the sequence length. x, z: (batch, intermediate); mask: (batch,) or None.
@@ -427,7 +410,8 @@ class MambaMixer(nn.Module):
 
         conv = getattr(self, f"conv1d{suffix}")
         x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
-        A, D = self._scan_params(suffix)  # (I, N), (I,) fp32
+        A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
+        D = getattr(self, f"D{suffix}").float()
         initial_state = prefix = None
         if cache is not None and continuing:  # continue from the cached conv inputs and state
             prefix = cache.conv_states[idx][:, :, 1:]  # the last width - 1 inputs

@@ -1187,7 +1187,7 @@ def _channel_major(t: torch.Tensor) -> torch.Tensor:
     """t (..., C, L) with unit stride along L (a contiguous copy unless it has one: one tiled kernel for 3-D)."""
     if t.stride(-1) == 1 or t.shape[-1] == 1:
         return t
-    return transpose_copy_triton(t) if t.dim() == 3 and t.is_cuda else t.contiguous()
+    return transpose_copy_triton(t) if t.dim() == 3 else t.contiguous()
 
 
 def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
