@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--profile", type=int, default=0, help="also print cProfile's N most costly functions")
     args = ap.parse_args()
     launches = _Launches()
     launches.patch()
@@ -95,11 +96,46 @@ def main():
         launches.counts.clear()
         rows["forward, cache continuing"] = (
             timed(lambda: model(ids, cache=out.cache, use_cache=True, logits_to_keep=1)), dict(launches.counts))
+        if args.profile:
+            import cProfile
+            import pstats
+
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(args.repeats):
+                model(ids, use_cache=False, logits_to_keep=1)
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
+        torch_ops = _torch_kernels(lambda: model(ids, use_cache=False, logits_to_keep=1), args.layers)
     for name, (us, counts) in rows.items():
         calls = args.repeats + 1
         per_layer = {k: round(v / calls / args.layers, 2) for k, v in sorted(counts.items())}
         print(f"{name}: {us:.0f} us a layer (host, kernels not run); Triton launches a layer: "
               f"{sum(per_layer.values()):.2f} {per_layer}")
+    print(f"torch ops that launch a kernel on a GPU, a layer (forward, no cache): {sum(torch_ops.values()):.2f} "
+          f"{torch_ops}")
+
+
+# aten ops that run one GPU kernel each (cat is one kernel for its inputs; copy_ inside it is not counted)
+_KERNEL_OPS = {"mm", "addmm", "bmm", "baddbmm", "cat", "copy_", "exp", "neg", "mul", "add", "sub", "div", "fill_",
+               "zero_", "index_select", "softplus", "silu", "sigmoid", "pow", "mean", "rsqrt", "sum", "flip", "where",
+               "conv1d", "_conv_depthwise2d", "convolution", "max", "min", "abs", "clamp", "exp_", "neg_", "mul_", "add_"}
+
+
+def _torch_kernels(fn, layers):
+    """The torch ops a call dispatches that launch a GPU kernel (matmuls, copies, element-wise), per layer."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    counts = {}
+    for e in prof.events():
+        name = e.name.split("::")[-1]
+        parent = e.cpu_parent.name if e.cpu_parent is not None else ""
+        nested = parent.split("::")[-1] in _KERNEL_OPS or parent in ("aten::cat", "aten::mm", "aten::addmm")
+        if e.name.startswith("aten::") and name in _KERNEL_OPS and not nested:
+            counts[name] = counts.get(name, 0) + 1
+    return {k: round(v / layers, 2) for k, v in sorted(counts.items())}
 
 
 if __name__ == "__main__":

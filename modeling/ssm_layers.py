@@ -410,8 +410,8 @@ class MambaMixer(nn.Module):
 
         conv = getattr(self, f"conv1d{suffix}")
         x_proj, dt_proj = getattr(self, f"x_proj{suffix}"), getattr(self, f"dt_proj{suffix}")
-        A = -torch.exp(getattr(self, "A_log" if suffix == "" else "A_b_log").float())  # (I, N)
-        D = getattr(self, f"D{suffix}").float()
+        A_log = getattr(self, "A_log" if suffix == "" else "A_b_log")  # (I, N): the scan takes A = -exp(A_log)
+        D = getattr(self, f"D{suffix}")  # the backends read it in fp32
         initial_state = prefix = None
         if cache is not None and continuing:  # continue from the cached conv inputs and state
             prefix = cache.conv_states[idx][:, :, 1:]  # the last width - 1 inputs
@@ -436,9 +436,9 @@ class MambaMixer(nn.Module):
             return t.unflatten(0, (batch, seqlen)).transpose(1, 2)
 
         out = selective_scan(
-            xc, channels(delta), A, channels(B), channels(C), D=D, z=z,
+            xc, channels(delta), A_log, channels(B), channels(C), D=D, z=z,
             delta_softplus=True, return_last_state=cache is not None, initial_state=initial_state,
-            backend=self.ssm_backend, reverse=reverse,
+            backend=self.ssm_backend, reverse=reverse, a_log=True,
         )
         if cache is None:
             return out

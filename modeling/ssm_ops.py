@@ -525,30 +525,35 @@ def selective_scan(
     initial_state: Optional[torch.Tensor] = None,
     backend: Optional[str] = None,
     reverse: bool = False,
+    a_log: bool = False,
 ):
     """Mamba-1 selective scan. Returns ``y`` (batch, dim, seqlen) in u's dtype, and the last state
     (batch, dim, dstate) in float32 when ``return_last_state``. See the module docstring for shapes.
     ``reverse``: the scan runs from the last step to the first (h_t from h_{t+1}; Vim's backward branch), inputs and
     y in their given order: the triton backend reads the steps backwards in place when no gradient is needed; the
-    others, and training, scan flipped copies (``selective_scan(flip(...)).flip(-1)``)."""
+    others, and training, scan flipped copies (``selective_scan(flip(...)).flip(-1)``). ``a_log``: A holds A_log
+    (the mixer's parameter) and the scan uses A = -exp(A_log.float()): the triton inference kernels take the
+    exponential themselves, so a host-bound prefill launches nothing for it."""
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve_backend(backend, u.device)
     if reverse and not (name == "triton" and _load_triton().reverse_in_place(u, delta, B, C, z, D, delta_bias)):
         flip = (lambda t: None if t is None else t.flip(-1))
         out = selective_scan(flip(u), flip(delta), A, flip(B), flip(C), D=D, z=flip(z), delta_bias=delta_bias,
                              delta_softplus=delta_softplus, return_last_state=return_last_state,
-                             initial_state=initial_state, backend=name)
+                             initial_state=initial_state, backend=name, a_log=a_log)
         return (out[0].flip(-1), out[1]) if return_last_state else out.flip(-1)
     kwargs = dict(
         D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state
     )
+    if a_log and name != "triton":
+        A = -torch.exp(A.float())
     if name == "reference":
         return selective_scan_ref(u, delta, A, B, C, initial_state=initial_state, **kwargs)
     if name == "torch":
         return selective_scan_torch(u, delta, A, B, C, initial_state=initial_state, **kwargs)
     if name == "triton":
         return _load_triton().selective_scan_triton(u, delta, A, B, C, initial_state=initial_state, reverse=reverse,
-                                                    **kwargs)
+                                                    a_log=a_log, **kwargs)
     # mamba_ssm: its kernel has no initial state and wants fp32 A and contiguous inputs
     if initial_state is not None or u.dtype == torch.float64:
         other = "triton" if u.dtype != torch.float64 and _load_triton() is not None else "torch"

@@ -339,16 +339,19 @@ def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
 
 @triton.jit
 def _lane_block(pid_b, pid_d, dim, dg, A_ptr, bias_ptr, D_ptr, N: tl.constexpr, S: tl.constexpr,
-                HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr):
+                HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr):
     """A lane program's channels d (1, BLOCK_D), the first state of each split k0 (S, 1), the group g of B/C (BLOCK_D
-    divides dim // G), A * log2(e) as a tuple of N / S (S, BLOCK_D) fp32 tensors, delta_bias and D (zeros without
-    them) and the (batch, channel) rows (int64)."""
+    divides dim // G), A * log2(e) as a tuple of N / S (S, BLOCK_D) fp32 tensors (A = -exp(A_log) from A_log when
+    A_IS_LOG), delta_bias and D (zeros without them) and the (batch, channel) rows (int64)."""
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     k0 = (tl.arange(0, S) * (N // S))[:, None]
     g = (pid_d * BLOCK_D) // dg
     A2 = ()
     for i in tl.static_range(N // S):
-        A2 = A2 + (tl.load(A_ptr + d * N + k0 + i).to(tl.float32) * 1.4426950408889634,)
+        a = tl.load(A_ptr + d * N + k0 + i).to(tl.float32)
+        if A_IS_LOG:
+            a = -tl.exp(a)
+        A2 = A2 + (a * 1.4426950408889634,)
     zero = tl.zeros((S, BLOCK_D), dtype=tl.float32)
     bias = zero
     if HAS_BIAS:
@@ -368,7 +371,7 @@ def _scan_fwd_lane_kernel(
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     N: tl.constexpr, S: tl.constexpr, ROW: tl.constexpr, QUAD: tl.constexpr, FAST: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr,
 ):
     """Inference forward with the states in registers, N / S per thread ("lanes"): a program takes BLOCK_D channels of
     one batch row and one B/C group, S threads a channel, and keeps each thread's N / S states as a tuple of
@@ -383,7 +386,7 @@ def _scan_fwd_lane_kernel(
     c_begin = tl.program_id(2)
     NS: tl.constexpr = N // S
     d, k0, g, A2, bias, Dv, row = _lane_block(pid_b, pid_d, dim, dg, A_ptr, bias_ptr, D_ptr, N, S, HAS_BIAS, HAS_D,
-                                              BLOCK_D)
+                                              BLOCK_D, A_IS_LOG)
     first = k0 == 0
     b64 = pid_b.to(tl.int64)
     d64 = d.to(tl.int64)
@@ -531,6 +534,7 @@ def _scan_fwd_tile_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
+    A_IS_LOG: tl.constexpr,
 ):
     """Forward parallel in time inside a program (mamba_ssm's scheme): one program per
     (batch, channel) walks the sequence in tiles of BLOCK_T consecutive steps (coalesced loads of u / delta / z and of
@@ -579,7 +583,10 @@ def _scan_fwd_tile_kernel(
         du = dt * u
         y = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for i in range(N):
-            a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32) * 1.4426950408889634
+            a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            if A_IS_LOG:
+                a_i = -tl.exp(a_i)
+            a_i = a_i * 1.4426950408889634
             h_i = tl.load(h_p + i)
             if SAVE_STATES:
                 tl.store(states_ptr + (row * nchunks + t0 // BLOCK_T) * N + i, h_i)
@@ -1086,16 +1093,27 @@ def _causal_conv_kernel(
 
 
 @triton.jit
-def _transpose_copy_kernel(x_ptr, y_ptr, R, Cn, sx_b, sx_r, sx_c, sy_b, sy_r, sy_c,
-                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """y[b, r, c] = x[b, r, c] for a (BLOCK_R, BLOCK_C) tile: a layout change (e.g. time-major to channel-major), each
-    side read / written along its unit stride (triton stages the tile through shared memory)."""
-    b = tl.program_id(0).to(tl.int64)
+def _copy_tile(x_ptr, y_ptr, b, R, Cn, sx_b, sx_r, sx_c, sy_b, sy_r, sy_c, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = (tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     mask = (r[:, None] < R) & (c[None, :] < Cn)
     v = tl.load(x_ptr + b * sx_b + r[:, None] * sx_r + c[None, :] * sx_c, mask=mask)
     tl.store(y_ptr + b * sy_b + r[:, None] * sy_r + c[None, :] * sy_c, v, mask=mask)
+
+
+@triton.jit
+def _transpose_copy_kernel(x0_ptr, y0_ptr, x1_ptr, y1_ptr, batch, R, Cn,
+                           s0x_b, s0x_r, s0x_c, s0y_b, s0y_r, s0y_c, s1x_b, s1x_r, s1x_c, s1y_b, s1y_r, s1y_c,
+                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y[b, r, c] = x[b, r, c] for a (BLOCK_R, BLOCK_C) tile, of the first tensor pair for program_id(0) < batch, else
+    of the second (two copies, one launch): a layout change (e.g. time-major to channel-major), each side read /
+    written along its unit stride (triton stages the tile through shared memory)."""
+    pid = tl.program_id(0)
+    if pid < batch:
+        _copy_tile(x0_ptr, y0_ptr, pid.to(tl.int64), R, Cn, s0x_b, s0x_r, s0x_c, s0y_b, s0y_r, s0y_c, BLOCK_R, BLOCK_C)
+    else:
+        _copy_tile(x1_ptr, y1_ptr, (pid - batch).to(tl.int64), R, Cn, s1x_b, s1x_r, s1x_c, s1y_b, s1y_r, s1y_c,
+                   BLOCK_R, BLOCK_C)
 
 
 @triton.jit
@@ -1188,6 +1206,27 @@ def _channel_major(t: torch.Tensor) -> torch.Tensor:
     if t.stride(-1) == 1 or t.shape[-1] == 1:
         return t
     return transpose_copy_triton(t) if t.dim() == 3 else t.contiguous()
+
+
+def _tile_inputs(u, delta, B, C, z):
+    """The time-tiled kernels' inputs, channel-major: they load BLOCK_T consecutive steps of a channel, and time-major
+    views (a mixer's delta / z / B / C are views of linear outputs) would make each of those loads touch one cache line
+    a step (H200, B16 D1536 L1024 in the mixer's layout: 3.7 ms a call against 0.22 ms). delta and z are copied in one
+    launch, B and C in one cat (a host-bound prefill pays per launch)."""
+    u = _channel_major(u)
+    big = [t for t in (delta, z) if t is not None and not (t.stride(-1) == 1 or t.shape[-1] == 1)]
+    if len(big) == 2 and delta.shape == z.shape:
+        delta, z = transpose_copy_triton(delta, z)
+    else:
+        delta, z = _channel_major(delta), None if z is None else _channel_major(z)
+    if B.shape == C.shape and not (B.stride(-1) == 1 and C.stride(-1) == 1) and B.shape[-1] > 1:
+        N = B.shape[2]
+        bc = torch.cat([B, C], dim=2)
+        bc = bc if bc.stride(-1) == 1 else bc.contiguous()
+        B, C = bc[:, :, :N], bc[:, :, N:]
+    else:
+        B, C = _channel_major(B), _channel_major(C)
+    return u, delta, B, C, z
 
 
 def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -1295,7 +1334,7 @@ def _steps(t: torch.Tensor, reverse: bool):
 
 
 def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool,
-                  reverse: bool = False):
+                  reverse: bool = False, a_log: bool = False):
     """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state at every
     tile start, for _scan_bwd_tile_kernel) the saved states."""
     batch, dim, L = u.shape
@@ -1311,15 +1350,16 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
         h0 if h0 is not None else h_last, y_p, h_last, states,
         dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N),
+        HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N), A_IS_LOG=a_log,
         num_warps=(TILE_BWD_CONFIG if save_states else TILE_CONFIG)["num_warps"],
     )
     return y, h_last, (states if save_states else None)
 
 
-def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan, reverse: bool = False):
+def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan, reverse: bool = False,
+                  a_log: bool = False):
     """Inference forward by _scan_fwd_lane_kernel (see _lane_plan): y and the last state (``reverse``: scanned from
-    the last step back, see _steps)."""
+    the last step back, see _steps; ``a_log``: A holds A_log, the kernel takes -exp of it)."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
     S, BLOCK_D, chunk, nchunks = plan
@@ -1341,12 +1381,12 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy)
     flags = dict(N=N, S=S, ROW=ROW, QUAD=(N // S) % 4 == 0, FAST=not _interpreting(),
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, num_warps=int(LANE_CONFIG["num_warps"]))
+                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, num_warps=int(LANE_CONFIG["num_warps"]))
     args = (u_p, dl_p, A, bc, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
             h0 if h0 is not None else h_last, y_p, h_last, states, hend, S_sum)
     if parallel:  # pass 1: chunk end states from zero; pass 2: every chunk's start state (and the last state)
         _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=1, **flags)
-        _carry_chunks(A, S_sum, hend, h0, states, h_last, reverse=False)
+        _carry_chunks(-torch.exp(A.float()) if a_log else A, S_sum, hend, h0, states, h_last, reverse=False)
     _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=2 if parallel else 0, **flags)
     return y, h_last
 
@@ -1364,11 +1404,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         BLOCK_D, nblk = _fwd_blocks(dg)
         tile_bwd = need_grad and _use_tile_bwd(batch * G * nblk, L)
         if tile_bwd or (not need_grad and _use_tile_kernel(batch * G * nblk, L)):  # one program per channel
-            # the tile kernels load BLOCK_T consecutive steps of a channel: time-major views (a mixer's delta / z / B / C
-            # are views of linear outputs) would make each of those loads touch one cache line a step. A copy costs
-            # one pass; H200, B16 D1536 L1024 in the mixer's layout: the kernel took 3.7 ms a call, 0.22 ms on copies
-            u, delta, B, C = (_channel_major(t) for t in (u, delta, B, C))
-            z = None if z is None else _channel_major(z)
+            u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
             cfg = TILE_BWD_CONFIG if tile_bwd else TILE_CONFIG
             block_t = min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
             nchunks = triton.cdiv(L, block_t)
@@ -1544,11 +1580,12 @@ def reverse_in_place(*tensors) -> bool:
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    initial_state=None, reverse=False,
+    initial_state=None, reverse=False, a_log=False,
 ):
     """Selective scan with Triton kernels (CUDA tensors; float16 / bfloat16 / float32; state in fp32).
     Same arguments and results as ``ssm_ops.selective_scan_ref``; ``reverse`` (inference only, see
-    reverse_in_place): scanned from the last step to the first, inputs and y in their given order."""
+    reverse_in_place): scanned from the last step to the first, inputs and y in their given order; ``a_log``: A holds
+    A_log and the scan uses A = -exp(A_log) (the inference kernels take -exp themselves: no launches for it)."""
     _check_tensors("selective_scan_triton", u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                    initial_state=initial_state)
     batch, dim, L = u.shape
@@ -1578,31 +1615,31 @@ def selective_scan_triton(
     if reverse and not inference:
         raise ValueError("selective_scan_triton: reverse=True runs without gradients only; for training pass flipped "
                          "inputs (ssm_ops.selective_scan(..., reverse=True) does that).")
-    plan = _lane_plan(batch, dim, B4.shape[1], A.shape[1], L) if inference else None
-    if plan is not None:  # inference: no autograd node
-        y, h_last = _lane_forward(*args, bool(delta_softplus), plan, reverse=bool(reverse))
-    elif reverse:  # the time-tiled kernel where it is chosen, else the other forwards on flipped copies
-        y, h_last = _reverse_forward(*args, bool(delta_softplus))
-    else:
-        y, h_last = _SelectiveScanFn.apply(*args, bool(delta_softplus), bool(return_last_state))
-    return (y, h_last) if return_last_state else y
-
-
-def _reverse_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool):
-    """Inference forward from the last step back where the lane kernel does not run: the time-tiled kernel reading the
-    steps backwards when it is the one chosen (_use_tile_kernel), else the other forwards on flipped copies."""
-    batch, dim, L = u.shape
-    G = B.shape[1]
-    if not _use_tile_kernel(batch * G * _fwd_blocks(dim // G)[1], L):
+    softplus, G = bool(delta_softplus), B4.shape[1]
+    if inference:
+        plan = _lane_plan(batch, dim, G, A.shape[1], L)
+        if plan is not None:  # no autograd node
+            y, h_last = _lane_forward(*args, softplus, plan, reverse=bool(reverse), a_log=bool(a_log))
+            return (y, h_last) if return_last_state else y
+        if _use_tile_kernel(batch * G * _fwd_blocks(dim // G)[1], L):
+            u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
+            block_t = min(TILE_CONFIG["BLOCK_T"], max(32, _next_pow2(L)))
+            y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus, block_t, False,
+                                         reverse=bool(reverse), a_log=bool(a_log))
+            return (y, h_last) if return_last_state else y
+    if a_log:  # the other kernels (and training, through autograd) take A itself
+        args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
+    if inference:  # the Function reads needs_input_grad, which a parameter (D) sets even under no_grad
+        args = tuple(None if t is None else t.detach() for t in args)
+    if reverse:  # the sequential / chunked forwards on flipped copies
         flip = (lambda t: None if t is None else t.flip(-1))
-        y, h_last = _SelectiveScanFn.apply(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z), delta_bias, h0,
+        u_, delta_, A_, B_, C_, D_, z_ = args[:7]
+        y, h_last = _SelectiveScanFn.apply(flip(u_), flip(delta_), A_, flip(B_), flip(C_), D_, flip(z_), *args[7:],
                                            softplus, True)
-        return y.flip(-1), h_last
-    u, delta, B, C = (_channel_major(t) for t in (u, delta, B, C))
-    z = None if z is None else _channel_major(z)
-    block_t = min(TILE_CONFIG["BLOCK_T"], max(32, _next_pow2(L)))
-    y, h_last, _ = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, False, reverse=True)
-    return y, h_last
+        y = y.flip(-1)
+    else:
+        y, h_last = _SelectiveScanFn.apply(*args, softplus, bool(return_last_state))
+    return (y, h_last) if return_last_state else y
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -1743,16 +1780,21 @@ def causal_conv1d_triton(x, weight, bias=None, activation="silu", initial_states
                         silu, bool(reverse))
 
 
-def transpose_copy_triton(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous copy of a 3-D CUDA tensor in one Triton kernel: tiles read along the input's unit stride and
-    written along the output's (torch's copy of a transposed view reads or writes one element per cache line;
-    on an H200 it moved about 0.6 TB/s in the 16 x 4096 mixer profile)."""
-    batch, R, Cn = t.shape
-    y = torch.empty(t.shape, device=t.device, dtype=t.dtype)
-    if y.numel():
-        grid = (batch, triton.cdiv(R, 64), triton.cdiv(Cn, 64))
-        _transpose_copy_kernel[grid](t, y, R, Cn, *t.stride(), *y.stride(), BLOCK_R=64, BLOCK_C=64, num_warps=4)
-    return y
+def transpose_copy_triton(*tensors: torch.Tensor):
+    """Contiguous copies of one or two 3-D CUDA tensors of one shape in one Triton kernel: tiles read along the input's
+    unit stride and written along the output's (torch's copy of a transposed view reads or writes one element per
+    cache line; on an H200 it moved about 0.6 TB/s in the 16 x 4096 mixer profile). Returns a tensor, or a tuple for
+    two."""
+    if len(tensors) not in (1, 2) or any(t.shape != tensors[0].shape or t.dim() != 3 for t in tensors):
+        raise ValueError("transpose_copy_triton takes one or two 3-D tensors of one shape")
+    batch, R, Cn = tensors[0].shape
+    outs = tuple(torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in tensors)
+    if outs[0].numel():
+        pair = (tensors[0], outs[0]) + ((tensors[1], outs[1]) if len(tensors) == 2 else (tensors[0], outs[0]))
+        grid = (batch * len(tensors), triton.cdiv(R, 64), triton.cdiv(Cn, 64))
+        _transpose_copy_kernel[grid](*pair, batch, R, Cn, *pair[0].stride(), *pair[1].stride(), *pair[2].stride(),
+                                     *pair[3].stride(), BLOCK_R=64, BLOCK_C=64, num_warps=4)
+    return outs[0] if len(outs) == 1 else outs
 
 
 def add_rms_norm_triton(residual, x, weight, eps, cast_input=False):

@@ -767,3 +767,43 @@ def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
             ssm_triton.selective_scan_triton(uu, delta, A, B, C, z=z, reverse=True, **kw)
         y2, _ = ssm_ops.selective_scan(uu, delta, A, B, C, z=z, reverse=True, backend="triton", **kw)
         assert rel(y2, y0.flip(-1)) < 1e-4
+
+
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "sequential", "training"])
+def test_scan_takes_a_log(monkeypatch, path):
+    """selective_scan_triton(a_log=True) (A given as A_log, the scan uses -exp(A_log)) against the float64 reference
+    with A = -exp(A_log): the lane kernel (unchunked, and chunked, whose carry gets A from the wrapper) and the tiled
+    kernel take the exponential inside; the sequential kernel and training get A from the wrapper, and in training
+    the gradient reaches A_log (and a bf16 D)."""
+    settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
+                "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
+    for k, v in settings.items():
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    inputs = make_inputs(2, 64, 45, 16, 0, torch.float32, True, True, True, True, seed=4)
+    A_log = torch.log(-inputs.pop("A")).requires_grad_(path == "training")
+    D16 = inputs.pop("D").to(torch.bfloat16).requires_grad_(path == "training")
+    y, last = ssm_triton.selective_scan_triton(**inputs, A=A_log, D=D16, delta_softplus=True, return_last_state=True,
+                                               a_log=True)
+    ref = {k: (v.double() if torch.is_tensor(v) else v) for k, v in inputs.items()}
+    A_ref = torch.log(-make_inputs(2, 64, 45, 16, 0, torch.float32, seed=4)["A"]).double().requires_grad_()
+    y0, last0 = ssm_ops.selective_scan_ref(**ref, A=-torch.exp(A_ref), D=D16.double(), delta_softplus=True,
+                                           return_last_state=True)
+    assert rel(y, y0) < 1e-4 and rel(last, last0) < 1e-4
+    if path == "training":
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)).to(DEV)
+        (y * g).sum().backward()
+        (y0 * g.double()).sum().backward()
+        assert A_log.grad is not None and rel(A_log.grad, A_ref.grad) < 1e-3
+        assert D16.grad is not None and D16.grad.dtype == torch.bfloat16
+
+
+def test_transpose_copy_two_in_one_launch():
+    """transpose_copy_triton(a, b): both contiguous copies equal to torch's, from one launch; bad calls are refused."""
+    a = torch.randn(3, 200, 70, device=DEV).transpose(1, 2)  # (3, 70, 200), time-major
+    b = torch.randn(3, 200, 140, device=DEV)[..., 70:].transpose(1, 2)  # the z half of an in_proj output
+    ya, yb = ssm_triton.transpose_copy_triton(a, b)
+    assert torch.equal(ya, a.contiguous()) and torch.equal(yb, b.contiguous()) and ya.is_contiguous()
+    with pytest.raises(ValueError, match="one shape"):
+        ssm_triton.transpose_copy_triton(a, a[:1])
