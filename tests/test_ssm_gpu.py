@@ -730,6 +730,17 @@ def test_transpose_copy(shape, perm):
     assert y.is_contiguous() and torch.equal(y, t.contiguous())
 
 
+def _force_forward_path(monkeypatch, path):
+    """Makes the inference forward take `path`: "lane" (unchunked), "lane-chunks" (time-parallel chunks of 16), "tile"
+    (the time-tiled kernel, tiles of 32), anything else the sequential / chunked kernels."""
+    settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
+                "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
+    for k, v in settings.items():
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+
+
 @pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
 @pytest.mark.parametrize("layout", ["channel", "time"])
 def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
@@ -737,12 +748,7 @@ def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
     the lane kernel (unchunked and time-parallel chunks) and the time-tiled kernel read the steps backwards in place
     (negative step strides), other cases scan flipped copies; channel-major inputs and the mixer's time-major views,
     an initial state, odd length. With gradients, reverse=True is refused and ssm_ops flips instead (same result)."""
-    settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
-                "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
-    for k, v in settings.items():
-        monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    _force_forward_path(monkeypatch, path)
     g = torch.Generator().manual_seed(11)
     batch, dim, L, N, R = 2, 64, 77, 16, 3
     if layout == "time":
@@ -775,12 +781,7 @@ def test_scan_takes_a_log(monkeypatch, path):
     with A = -exp(A_log): the lane kernel (unchunked, and chunked, whose carry gets A from the wrapper) and the tiled
     kernel take the exponential inside; the sequential kernel and training get A from the wrapper, and in training
     the gradient reaches A_log (and a bf16 D)."""
-    settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
-                "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
-    for k, v in settings.items():
-        monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    _force_forward_path(monkeypatch, path)
     inputs = make_inputs(2, 64, 45, 16, 0, torch.float32, True, True, True, True, seed=4)
     A_log = torch.log(-inputs.pop("A")).requires_grad_(path == "training")
     D16 = inputs.pop("D").to(torch.bfloat16).requires_grad_(path == "training")
