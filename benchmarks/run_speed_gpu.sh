@@ -7,11 +7,14 @@
 # need it while the machine stays warm), tests (tests/test_ssm_gpu.py, tests/test_models_gpu.py), scan (the five
 # shapes of ../shared/anchors/README.md -> scan_vs_mamba_ssm.json), lane (the lane forward's settings sweep, the
 # forward on the mixer's time-major inputs with it on and off, kernel times -> scan_lane.json; needs no build),
-# generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), vision
-# (Vim-S / VMamba-T / DeiT-S). Default: all but lane and vision, which take a call of their own.
+# generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), profile
+# (benchmarks/profile_models_gpu.py: whole-model ms and top kernels of Vim-S / VMamba-T / DeiT-S / the LM prefill, and
+# mamba_ssm's prefill when the build is there -> profile_models.json), vision (Vim-S / VMamba-T / DeiT-S, the full
+# sweep). Default: all but lane and vision, which take a call of their own. Keep the build apart from timed parts
+# where you can: its compilers load the host, and host-bound figures (the 1 x 1024 prefill) move with that.
 set -u
 OUT=${1:?OUT_DIR}; SRC=${2:?SRC}; shift 2
-PARTS=${*:-build tests scan generate decode}
+PARTS=${*:-build tests scan generate decode profile}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 for part in $PARTS; do
@@ -38,6 +41,13 @@ for part in $PARTS; do
       echo "rc $?"; grep -v Warn "$OUT/gen_vs_mamba_ssm.log" | cut -c1-300 ;;
     decode)
       python3 benchmarks/decode_profile.py "$OUT/decode_profile.json" > "$OUT/decode_profile.log" 2>&1; echo "rc $?" ;;
+    profile)
+      python3 benchmarks/profile_models_gpu.py "$OUT/profile_models.json" > "$OUT/profile_models.log" 2>&1; echo "rc $?"
+      if [ -d /tmp/ms ]; then
+        MAMBA_SSM_PATHS="/tmp/ms:/tmp/cc:$SRC/py" python3 benchmarks/profile_models_gpu.py "$OUT/profile_mamba_ssm.json" \
+            mamba_ssm_prefill >> "$OUT/profile_models.log" 2>&1; echo "rc $?"
+      fi
+      grep "==" "$OUT/profile_models.log" ;;
     vision)
       python3 benchmarks/bench_gpu_models.py --section vision --out "$OUT" > "$OUT/vision.log" 2>&1; echo "rc $?" ;;
     *) echo "unknown part $part" ;;

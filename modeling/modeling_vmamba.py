@@ -185,16 +185,18 @@ class VMambaSS2D(nn.Module):
         # each direction's projections called as modules (PEFT / hooks see them), on its own cross-scanned sequence
         x_dbl = torch.stack([proj(xs_t[:, k]) for k, proj in enumerate(self.x_proj)], dim=1)  # (b, K, L, R + 2N)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
-        dts = torch.stack([proj(dts[:, k]) for k, proj in enumerate(self.dt_projs)], dim=1)  # (b, K, L, d), + bias
+        # stacked token-major, (b, L, K, d): the (b, K*d, L) view the scan takes needs no second copy
+        dts = torch.stack([proj(dts[:, k]) for k, proj in enumerate(self.dt_projs)], dim=2)  # + bias
         ys = selective_scan(
             xs.reshape(b, K * d, L),  # u: (b, K*d, L), direction-major as upstream
-            dts.transpose(2, 3).reshape(b, K * d, L),
-            -torch.exp(self.A_logs.float()),  # A: (K*d, N)
-            Bs.transpose(2, 3).contiguous(),  # (b, K, N, L): one B per direction (groups)
-            Cs.transpose(2, 3).contiguous(),
-            D=self.Ds.float(),
+            dts.flatten(2).transpose(1, 2),
+            self.A_logs,  # (K*d, N): the scan uses A = -exp(A_logs)
+            Bs.transpose(2, 3),  # (b, K, N, L) views: one B per direction (groups); the backends read any layout
+            Cs.transpose(2, 3),
+            D=self.Ds,
             delta_softplus=True,
             backend=self.ssm_backend,
+            a_log=True,
         )  # (b, K*d, L)
         return cross_merge(ys.reshape(b, K, d, L), H, W)  # (b, d, H, W)
 
