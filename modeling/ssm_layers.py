@@ -422,7 +422,9 @@ class MambaMixer(nn.Module):
             width = self.conv_kernel
             last = torch.cat([prefix.to(x.dtype), x], dim=-1) if prefix is not None and seqlen < width else x
             last = last[..., -width:]
-            cache.conv_states[idx].copy_(F.pad(last, (width - last.shape[-1], 0)))
+            if last.shape[-1] < width:  # fewer inputs than the window so far: zeros before them
+                last = F.pad(last, (width - last.shape[-1], 0))
+            cache.conv_states[idx].copy_(last)
         if attention_mask is not None and attention_mask.shape[1] == seqlen:  # zero the padding positions
             xc = (xc * attention_mask[:, None, :]).to(xc.dtype)
         # the linear layers take (batch * L, features) matrices: views of (features, batch, L)-stored tensors, which
