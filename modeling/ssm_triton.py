@@ -29,7 +29,10 @@ written per (batch, channel) and summed over the batch with torch.
 Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernel (one program per
 channel, tl.associative_scan over tiles of steps) for inference at L >= 512 with many channels and for training
 there, and the register-lane kernel (one thread per channel, its states a tuple of registers) for inference
-elsewhere.
+elsewhere. The inference forwards also read a sequence backwards in place (``reverse``: per-step tensors passed as
+a view at their last step with negated step strides) and take A_log (``a_log``).
+Also here: the causal depthwise conv1d + SiLU of the mixer (forward, backward, a cached prefix, reversed reads), a
+tiled transposing copy, the decoding step's conv update and scan step, RMSNorm and residual add + RMSNorm.
 """
 
 from __future__ import annotations
