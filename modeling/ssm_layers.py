@@ -466,7 +466,9 @@ class MambaMixer(nn.Module):
             y = (y + y_b) * 0.5 if self.divide_output else y + y_b
         if not torch.is_autocast_enabled(y.device.type):  # under autocast out_proj casts y itself
             y = y.to(dtype)
-        return self.out_proj(_token_matrix(y)).unflatten(0, y.shape[::2])
+        # a (batch, L, I) view of the token matrix: out_proj's matmul folds it back without a copy, and its output is
+        # a tensor of its own (returning a view upsets FSDP2's hooks)
+        return self.out_proj(_token_matrix(y).unflatten(0, y.shape[::2]))
 
 
 class MambaBlock(GradientCheckpointingLayer):
