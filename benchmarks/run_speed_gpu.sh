@@ -3,8 +3,8 @@
 #   bash benchmarks/run_speed_gpu.sh OUT_DIR SRC [PART...]
 # SRC: a folder holding mamba_ssm's csrc/selective_scan (as selective_scan/), causal-conv1d's csrc (as cc_csrc/), the
 # sdists' python packages (py/mamba_ssm, py/causal_conv1d) and ../shared/anchors (anchors/) -- e.g. the git-ignored
-# .carry/ a device call carries. PART: build (both extensions into /tmp/ms, /tmp/cc: about 3 minutes; later parts
-# need it while the machine stays warm), tests (tests/test_ssm_gpu.py, tests/test_models_gpu.py), scan (the five
+# .carry/ a device call carries. PART: build (both extensions into /tmp/ms, /tmp/cc: about 3 minutes, in the
+# background; scan, generate and profile wait for it; later calls find it while the machine stays warm), tests (tests/test_ssm_gpu.py, tests/test_models_gpu.py), scan (the five
 # shapes of ../shared/anchors/README.md -> scan_vs_mamba_ssm.json), lane (the lane forward's settings sweep, the
 # forward on the mixer's time-major inputs with it on and off, kernel times -> scan_lane.json; needs no build),
 # generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), profile
@@ -17,19 +17,27 @@ OUT=${1:?OUT_DIR}; SRC=${2:?SRC}; shift 2
 PARTS=${*:-build tests scan generate decode profile}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
+BUILD_PIDS=""
+need_build() {  # wait for a background build, once
+  if [ -n "$BUILD_PIDS" ]; then
+    for p in $BUILD_PIDS; do wait "$p"; echo "build rc $?"; done
+    BUILD_PIDS=""
+  fi
+}
 for part in $PARTS; do
   echo "=== $part $(date -u +%T)"
   case $part in
-    build)
+    build)  # in the background: the parts that need it wait for it (tests can run meanwhile)
       python3 "$SRC/anchors/build_mamba_scan.py" "$SRC/selective_scan" /tmp/ms > "$OUT/build_ms.log" 2>&1 &
-      p1=$!
+      BUILD_PIDS="$!"
       python3 "$SRC/anchors/build_causal_conv1d.py" "$SRC/cc_csrc" /tmp/cc > "$OUT/build_cc.log" 2>&1 &
-      p2=$!
-      wait $p1; echo "rc $?"; wait $p2; echo "rc $?" ;;
+      BUILD_PIDS="$BUILD_PIDS $!"
+      echo "building in the background" ;;
     tests)
       python3 -m pytest -q -p no:cacheprovider tests/test_ssm_gpu.py tests/test_models_gpu.py > "$OUT/gpu_tests.log" 2>&1
       echo "rc $?"; tail -1 "$OUT/gpu_tests.log" ;;
     scan)
+      need_build
       python3 benchmarks/scan_vs_mamba_ssm.py --mamba-build /tmp/ms 4,768,6085 128,768,197 1,1536,1024 8,1536,1024 \
           16,1536,4096 --out "$OUT/scan_vs_mamba_ssm.json" > "$OUT/scan.log" 2>&1; echo "rc $?" ;;
     lane)
@@ -37,11 +45,13 @@ for part in $PARTS; do
           --lane-sweep --mixer-layout --profile --out "$OUT/scan_lane.json" > "$OUT/scan_lane.log" 2>&1; echo "rc $?"
       grep mixer "$OUT/scan_lane.log" ;;
     generate)
+      need_build
       python3 "$SRC/anchors/gen_vs_mamba_ssm.py" "/tmp/ms:/tmp/cc:$SRC/py" triton > "$OUT/gen_vs_mamba_ssm.log" 2>&1
       echo "rc $?"; grep -v Warn "$OUT/gen_vs_mamba_ssm.log" | cut -c1-300 ;;
     decode)
       python3 benchmarks/decode_profile.py "$OUT/decode_profile.json" > "$OUT/decode_profile.log" 2>&1; echo "rc $?" ;;
     profile)
+      need_build
       python3 benchmarks/profile_models_gpu.py "$OUT/profile_models.json" > "$OUT/profile_models.log" 2>&1; echo "rc $?"
       if [ -d /tmp/ms ]; then
         MAMBA_SSM_PATHS="/tmp/ms:/tmp/cc:$SRC/py" python3 benchmarks/profile_models_gpu.py "$OUT/profile_mamba_ssm.json" \
@@ -53,3 +63,4 @@ for part in $PARTS; do
     *) echo "unknown part $part" ;;
   esac
 done
+need_build
