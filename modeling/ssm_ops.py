@@ -610,7 +610,7 @@ def causal_conv1d(
     if initial_states is not None:
         x = torch.cat([initial_states.to(x.dtype), x], dim=-1)
     y = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
-                 padding=width - 1, groups=x.shape[1])[..., : x.shape[-1]][..., x.shape[-1] - seqlen:]
+                 padding=width - 1, groups=x.shape[1])[..., x.shape[-1] - seqlen:x.shape[-1]]
     y = F.silu(y) if activation is not None else y
     return y.flip(-1) if reverse else y
 

@@ -51,8 +51,8 @@ except ImportError as err:  # triton is optional: ssm_ops falls back to the torc
                       "(pip install 'triton>=3.0')") from err
 
 
-__all__ = ["selective_scan_triton", "reverse_in_place", "selective_state_update_triton", "causal_conv1d_triton", "causal_conv1d_update_triton",
-           "rms_norm_triton", "add_rms_norm_triton", "transpose_copy_triton"]
+__all__ = ["selective_scan_triton", "reverse_in_place", "selective_state_update_triton", "causal_conv1d_triton",
+           "causal_conv1d_update_triton", "rms_norm_triton", "add_rms_norm_triton", "transpose_copy_triton"]
 
 _LOG2E = 1.4426950408889634
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
@@ -1096,7 +1096,8 @@ def _causal_conv_kernel(
 
 
 @triton.jit
-def _copy_tile(x_ptr, y_ptr, b, R, Cn, sx_b, sx_r, sx_c, sy_b, sy_r, sy_c, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _copy_tile(x_ptr, y_ptr, b, R, Cn, sx_b, sx_r, sx_c, sy_b, sy_r, sy_c,
+               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     r = (tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     mask = (r[:, None] < R) & (c[None, :] < Cn)
@@ -1204,9 +1205,14 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+def _is_channel_major(t: torch.Tensor) -> bool:
+    """Whether t (..., C, L) has unit stride along L (or one step)."""
+    return t.stride(-1) == 1 or t.shape[-1] == 1
+
+
 def _channel_major(t: torch.Tensor) -> torch.Tensor:
     """t (..., C, L) with unit stride along L (a contiguous copy unless it has one: one tiled kernel for 3-D)."""
-    if t.stride(-1) == 1 or t.shape[-1] == 1:
+    if _is_channel_major(t):
         return t
     return transpose_copy_triton(t) if t.dim() == 3 else t.contiguous()
 
@@ -1217,15 +1223,13 @@ def _tile_inputs(u, delta, B, C, z):
     a step (H200, B16 D1536 L1024 in the mixer's layout: 3.7 ms a call against 0.22 ms). delta and z are copied in one
     launch, B and C in one cat (a host-bound prefill pays per launch)."""
     u = _channel_major(u)
-    big = [t for t in (delta, z) if t is not None and not (t.stride(-1) == 1 or t.shape[-1] == 1)]
-    if len(big) == 2 and delta.shape == z.shape:
+    if z is not None and delta.shape == z.shape and not (_is_channel_major(delta) or _is_channel_major(z)):
         delta, z = transpose_copy_triton(delta, z)
     else:
         delta, z = _channel_major(delta), None if z is None else _channel_major(z)
-    if B.shape == C.shape and not (B.stride(-1) == 1 and C.stride(-1) == 1) and B.shape[-1] > 1:
+    if B.shape == C.shape and not (_is_channel_major(B) and _is_channel_major(C)):
         N = B.shape[2]
-        bc = torch.cat([B, C], dim=2)
-        bc = bc if bc.stride(-1) == 1 else bc.contiguous()
+        bc = _channel_major(torch.cat([B, C], dim=2))
         B, C = bc[:, :, :N], bc[:, :, N:]
     else:
         B, C = _channel_major(B), _channel_major(C)
@@ -1267,6 +1271,11 @@ def _fwd_blocks(dg: int):
     (batch x G x blocks) is what the kernel choice below weighs."""
     block = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
     return block, triton.cdiv(dg, block)
+
+
+def _block_t(cfg: dict, L: int) -> int:
+    """Steps a tile of the time-tiled kernels (TILE_CONFIG or TILE_BWD_CONFIG), for a sequence of L steps."""
+    return min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
 
 
 def _use_tile_kernel(programs: int, L: int) -> bool:
@@ -1405,20 +1414,17 @@ class _SelectiveScanFn(torch.autograd.Function):
         dg = dim // G
         need_grad = any(ctx.needs_input_grad[:9])
         BLOCK_D, nblk = _fwd_blocks(dg)
-        tile_bwd = need_grad and _use_tile_bwd(batch * G * nblk, L)
-        if tile_bwd or (not need_grad and _use_tile_kernel(batch * G * nblk, L)):  # one program per channel
+        # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
+        if need_grad and _use_tile_bwd(batch * G * nblk, L):  # the time-tiled pair, one program per channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
-            cfg = TILE_BWD_CONFIG if tile_bwd else TILE_CONFIG
-            block_t = min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
-            nchunks = triton.cdiv(L, block_t)
-            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, tile_bwd)
-            if tile_bwd:
-                ctx.softplus = bool(softplus)
-                ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
-                ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
-                ctx.chunk = (block_t, nchunks)
-                ctx.tile = True
-                ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+            block_t = _block_t(TILE_BWD_CONFIG, L)
+            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, True)
+            ctx.softplus = bool(softplus)
+            ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
+            ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
+            ctx.chunk = (block_t, triton.cdiv(L, block_t))
+            ctx.tile = True
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
         CHUNK, parallel = _fwd_chunking(batch * G * nblk, L, need_grad)
@@ -1626,7 +1632,7 @@ def selective_scan_triton(
             return (y, h_last) if return_last_state else y
         if _use_tile_kernel(batch * G * _fwd_blocks(dim // G)[1], L):
             u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
-            block_t = min(TILE_CONFIG["BLOCK_T"], max(32, _next_pow2(L)))
+            block_t = _block_t(TILE_CONFIG, L)
             y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus, block_t, False,
                                          reverse=bool(reverse), a_log=bool(a_log))
             return (y, h_last) if return_last_state else y
@@ -1743,8 +1749,10 @@ class _CausalConvFn(torch.autograd.Function):
             g32, x32 = g.float(), x.float()
             if ctx.reverse:
                 xp = torch.nn.functional.pad(x32, (0, W - 1))
+            elif prefix is not None:
+                xp = torch.cat([prefix.float(), x32], -1)
             else:
-                xp = torch.cat([prefix.float(), x32], -1) if prefix is not None else torch.nn.functional.pad(x32, (W - 1, 0))
+                xp = torch.nn.functional.pad(x32, (W - 1, 0))
             # causal: y_t = sum_k w_k x_{t-(W-1-k)} = sum_k w_k xp_{t+k}; reverse: sum_k w_k xp_{t+W-1-k}
             cols = [(g32 * xp[..., (W - 1 - k if ctx.reverse else k):][..., :L]).sum((0, 2)) for k in range(W)]
             gw = torch.stack(cols, -1).to(weight.dtype)
