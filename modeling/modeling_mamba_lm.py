@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
 from .hf_compat import CACHE_NAME, NamesReplacedFilesMixin, cache_output, new_token_count, pop_cache
-from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, init
+from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, init, unhooked
 from .ssm_ops import add_rms_norm
 
 
@@ -226,12 +226,8 @@ class MambaLMModel(MambaLMPreTrainedModel):
     def _fused_norms_apply(self) -> bool:
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or not len(self.layers):
             return False
-        hooks = nn.modules.module
-        if getattr(hooks, "_global_forward_hooks", None) or getattr(hooks, "_global_forward_pre_hooks", None):
-            return False
         modules = [self.norm_f] + [m for block in self.layers for m in (block, getattr(block, "norm", None))]
-        return all(type(m) in (MambaBlock, RMSNorm) and not m._forward_hooks and not m._forward_pre_hooks
-                   for m in modules)
+        return unhooked(modules, (MambaBlock, RMSNorm))
 
     def _run_blocks_fused(self, hidden_states, cache, attention_mask):
         """The blocks and norm_f (see above): returns norm_f's output."""

@@ -257,6 +257,21 @@ def _mask(hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -
     return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
 
 
+def unhooked(modules, types) -> bool:
+    """Whether every module is exactly one of ``types`` and no forward hook (its own or a global one) would run: then
+    a fused kernel may do what calling them does."""
+    hooks = nn.modules.module
+    if getattr(hooks, "_global_forward_hooks", None) or getattr(hooks, "_global_forward_pre_hooks", None):
+        return False
+    return all(type(m) in types and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+
+
+def _plain_linear(m: nn.Module) -> bool:
+    """Whether calling m is exactly F.linear(x, m.weight, m.bias), so a kernel may compute it in place of the call (a
+    PEFT adapter, a parametrization or a quantized layer has another type and is called)."""
+    return unhooked((m,), (nn.Linear,))
+
+
 def _token_matrix(t: torch.Tensor) -> torch.Tensor:
     """(batch, C, L) -> the (batch * L, C) matrix a linear layer takes: a view when t is stored (C, batch, L) (as the
     triton conv and scan write), else one copy (torch's matmul would make it anyway for a transposed 3-D input)."""
@@ -373,10 +388,15 @@ class MambaMixer(nn.Module):
         if mask is not None:  # a padding position leaves the SSM state as it is (zero input)
             xc = xc * mask[:, None].to(xc.dtype)
         dt, B, C = torch.split(x_proj(xc), [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        delta = dt_proj(dt)  # (b, I), with its bias
-        # x / z / B / C go in as the views they are: on a GPU the step is one kernel (no copies, no casts)
-        return selective_state_update(cache.ssm_states[idx], xc, delta, A_log, B, C, D=getattr(self, f"D{suffix}"),
-                                      z=z, dt_softplus=True, backend=self.ssm_backend, a_log=True)
+        D = getattr(self, f"D{suffix}")
+        # x / z / B / C go in as the views they are: on a GPU the step is one kernel (no copies, no casts), which also
+        # computes dt_proj where dt_proj is a plain nn.Linear (an adapter, a hook or a wrapped layer: called here)
+        if _plain_linear(dt_proj):
+            return selective_state_update(cache.ssm_states[idx], xc, dt, A_log, B, C, D=D, z=z, dt_bias=dt_proj.bias,
+                                          dt_softplus=True, backend=self.ssm_backend, a_log=True,
+                                          dt_weight=dt_proj.weight)
+        return selective_state_update(cache.ssm_states[idx], xc, dt_proj(dt), A_log, B, C, D=D, z=z, dt_softplus=True,
+                                      backend=self.ssm_backend, a_log=True)
 
     def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None, reverse=False):
         """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). With a ``cache``, the layer's states

@@ -659,12 +659,23 @@ def selective_state_update(
     dt_softplus: bool = False,
     backend: Optional[str] = None,
     a_log: bool = False,
+    dt_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One decoding step of the scan. state: (batch, dim, dstate) float32, updated in place;
     x, dt, z: (batch, dim); B, C: (batch, dstate). ``a_log``: A holds A_log and the step uses A = -exp(A_log) (the
-    Triton kernel computes it in place of two extra kernels a step). Returns y: (batch, dim) in x's dtype."""
-    _check(x.dim() == 2 and dt.shape == x.shape, lambda: f"x and dt must be (batch, dim), got {tuple(x.shape)}, "
-           f"{tuple(dt.shape)}")
+    Triton kernel computes it in place of two extra kernels a step). ``dt_weight`` (dim, R): dt is (batch, R), the
+    input of a Mamba layer's dt_proj, and the step size is ``F.linear(dt, dt_weight, dt_bias)`` (the Triton kernel
+    computes it itself: one launch fewer a step). Returns y: (batch, dim) in x's dtype."""
+    if dt_weight is not None:
+        _check(dt_weight.dim() == 2 and dt_weight.shape[0] == x.shape[-1] and dt.dim() == 2
+               and dt.shape == (x.shape[0], dt_weight.shape[1]),
+               lambda: f"with dt_weight (dim, rank), dt must be (batch, rank): got dt_weight {tuple(dt_weight.shape)}, "
+               f"dt {tuple(dt.shape)}, x {tuple(x.shape)}")
+        name = resolve_backend(backend, x.device)
+        if name != "triton" or not hasattr(_load_triton(), "selective_state_update_triton"):
+            dt, dt_bias, dt_weight = F.linear(dt, dt_weight, dt_bias), None, None
+    _check(x.dim() == 2 and (dt_weight is not None or dt.shape == x.shape),
+           lambda: f"x and dt must be (batch, dim), got {tuple(x.shape)}, {tuple(dt.shape)}")
     _check(state.shape == (x.shape[0], x.shape[1], A.shape[1]),
            lambda: f"state must be (batch, dim, dstate)={(x.shape[0], x.shape[1], A.shape[1])}, "
            f"got {tuple(state.shape)}")
@@ -674,7 +685,8 @@ def selective_state_update(
     name = resolve_backend(backend, x.device)
     if name == "triton" and hasattr(_load_triton(), "selective_state_update_triton"):
         return _load_triton().selective_state_update_triton(
-            state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, a_log=a_log
+            state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, a_log=a_log,
+            dt_weight=dt_weight,
         )
     if a_log:
         A = -torch.exp(A.float())

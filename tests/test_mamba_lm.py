@@ -204,6 +204,31 @@ def test_prefix_plus_cached_steps_equals_full_forward(pair, backend):
     assert diff <= ATOL, f"{backend}: {diff}"
 
 
+def test_cached_step_calls_a_hooked_dt_proj(pair):
+    """A decoding step folds dt_proj into the state update only where dt_proj is a plain nn.Linear: with a forward hook
+    on it (as any wrapper or adapter), the step calls the module, and the hook's change reaches the logits."""
+    hf, _ = pair
+    model = ours_from(hf.state_dict(), ssm_backend="torch")
+    x = ids(1, 6, seed=4)
+    dt_proj = model.backbone.layers[0].mixer.dt_proj
+    calls = []
+
+    def run():
+        with torch.no_grad():
+            out = model(x[:, :5], use_cache=True)
+            return model(x[:, 5:], cache=out.cache, use_cache=True).logits
+
+    plain = run()
+    handle = dt_proj.register_forward_hook(lambda m, args, out: calls.append(args[0].shape) or out + 1.0)
+    try:
+        hooked = run()
+    finally:
+        handle.remove()
+    assert any(c[0] == 1 for c in calls)  # the step's call: (batch 1, rank); the prefill's is (5 tokens, rank)
+    assert not torch.allclose(hooked, plain)
+    assert torch.equal(run(), plain)
+
+
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_chunked_continuation_equals_full_forward(pair, backend):
     hf, _ = pair

@@ -175,11 +175,12 @@ def parallel_config(request):
         config.update(old)
 
 
-@pytest.fixture(params=[(True, 64, 4), (True, 256, 4), (False, 64, 4)], ids=["tile64", "tile256", "no-tile"])
+@pytest.fixture(params=[(True, 64, 4, False), (True, 256, 4, False), (True, 64, 4, True), (False, 64, 4, False)],
+                ids=["tile64", "tile256", "states64", "no-tile"])
 def tile_bwd_config(request):
     saved = dict(ssm_triton.TILE_BWD_CONFIG)
-    enabled, block_t, warps = request.param
-    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps)
+    enabled, block_t, warps, states = request.param
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, states=states)
     yield request.param
     ssm_triton.TILE_BWD_CONFIG.clear()
     ssm_triton.TILE_BWD_CONFIG.update(saved)
@@ -199,7 +200,7 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
-@pytest.mark.parametrize("tile", [True, False], ids=["tile", "no-tile"])
+@pytest.mark.parametrize("tile", [True, "states", False], ids=["tile", "states", "no-tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
                                                                                   False)],
@@ -207,14 +208,16 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
 def test_scan_forward_tile_kernel_matches_reference(tile, dtype, case):
     """The inference forward (no gradients): the time-tiled kernel (one program per channel, tl.associative_scan over
     tiles of steps, state carried across tiles) against the float64 reference, output and last state."""
-    saved = dict(ssm_triton.TILE_CONFIG)
-    ssm_triton.TILE_CONFIG.update(enabled=tile, BLOCK_T=256)
+    saved = dict(ssm_triton.TILE_CONFIG), dict(ssm_triton.STATES_CONFIG)
+    ssm_triton.TILE_CONFIG.update(enabled=bool(tile), BLOCK_T=256)
+    ssm_triton.STATES_CONFIG.update(enabled=tile == "states", BLOCK_T=128)
     try:
         batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
         check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
     finally:
-        ssm_triton.TILE_CONFIG.clear()
-        ssm_triton.TILE_CONFIG.update(saved)
+        for config, old in zip((ssm_triton.TILE_CONFIG, ssm_triton.STATES_CONFIG), saved):
+            config.clear()
+            config.update(old)
 
 
 @pytest.mark.parametrize("parallel_config", list(PARALLEL_SETTINGS), indirect=True)
@@ -531,6 +534,32 @@ def test_state_update_strided_views_and_a_log(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_state_update_computes_dt_proj(dtype, bias):
+    """dt_weight: the kernel computes the step size from the low-rank dt (a strided column block of x_proj's output)
+    and dt_proj's weight / bias: same y and state as the step on F.linear's output (the mixer's unfused path), rank 5
+    (padded to 8 in the kernel) and 48 (mamba-130m)."""
+    g = torch.Generator().manual_seed(3)
+    batch, dim, N = 3, 40, 16
+    for rank in (5, 48):
+        dbc = torch.randn(batch, rank + 2 * N, generator=g).to(DEV, dtype)
+        low, B, C = dbc[:, :rank], dbc[:, rank:rank + N], dbc[:, rank + N:]
+        w = (torch.randn(dim, rank, generator=g) / rank**0.5).to(DEV, dtype)
+        b = (torch.rand(dim, generator=g) - 3).to(DEV, dtype) if bias else None
+        x, z = (torch.randn(batch, dim, generator=g).to(DEV, dtype) for _ in range(2))
+        A_log = torch.log(torch.rand(dim, N, generator=g) * 4 + 0.1).to(DEV)
+        D = torch.randn(dim, generator=g).to(DEV)
+        state = torch.randn(batch, dim, N, generator=g).to(DEV)
+        expect = state.clone()
+        kw = dict(D=D, z=z, dt_softplus=True, a_log=True)
+        y = ssm_ops.selective_state_update(state, x, low, A_log, B, C, dt_bias=b, dt_weight=w, backend="triton", **kw)
+        y_ref = ssm_triton.selective_state_update_triton(expect, x, torch.nn.functional.linear(low, w, b), A_log, B,
+                                                         C, **kw)
+        assert y.dtype == dtype
+        assert rel(y, y_ref) < TOL[dtype] and rel(state, expect) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("width", [2, 3, 4, 5])
 def test_conv_update_matches_torch(dtype, width):
     """causal_conv1d_update_triton against the torch step: the state window after each step and y, over 7 steps, with a
@@ -732,16 +761,19 @@ def test_transpose_copy(shape, perm):
 
 def _force_forward_path(monkeypatch, path):
     """Makes the inference forward take `path`: "lane" (unchunked), "lane-chunks" (time-parallel chunks of 16), "tile"
-    (the time-tiled kernel, tiles of 32), anything else the sequential / chunked kernels."""
+    (the time-tiled kernel, tiles of 32), "states" (the time-tiled kernel with all states in one block, tiles of 32),
+    anything else the sequential / chunked kernels."""
     settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
                 "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
     for k, v in settings.items():
         monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path in ("tile", "states"))
     monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    monkeypatch.setitem(ssm_triton.STATES_CONFIG, "enabled", path == "states")
+    monkeypatch.setitem(ssm_triton.STATES_CONFIG, "BLOCK_T", 32)
 
 
-@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "states", "flipped"])
 @pytest.mark.parametrize("layout", ["channel", "time"])
 def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
     """selective_scan_triton(reverse=True) (inference) against the float64 reference on flipped inputs, flipped back:
@@ -775,7 +807,7 @@ def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
         assert rel(y2, y0.flip(-1)) < 1e-4
 
 
-@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "sequential", "training"])
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "states", "sequential", "training"])
 def test_scan_takes_a_log(monkeypatch, path):
     """selective_scan_triton(a_log=True) (A given as A_log, the scan uses -exp(A_log)) against the float64 reference
     with A = -exp(A_log): the lane kernel (unchunked, and chunked, whose carry gets A from the wrapper) and the tiled

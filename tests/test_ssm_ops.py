@@ -145,6 +145,25 @@ def test_step_update_matches_scan():
     assert torch.allclose(state, last, atol=1e-5)
 
 
+def test_step_update_takes_dt_proj_weight():
+    """dt_weight (dim, rank): dt is dt_proj's low-rank input and the step size F.linear(dt, dt_weight, dt_bias), the
+    same step as on F.linear's output (the torch backend computes exactly that); a dt of the wrong width is refused."""
+    torch.manual_seed(0)
+    batch, dim, N, rank = 2, 6, 3, 4
+    x, z = torch.randn(batch, dim), torch.randn(batch, dim)
+    low, w, b = torch.randn(batch, rank), torch.randn(dim, rank), torch.randn(dim)
+    A, B, C, D = -torch.rand(dim, N), torch.randn(batch, N), torch.randn(batch, N), torch.randn(dim)
+    s1 = torch.randn(batch, dim, N)
+    s2 = s1.clone()
+    y1 = ssm_ops.selective_state_update(s1, x, low, A, B, C, D=D, z=z, dt_bias=b, dt_softplus=True, dt_weight=w,
+                                        backend="torch")
+    y2 = ssm_ops.selective_state_update(s2, x, torch.nn.functional.linear(low, w, b), A, B, C, D=D, z=z,
+                                        dt_softplus=True, backend="torch")
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+    with pytest.raises(ValueError, match="dt must be \\(batch, rank\\)"):
+        ssm_ops.selective_state_update(s1, x, torch.randn(batch, dim), A, B, C, dt_weight=w, backend="torch")
+
+
 def test_causal_conv_and_its_step():
     torch.manual_seed(0)
     x = torch.randn(2, 5, 11)
