@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .hf_compat import init  # noqa: F401  (the families import it from here)
-from .ssm_ops import causal_conv1d, causal_conv1d_update, rms_norm, selective_scan, selective_state_update
+from .ssm_ops import (causal_conv1d, causal_conv1d_update, rms_norm, scan_reads_channel_major, selective_scan,
+                      selective_state_update)
 
 try:  # transformers >= 4.56
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -272,6 +273,15 @@ def _plain_linear(m: nn.Module) -> bool:
     return unhooked((m,), (nn.Linear,))
 
 
+def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int) -> torch.Tensor:
+    """A plain nn.Linear on the (batch * L, in) token matrix x, returned as the (batch, out, L) view of one
+    (out, batch * L) product, weight @ x.T (+ bias): the layer's output with unit stride along L, which the
+    channel-major scan kernels read without a transposing copy (mamba_ssm computes its in_proj / dt_proj this way)."""
+    out = (torch.mm(linear.weight, x.t()) if linear.bias is None
+           else torch.addmm(linear.bias[:, None], linear.weight, x.t()))
+    return out.unflatten(1, (batch, -1)).transpose(0, 1)
+
+
 def _token_matrix(t: torch.Tensor) -> torch.Tensor:
     """(batch, C, L) -> the (batch * L, C) matrix a linear layer takes: a view when t is stored (C, batch, L) (as the
     triton conv and scan write), else one copy (torch's matmul would make it anyway for a transposed 3-D input)."""
@@ -452,13 +462,16 @@ class MambaMixer(nn.Module):
         batch = xc.shape[0]
         x_dbl = x_proj(_token_matrix(xc))  # (b L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.time_step_rank, self.state_size, self.state_size], dim=-1)
-        delta = dt_proj(dt)  # (b L, I), with its bias
 
         def channels(t):  # (b L, C) -> a (b, C, L) view
             return t.unflatten(0, (batch, seqlen)).transpose(1, 2)
 
+        if x.stride(-1) == 1 and seqlen > 1 and _plain_linear(dt_proj):  # delta channel-major, as x (see forward)
+            delta = _channels_linear(dt, dt_proj, batch)
+        else:
+            delta = channels(dt_proj(dt))  # (b, I, L), with its bias
         out = selective_scan(
-            xc, channels(delta), A_log, channels(B), channels(C), D=D, z=z,
+            xc, delta, A_log, channels(B), channels(C), D=D, z=z,
             delta_softplus=True, return_last_state=cache is not None, initial_state=initial_state,
             backend=self.ssm_backend, reverse=reverse, a_log=True,
         )
@@ -477,7 +490,17 @@ class MambaMixer(nn.Module):
         if cache is not None and self.bidirectional:
             raise ValueError("A bidirectional mixer sees the whole sequence; it cannot decode with a cache.")
         dtype = hidden_states.dtype
-        xz = self.in_proj(_mask(hidden_states, attention_mask)).transpose(1, 2)  # (b, 2I, L)
+        batch, seqlen = hidden_states.shape[:2]
+        hidden_states = _mask(hidden_states, attention_mask)
+        # where the scan reads channel-major inputs best (see ssm_ops.scan_reads_channel_major), a plain in_proj (and
+        # dt_proj, in _branch) are computed as weight @ x.T: x / z / delta with unit stride along L, no transposing
+        # copies; an adapter, a hook or a wrapped layer keeps the module call (time-major views)
+        if seqlen > 1 and _plain_linear(self.in_proj) and scan_reads_channel_major(
+                batch, self.intermediate_size, 1, self.state_size, seqlen, hidden_states.device, self.ssm_backend,
+                need_grad=torch.is_grad_enabled()):
+            xz = _channels_linear(hidden_states.reshape(batch * seqlen, -1), self.in_proj, batch)
+        else:
+            xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2I, L)
         x, z = xz.chunk(2, dim=1)
         continuing = cache is not None and cache.seqlen_offset > 0
         y = self._branch(x, z, "", attention_mask, cache, continuing)

@@ -570,6 +570,20 @@ def selective_scan(
     return out
 
 
+def scan_reads_channel_major(batch: int, dim: int, groups: int, dstate: int, seqlen: int, device, backend=None,
+                             need_grad: bool = False) -> bool:
+    """Whether ``selective_scan`` of this size reads its per-channel inputs (delta, z) best channel-major (unit stride
+    along the sequence), so a mixer should produce them that way: mamba_ssm's kernel (it copies anything else) and
+    the triton backend where its time-tiled kernels run (they would copy time-major views). The torch and reference
+    backends, and the triton lane kernels, read time-major views (a linear layer's natural output) best."""
+    name = resolve_backend(backend, device)
+    if name == "mamba_ssm":
+        return True
+    if name != "triton":
+        return False
+    return _load_triton().reads_channel_major(batch, dim, groups, dstate, seqlen, need_grad)
+
+
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -1503,6 +1503,15 @@ def _use_tile_kernel(programs: int, L: int) -> bool:
     return L >= cfg["min_len"] and not (few_programs and L >= cfg["long"])
 
 
+def reads_channel_major(batch: int, dim: int, G: int, N: int, L: int, need_grad: bool) -> bool:
+    """Whether selective_scan_triton runs a time-tiled kernel at this size (they read channel-major inputs; the lane
+    kernel reads time-major ones): a mixer then produces delta / z channel-major (see ssm_ops)."""
+    programs = batch * G * _fwd_blocks(dim // G)[1]
+    if need_grad:
+        return _use_tile_bwd(programs, L)
+    return _lane_plan(batch, dim, G, N, L) is None and _use_tile_kernel(programs, L)
+
+
 def _use_tile_bwd(programs: int, L: int) -> bool:
     """Whether a forward with gradients runs the time-tiled pair (see TILE_BWD_CONFIG)."""
     cfg = TILE_BWD_CONFIG

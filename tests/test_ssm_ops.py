@@ -265,3 +265,41 @@ def test_mamba_ssm_conv_only_for_widths_its_kernels_take(monkeypatch):
     ssm_ops.causal_conv1d_update(x[..., 0], state, w17, None)
     assert calls == []
     assert ssm_ops.causal_conv1d(x, w4, None).abs().sum() == 0 and calls == [4]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["mamba", "vim"])
+def test_mixer_channel_major_projections_match_module_calls(monkeypatch, bidirectional):
+    """Where the scan reads channel-major inputs (mamba_ssm, the triton tiled kernels), a mixer computes its plain
+    in_proj / dt_proj as weight @ x.T (x / z / delta with unit stride along L). Forced here on the torch backend: the
+    output and every gradient equal the module-call path's; with a hook on in_proj the module is called (the hook
+    runs) and dt_proj keeps its call too."""
+    from ssmvl.modeling import ssm_layers
+
+    torch.manual_seed(0)
+    mixer = ssm_layers.MambaMixer(hidden_size=16, intermediate_size=32, state_size=4, conv_kernel=4,
+                                  bidirectional=bidirectional, ssm_backend="torch")
+    h = torch.randn(2, 11, 16)
+
+    def run():
+        mixer.zero_grad()
+        y = mixer(h)
+        y.square().sum().backward()
+        return y.detach(), {k: p.grad.clone() for k, p in mixer.named_parameters()}
+
+    y0, g0 = run()
+    calls = []
+    monkeypatch.setattr(ssm_layers, "scan_reads_channel_major", lambda *a, **k: calls.append(a) or True)
+    seen = {}
+    monkeypatch.setattr(ssm_layers, "_channels_linear",
+                        lambda x, lin, b, f=ssm_layers._channels_linear: seen.setdefault(id(lin), f(x, lin, b)))
+    y1, g1 = run()
+    assert calls and id(mixer.in_proj) in seen and id(mixer.dt_proj) in seen
+    assert torch.allclose(y1, y0, atol=1e-5)
+    for k in g0:
+        assert torch.allclose(g1[k], g0[k], atol=1e-4, rtol=1e-4), k
+    hooked = []
+    mixer.in_proj.register_forward_hook(lambda m, a, out: hooked.append(out.shape))
+    seen.clear()
+    y2, _ = run()
+    assert hooked and id(mixer.in_proj) not in seen and id(mixer.dt_proj) not in seen
+    assert torch.allclose(y2, y0, atol=1e-5)
