@@ -273,12 +273,15 @@ def _plain_linear(m: nn.Module) -> bool:
     return unhooked((m,), (nn.Linear,))
 
 
-def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int) -> torch.Tensor:
+def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, bias: bool = True) -> torch.Tensor:
     """A plain nn.Linear on the (batch * L, in) token matrix x, returned as the (batch, out, L) view of one
-    (out, batch * L) product, weight @ x.T (+ bias): the layer's output with unit stride along L, which the
-    channel-major scan kernels read without a transposing copy (mamba_ssm computes its in_proj / dt_proj this way)."""
-    out = (torch.mm(linear.weight, x.t()) if linear.bias is None
-           else torch.addmm(linear.bias[:, None], linear.weight, x.t()))
+    (out, batch * L) product, weight @ x.T (+ bias unless ``bias=False``): the layer's output with unit stride along
+    L, which the channel-major scan kernels read without a transposing copy (mamba_ssm computes its in_proj / dt_proj
+    this way). A bias along the rows costs cuBLAS an expanded copy: dt_proj's goes to the scan (delta_bias)."""
+    if linear.bias is None or not bias:
+        out = torch.mm(linear.weight, x.t())
+    else:
+        out = torch.addmm(linear.bias[:, None], linear.weight, x.t())
     return out.unflatten(1, (batch, -1)).transpose(0, 1)
 
 
@@ -466,12 +469,13 @@ class MambaMixer(nn.Module):
         def channels(t):  # (b L, C) -> a (b, C, L) view
             return t.unflatten(0, (batch, seqlen)).transpose(1, 2)
 
+        delta_bias = None
         if x.stride(-1) == 1 and seqlen > 1 and _plain_linear(dt_proj):  # delta channel-major, as x (see forward)
-            delta = _channels_linear(dt, dt_proj, batch)
+            delta, delta_bias = _channels_linear(dt, dt_proj, batch, bias=False), dt_proj.bias  # bias added in fp32
         else:
             delta = channels(dt_proj(dt))  # (b, I, L), with its bias
         out = selective_scan(
-            xc, delta, A_log, channels(B), channels(C), D=D, z=z,
+            xc, delta, A_log, channels(B), channels(C), D=D, z=z, delta_bias=delta_bias,
             delta_softplus=True, return_last_state=cache is not None, initial_state=initial_state,
             backend=self.ssm_backend, reverse=reverse, a_log=True,
         )

@@ -271,8 +271,8 @@ def test_mamba_ssm_conv_only_for_widths_its_kernels_take(monkeypatch):
 def test_mixer_channel_major_projections_match_module_calls(monkeypatch, bidirectional):
     """Where the scan reads channel-major inputs (mamba_ssm, the triton tiled kernels), a mixer computes its plain
     in_proj / dt_proj as weight @ x.T (x / z / delta with unit stride along L). Forced here on the torch backend: the
-    output and every gradient equal the module-call path's; with a hook on in_proj the module is called (the hook
-    runs) and dt_proj keeps its call too."""
+    output and every gradient equal the module-call path's (dt_proj's bias goes to the scan as delta_bias); with a
+    hook on in_proj the module is called (the hook runs) and dt_proj keeps its call too."""
     from ssmvl.modeling import ssm_layers
 
     torch.manual_seed(0)
@@ -291,7 +291,8 @@ def test_mixer_channel_major_projections_match_module_calls(monkeypatch, bidirec
     monkeypatch.setattr(ssm_layers, "scan_reads_channel_major", lambda *a, **k: calls.append(a) or True)
     seen = {}
     monkeypatch.setattr(ssm_layers, "_channels_linear",
-                        lambda x, lin, b, f=ssm_layers._channels_linear: seen.setdefault(id(lin), f(x, lin, b)))
+                        lambda x, lin, b, f=ssm_layers._channels_linear, **kw:
+                        seen.setdefault(id(lin), f(x, lin, b, **kw)))
     y1, g1 = run()
     assert calls and id(mixer.in_proj) in seen and id(mixer.dt_proj) in seen
     assert torch.allclose(y1, y0, atol=1e-5)
