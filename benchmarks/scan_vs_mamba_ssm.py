@@ -130,54 +130,6 @@ def kernel_times(shape, ssm_triton, reps: int = 20, backward: bool = False):
     return {e.key: round(e.device_time_total / reps, 1) for e in prof.key_averages() if e.device_time_total > 0}
 
 
-def states_sweep(shapes, bw, ssm_triton):
-    """Rows of ms for each shape: the inference forward by the default rule, by the per-state tiled kernel (forced), by
-    the all-states kernel (forced) at several (BLOCK_T, num_warps); forward + backward by the default rule and by the
-    all-states training pair at several settings. Errors against the default path's output."""
-    from triton.testing import do_bench
-
-    configs = (ssm_triton.TILE_CONFIG, ssm_triton.STATES_CONFIG, ssm_triton.TILE_BWD_CONFIG)
-    defaults = [dict(c) for c in configs]
-
-    def restore():
-        for c, old in zip(configs, defaults):
-            c.clear()
-            c.update(old)
-
-    rows = []
-    for shape in shapes:
-        x = inputs(*shape)
-        fwd = inference_forward(ssm_triton, x)
-        y_ref = fwd().float()
-        fwd_settings = [("default", {}, {}), ("tile", dict(enabled=True), {})] + [
-            (f"states{bt}x{w}", dict(enabled=True), dict(enabled=True, BLOCK_T=bt, num_warps=w))
-            for bt, w in ((64, 2), (128, 4), (256, 4), (256, 8), (512, 8), (1024, 16))]
-        for name, tile, states in fwd_settings:
-            ssm_triton.TILE_CONFIG.update(tile)
-            ssm_triton.STATES_CONFIG.update(states)
-            try:
-                y = fwd().float()
-                row = dict(B=shape[0], D=shape[1], L=shape[2], kind="fwd", setting=name, ms=do_bench(fwd),
-                           rel_err=((y - y_ref).norm() / y_ref.norm()).item())
-            except Exception as err:  # e.g. out of shared memory / registers at a setting
-                row = dict(B=shape[0], D=shape[1], L=shape[2], kind="fwd", setting=name, error=repr(err)[:300])
-            restore()
-            rows.append(row)
-            print("states", json.dumps(row), flush=True)
-        fb_settings = [("default", {})] + [(f"states{bt}x{w}", dict(enabled=True, states=True, BLOCK_T=bt, num_warps=w))
-                                           for bt, w in ((64, 4), (128, 4), (128, 8), (256, 8), (512, 8))]
-        for name, cfg in fb_settings:
-            ssm_triton.TILE_BWD_CONFIG.update(cfg)
-            try:
-                row = dict(kind="fb", setting=name, **measure(shape, bw, None, ssm_triton))
-            except Exception as err:
-                row = dict(B=shape[0], D=shape[1], L=shape[2], kind="fb", setting=name, error=repr(err)[:300])
-            restore()
-            rows.append(row)
-            print("states", json.dumps(row), flush=True)
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shapes", nargs="+", help="B,D,L")
@@ -186,9 +138,6 @@ def main(argv=None):
     ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
     ap.add_argument("--tile-bwd-sweep", action="store_true",
                     help="time forward + backward over the time-tiled training pair's settings (TILE_BWD_CONFIG)")
-    ap.add_argument("--states-sweep", action="store_true",
-                    help="time the all-states-in-one-block kernels (STATES_CONFIG, TILE_BWD_CONFIG['states']) against "
-                         "the default paths: inference forward and forward + backward")
     ap.add_argument("--lane-sweep", action="store_true",
                     help="time the register-lane forward's settings (LANE_CONFIG) against the forward without it")
     ap.add_argument("--mixer-layout", action="store_true",
@@ -260,8 +209,6 @@ def main(argv=None):
                       flush=True)
         ssm_triton.TILE_BWD_CONFIG.clear()
         ssm_triton.TILE_BWD_CONFIG.update(default)
-    if args.states_sweep:
-        result["states_sweep"] = states_sweep(shapes, bw, ssm_triton)
     if args.lane_sweep or args.mixer_layout:
         from triton.testing import do_bench
 

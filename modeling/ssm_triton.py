@@ -78,19 +78,13 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # 0.438 -> 0.222 ms, B16 D1536 L4096 2.92 -> 1.76 ms, B1 D1536 L1024 kernel 93 -> 30 us; B4 D768 L6085 0.90-0.97 ms
 # (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
-# Where the inference forward runs time-tiled: "enabled" runs _scan_fwd_states_kernel (every state of a tile in one
-# block, one scan along the steps) instead of _scan_fwd_tile_kernel (a loop over the states), with its own tile length
-# and warps.
-STATES_CONFIG = {"enabled": False, "BLOCK_T": 256, "num_warps": 4}
 # Training (gradients needed): the time-tiled forward saving the state at every tile start, then the time-tiled
 # backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps, unless the chunked time-parallel path
 # applies and the sequence is TILE_CONFIG["long"]. "enabled": None = that rule, True / False = always / never.
 # H200 sweep (benchmarks/results/scan_vs_mamba_ssm.json, fwd+bwd ms, sequential or chunked -> tiled 512 / 4 warps):
 # B8 D1536 L1024 1.84 -> 1.46, B16 D1536 L4096 13.9 -> 11.9, B1 D1536 L1024 1.41 -> 1.06; B4 D768 L6085 chunked 2.72
 # (tiled 4.16); B128 D768 L197 sequential 2.48 (tiled 4.75). Tiles of 256 / 1024 steps or 8 warps were slower.
-# "states": the pair with every state of a tile in one block (_scan_fwd_states_kernel saving states,
-# _scan_bwd_states_kernel) instead of the loops over the states.
-TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512, "states": False}
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -617,80 +611,6 @@ def _scan_fwd_tile_kernel(
 
 
 @triton.jit
-def _scan_fwd_states_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr, states_ptr,
-    dim, L, dg, G, N, nchunks,
-    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
-    A_IS_LOG: tl.constexpr,
-):
-    """_scan_fwd_tile_kernel with every state of a tile in one (N_P2, BLOCK_T) block: one program per
-    (batch, channel) walks the sequence in tiles; B / C are loaded as (state, step) blocks, the decays exp(dt A) of all
-    states at once, and ONE tl.associative_scan along the steps runs the N recurrences side by side (the state loop,
-    its per-state barriers and its round trips of the carry through memory are gone). The carry (N fp32) stays in
-    registers: the scan's last column, picked by a masked sum. y_t = sum_n h_t[n] C_t[n] is a sum over the block's
-    first axis. Same arguments and results as _scan_fwd_tile_kernel."""
-    pid = tl.program_id(0)
-    b = pid // dim
-    d = pid % dim
-    g = d // dg
-    b64 = b.to(tl.int64)
-    d64 = d.to(tl.int64)
-    n = tl.arange(0, N_P2)
-    mask_n = n < N
-    offs = tl.arange(0, BLOCK_T)
-    first = (offs == 0)[None, :]
-    last = (offs == BLOCK_T - 1)[None, :]
-    row = b64 * dim + d64
-    A2 = tl.load(A_ptr + d64 * N + n, mask=mask_n, other=0.0).to(tl.float32)
-    if A_IS_LOG:
-        A2 = -tl.exp(A2)
-    A2 = (A2 * 1.4426950408889634)[:, None]
-    if HAS_H0:
-        h = tl.load(h0_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((N_P2,), dtype=tl.float32)
-    Dv = 0.0
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
-                                    sy_d)
-    B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g + n[:, None] * sB_n
-    C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g + n[:, None] * sC_n
-    for t0 in range(0, L, BLOCK_T):
-        t = t0 + offs
-        mt = t < L
-        m2 = mask_n[:, None] & mt[None, :]
-        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
-        dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, b = 0 (the state passes through unchanged)
-        Bn = tl.load(B_p + t[None, :] * sB_l, mask=m2, other=0.0).to(tl.float32)
-        Cn = tl.load(C_p + t[None, :] * sC_l, mask=m2, other=0.0).to(tl.float32)
-        if SAVE_STATES:
-            tl.store(states_ptr + (row * nchunks + t0 // BLOCK_T) * N + n, h, mask=mask_n)
-        a = tl.exp2(A2 * dt[None, :])
-        bb = (dt * u)[None, :] * Bn
-        bb = tl.where(first, bb + a * h[:, None], bb)
-        _, hs = tl.associative_scan((a, bb), 1, _linear_combine)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=1)
-        y = tl.sum(hs * Cn, axis=0)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
-    tl.store(hlast_ptr + row * N + n, h, mask=mask_n)
-
-
-@triton.jit
 def _scan_bwd_tile_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
@@ -814,125 +734,6 @@ def _scan_bwd_tile_kernel(
         if HAS_BIAS:
             gbias_acc += tl.sum(gdt, axis=0)
         tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
-    if HAS_D:
-        tl.store(gD_ptr + row, gD_acc)
-    if HAS_BIAS:
-        tl.store(gbias_ptr + row, gbias_acc)
-
-
-@triton.jit
-def _scan_bwd_states_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
-    gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
-    dim, L, dg, G, N, nchunks,
-    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l,
-    sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
-):
-    """_scan_bwd_tile_kernel with every state of a tile in one (N_P2, BLOCK_T) block, as _scan_fwd_states_kernel: per
-    tile one associative scan recomputes the states of all N recurrences, one reverse scan gives their adjoints
-    g_t = C_t gy_t + a_{t+1} g_{t+1}; the carry handed to the tile on the left (a_{t0} g_{t0}, N fp32) and the dA sums
-    stay in registers. Same arguments and results as _scan_bwd_tile_kernel."""
-    pid = tl.program_id(0)
-    b = pid // dim
-    d = pid % dim
-    g = d // dg
-    b64 = b.to(tl.int64)
-    d64 = d.to(tl.int64)
-    g64 = g.to(tl.int64)
-    n = tl.arange(0, N_P2)
-    mask_n = n < N
-    offs = tl.arange(0, BLOCK_T)
-    first = (offs == 0)[None, :]
-    last = (offs == BLOCK_T - 1)[None, :]
-    row = b64 * dim + d64
-    An = tl.load(A_ptr + d64 * N + n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-    A2 = An * 1.4426950408889634
-    if HAS_GHL:
-        carry = tl.load(ghl_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros((N_P2,), dtype=tl.float32)
-    gA = tl.zeros((N_P2,), dtype=tl.float32)
-    Dv = 0.0
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
-    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
-    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
-    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
-    B_p = B_ptr + b64 * sB_b + g64 * sB_g + n[:, None] * sB_n
-    C_p = C_ptr + b64 * sC_b + g64 * sC_g + n[:, None] * sC_n
-    gBC = (b64 * G + g64) * N * L + n[:, None] * L  # gB / gC: (batch, G, N, L) fp32
-    gD_acc = 0.0
-    gbias_acc = 0.0
-    for k in range(nchunks):
-        c = nchunks - 1 - k
-        t = c * BLOCK_T + offs
-        mt = t < L
-        mt1 = (t + 1) < L
-        m2 = mask_n[:, None] & mt[None, :]
-        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
-        dl = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-        dl1 = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dl)
-            dt1 = _softplus(dl1)
-        else:
-            dt = dl
-            dt1 = dl1
-        dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, x = 0
-        dt1 = tl.where(mt1, dt1, 0.0)
-        gout = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zz)
-            gy = gout * zz * sig
-        else:
-            gy = gout
-        x = dt * u
-        h0 = tl.load(states_ptr + (row * nchunks + c) * N + n, mask=mask_n, other=0.0)
-        Bn = tl.load(B_p + t[None, :] * sB_l, mask=m2, other=0.0).to(tl.float32)
-        Cn = tl.load(C_p + t[None, :] * sC_l, mask=m2, other=0.0).to(tl.float32)
-        a = tl.exp2(A2 * dt[None, :])
-        xb = x[None, :] * Bn
-        _, hs = tl.associative_scan((a, tl.where(first, xb + a * h0[:, None], xb)), 1, _linear_combine)
-        ypre = tl.sum(hs * Cn, axis=0)
-        a1 = tl.exp2(A2 * dt1[None, :])
-        cg = gy[None, :] * Cn
-        _, gs = tl.associative_scan((a1, tl.where(last, cg + carry[:, None], cg)), 1, _linear_combine, reverse=True)
-        gdA = gs * (hs - xb)
-        gx = tl.sum(gs * Bn, axis=0)
-        gdt = tl.sum(gdA * An, axis=0)
-        gA += tl.sum(gdA * dt[None, :], axis=1)
-        tl.atomic_add(gB_ptr + gBC + t[None, :], gs * x[None, :], mask=m2, sem="relaxed")
-        tl.atomic_add(gC_ptr + gBC + t[None, :], gy[None, :] * hs, mask=m2, sem="relaxed")
-        carry = tl.sum(tl.where(first, a * gs, 0.0), axis=1)  # a_{t0} g_{t0}: handed to the tile on the left
-        gu = gx * dt
-        if HAS_D:
-            gu += gy * Dv
-            gD_acc += tl.sum(gy * u, axis=0)
-            ypre += Dv * u
-        if HAS_Z:
-            gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
-            tl.store(gz_p + t * sgz_l, gz.to(gz_p.dtype.element_ty), mask=mt)
-        tl.store(gu_p + t * sgu_l, gu.to(gu_p.dtype.element_ty), mask=mt)
-        gdt = gdt + gx * u
-        if SOFTPLUS:
-            gdt = gdt * tl.sigmoid(dl)
-        gdt = tl.where(mt, gdt, 0.0)
-        tl.store(gdl_p + t * sgdl_l, gdt.to(gdl_p.dtype.element_ty), mask=mt)
-        if HAS_BIAS:
-            gbias_acc += tl.sum(gdt, axis=0)
-    tl.store(carry_ptr + row * N + n, carry, mask=mask_n)
-    tl.store(gA_ptr + row * N + n, gA, mask=mask_n)
     if HAS_D:
         tl.store(gD_ptr + row, gD_acc)
     if HAS_BIAS:
@@ -1489,11 +1290,6 @@ def _block_t(cfg: dict, L: int) -> int:
     return min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
 
 
-def _inference_tile_config() -> dict:
-    """The settings (BLOCK_T, num_warps) of the time-tiled inference forward: STATES_CONFIG's kernel or TILE_CONFIG's."""
-    return STATES_CONFIG if STATES_CONFIG["enabled"] else TILE_CONFIG
-
-
 def _use_tile_kernel(programs: int, L: int) -> bool:
     """Whether a forward without gradients runs _scan_fwd_tile_kernel (see TILE_CONFIG)."""
     cfg = TILE_CONFIG
@@ -1572,9 +1368,8 @@ def _steps(t: torch.Tensor, reverse: bool):
 
 def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool,
                   reverse: bool = False, a_log: bool = False):
-    """Forward by _scan_fwd_tile_kernel, or by _scan_fwd_states_kernel where STATES_CONFIG (inference) or
-    TILE_BWD_CONFIG["states"] (save_states) enables it (channel-major inputs): y, the last state and (save_states: the state at every tile start, for
-    _scan_bwd_tile_kernel) the saved states."""
+    """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state at every
+    tile start, for _scan_bwd_tile_kernel) the saved states."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
     nchunks = triton.cdiv(L, block_t)
@@ -1583,15 +1378,13 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
         _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
-    states_kernel = TILE_BWD_CONFIG["states"] if save_states else STATES_CONFIG["enabled"]
-    kernel = _scan_fwd_states_kernel if states_kernel else _scan_fwd_tile_kernel
-    kernel[(batch * dim,)](
+    _scan_fwd_tile_kernel[(batch * dim,)](
         u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
         h0 if h0 is not None else h_last, y_p, h_last, states,
         dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N), A_IS_LOG=a_log,
-        num_warps=(TILE_BWD_CONFIG if save_states else _inference_tile_config())["num_warps"],
+        num_warps=(TILE_BWD_CONFIG if save_states else TILE_CONFIG)["num_warps"],
     )
     return y, h_last, (states if save_states else None)
 
@@ -1790,9 +1583,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         gbias = torch.empty((batch, dim), **f32) if has_bias else None
         carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
         ghl = g_last.contiguous().float() if g_last is not None else None
-        kernel, n_p2 = ((_scan_bwd_states_kernel, dict(N_P2=_next_pow2(N))) if TILE_BWD_CONFIG["states"]
-                        else (_scan_bwd_tile_kernel, {}))
-        kernel[(batch * dim,)](
+        _scan_bwd_tile_kernel[(batch * dim,)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
             gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
@@ -1800,7 +1591,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"], **n_p2,
+            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"],
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
@@ -1862,7 +1653,7 @@ def selective_scan_triton(
             return (y, h_last) if return_last_state else y
         if _use_tile_kernel(batch * G * _fwd_blocks(dim // G)[1], L):
             u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
-            block_t = _block_t(_inference_tile_config(), L)
+            block_t = _block_t(TILE_CONFIG, L)
             y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus, block_t, False,
                                          reverse=bool(reverse), a_log=bool(a_log))
             return (y, h_last) if return_last_state else y

@@ -175,12 +175,11 @@ def parallel_config(request):
         config.update(old)
 
 
-@pytest.fixture(params=[(True, 64, 4, False), (True, 256, 4, False), (True, 64, 4, True), (False, 64, 4, False)],
-                ids=["tile64", "tile256", "states64", "no-tile"])
+@pytest.fixture(params=[(True, 64, 4), (True, 256, 4), (False, 64, 4)], ids=["tile64", "tile256", "no-tile"])
 def tile_bwd_config(request):
     saved = dict(ssm_triton.TILE_BWD_CONFIG)
-    enabled, block_t, warps, states = request.param
-    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, states=states)
+    enabled, block_t, warps = request.param
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps)
     yield request.param
     ssm_triton.TILE_BWD_CONFIG.clear()
     ssm_triton.TILE_BWD_CONFIG.update(saved)
@@ -200,7 +199,7 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
-@pytest.mark.parametrize("tile", [True, "states", False], ids=["tile", "states", "no-tile"])
+@pytest.mark.parametrize("tile", [True, False], ids=["tile", "no-tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
                                                                                   False)],
@@ -208,16 +207,14 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
 def test_scan_forward_tile_kernel_matches_reference(tile, dtype, case):
     """The inference forward (no gradients): the time-tiled kernel (one program per channel, tl.associative_scan over
     tiles of steps, state carried across tiles) against the float64 reference, output and last state."""
-    saved = dict(ssm_triton.TILE_CONFIG), dict(ssm_triton.STATES_CONFIG)
-    ssm_triton.TILE_CONFIG.update(enabled=bool(tile), BLOCK_T=256)
-    ssm_triton.STATES_CONFIG.update(enabled=tile == "states", BLOCK_T=128)
+    saved = dict(ssm_triton.TILE_CONFIG)
+    ssm_triton.TILE_CONFIG.update(enabled=tile, BLOCK_T=256)
     try:
         batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
         check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
     finally:
-        for config, old in zip((ssm_triton.TILE_CONFIG, ssm_triton.STATES_CONFIG), saved):
-            config.clear()
-            config.update(old)
+        ssm_triton.TILE_CONFIG.clear()
+        ssm_triton.TILE_CONFIG.update(saved)
 
 
 @pytest.mark.parametrize("parallel_config", list(PARALLEL_SETTINGS), indirect=True)
@@ -761,19 +758,16 @@ def test_transpose_copy(shape, perm):
 
 def _force_forward_path(monkeypatch, path):
     """Makes the inference forward take `path`: "lane" (unchunked), "lane-chunks" (time-parallel chunks of 16), "tile"
-    (the time-tiled kernel, tiles of 32), "states" (the time-tiled kernel with all states in one block, tiles of 32),
-    anything else the sequential / chunked kernels."""
+    (the time-tiled kernel, tiles of 32), anything else the sequential / chunked kernels."""
     settings = {"lane": dict(enabled=True, max_split=2, min_warps=1, min_chunk=10**6),
                 "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
     for k, v in settings.items():
         monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path in ("tile", "states"))
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
     monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
-    monkeypatch.setitem(ssm_triton.STATES_CONFIG, "enabled", path == "states")
-    monkeypatch.setitem(ssm_triton.STATES_CONFIG, "BLOCK_T", 32)
 
 
-@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "states", "flipped"])
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
 @pytest.mark.parametrize("layout", ["channel", "time"])
 def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
     """selective_scan_triton(reverse=True) (inference) against the float64 reference on flipped inputs, flipped back:
@@ -807,7 +801,7 @@ def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
         assert rel(y2, y0.flip(-1)) < 1e-4
 
 
-@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "states", "sequential", "training"])
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "sequential", "training"])
 def test_scan_takes_a_log(monkeypatch, path):
     """selective_scan_triton(a_log=True) (A given as A_log, the scan uses -exp(A_log)) against the float64 reference
     with A = -exp(A_log): the lane kernel (unchunked, and chunked, whose carry gets A from the wrapper) and the tiled
