@@ -282,7 +282,7 @@ def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, bias: bool 
         out = torch.mm(linear.weight, x.t())
     else:
         out = torch.addmm(linear.bias[:, None], linear.weight, x.t())
-    return out.unflatten(1, (batch, -1)).transpose(0, 1)
+    return out.view(out.shape[0], batch, -1).transpose(0, 1)  # (view, not unflatten: a Python call a layer)
 
 
 def _token_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -467,7 +467,7 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.time_step_rank, self.state_size, self.state_size], dim=-1)
 
         def channels(t):  # (b L, C) -> a (b, C, L) view
-            return t.unflatten(0, (batch, seqlen)).transpose(1, 2)
+            return t.view(batch, seqlen, t.shape[-1]).transpose(1, 2)
 
         delta_bias = None
         if x.stride(-1) == 1 and seqlen > 1 and _plain_linear(dt_proj):  # delta channel-major, as x (see forward)
@@ -515,7 +515,7 @@ class MambaMixer(nn.Module):
             y = y.to(dtype)
         # a (batch, L, I) view of the token matrix: out_proj's matmul folds it back without a copy, and its output is
         # a tensor of its own (returning a view upsets FSDP2's hooks)
-        return self.out_proj(_token_matrix(y).unflatten(0, y.shape[::2]))
+        return self.out_proj(_token_matrix(y).view(y.shape[0], y.shape[2], -1))
 
 
 class MambaBlock(GradientCheckpointingLayer):

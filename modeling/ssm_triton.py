@@ -1173,8 +1173,17 @@ def _add_rms_norm_kernel(r_ptr, x_ptr, w_ptr, r_out_ptr, y_ptr, n_cols, eps, CAS
 # ---------------------------------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------------------------------
+# Triton's CPU interpreter: decided when the kernels were decorated (this module's import), as triton.jit decides it
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
+
+
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the host code (triton.cdiv is a constexpr function whose host call costs microseconds)."""
+    return -(-a // b)
 
 
 def _check_tensors(op: str, **tensors):
@@ -1188,7 +1197,7 @@ def _check_tensors(op: str, **tensors):
             )
         if t.dtype not in _SUPPORTED:
             raise TypeError(f"{op}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
-        if t.device.type != "cuda" and not _interpreting():
+        if not t.is_cuda and not _INTERPRET:
             raise ValueError(
                 f"{op}: {name} is on device '{t.device}', but the Triton kernels need CUDA tensors. Move the inputs "
                 "to a GPU with .cuda(), or use backend='torch' (ssm_ops.selective_scan(..., backend='torch'))."
@@ -1272,8 +1281,8 @@ def _fwd_chunking(programs: int, L: int, need_grad: bool):
     if need_grad:
         chunk = int(BWD_CONFIG["CHUNK"])
     else:
-        want = triton.cdiv(cfg["target_programs"], programs)  # chunks per (batch, channel block)
-        chunk = max(int(cfg["min_chunk"]), 16 * triton.cdiv(triton.cdiv(L, want), 16))
+        want = _cdiv(cfg["target_programs"], programs)  # chunks per (batch, channel block)
+        chunk = max(int(cfg["min_chunk"]), 16 * _cdiv(_cdiv(L, want), 16))
     parallel = programs < cfg["parallel_below"] and L > chunk
     return (chunk if parallel or need_grad else L), parallel
 
@@ -1282,7 +1291,7 @@ def _fwd_blocks(dg: int):
     """(BLOCK_D, channel blocks) of the one-warp forward kernels for dg channels a B/C group: their program count
     (batch x G x blocks) is what the kernel choice below weighs."""
     block = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
-    return block, triton.cdiv(dg, block)
+    return block, _cdiv(dg, block)
 
 
 def _block_t(cfg: dict, L: int) -> int:
@@ -1321,8 +1330,8 @@ def _bwd_lanes(programs: int, nchunks: int) -> int:
     """Lanes of the time-parallel backward (1: sequential over all chunks)."""
     if programs >= PARALLEL_CONFIG["parallel_below"] or nchunks == 1:
         return 1
-    lanes = min(nchunks, triton.cdiv(PARALLEL_CONFIG["target_programs"], programs))
-    return triton.cdiv(nchunks, triton.cdiv(nchunks, lanes))  # no empty lane
+    lanes = min(nchunks, _cdiv(PARALLEL_CONFIG["target_programs"], programs))
+    return _cdiv(nchunks, _cdiv(nchunks, lanes))  # no empty lane
 
 
 def _carry_chunks(A, S, local, init, starts, final, reverse: bool):
@@ -1330,7 +1339,7 @@ def _carry_chunks(A, S, local, init, starts, final, reverse: bool):
     batch, dim, nchunks, N = local.shape
     rows = batch * dim
     block = PARALLEL_CONFIG["carry_rows"]
-    _chunk_carry_kernel[(triton.cdiv(rows, block),)](
+    _chunk_carry_kernel[(_cdiv(rows, block),)](
         A, S, local, init if init is not None else local, starts, final, dim, N, nchunks, rows,
         HAS_INIT=init is not None, REVERSE=reverse, BLOCK_R=block, N_P2=_next_pow2(N), num_warps=4,
     )
@@ -1350,11 +1359,11 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
         return None
     S = next((S for S in splits if batch * dim * S // 32 >= cfg["min_warps"]), splits[-1])
     warps = max(1, batch * dim * S // 32)
-    want = triton.cdiv(int(cfg["min_warps"]), warps)  # chunks wanted per channel block
+    want = _cdiv(int(cfg["min_warps"]), warps)  # chunks wanted per channel block
     chunk = L
     if want > 1:
-        chunk = max(int(cfg["min_chunk"]), 2 * triton.cdiv(L, 2 * want))
-    return S, lanes // S, chunk, triton.cdiv(L, chunk)
+        chunk = max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want))
+    return S, lanes // S, chunk, _cdiv(L, chunk)
 
 
 def _steps(t: torch.Tensor, reverse: bool):
@@ -1372,7 +1381,7 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     tile start, for _scan_bwd_tile_kernel) the saved states."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
-    nchunks = triton.cdiv(L, block_t)
+    nchunks = _cdiv(L, block_t)
     y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
     states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
@@ -1400,7 +1409,7 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     # B_t and C_t of a step side by side in one fp32 row (padded to ROW, a multiple of 4: 16-byte loads): the kernel
     # reads them with no conversions, whatever B / C's layout and dtype. A copy of 2 N values a step (B / C are
     # N / dim of the scan's inputs).
-    ROW = 4 * triton.cdiv(N, 4)
+    ROW = 4 * _cdiv(N, 4)
     bc = torch.empty((batch, G, L, 2 * ROW), **f32)
     bc[..., :N].copy_((B.flip(-1) if reverse else B).transpose(2, 3))  # bc in the kernel's step order
     bc[..., ROW:ROW + N].copy_((C.flip(-1) if reverse else C).transpose(2, 3))
@@ -1443,13 +1452,13 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.softplus = bool(softplus)
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
-            ctx.chunk = (block_t, triton.cdiv(L, block_t))
+            ctx.chunk = (block_t, _cdiv(L, block_t))
             ctx.tile = True
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
         CHUNK, parallel = _fwd_chunking(batch * G * nblk, L, need_grad)
-        nchunks = triton.cdiv(L, CHUNK)
+        nchunks = _cdiv(L, CHUNK)
         y = _empty_as(u)
         h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
         states = (torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32)
@@ -1496,7 +1505,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         CHUNK, nchunks = ctx.chunk
         BLOCK_D = min(BWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         N_P2 = _next_pow2(N)
-        nblk = triton.cdiv(dg, BLOCK_D)
+        nblk = _cdiv(dg, BLOCK_D)
         atomic = bool(BWD_CONFIG.get("atomic", False)) and nblk > 1
         has_D, has_z, has_bias, has_h0 = ctx.has
         dev = u.device
@@ -1540,7 +1549,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             carry_in if carry_in is not None else gA,
             gu, gdl, gz if has_z else gu, gA, gBp, gCp, gD if has_D else gA, gbias if has_bias else gA,
             gh0 if need_gh0 else gA, scratch,
-            dim, L, dg, G, N, nchunks, CHUNK, BG, triton.cdiv(nchunks, lanes),
+            dim, L, dg, G, N, nchunks, CHUNK, BG, _cdiv(nchunks, lanes),
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus,
@@ -1689,7 +1698,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     BLOCK_D = min(64, _next_pow2(dim))
     A = A.contiguous()
     zz = z if z is not None else x
-    grid = (batch, triton.cdiv(dim, BLOCK_D))
+    grid = (batch, _cdiv(dim, BLOCK_D))
     w = dt_weight if dt_weight is not None else x
     rank = dt_weight.shape[1] if dt_weight is not None else 0
     _state_update_kernel[grid](
@@ -1713,7 +1722,7 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation="si
     width = weight.shape[-1]
     y = torch.empty((batch, dim), device=x.device, dtype=x.dtype)
     BLOCK_D = min(128, _next_pow2(dim))
-    grid = (batch, triton.cdiv(dim, BLOCK_D))
+    grid = (batch, _cdiv(dim, BLOCK_D))
     _conv_update_kernel[grid](
         x, conv_state, weight, bias if bias is not None else weight, y, dim, width, x.stride(0), x.stride(1),
         conv_state.stride(0), conv_state.stride(1), conv_state.stride(2), weight.stride(0), weight.stride(1),
@@ -1736,7 +1745,7 @@ def _token_rows(batch: int, dim: int, L: int, **kw) -> torch.Tensor:
 def _conv_launch(x, weight, bias, prefix, y, silu: bool, reverse: bool):
     batch, dim, L = x.shape
     cfg = CONV_CONFIG
-    grid = (batch, triton.cdiv(dim, cfg["BLOCK_D"]), triton.cdiv(L, cfg["BLOCK_L"]))
+    grid = (batch, _cdiv(dim, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
     _causal_conv_kernel[grid](
         x, weight, bias if bias is not None else weight, prefix if prefix is not None else x, y, dim, L,
         *x.stride(), *(prefix.stride() if prefix is not None else (0, 0, 0)), *y.stride(), *weight.stride(),
@@ -1829,7 +1838,7 @@ def transpose_copy_triton(*tensors: torch.Tensor):
     outs = tuple(torch.empty(t.shape, device=t.device, dtype=t.dtype) for t in tensors)
     if outs[0].numel():
         pair = (tensors[0], outs[0]) + ((tensors[1], outs[1]) if len(tensors) == 2 else (tensors[0], outs[0]))
-        grid = (batch * len(tensors), triton.cdiv(R, 64), triton.cdiv(Cn, 64))
+        grid = (batch * len(tensors), _cdiv(R, 64), _cdiv(Cn, 64))
         _transpose_copy_kernel[grid](*pair, batch, R, Cn, *pair[0].stride(), *pair[1].stride(), *pair[2].stride(),
                                      *pair[3].stride(), BLOCK_R=64, BLOCK_C=64, num_warps=4)
     return outs[0] if len(outs) == 1 else outs
