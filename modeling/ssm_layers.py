@@ -32,7 +32,7 @@ from transformers.cache_utils import Cache
 class SsmCache(Cache):
     """Constant-memory generation cache, a transformers ``Cache``: per layer a conv state (batch, intermediate,
     conv_kernel) holding the last ``conv_kernel`` inputs of the causal conv, and an SSM state (batch, intermediate,
-    state_size) in float32. Its size does not depend on the sequence length.
+    state_size) in float32 (or the config's ``ssm_state_dtype``). Its size does not depend on the sequence length.
 
     generate() uses it like any ``Cache``: ``get_seq_length``, in-place ``reorder_cache`` for beam search,
     ``batch_repeat_interleave`` / ``batch_select_indices``, ``reset``, and ``crop`` for assisted decoding. A recurrent
@@ -45,10 +45,12 @@ class SsmCache(Cache):
     record_window = 64  # tokens that crop() can take back after a forward while recording
 
     def __init__(self, num_layers: int, batch_size: Optional[int], intermediate_size: int, conv_kernel: int,
-                 state_size: int, dtype: torch.dtype = torch.float32, device=None):
+                 state_size: int, dtype: torch.dtype = torch.float32, device=None,
+                 ssm_dtype: torch.dtype = torch.float32):
         super().__init__(layers=[])  # the base class only keeps bookkeeping here: the states are ours
         self.num_layers, self.intermediate_size = num_layers, intermediate_size
         self.conv_kernel, self.state_size = conv_kernel, state_size
+        self.ssm_dtype = ssm_dtype  # the SSM states' (config.ssm_state_dtype); the steps compute in float32
         self.conv_states: List[torch.Tensor] = []
         self.ssm_states: List[torch.Tensor] = []
         self.seqlen_offset = 0
@@ -61,7 +63,7 @@ class SsmCache(Cache):
         """Allocates zero states (a cache made by generate() before it knows the batch is sized at its first use)."""
         self.conv_states = [torch.zeros(batch_size, self.intermediate_size, self.conv_kernel, dtype=dtype,
                                         device=device) for _ in range(self.num_layers)]
-        self.ssm_states = [torch.zeros(batch_size, self.intermediate_size, self.state_size, dtype=torch.float32,
+        self.ssm_states = [torch.zeros(batch_size, self.intermediate_size, self.state_size, dtype=self.ssm_dtype,
                                        device=device) for _ in range(self.num_layers)]
 
     @property
@@ -72,7 +74,8 @@ class SsmCache(Cache):
     def from_config(cls, config, batch_size: Optional[int] = None, dtype=torch.float32, device=None) -> "SsmCache":
         """A cache for ``config``'s model; without ``batch_size`` the states are allocated at the first forward."""
         return cls(config.num_hidden_layers, batch_size, config.intermediate_size, config.conv_kernel,
-                   config.state_size, dtype=dtype, device=device)
+                   config.state_size, dtype=dtype, device=device,
+                   ssm_dtype=getattr(torch, getattr(config, "ssm_state_dtype", "float32")))
 
     def __len__(self) -> int:
         return self.num_layers

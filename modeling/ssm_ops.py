@@ -675,7 +675,8 @@ def selective_state_update(
     a_log: bool = False,
     dt_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """One decoding step of the scan. state: (batch, dim, dstate) float32, updated in place;
+    """One decoding step of the scan. state: (batch, dim, dstate) float32 (bf16 / fp16: computed in float32, stored
+    rounded), updated in place;
     x, dt, z: (batch, dim); B, C: (batch, dstate). ``a_log``: A holds A_log and the step uses A = -exp(A_log) (the
     Triton kernel computes it in place of two extra kernels a step). ``dt_weight`` (dim, R): dt is (batch, R), the
     input of a Mamba layer's dt_proj, and the step size is ``F.linear(dt, dt_weight, dt_bias)`` (the Triton kernel
@@ -704,21 +705,22 @@ def selective_state_update(
         )
     if a_log:
         A = -torch.exp(A.float())
-    if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm() and state.dtype == torch.float32:
+    if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm():
         # mamba_ssm's Triton step kernel reads dt_bias unconditionally (mamba_ssm 2.3 ops/triton/selective_state_update.py)
         if dt_bias is None:
             dt_bias = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
         return _load_mamba_ssm()["selective_state_update"](
             state, x, dt, A.float(), B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
         )
-    acc = state.dtype
+    acc = torch.float32 if state.dtype in (torch.float16, torch.bfloat16) else state.dtype  # a rounded cache state
     dt = dt.to(acc) if dt_bias is None else dt.to(acc) + dt_bias.to(acc)
     if dt_softplus:
         dt = F.softplus(dt)
     dA = torch.exp(dt[..., None] * A.to(acc))  # (batch, dim, N)
     dBx = dt[..., None] * B.to(acc)[:, None, :] * x.to(acc)[..., None]
-    state.copy_(dA * state + dBx)
-    y = (state * C.to(acc)[:, None, :]).sum(-1)  # (batch, dim)
+    h = dA * state.to(acc) + dBx
+    state.copy_(h)
+    y = (h * C.to(acc)[:, None, :]).sum(-1)  # (batch, dim), from the unrounded state
     if D is not None:
         y = y + x.to(acc) * D.to(acc)
     if z is not None:

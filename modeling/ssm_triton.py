@@ -1027,9 +1027,9 @@ def _state_update_kernel(
     Bv = tl.load(B_ptr + b * sB_b + n * sB_n, mask=mask_n, other=0.0).to(tl.float32)
     Cv = tl.load(C_ptr + b * sC_b + n * sC_n, mask=mask_n, other=0.0).to(tl.float32)
     s_ptrs = state_ptr + b * s_b + d[:, None].to(tl.int64) * s_d + n[None, :] * s_n
-    h = tl.load(s_ptrs, mask=mask_dn, other=0.0)
+    h = tl.load(s_ptrs, mask=mask_dn, other=0.0).to(tl.float32)
     h = tl.exp2(dt[:, None] * A * 1.4426950408889634) * h + (dt * x)[:, None] * Bv[None, :]
-    tl.store(s_ptrs, h, mask=mask_dn)
+    tl.store(s_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)  # y below uses the unrounded state
     y = tl.sum(h * Cv[None, :], axis=1)
     if HAS_D:
         y += x * tl.load(D_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
@@ -1683,14 +1683,14 @@ def selective_scan_triton(
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                   a_log=False, dt_weight=None):
-    """One decoding step. state (batch, dim, N) float32, updated in place; x, dt, z (batch, dim); B, C (batch, N), any
-    strides (e.g. views of a linear layer's output: nothing is copied); ``a_log``: A holds A_log, the step uses
+    """One decoding step. state (batch, dim, N) float32 (or bf16 / fp16: computed in fp32, stored rounded), updated
+    in place; x, dt, z (batch, dim); B, C (batch, N), any strides (e.g. views of a linear layer's output: nothing is copied); ``a_log``: A holds A_log, the step uses
     A = -exp(A_log); ``dt_weight`` (dim, R): dt is the low-rank (batch, R) input of dt_proj, whose product with
     dt_weight (plus dt_bias) the kernel computes (one launch fewer a step). Returns y (batch, dim) in x's dtype."""
     _check_tensors("selective_state_update_triton", x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                    dt_weight=dt_weight)
-    if state.dtype != torch.float32:
-        raise TypeError(f"selective_state_update_triton: state must be float32, got {state.dtype}")
+    if state.dtype not in _SUPPORTED:
+        raise TypeError(f"selective_state_update_triton: state must be float32, bfloat16 or float16, got {state.dtype}")
     _check_tensors("selective_state_update_triton", state=state)
     batch, dim = x.shape
     N = A.shape[1]

@@ -204,6 +204,25 @@ def test_prefix_plus_cached_steps_equals_full_forward(pair, backend):
     assert diff <= ATOL, f"{backend}: {diff}"
 
 
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "float16"])
+def test_low_precision_ssm_states_follow_the_full_forward(pair, state_dtype):
+    """ssm_state_dtype: the cache keeps its SSM states in bf16 / fp16 (half the cache), each step computing in fp32:
+    prefix + cached steps stay within the rounding of the kept state of the full forward; a bad name is refused."""
+    hf, _ = pair
+    model = ours_from(hf.state_dict(), ssm_backend="torch", ssm_state_dtype=state_dtype)
+    x = ids(2, 20, seed=9)
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :8], use_cache=True)
+        got = [out.logits] + [model(x[:, t:t + 1], cache=out.cache, use_cache=True).logits for t in range(8, 20)]
+    assert all(s.dtype == getattr(torch, state_dtype) for s in out.cache.ssm_states)
+    assert out.cache.conv_states[0].dtype == torch.float32
+    diff = (torch.cat(got, 1) - full).abs().max().item()
+    assert diff <= 2e-3 * full.abs().max().item(), diff
+    with pytest.raises(ValueError, match="ssm_state_dtype"):
+        MambaLMConfig(ssm_state_dtype="int8")
+
+
 def test_cached_step_calls_a_hooked_dt_proj(pair):
     """A decoding step folds dt_proj into the state update only where dt_proj is a plain nn.Linear: with a forward hook
     on it (as any wrapper or adapter), the step calls the module, and the hook's change reaches the logits."""

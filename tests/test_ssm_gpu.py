@@ -530,6 +530,26 @@ def test_state_update_strided_views_and_a_log(dtype):
     assert torch.equal(state, expect2) and y2.shape == y.shape
 
 
+@pytest.mark.parametrize("state_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_state_update_keeps_a_low_precision_state(state_dtype):
+    """A bf16 / fp16 cache state (MambaLMConfig.ssm_state_dtype): the kernel computes in fp32 from the stored state and
+    stores the new state rounded; y from the unrounded state. Against the torch step on the same stored state."""
+    g = torch.Generator().manual_seed(9)
+    batch, dim, N = 3, 40, 16
+    inputs = make_inputs(batch, dim, 4, N, 0, torch.bfloat16, h0=True)
+    state = inputs["initial_state"].to(state_dtype)
+    expect = state.clone()
+    for t in range(4):
+        args = dict(x=inputs["u"][:, :, t], dt=inputs["delta"][:, :, t], A=inputs["A"], B=inputs["B"][:, :, t],
+                    C=inputs["C"][:, :, t], D=inputs["D"], z=inputs["z"][:, :, t], dt_bias=inputs["delta_bias"],
+                    dt_softplus=True)
+        y = ssm_triton.selective_state_update_triton(state, **args)
+        y_ref = ssm_ops.selective_state_update(expect, **args, backend="torch")
+        assert state.dtype == state_dtype and rel(y, y_ref) < 2e-2 and rel(state, expect) < 2e-2
+    with pytest.raises(TypeError, match="state must be"):
+        ssm_triton.selective_state_update_triton(state.double(), **args)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_state_update_computes_dt_proj(dtype, bias):
