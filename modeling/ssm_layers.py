@@ -285,7 +285,7 @@ def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, bias: bool 
         out = torch.mm(linear.weight, x.t())
     else:
         out = torch.addmm(linear.bias[:, None], linear.weight, x.t())
-    return out.view(out.shape[0], batch, -1).transpose(0, 1)  # (view, not unflatten: a Python call a layer)
+    return out.view(out.shape[0], batch, x.shape[0] // max(batch, 1)).transpose(0, 1)  # a view (unflatten: slower)
 
 
 def _token_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -505,7 +505,7 @@ class MambaMixer(nn.Module):
         if seqlen > 1 and _plain_linear(self.in_proj) and scan_reads_channel_major(
                 batch, self.intermediate_size, 1, self.state_size, seqlen, hidden_states.device, self.ssm_backend,
                 need_grad=torch.is_grad_enabled()):
-            xz = _channels_linear(hidden_states.reshape(batch * seqlen, -1), self.in_proj, batch)
+            xz = _channels_linear(hidden_states.reshape(batch * seqlen, self.hidden_size), self.in_proj, batch)
         else:
             xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2I, L)
         x, z = xz.chunk(2, dim=1)
@@ -518,7 +518,7 @@ class MambaMixer(nn.Module):
             y = y.to(dtype)
         # a (batch, L, I) view of the token matrix: out_proj's matmul folds it back without a copy, and its output is
         # a tensor of its own (returning a view upsets FSDP2's hooks)
-        return self.out_proj(_token_matrix(y).view(y.shape[0], y.shape[2], -1))
+        return self.out_proj(_token_matrix(y).view(y.shape[0], y.shape[2], y.shape[1]))
 
 
 class MambaBlock(GradientCheckpointingLayer):

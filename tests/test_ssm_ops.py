@@ -298,6 +298,8 @@ def test_mixer_channel_major_projections_match_module_calls(monkeypatch, bidirec
     assert torch.allclose(y1, y0, atol=1e-5)
     for k in g0:
         assert torch.allclose(g1[k], g0[k], atol=1e-4, rtol=1e-4), k
+    with torch.no_grad():  # an empty batch keeps its shape on this path too
+        assert mixer(h[:0]).shape == (0, 11, 16)
     hooked = []
     mixer.in_proj.register_forward_hook(lambda m, a, out: hooked.append(out.shape))
     seen.clear()
