@@ -276,7 +276,7 @@ def _plain_linear(m: nn.Module) -> bool:
     return unhooked((m,), (nn.Linear,))
 
 
-def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, bias: bool = True) -> torch.Tensor:
+def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, seqlen: int, bias: bool = True) -> torch.Tensor:
     """A plain nn.Linear on the (batch * L, in) token matrix x, returned as the (batch, out, L) view of one
     (out, batch * L) product, weight @ x.T (+ bias unless ``bias=False``): the layer's output with unit stride along
     L, which the channel-major scan kernels read without a transposing copy (mamba_ssm computes its in_proj / dt_proj
@@ -285,7 +285,7 @@ def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, bias: bool 
         out = torch.mm(linear.weight, x.t())
     else:
         out = torch.addmm(linear.bias[:, None], linear.weight, x.t())
-    return out.view(out.shape[0], batch, x.shape[0] // max(batch, 1)).transpose(0, 1)  # a view (unflatten: slower)
+    return out.view(out.shape[0], batch, seqlen).transpose(0, 1)
 
 
 def _token_matrix(t: torch.Tensor) -> torch.Tensor:
@@ -474,7 +474,8 @@ class MambaMixer(nn.Module):
 
         delta_bias = None
         if x.stride(-1) == 1 and seqlen > 1 and _plain_linear(dt_proj):  # delta channel-major, as x (see forward)
-            delta, delta_bias = _channels_linear(dt, dt_proj, batch, bias=False), dt_proj.bias  # bias added in fp32
+            delta = _channels_linear(dt, dt_proj, batch, seqlen, bias=False)
+            delta_bias = dt_proj.bias  # added in fp32 by the scan
         else:
             delta = channels(dt_proj(dt))  # (b, I, L), with its bias
         out = selective_scan(
@@ -505,7 +506,7 @@ class MambaMixer(nn.Module):
         if seqlen > 1 and _plain_linear(self.in_proj) and scan_reads_channel_major(
                 batch, self.intermediate_size, 1, self.state_size, seqlen, hidden_states.device, self.ssm_backend,
                 need_grad=torch.is_grad_enabled()):
-            xz = _channels_linear(hidden_states.reshape(batch * seqlen, self.hidden_size), self.in_proj, batch)
+            xz = _channels_linear(hidden_states.reshape(batch * seqlen, self.hidden_size), self.in_proj, batch, seqlen)
         else:
             xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2I, L)
         x, z = xz.chunk(2, dim=1)
