@@ -705,7 +705,7 @@ def selective_state_update(
         )
     if a_log:
         A = -torch.exp(A.float())
-    if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm():
+    if name == "mamba_ssm" and "selective_state_update" in _load_mamba_ssm() and state.dtype in _FLOAT_DTYPES[:3]:
         # mamba_ssm's Triton step kernel reads dt_bias unconditionally (mamba_ssm 2.3 ops/triton/selective_state_update.py)
         if dt_bias is None:
             dt_bias = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
