@@ -5,7 +5,8 @@ shapes (run on the device machine):
 
 CASE: vim_s_1248 (Vim-S, 1248 px, batch 4), vim_s_224 (224 px, batch 128), vmamba_t_1248, deit_s_1248, deit_s_224
 (transformers ViT with the DeiT-S config, SDPA), lm_prefill (mamba-130m shape, 16 x 4096 tokens, no cache), all by
-default; mamba_ssm_prefill (the same forward by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
+default; lm_prefill_1x1024 (1 x 1024 tokens, median of 51 calls: host-bound); mamba_ssm_prefill and
+mamba_ssm_prefill_1x1024 (the same forwards by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
 MAMBA_SSM_PATHS=colon-separated import paths of a build, as ../shared/anchors/gen_vs_mamba_ssm.py takes them). bf16 autocast over fp32 weights (vision; as bench_gpu_models.py), bf16 weights (LM); random weights.
 Kernels are grouped by name; the JSON keeps the top 25 of each case with their share of the CUDA time.
 """
@@ -26,9 +27,17 @@ VISION = {"vim_s_1248": ("vim_s", 1248, 4), "vim_s_224": ("vim_s", 224, 128), "v
           "deit_s_1248": ("deit_s_sdpa", 1248, 4), "deit_s_224": ("deit_s_sdpa", 224, 128)}
 
 
+# the LM prefill cases: (batch, tokens); 1 x 1024 is bound by the host (Python and launches a layer), so its median
+# is taken over more calls (REPEATS)
+LM = {"lm_prefill": (16, 4096), "lm_prefill_1x1024": (1, 1024),
+      "mamba_ssm_prefill": (16, 4096), "mamba_ssm_prefill_1x1024": (1, 1024)}
+REPEATS = {"lm_prefill_1x1024": 51, "mamba_ssm_prefill_1x1024": 51}
+
+
 def build(case):
-    ids = torch.randint(1, 50000, (16, 4096), device="cuda")
-    if case == "mamba_ssm_prefill":
+    batch, tokens = LM.get(case, (16, 4096))
+    ids = torch.randint(1, 50000, (batch, tokens), device="cuda")
+    if case.startswith("mamba_ssm_prefill"):
         import os
 
         sys.path[:0] = os.environ["MAMBA_SSM_PATHS"].split(":")
@@ -43,8 +52,8 @@ def build(case):
             with torch.no_grad():
                 ref(ids, num_last_tokens=1)
 
-        return run, 16 * 4096, "tokens"
-    if case == "lm_prefill":
+        return run, batch * tokens, "tokens"
+    if case.startswith("lm_prefill"):
         from bench_gpu_models import MAMBA_130M
 
         from ssmvl.modeling import MambaLMConfig, MambaLMForCausalLM
@@ -55,7 +64,7 @@ def build(case):
             with torch.no_grad():
                 model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
-        return run, 16 * 4096, "tokens"
+        return run, batch * tokens, "tokens"
     from bench_gpu_models import vision_models
 
     name, size, batch = VISION[case]
@@ -90,13 +99,13 @@ def profile(run, top=25):
 
 def main():
     out = Path(sys.argv[1])
-    cases = sys.argv[2:] or [*VISION, "lm_prefill"]
+    cases = sys.argv[2:] or [*VISION, "lm_prefill", "lm_prefill_1x1024"]
     p = torch.cuda.get_device_properties(0)
     result = {"gpu": p.name, "torch": torch.__version__, "cases": {}}
     for case in cases:
         torch.manual_seed(0)
         run, items, unit = build(case)
-        ms = cuda_time_ms(run, warmup=3, repeats=7)
+        ms = cuda_time_ms(run, warmup=3, repeats=REPEATS.get(case, 7))
         total, kernels = profile(run)
         result["cases"][case] = {"ms": round(ms, 3), f"{unit}_per_s": round(items / ms * 1000, 1),
                                  "kernel_ms": round(total, 3), "top": kernels}

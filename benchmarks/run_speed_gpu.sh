@@ -7,7 +7,8 @@
 # background; scan, generate and profile wait for it; later calls find it while the machine stays warm), tests (tests/test_ssm_gpu.py, tests/test_models_gpu.py), scan (the five
 # shapes of ../shared/anchors/README.md -> scan_vs_mamba_ssm.json), lane (the lane forward's settings sweep, the
 # forward on the mixer's time-major inputs with it on and off, kernel times -> scan_lane.json; needs no build),
-# generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), decode (benchmarks/decode_profile.py), profile
+# generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), generate_bf16_states (the same with
+# ssm_state_dtype="bfloat16", benchmarks/gen_vs_mamba_ssm.py -> gen_vs_mamba_ssm_bf16_states.json), decode (benchmarks/decode_profile.py), profile
 # (benchmarks/profile_models_gpu.py: whole-model ms and top kernels of Vim-S / VMamba-T / DeiT-S / the LM prefill, and
 # mamba_ssm's prefill when the build is there -> profile_models.json), vision (Vim-S / VMamba-T / DeiT-S, the full
 # sweep). Default: all but lane and vision, which take a call of their own. Keep the build apart from timed parts
@@ -48,6 +49,11 @@ for part in $PARTS; do
       need_build
       python3 "$SRC/anchors/gen_vs_mamba_ssm.py" "/tmp/ms:/tmp/cc:$SRC/py" triton > "$OUT/gen_vs_mamba_ssm.log" 2>&1
       echo "rc $?"; grep -v Warn "$OUT/gen_vs_mamba_ssm.log" | cut -c1-300 ;;
+    generate_bf16_states)  # the same rows with the cache's SSM states in bf16 (MambaLMConfig.ssm_state_dtype)
+      need_build
+      python3 benchmarks/gen_vs_mamba_ssm.py "/tmp/ms:/tmp/cc:$SRC/py" --ssm-state-dtype bfloat16 \
+          --out "$OUT/gen_vs_mamba_ssm_bf16_states.json" > "$OUT/gen_bf16_states.log" 2>&1
+      echo "rc $?"; grep -v Warn "$OUT/gen_bf16_states.log" | cut -c1-300 ;;
     decode)
       python3 benchmarks/decode_profile.py "$OUT/decode_profile.json" > "$OUT/decode_profile.log" 2>&1; echo "rc $?" ;;
     profile)
@@ -55,7 +61,7 @@ for part in $PARTS; do
       python3 benchmarks/profile_models_gpu.py "$OUT/profile_models.json" > "$OUT/profile_models.log" 2>&1; echo "rc $?"
       if [ -d /tmp/ms ]; then
         MAMBA_SSM_PATHS="/tmp/ms:/tmp/cc:$SRC/py" python3 benchmarks/profile_models_gpu.py "$OUT/profile_mamba_ssm.json" \
-            mamba_ssm_prefill >> "$OUT/profile_models.log" 2>&1; echo "rc $?"
+            mamba_ssm_prefill mamba_ssm_prefill_1x1024 >> "$OUT/profile_models.log" 2>&1; echo "rc $?"
       fi
       grep "==" "$OUT/profile_models.log" ;;
     vision)
