@@ -1090,8 +1090,9 @@ def _causal_conv_kernel(
             s = t + (W - 1 - k)
             xv = tl.load(x_row + s[None, :] * sx_l, mask=mask_d[:, None] & (s[None, :] < L), other=0.0)
         else:
-            s = t - (W - 1 - k)
-            xv = tl.load(x_row + s[None, :] * sx_l, mask=mask_d[:, None] & (s[None, :] >= 0), other=0.0)
+            s = t - (W - 1 - k)  # (>= L in the last tile's padding: masked too, the read would run past x's end)
+            xv = tl.load(x_row + s[None, :] * sx_l, mask=mask_d[:, None] & (s[None, :] >= 0) & (s[None, :] < L),
+                         other=0.0)
             if HAS_PREFIX:  # steps -W+1 .. -1: prefix column W - 1 + s
                 pv = tl.load(pre_ptr + b * sp_b + d64[:, None] * sp_d + (s[None, :] + W - 1) * sp_w,
                              mask=mask_d[:, None] & (s[None, :] < 0) & (s[None, :] + W - 1 >= 0), other=0.0)
