@@ -756,6 +756,26 @@ def test_causal_conv_gradients(reverse):
             assert got.dtype == dtype and rel(got, want) < tol, dtype
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["causal", "reverse"])
+def test_causal_conv_reads_nothing_past_the_sequence(reverse):
+    """The steps past L of a view (here 3e38 in the buffer behind it) are never read: the last tile's padding masks
+    every tap (a read past x's end had made a flaky illegal-address fault on the GPU). In Triton's interpreter a read
+    of them overflows, and the warning is an error here; on a GPU the result must still match the float64 definition."""
+    import warnings
+
+    g = torch.Generator().manual_seed(2)
+    batch, dim, L, W = 2, 40, 9, 4
+    base = torch.full((batch, L + 130, dim), 3e38)
+    base[:, :L] = torch.randn(batch, L, dim, generator=g)
+    x = base.to(DEV)[:, :L].transpose(1, 2)  # time-major (batch, dim, L), the huge steps right behind it
+    w, b = torch.randn(dim, W, generator=g).to(DEV), torch.randn(dim, generator=g).to(DEV)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        y = ssm_triton.causal_conv1d_triton(x, w, b, reverse=reverse)
+    want = _conv_ref(x.double(), w.double(), b.double(), "silu", reverse=reverse)
+    assert torch.isfinite(y).all() and rel(y, want) < 1e-4
+
+
 def test_causal_conv_bad_inputs():
     """A prefix of the wrong shape, a prefix with reverse, a prefix needing a gradient: errors that say what to pass."""
     x = torch.randn(2, 8, 5, device=DEV)
