@@ -298,18 +298,22 @@ def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, QUAD:
 @triton.jit
 def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, bc_p, t, L,
              NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, ROW: tl.constexpr, HAS_Z: tl.constexpr,
-             HAS_C: tl.constexpr, QUAD: tl.constexpr):
+             HAS_C: tl.constexpr, QUAD: tl.constexpr, BC_REVERSE: tl.constexpr):
     """Inputs of step t for a lane program ((S, BLOCK_D) pointer tensors): u, delta (and z) of its channels, and the
     NS = N / S values of B_t (and C_t) that each split of the states needs, as tuples, from the fp32 rows of bc
-    (B_t at [0, N), C_t at [ROW, ROW + N)). Unmasked: t is clamped to L - 1 (the caller makes steps past its range
-    no-ops)."""
+    (B_t at [0, N), C_t at [ROW, ROW + N)); BC_REVERSE: bc is in the sequence's order and step t reads its row
+    L - 1 - t (a reversed scan, whose other inputs come with negative step strides). Unmasked: t is clamped to L - 1
+    (the caller makes steps past its range no-ops)."""
     t = tl.minimum(t, L - 1)
     u = tl.load(u_p + t * su).to(tl.float32)
     dt = tl.load(dl_p + t * sdl).to(tl.float32)
     zz = u
     if HAS_Z:
         zz = tl.load(z_p + t * sz).to(tl.float32)
-    row = bc_p + t * (2 * ROW)
+    if BC_REVERSE:
+        row = bc_p + (L - 1 - t) * (2 * ROW)
+    else:
+        row = bc_p + t * (2 * ROW)
     Bt = _lane_row(row, NS, S, BLOCK_D, QUAD)
     Ct = ()
     if HAS_C:
@@ -375,6 +379,7 @@ def _scan_fwd_lane_kernel(
     N: tl.constexpr, S: tl.constexpr, ROW: tl.constexpr, QUAD: tl.constexpr, FAST: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr,
+    BC_REVERSE: tl.constexpr,
 ):
     """Inference forward with the states in registers, N / S per thread ("lanes"): a program takes BLOCK_D channels of
     one batch row and one B/C group, S threads a channel, and keeps each thread's N / S states as a tuple of
@@ -416,15 +421,15 @@ def _scan_fwd_lane_kernel(
     # a fixed trip count (CHUNK; steps past t1 are no-ops): bounds derived from program ids would not work in triton's
     # CPU interpreter. Two steps per iteration, the loads of the next two issued before their arithmetic.
     u0, d0, z0, B0, C0 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t0, L, NS, S, BLOCK_D, ROW, LD_Z, STORE_Y,
-                                  QUAD)
+                                  QUAD, BC_REVERSE)
     u1, d1, z1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t0 + 1, L, NS, S, BLOCK_D, ROW, LD_Z,
-                                  STORE_Y, QUAD)
+                                  STORE_Y, QUAD, BC_REVERSE)
     for k in range(0, CHUNK, 2):
         t = t0 + k
         u2, d2, z2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t + 2, L, NS, S, BLOCK_D, ROW, LD_Z,
-                                      STORE_Y, QUAD)
+                                      STORE_Y, QUAD, BC_REVERSE)
         u3, d3, z3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t + 3, L, NS, S, BLOCK_D, ROW, LD_Z,
-                                      STORE_Y, QUAD)
+                                      STORE_Y, QUAD, BC_REVERSE)
         h, e0 = _lane_step(h, u0, d0, z0, B0, C0, t < t1, A2, Dv, bias, y_p, sy_l, t, first, NS, HAS_D, HAS_Z,
                            HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
         h, e1 = _lane_step(h, u1, d1, z1, B1, C1, t + 1 < t1, A2, Dv, bias, y_p, sy_l, t + 1, first, NS, HAS_D, HAS_Z,
@@ -1412,8 +1417,8 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     # N / dim of the scan's inputs).
     ROW = 4 * _cdiv(N, 4)
     bc = torch.empty((batch, G, L, 2 * ROW), **f32)
-    bc[..., :N].copy_((B.flip(-1) if reverse else B).transpose(2, 3))  # bc in the kernel's step order
-    bc[..., ROW:ROW + N].copy_((C.flip(-1) if reverse else C).transpose(2, 3))
+    bc[..., :N].copy_(B.transpose(2, 3))  # in the sequence's order (reverse: the kernel reads rows from the last)
+    bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
     y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), **f32)
     parallel = nchunks > 1
@@ -1424,7 +1429,8 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy)
     flags = dict(N=N, S=S, ROW=ROW, QUAD=(N // S) % 4 == 0, FAST=not _interpreting(),
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, num_warps=int(LANE_CONFIG["num_warps"]))
+                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, BC_REVERSE=bool(reverse),
+                 num_warps=int(LANE_CONFIG["num_warps"]))
     args = (u_p, dl_p, A, bc, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
             h0 if h0 is not None else h_last, y_p, h_last, states, hend, S_sum)
     if parallel:  # pass 1: chunk end states from zero; pass 2: every chunk's start state (and the last state)
