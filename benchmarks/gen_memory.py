@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from common import ensure_ssmvl
+from common import ensure_ssmvl, peak_memory_mib
 
 ensure_ssmvl()
 from ssmvl.modeling import MambaLMConfig, MambaLMForCausalLM  # noqa: E402
@@ -20,12 +20,9 @@ MIB = 2**20
 
 
 def peak_of(f):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    out = f()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / MIB, out
+    """(peak MiB above what was allocated before, f's result) of one call."""
+    out = []
+    return peak_memory_mib(lambda: out.append(f())), out[0]
 
 
 def main():

@@ -681,13 +681,14 @@ def selective_state_update(
     Triton kernel computes it in place of two extra kernels a step). ``dt_weight`` (dim, R): dt is (batch, R), the
     input of a Mamba layer's dt_proj, and the step size is ``F.linear(dt, dt_weight, dt_bias)`` (the Triton kernel
     computes it itself: one launch fewer a step). Returns y: (batch, dim) in x's dtype."""
+    name = resolve_backend(backend, x.device)
+    triton_step = name == "triton" and hasattr(_load_triton(), "selective_state_update_triton")
     if dt_weight is not None:
         _check(dt_weight.dim() == 2 and dt_weight.shape[0] == x.shape[-1] and dt.dim() == 2
                and dt.shape == (x.shape[0], dt_weight.shape[1]),
                lambda: f"with dt_weight (dim, rank), dt must be (batch, rank): got dt_weight {tuple(dt_weight.shape)}, "
                f"dt {tuple(dt.shape)}, x {tuple(x.shape)}")
-        name = resolve_backend(backend, x.device)
-        if name != "triton" or not hasattr(_load_triton(), "selective_state_update_triton"):
+        if not triton_step:
             dt, dt_bias, dt_weight = F.linear(dt, dt_weight, dt_bias), None, None
     _check(x.dim() == 2 and (dt_weight is not None or dt.shape == x.shape),
            lambda: f"x and dt must be (batch, dim), got {tuple(x.shape)}, {tuple(dt.shape)}")
@@ -697,8 +698,7 @@ def selective_state_update(
     _check(B.shape == (x.shape[0], A.shape[1]) and C.shape == B.shape,
            lambda: f"B and C must be (batch, dstate)={(x.shape[0], A.shape[1])}, "
            f"got {tuple(B.shape)}, {tuple(C.shape)}")
-    name = resolve_backend(backend, x.device)
-    if name == "triton" and hasattr(_load_triton(), "selective_state_update_triton"):
+    if triton_step:
         return _load_triton().selective_state_update_triton(
             state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, a_log=a_log,
             dt_weight=dt_weight,

@@ -1017,13 +1017,12 @@ def _state_update_kernel(
         low = tl.load(dt_ptr + b * sdt_b + r * sdt_d, mask=mask_r, other=0.0)
         w = tl.load(w_ptr + d[:, None] * sw_d + r[None, :] * sw_r, mask=mask_d[:, None] & mask_r[None, :], other=0.0)
         dt = tl.sum(w.to(tl.float32) * low.to(tl.float32)[None, :], axis=1)
-        if HAS_BIAS:
-            dt += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
-        dt = dt.to(dt_ptr.dtype.element_ty).to(tl.float32)
     else:
         dt = tl.load(dt_ptr + b * sdt_b + d * sdt_d, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_RANK > 0:  # dt_proj's output, rounded as the layer's would be
+        dt = dt.to(dt_ptr.dtype.element_ty).to(tl.float32)
     if SOFTPLUS:
         dt = _softplus(dt)
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
@@ -1183,10 +1182,6 @@ def _add_rms_norm_kernel(r_ptr, x_ptr, w_ptr, r_out_ptr, y_ptr, n_cols, eps, CAS
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _interpreting() -> bool:
-    return _INTERPRET
-
-
 def _cdiv(a: int, b: int) -> int:
     """ceil(a / b) for the host code (triton.cdiv is a constexpr function whose host call costs microseconds)."""
     return -(-a // b)
@@ -1314,13 +1309,26 @@ def _use_tile_kernel(programs: int, L: int) -> bool:
     return L >= cfg["min_len"] and not (few_programs and L >= cfg["long"])
 
 
+def _programs(batch: int, dim: int, G: int) -> int:
+    """batch x channel blocks of the one-warp kernels: the program count the kernel choices weigh."""
+    return batch * G * _fwd_blocks(dim // G)[1]
+
+
+def _inference_kernel(batch: int, dim: int, G: int, N: int, L: int):
+    """The inference forward selective_scan_triton runs: the lane kernel's plan (see _lane_plan), "tile" for the
+    time-tiled kernel, or None for the sequential / chunked kernels (through the autograd Function)."""
+    plan = _lane_plan(batch, dim, G, N, L)
+    if plan is not None:
+        return plan
+    return "tile" if _use_tile_kernel(_programs(batch, dim, G), L) else None
+
+
 def reads_channel_major(batch: int, dim: int, G: int, N: int, L: int, need_grad: bool) -> bool:
     """Whether selective_scan_triton runs a time-tiled kernel at this size (they read channel-major inputs; the lane
     kernel reads time-major ones): a mixer then produces delta / z channel-major (see ssm_ops)."""
-    programs = batch * G * _fwd_blocks(dim // G)[1]
     if need_grad:
-        return _use_tile_bwd(programs, L)
-    return _lane_plan(batch, dim, G, N, L) is None and _use_tile_kernel(programs, L)
+        return _use_tile_bwd(_programs(batch, dim, G), L)
+    return _inference_kernel(batch, dim, G, N, L) == "tile"
 
 
 def _use_tile_bwd(programs: int, L: int) -> bool:
@@ -1357,7 +1365,7 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
     if cfg["enabled"] is False or not _TUPLES:
         return None
     dg = dim // G
-    if cfg["enabled"] is None and _use_tile_kernel(batch * G * _fwd_blocks(dg)[1], L):
+    if cfg["enabled"] is None and _use_tile_kernel(_programs(batch, dim, G), L):
         return None  # where the time-tiled kernel is chosen, it stays
     lanes = 32 * int(cfg["num_warps"])
     splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and dg % (lanes // S) == 0]
@@ -1427,7 +1435,7 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     S_sum = torch.empty((batch, dim, nchunks), **f32) if parallel else states
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy) = (_steps(t, reverse) for t in (u, delta, z if z is not None else u, y))
     common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy)
-    flags = dict(N=N, S=S, ROW=ROW, QUAD=(N // S) % 4 == 0, FAST=not _interpreting(),
+    flags = dict(N=N, S=S, ROW=ROW, QUAD=(N // S) % 4 == 0, FAST=not _INTERPRET,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                  HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, BC_REVERSE=bool(reverse),
                  num_warps=int(LANE_CONFIG["num_warps"]))
@@ -1662,17 +1670,15 @@ def selective_scan_triton(
         raise ValueError("selective_scan_triton: reverse=True runs without gradients only; for training pass flipped "
                          "inputs (ssm_ops.selective_scan(..., reverse=True) does that).")
     softplus, G = bool(delta_softplus), B4.shape[1]
-    if inference:
-        plan = _lane_plan(batch, dim, G, A.shape[1], L)
-        if plan is not None:  # no autograd node
-            y, h_last = _lane_forward(*args, softplus, plan, reverse=bool(reverse), a_log=bool(a_log))
-            return (y, h_last) if return_last_state else y
-        if _use_tile_kernel(batch * G * _fwd_blocks(dim // G)[1], L):
+    kernel = _inference_kernel(batch, dim, G, A.shape[1], L) if inference else None
+    if kernel is not None:  # no autograd node
+        if kernel != "tile":
+            y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log))
+        else:
             u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
-            block_t = _block_t(TILE_CONFIG, L)
-            y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus, block_t, False,
-                                         reverse=bool(reverse), a_log=bool(a_log))
-            return (y, h_last) if return_last_state else y
+            y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus,
+                                         _block_t(TILE_CONFIG, L), False, reverse=bool(reverse), a_log=bool(a_log))
+        return (y, h_last) if return_last_state else y
     if a_log:  # the other kernels (and training, through autograd) take A itself
         args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
     if inference:  # the Function reads needs_input_grad, which a parameter (D) sets even under no_grad
@@ -1691,13 +1697,15 @@ def selective_scan_triton(
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                   a_log=False, dt_weight=None):
     """One decoding step. state (batch, dim, N) float32 (or bf16 / fp16: computed in fp32, stored rounded), updated
-    in place; x, dt, z (batch, dim); B, C (batch, N), any strides (e.g. views of a linear layer's output: nothing is copied); ``a_log``: A holds A_log, the step uses
-    A = -exp(A_log); ``dt_weight`` (dim, R): dt is the low-rank (batch, R) input of dt_proj, whose product with
-    dt_weight (plus dt_bias) the kernel computes (one launch fewer a step). Returns y (batch, dim) in x's dtype."""
+    in place; x, dt, z (batch, dim); B, C (batch, N), any strides (e.g. views of a linear layer's output: nothing is
+    copied); ``a_log``: A holds A_log, the step uses A = -exp(A_log); ``dt_weight`` (dim, R): dt is the low-rank
+    (batch, R) input of dt_proj, whose product with dt_weight (plus dt_bias) the kernel computes (one launch fewer a
+    step). Returns y (batch, dim) in x's dtype."""
     _check_tensors("selective_state_update_triton", x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                    dt_weight=dt_weight)
     if state.dtype not in _SUPPORTED:
-        raise TypeError(f"selective_state_update_triton: state must be float32, bfloat16 or float16, got {state.dtype}")
+        raise TypeError(f"selective_state_update_triton: state must be float32, bfloat16 or float16, got "
+                        f"{state.dtype}")
     _check_tensors("selective_state_update_triton", state=state)
     batch, dim = x.shape
     N = A.shape[1]
