@@ -34,9 +34,18 @@ for part in $PARTS; do
       python3 "$SRC/anchors/build_causal_conv1d.py" "$SRC/cc_csrc" /tmp/cc > "$OUT/build_cc.log" 2>&1 &
       BUILD_PIDS="$BUILD_PIDS $!"
       echo "building in the background" ;;
-    tests)
-      python3 -m pytest -q -p no:cacheprovider tests/test_ssm_gpu.py tests/test_models_gpu.py > "$OUT/gpu_tests.log" 2>&1
-      echo "rc $?"; tail -1 "$OUT/gpu_tests.log" ;;
+    tests)  # in 6 processes (one takes more than 5 minutes): test ids dealt round-robin, one log each
+      python3 -m pytest -q -p no:cacheprovider --collect-only tests/test_ssm_gpu.py tests/test_models_gpu.py \
+          | grep '::' > /tmp/gpu_ids.txt
+      SHARD_PIDS=""
+      for i in 0 1 2 3 4 5; do
+        awk -v i=$i 'NR % 6 == i' /tmp/gpu_ids.txt > /tmp/gpu_ids_$i.txt
+        python3 -c "import pytest, sys; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider'] + open(sys.argv[1]).read().splitlines()))" \
+            /tmp/gpu_ids_$i.txt > "$OUT/gpu_tests_$i.log" 2>&1 &
+        SHARD_PIDS="$SHARD_PIDS $!"
+      done
+      for p in $SHARD_PIDS; do wait "$p"; echo "shard rc $?"; done
+      tail -qn1 "$OUT"/gpu_tests_*.log ;;
     scan)
       need_build
       python3 benchmarks/scan_vs_mamba_ssm.py --mamba-build /tmp/ms 4,768,6085 128,768,197 1,1536,1024 8,1536,1024 \
