@@ -44,9 +44,10 @@ class MambaLMConfig(PretrainedConfig):
             stays flat in the prompt length; 0 disables.
         use_cuda_graph (`bool`, defaults to True): on CUDA, in inference, each single-token decoding step replays a
             CUDA graph captured once per generate() call (no per-token Python / kernel-launch overhead).
-        ssm_state_dtype (`str`, defaults to "float32"): dtype of the SSM states a cache keeps between calls
-            ("float32", "bfloat16" or "float16"). Every step computes in float32; "bfloat16" rounds the kept state
-            after each step, as mamba_ssm and transformers' MambaCache do for a bf16 model, and halves the cache.
+        ssm_state_dtype (`str`, defaults to "auto"): dtype of the SSM states a cache keeps between calls: "auto" (the
+            model's dtype, as mamba_ssm and transformers' MambaCache keep them), "float32", "bfloat16" or "float16".
+            Every step computes in float32 and rounds the kept state; "float32" keeps a bf16 model's states exact, at
+            twice the cache memory.
     """
 
     model_type = "ssmvl_mamba"
@@ -87,7 +88,7 @@ class MambaLMConfig(PretrainedConfig):
         ssm_backend: Optional[str] = None,
         use_cuda_graph: bool = True,
         chunked_prefill_size: int = 1024,
-        ssm_state_dtype: str = "float32",
+        ssm_state_dtype: str = "auto",
         **kwargs,
     ):
         # keys of transformers' MambaConfig that mean nothing here
@@ -117,8 +118,8 @@ class MambaLMConfig(PretrainedConfig):
         self.ssm_backend = ssm_backend
         self.use_cuda_graph = use_cuda_graph
         self.chunked_prefill_size = check_int("MambaLMConfig", "chunked_prefill_size", chunked_prefill_size, minimum=0)
-        if ssm_state_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"MambaLMConfig: ssm_state_dtype must be 'float32', 'bfloat16' or 'float16', got "
+        if ssm_state_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"MambaLMConfig: ssm_state_dtype must be 'auto', 'float32', 'bfloat16' or 'float16', got "
                              f"{ssm_state_dtype!r}")
         self.ssm_state_dtype = ssm_state_dtype
         self._validate_sizes()

@@ -17,7 +17,8 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
 from .hf_compat import CACHE_NAME, NamesReplacedFilesMixin, cache_output, new_token_count, pop_cache
-from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache, causal_lm_loss, check_input_ids, init, unhooked
+from .ssm_layers import (MambaBlock, MambaMixer, RMSNorm, SsmCache, cache_state_dtype, causal_lm_loss,
+                         check_input_ids, init, unhooked)
 from .ssm_ops import add_rms_norm
 
 
@@ -490,10 +491,10 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         graph["owner"] = weakref.ref(cache)
         cache._cuda_graph = graph
 
-    def _graph_key(self, input_ids, conv_dtype):
+    def _graph_key(self, input_ids, conv_dtype, ssm_dtype):
         c = self.config
-        return (tuple(input_ids.shape), str(input_ids.device), c.num_hidden_layers, conv_dtype, c.intermediate_size,
-                c.conv_kernel, c.state_size)
+        return (tuple(input_ids.shape), str(input_ids.device), c.num_hidden_layers, conv_dtype, ssm_dtype,
+                c.intermediate_size, c.conv_kernel, c.state_size)
 
     def _cache_on_kept_graph(self, input_ids) -> Optional[SsmCache]:
         """For the lean loop: a cache whose states ARE the buffers of a kept graph for this batch (no allocation, no
@@ -501,7 +502,8 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         graphs = _CUDA_GRAPHS.get(self)
         if not graphs or not input_ids.is_cuda or not self.config.use_cuda_graph:
             return None
-        key = self._graph_key(input_ids[:, :1], self.get_input_embeddings().weight.dtype)
+        dtype = self.get_input_embeddings().weight.dtype
+        key = self._graph_key(input_ids[:, :1], dtype, cache_state_dtype(self.config) or dtype)
         graph = graphs.get(key)
         if graph is None or graph["fingerprint"] != self._graph_fingerprint():
             return None
@@ -536,7 +538,7 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         if (graph is None or graph["ids"].shape != input_ids.shape or graph["owner"]() is not cache
                 or not all(a is b for a, b in zip(graph["states"], cache.conv_states + cache.ssm_states))):
             graphs = _CUDA_GRAPHS.setdefault(self, OrderedDict())
-            key = self._graph_key(input_ids, cache.conv_states[0].dtype)
+            key = self._graph_key(input_ids, cache.conv_states[0].dtype, cache.ssm_states[0].dtype)
             fingerprint = self._graph_fingerprint()
             graph = graphs.get(key)
             if graph is not None and graph["fingerprint"] == fingerprint:

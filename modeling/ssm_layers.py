@@ -29,10 +29,18 @@ from transformers.cache_utils import Cache
 
 
 
+def cache_state_dtype(config) -> Optional[torch.dtype]:
+    """The cache's SSM-state dtype from ``config.ssm_state_dtype``; None ("auto", configs saved before the option):
+    the model's dtype."""
+    name = getattr(config, "ssm_state_dtype", "auto")
+    return None if name == "auto" else getattr(torch, name)
+
+
 class SsmCache(Cache):
     """Constant-memory generation cache, a transformers ``Cache``: per layer a conv state (batch, intermediate,
     conv_kernel) holding the last ``conv_kernel`` inputs of the causal conv, and an SSM state (batch, intermediate,
-    state_size) in float32 (or the config's ``ssm_state_dtype``). Its size does not depend on the sequence length.
+    state_size) in the model's dtype, as mamba_ssm and transformers' ``MambaCache`` keep it (or the config's
+    ``ssm_state_dtype``; each step computes in float32). Its size does not depend on the sequence length.
 
     generate() uses it like any ``Cache``: ``get_seq_length``, in-place ``reorder_cache`` for beam search,
     ``batch_repeat_interleave`` / ``batch_select_indices``, ``reset``, and ``crop`` for assisted decoding. A recurrent
@@ -46,11 +54,11 @@ class SsmCache(Cache):
 
     def __init__(self, num_layers: int, batch_size: Optional[int], intermediate_size: int, conv_kernel: int,
                  state_size: int, dtype: torch.dtype = torch.float32, device=None,
-                 ssm_dtype: torch.dtype = torch.float32):
+                 ssm_dtype: Optional[torch.dtype] = None):
         super().__init__(layers=[])  # the base class only keeps bookkeeping here: the states are ours
         self.num_layers, self.intermediate_size = num_layers, intermediate_size
         self.conv_kernel, self.state_size = conv_kernel, state_size
-        self.ssm_dtype = ssm_dtype  # the SSM states' (config.ssm_state_dtype); the steps compute in float32
+        self.ssm_dtype = ssm_dtype  # the SSM states' (config.ssm_state_dtype); None: the model's (initialize's dtype)
         self.conv_states: List[torch.Tensor] = []
         self.ssm_states: List[torch.Tensor] = []
         self.seqlen_offset = 0
@@ -63,7 +71,8 @@ class SsmCache(Cache):
         """Allocates zero states (a cache made by generate() before it knows the batch is sized at its first use)."""
         self.conv_states = [torch.zeros(batch_size, self.intermediate_size, self.conv_kernel, dtype=dtype,
                                         device=device) for _ in range(self.num_layers)]
-        self.ssm_states = [torch.zeros(batch_size, self.intermediate_size, self.state_size, dtype=self.ssm_dtype,
+        ssm_dtype = self.ssm_dtype or dtype
+        self.ssm_states = [torch.zeros(batch_size, self.intermediate_size, self.state_size, dtype=ssm_dtype,
                                        device=device) for _ in range(self.num_layers)]
 
     @property
@@ -75,7 +84,7 @@ class SsmCache(Cache):
         """A cache for ``config``'s model; without ``batch_size`` the states are allocated at the first forward."""
         return cls(config.num_hidden_layers, batch_size, config.intermediate_size, config.conv_kernel,
                    config.state_size, dtype=dtype, device=device,
-                   ssm_dtype=getattr(torch, getattr(config, "ssm_state_dtype", "float32")))
+                   ssm_dtype=cache_state_dtype(config))
 
     def __len__(self) -> int:
         return self.num_layers

@@ -223,6 +223,21 @@ def test_low_precision_ssm_states_follow_the_full_forward(pair, state_dtype):
         MambaLMConfig(ssm_state_dtype="int8")
 
 
+@pytest.mark.parametrize("state_dtype, model_dtype, kept", [("auto", torch.bfloat16, torch.bfloat16),
+                                                            ("auto", torch.float32, torch.float32),
+                                                            ("float32", torch.bfloat16, torch.float32)])
+def test_ssm_state_dtype_auto_follows_the_model(pair, state_dtype, model_dtype, kept):
+    """The default "auto" keeps the SSM states in the model's dtype, as mamba_ssm and transformers' MambaCache do;
+    "float32" keeps a bf16 model's states in fp32. The conv states are always in the model's dtype."""
+    hf, _ = pair
+    model = ours_from(hf.state_dict(), ssm_backend="torch", ssm_state_dtype=state_dtype).to(model_dtype)
+    assert MambaLMConfig().ssm_state_dtype == "auto"
+    with torch.no_grad():
+        cache = model(ids(2, 6, seed=3), use_cache=True).cache
+    assert {s.dtype for s in cache.ssm_states} == {kept}
+    assert {s.dtype for s in cache.conv_states} == {model_dtype}
+
+
 def test_cached_step_calls_a_hooked_dt_proj(pair):
     """A decoding step folds dt_proj into the state update only where dt_proj is a plain nn.Linear: with a forward hook
     on it (as any wrapper or adapter), the step calls the module, and the hook's change reaches the logits."""
