@@ -298,8 +298,9 @@ def _channels_linear(x: torch.Tensor, linear: nn.Linear, batch: int, seqlen: int
 
 
 def _token_matrix(t: torch.Tensor) -> torch.Tensor:
-    """(batch, C, L) -> the (batch * L, C) matrix a linear layer takes: a view when t is stored (C, batch, L) (as the
-    triton conv and scan write), else one copy (torch's matmul would make it anyway for a transposed 3-D input)."""
+    """(batch, C, L) -> the (batch * L, C) matrix a linear layer takes: a view when t is stored (C, batch, L) or
+    (batch, L, C) (as the triton conv and scan write), else one copy (torch's matmul would make it anyway for a
+    transposed 3-D input)."""
     return t.transpose(1, 2).reshape(-1, t.shape[1])
 
 
@@ -472,8 +473,8 @@ class MambaMixer(nn.Module):
             cache.conv_states[idx].copy_(last)
         if attention_mask is not None and attention_mask.shape[1] == seqlen:  # zero the padding positions
             xc = (xc * attention_mask[:, None, :]).to(xc.dtype)
-        # the linear layers take (batch * L, features) matrices: views of (features, batch, L)-stored tensors, which
-        # the triton conv and scan write (no transposing copies around the scan); their outputs are time-major
+        # the linear layers take (batch * L, features) matrices: views of the (features, batch, L)- or (batch, L,
+        # features)-stored tensors that the triton conv and scan write (no transposing copies around the scan)
         batch = xc.shape[0]
         x_dbl = x_proj(_token_matrix(xc))  # (b L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.time_step_rank, self.state_size, self.state_size], dim=-1)
