@@ -277,47 +277,53 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
-def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, QUAD: tl.constexpr):
-    """The NS fp32 values at p[..., i] (i < NS; p a (S, BLOCK_D) pointer tensor, one address per split) as a tuple of
-    (S, BLOCK_D) tensors. QUAD (p 16-byte aligned, NS a multiple of 4): 16-byte loads of 4 values each, split apart
-    in registers."""
+def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
+    """The NS values at p[..., i] (i < NS, unit stride; p a (S, BLOCK_D) pointer tensor, one address per split) in
+    fp32, as a tuple of (S, BLOCK_D) tensors. VEC 4 (fp32) or 8 (16-bit; p 16-byte aligned, NS a multiple of VEC):
+    16-byte loads of VEC values each, split apart in registers; VEC 1: a load a value."""
     vals = ()
-    if QUAD:
+    if VEC == 4:
         for j in tl.static_range(NS // 4):
-            x = tl.load(p[:, :, None] + (4 * j + tl.arange(0, 4))[None, None, :])  # (S, BLOCK_D, 4), one thread's
+            x = tl.load(p[:, :, None] + (4 * j + tl.arange(0, 4))[None, None, :]).to(tl.float32)  # (S, BLOCK_D, 4)
             lo, hi = tl.split(tl.reshape(x, (S, BLOCK_D, 2, 2)))  # (x0, x2), (x1, x3)
             x0, x2 = tl.split(lo)
             x1, x3 = tl.split(hi)
             vals = vals + (x0, x1, x2, x3)
+    elif VEC == 8:
+        for j in tl.static_range(NS // 8):
+            x = tl.load(p[:, :, None] + (8 * j + tl.arange(0, 8))[None, None, :]).to(tl.float32)  # (S, BLOCK_D, 8)
+            even, odd = tl.split(tl.reshape(x, (S, BLOCK_D, 4, 2)))  # (x0, x2, x4, x6), (x1, x3, x5, x7)
+            e0, e1 = tl.split(tl.reshape(even, (S, BLOCK_D, 2, 2)))  # (x0, x4), (x2, x6)
+            o0, o1 = tl.split(tl.reshape(odd, (S, BLOCK_D, 2, 2)))  # (x1, x5), (x3, x7)
+            x0, x4 = tl.split(e0)
+            x2, x6 = tl.split(e1)
+            x1, x5 = tl.split(o0)
+            x3, x7 = tl.split(o1)
+            vals = vals + (x0, x1, x2, x3, x4, x5, x6, x7)
     else:
         for i in tl.static_range(NS):
-            vals = vals + (tl.load(p + i),)
+            vals = vals + (tl.load(p + i).to(tl.float32),)
     return vals
 
 
 @triton.jit
-def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, bc_p, t, L,
-             NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, ROW: tl.constexpr, HAS_Z: tl.constexpr,
-             HAS_C: tl.constexpr, QUAD: tl.constexpr, BC_REVERSE: tl.constexpr):
+def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, B_p, sB, C_p, sC, t, L,
+             NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_C: tl.constexpr,
+             VEC: tl.constexpr):
     """Inputs of step t for a lane program ((S, BLOCK_D) pointer tensors): u, delta (and z) of its channels, and the
-    NS = N / S values of B_t (and C_t) that each split of the states needs, as tuples, from the fp32 rows of bc
-    (B_t at [0, N), C_t at [ROW, ROW + N)); BC_REVERSE: bc is in the sequence's order and step t reads its row
-    L - 1 - t (a reversed scan, whose other inputs come with negative step strides). Unmasked: t is clamped to L - 1
-    (the caller makes steps past its range no-ops)."""
+    NS = N / S values of B_t (and C_t) that each split of the states needs, as tuples (B / C with unit stride along
+    N: B_p + t * sB is step t's row; a reversed scan passes views at the last step and negative step strides).
+    Unmasked: t is clamped to L - 1 (the caller makes steps past its range no-ops)."""
     t = tl.minimum(t, L - 1)
     u = tl.load(u_p + t * su).to(tl.float32)
     dt = tl.load(dl_p + t * sdl).to(tl.float32)
     zz = u
     if HAS_Z:
         zz = tl.load(z_p + t * sz).to(tl.float32)
-    if BC_REVERSE:
-        row = bc_p + (L - 1 - t) * (2 * ROW)
-    else:
-        row = bc_p + t * (2 * ROW)
-    Bt = _lane_row(row, NS, S, BLOCK_D, QUAD)
+    Bt = _lane_row(B_p + t * sB, NS, S, BLOCK_D, VEC)
     Ct = ()
     if HAS_C:
-        Ct = _lane_row(row + ROW, NS, S, BLOCK_D, QUAD)
+        Ct = _lane_row(C_p + t * sC, NS, S, BLOCK_D, VEC)
     return u, dt, zz, Bt, Ct
 
 
@@ -372,20 +378,19 @@ def _lane_block(pid_b, pid_d, dim, dg, A_ptr, bias_ptr, D_ptr, N: tl.constexpr, 
 
 @triton.jit
 def _scan_fwd_lane_kernel(
-    u_ptr, dl_ptr, A_ptr, bc_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     y_ptr, hlast_ptr, states_ptr, hend_ptr, S_ptr,
     dim, L, dg, nchunks, CHUNK,
-    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
-    N: tl.constexpr, S: tl.constexpr, ROW: tl.constexpr, QUAD: tl.constexpr, FAST: tl.constexpr,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l, sB_b, sB_g, sB_l, sC_b, sC_g, sC_l,
+    N: tl.constexpr, S: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr,
-    BC_REVERSE: tl.constexpr,
 ):
     """Inference forward with the states in registers, N / S per thread ("lanes"): a program takes BLOCK_D channels of
     one batch row and one B/C group, S threads a channel, and keeps each thread's N / S states as a tuple of
     (S, BLOCK_D) tensors, so a step is, per state, one exp2 and three multiply-adds with no cross-thread traffic but
-    the sum of y over the S threads. B_t and C_t come from one fp32 row of bc (batch, G, L, 2 ROW) a step, loads
-    shared by the program. MODE 0: walk the sequence from h0, write y and the last state. MODE 1 (time-parallel
+    the sum of y over the S threads. B_t and C_t (batch, G, N, L), unit stride along N: a row of N values a step,
+    loads shared by the program. MODE 0: walk the sequence from h0, write y and the last state. MODE 1 (time-parallel
     pass 1, one program per chunk = program_id(2)): the chunk's end state from zero and its summed step sizes
     (hend (batch, dim, nchunks, N), S (batch, dim, nchunks)): it maps a start state h to exp(A S) h + hend. MODE 2
     (pass 3): rescan chunk program_id(2) from states[chunk] (pass 2, _chunk_carry_kernel, wrote them), write y."""
@@ -401,7 +406,8 @@ def _scan_fwd_lane_kernel(
     u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
                                     sy_d)
     G = dim // dg
-    bc_p = bc_ptr + (b64 * G + g) * L * (2 * ROW) + (k0 + d * 0)  # row t of (batch, G, L, 2 ROW) at t * 2 ROW
+    B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0)  # the split's first state of step 0's row
+    C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0)
     st_p = row * N + k0  # (batch, channel, state) of a (batch, dim, N) tensor
     if MODE != 0:
         st_p = (row * nchunks + c_begin) * N + k0  # of a (batch, dim, nchunks, N) tensor
@@ -420,16 +426,16 @@ def _scan_fwd_lane_kernel(
     t1 = tl.minimum(t0 + CHUNK, L)
     # a fixed trip count (CHUNK; steps past t1 are no-ops): bounds derived from program ids would not work in triton's
     # CPU interpreter. Two steps per iteration, the loads of the next two issued before their arithmetic.
-    u0, d0, z0, B0, C0 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t0, L, NS, S, BLOCK_D, ROW, LD_Z, STORE_Y,
-                                  QUAD, BC_REVERSE)
-    u1, d1, z1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t0 + 1, L, NS, S, BLOCK_D, ROW, LD_Z,
-                                  STORE_Y, QUAD, BC_REVERSE)
+    u0, d0, z0, B0, C0 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0, L, NS, S, BLOCK_D,
+                                  LD_Z, STORE_Y, VEC)
+    u1, d1, z1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0 + 1, L, NS, S, BLOCK_D,
+                                  LD_Z, STORE_Y, VEC)
     for k in range(0, CHUNK, 2):
         t = t0 + k
-        u2, d2, z2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t + 2, L, NS, S, BLOCK_D, ROW, LD_Z,
-                                      STORE_Y, QUAD, BC_REVERSE)
-        u3, d3, z3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, bc_p, t + 3, L, NS, S, BLOCK_D, ROW, LD_Z,
-                                      STORE_Y, QUAD, BC_REVERSE)
+        u2, d2, z2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 2, L, NS, S,
+                                      BLOCK_D, LD_Z, STORE_Y, VEC)
+        u3, d3, z3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 3, L, NS, S,
+                                      BLOCK_D, LD_Z, STORE_Y, VEC)
         h, e0 = _lane_step(h, u0, d0, z0, B0, C0, t < t1, A2, Dv, bias, y_p, sy_l, t, first, NS, HAS_D, HAS_Z,
                            HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
         h, e1 = _lane_step(h, u1, d1, z1, B1, C1, t + 1 < t1, A2, Dv, bias, y_p, sy_l, t + 1, first, NS, HAS_D, HAS_Z,
@@ -499,9 +505,10 @@ def _chunk_end_kernel(
 def _chunk_carry_kernel(
     A_ptr, S_ptr, local_ptr, init_ptr, starts_ptr, final_ptr,
     dim, N, nchunks, rows,
-    HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BLOCK_R: tl.constexpr, N_P2: tl.constexpr,
+    HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BLOCK_R: tl.constexpr, N_P2: tl.constexpr, A_IS_LOG: tl.constexpr,
 ):
-    """Time-parallel pass 2, sequential over chunks, one program per BLOCK_R (batch, channel) rows: the value
+    """Time-parallel pass 2, sequential over chunks, one program per BLOCK_R (batch, channel) rows (A_IS_LOG: A holds
+    A_log, A = -exp(A_log)): the value
     entering each chunk, starts (batch, dim, nchunks, N), from h_in(next) = exp(A S_c) h_in(c) + local_c, beginning
     at init (or 0); final = the value leaving the last chunk. Forward: the chunks' start states and the last state.
     Backward (REVERSE, chunks from the end): the adjoint carried into each chunk from the right, and dL/d(h0)."""
@@ -510,7 +517,10 @@ def _chunk_carry_kernel(
     d = r % dim
     n = tl.arange(0, N_P2)
     mask = mask_r[:, None] & (n < N)[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
+    if A_IS_LOG:
+        A2 = -tl.exp(A2)
+    A2 = A2 * 1.4426950408889634
     r64 = r.to(tl.int64)
     if HAS_INIT:
         h = tl.load(init_ptr + r64[:, None] * N + n[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -1348,14 +1358,15 @@ def _bwd_lanes(programs: int, nchunks: int) -> int:
     return _cdiv(nchunks, _cdiv(nchunks, lanes))  # no empty lane
 
 
-def _carry_chunks(A, S, local, init, starts, final, reverse: bool):
-    """Pass 2 of the time-parallel scans (_chunk_carry_kernel) over all (batch, channel) rows."""
+def _carry_chunks(A, S, local, init, starts, final, reverse: bool, a_log: bool = False):
+    """Pass 2 of the time-parallel scans (_chunk_carry_kernel) over all (batch, channel) rows (``a_log``: A holds
+    A_log)."""
     batch, dim, nchunks, N = local.shape
     rows = batch * dim
     block = PARALLEL_CONFIG["carry_rows"]
     _chunk_carry_kernel[(_cdiv(rows, block),)](
         A, S, local, init if init is not None else local, starts, final, dim, N, nchunks, rows,
-        HAS_INIT=init is not None, REVERSE=reverse, BLOCK_R=block, N_P2=_next_pow2(N), num_warps=4,
+        HAS_INIT=init is not None, REVERSE=reverse, BLOCK_R=block, N_P2=_next_pow2(N), A_IS_LOG=a_log, num_warps=4,
     )
 
 
@@ -1412,6 +1423,24 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     return y, h_last, (states if save_states else None)
 
 
+def _lane_vector(B: torch.Tensor, C: torch.Tensor, per_thread: int) -> int:
+    """Values a 16-byte load of B / C (batch, G, N, L) holds where the lane kernel can read them in place (e.g. the
+    slices of a mixer's x_proj output: one dtype, unit stride along N, every row 16-byte aligned, the values a thread
+    takes a multiple of it), else 0 (they go through an fp32 row buffer)."""
+    if B.dtype != C.dtype or B.dtype not in _SUPPORTED:
+        return 0
+    size = B.element_size()
+    vec = 16 // size
+    if per_thread % vec:
+        return 0
+    for t in (B, C):
+        if t.stride(2) != 1 or t.data_ptr() % 16:
+            return 0
+        if any(t.shape[i] > 1 and (t.stride(i) * size) % 16 for i in (0, 1, 3)):
+            return 0
+    return vec
+
+
 def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan, reverse: bool = False,
                   a_log: bool = False):
     """Inference forward by _scan_fwd_lane_kernel (see _lane_plan): y and the last state (``reverse``: scanned from
@@ -1420,30 +1449,33 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     G, N = B.shape[1], A.shape[1]
     S, BLOCK_D, chunk, nchunks = plan
     f32 = dict(device=u.device, dtype=torch.float32)
-    # B_t and C_t of a step side by side in one fp32 row (padded to ROW, a multiple of 4: 16-byte loads): the kernel
-    # reads them with no conversions, whatever B / C's layout and dtype. A copy of 2 N values a step (B / C are
-    # N / dim of the scan's inputs).
-    ROW = 4 * _cdiv(N, 4)
-    bc = torch.empty((batch, G, L, 2 * ROW), **f32)
-    bc[..., :N].copy_(B.transpose(2, 3))  # in the sequence's order (reverse: the kernel reads rows from the last)
-    bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
+    VEC = _lane_vector(B, C, N // S)
+    if not VEC:
+        # B_t and C_t of a step side by side in one fp32 row (padded to ROW, a multiple of 4: 16-byte loads), a
+        # copy of 2 N values a step (B / C are N / dim of the scan's inputs)
+        ROW = 4 * _cdiv(N, 4)
+        bc = torch.empty((batch, G, L, 2 * ROW), **f32)
+        bc[..., :N].copy_(B.transpose(2, 3))
+        bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
+        B, C = bc[..., :N].transpose(2, 3), bc[..., ROW:ROW + N].transpose(2, 3)
+        VEC = 4 if (N // S) % 4 == 0 else 1
     y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), **f32)
     parallel = nchunks > 1
     states = torch.empty((batch, dim, nchunks, N), **f32) if parallel else h_last
     hend = torch.empty_like(states) if parallel else states
     S_sum = torch.empty((batch, dim, nchunks), **f32) if parallel else states
-    (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy) = (_steps(t, reverse) for t in (u, delta, z if z is not None else u, y))
-    common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy)
-    flags = dict(N=N, S=S, ROW=ROW, QUAD=(N // S) % 4 == 0, FAST=not _INTERPRET,
+    (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
+        _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
+    common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy, sB[0], sB[1], sB[3], sC[0], sC[1], sC[3])
+    flags = dict(N=N, S=S, VEC=VEC, FAST=not _INTERPRET,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, BC_REVERSE=bool(reverse),
-                 num_warps=int(LANE_CONFIG["num_warps"]))
-    args = (u_p, dl_p, A, bc, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
+                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, num_warps=int(LANE_CONFIG["num_warps"]))
+    args = (u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
             h0 if h0 is not None else h_last, y_p, h_last, states, hend, S_sum)
     if parallel:  # pass 1: chunk end states from zero; pass 2: every chunk's start state (and the last state)
         _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=1, **flags)
-        _carry_chunks(-torch.exp(A.float()) if a_log else A, S_sum, hend, h0, states, h_last, reverse=False)
+        _carry_chunks(A, S_sum, hend, h0, states, h_last, reverse=False, a_log=a_log)
     _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=2 if parallel else 0, **flags)
     return y, h_last
 

@@ -263,11 +263,14 @@ def test_scan_lane_forward_matches_reference(monkeypatch, setting, dtype, case):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("groups", [0, 2])
-def test_scan_lane_forward_takes_time_major_views(dtype, groups):
+@pytest.mark.parametrize("aligned", [False, True], ids=["bc-buffer", "bc-in-place"])
+def test_scan_lane_forward_takes_time_major_views(dtype, groups, aligned):
     """The lane forward (chosen by the default rule at this length) with the mixer's time-major delta / z / B / C
-    views: output and last state against float64."""
+    views: output and last state against float64. B / C rows 16-byte aligned (x_proj's dt part 16 bytes): read in
+    place with 16-byte loads; else (3 values) through the fp32 row buffer."""
     g = torch.Generator().manual_seed(3)
-    batch, dim, L, N, R = 2, 64, 45, 16, 3
+    batch, dim, L, N = 2, 64, 45, 16
+    R = 16 // torch.empty(0, dtype=dtype).element_size() if aligned else 3
     gN = N * max(groups, 1)
     bases = dict(xz=torch.randn(batch, L, 2 * dim, generator=g), dl=torch.randn(batch, L, dim, generator=g) * 0.5,
                  xp=torch.randn(batch, L, R + 2 * gN, generator=g), u=torch.randn(batch, dim, L, generator=g))
@@ -278,6 +281,8 @@ def test_scan_lane_forward_takes_time_major_views(dtype, groups):
     for name, fn, ftype in (("triton", ssm_triton.selective_scan_triton, dtype),
                             ("ref", ssm_ops.selective_scan_ref, torch.float64)):
         u, delta, z, B, C = _mixer_views({k: v.to(DEV, ftype) for k, v in bases.items()}, dim, N, R, groups, False)
+        if name == "triton":
+            assert bool(ssm_triton._lane_vector(ssm_triton._bc4(B), ssm_triton._bc4(C), N)) == aligned
         cast = (lambda t: t.double()) if name == "ref" else (lambda t: t)
         out[name] = fn(u, delta, cast(A), B, C, D=cast(Dp), z=z, delta_bias=cast(bias), delta_softplus=True,
                        return_last_state=True)
@@ -811,16 +816,18 @@ def _force_forward_path(monkeypatch, path):
 
 
 @pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
-@pytest.mark.parametrize("layout", ["channel", "time"])
+@pytest.mark.parametrize("layout", ["channel", "time", "time-aligned"])
 def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
     """selective_scan_triton(reverse=True) (inference) against the float64 reference on flipped inputs, flipped back:
     the lane kernel (unchunked and time-parallel chunks) and the time-tiled kernel read the steps backwards in place
     (negative step strides), other cases scan flipped copies; channel-major inputs and the mixer's time-major views,
-    an initial state, odd length. With gradients, reverse=True is refused and ssm_ops flips instead (same result)."""
+    an initial state, odd length, B / C rows read in place or through the lane kernel's row buffer. With gradients,
+    reverse=True is refused and ssm_ops flips instead (same result)."""
     _force_forward_path(monkeypatch, path)
     g = torch.Generator().manual_seed(11)
-    batch, dim, L, N, R = 2, 64, 77, 16, 3
-    if layout == "time":
+    batch, dim, L, N = 2, 64, 77, 16
+    R = 4 if layout == "time-aligned" else 3  # fp32 B / C rows 16-byte aligned: the lane kernel reads them in place
+    if layout.startswith("time"):
         bases = dict(xz=torch.randn(batch, L, 2 * dim, generator=g), dl=torch.randn(batch, L, dim, generator=g) * 0.5,
                      xp=torch.randn(batch, L, R + 2 * N, generator=g), u=torch.randn(batch, dim, L, generator=g))
         u, delta, z, B, C = _mixer_views({k: v.to(DEV, torch.float32) for k, v in bases.items()}, dim, N, R, 0, False)
@@ -847,7 +854,7 @@ def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
 @pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "sequential", "training"])
 def test_scan_takes_a_log(monkeypatch, path):
     """selective_scan_triton(a_log=True) (A given as A_log, the scan uses -exp(A_log)) against the float64 reference
-    with A = -exp(A_log): the lane kernel (unchunked, and chunked, whose carry gets A from the wrapper) and the tiled
+    with A = -exp(A_log): the lane kernel (unchunked, and chunked, whose carry kernel takes it too) and the tiled
     kernel take the exponential inside; the sequential kernel and training get A from the wrapper, and in training
     the gradient reaches A_log (and a bf16 D)."""
     _force_forward_path(monkeypatch, path)
