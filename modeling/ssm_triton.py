@@ -406,6 +406,11 @@ def _scan_fwd_lane_kernel(
     u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
                                     sy_d)
     G = dim // dg
+    if VEC > 1:  # the wrapper checked that B / C's strides are whole 16-byte runs: told to the compiler, which can
+        # prove its vector loads aligned only from strides that are multiples of 16 elements otherwise (a Vim-S x_proj
+        # row is 56: without these hints, scalar loads and a kernel 2x slower, H200)
+        sB_b, sB_g, sB_l = tl.multiple_of(sB_b, VEC), tl.multiple_of(sB_g, VEC), tl.multiple_of(sB_l, VEC)
+        sC_b, sC_g, sC_l = tl.multiple_of(sC_b, VEC), tl.multiple_of(sC_g, VEC), tl.multiple_of(sC_l, VEC)
     B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0)  # the split's first state of step 0's row
     C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0)
     st_p = row * N + k0  # (batch, channel, state) of a (batch, dim, N) tensor
@@ -1467,7 +1472,8 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     S_sum = torch.empty((batch, dim, nchunks), **f32) if parallel else states
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
         _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
-    common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy, sB[0], sB[1], sB[3], sC[0], sC[1], sC[3])
+    bc_strides = [st[i] if t.shape[i] > 1 else 0 for t, st in ((B, sB), (C, sC)) for i in (0, 1, 3)]  # 0: unused
+    common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy, *bc_strides)
     flags = dict(N=N, S=S, VEC=VEC, FAST=not _INTERPRET,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                  HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, num_warps=int(LANE_CONFIG["num_warps"]))
