@@ -406,11 +406,12 @@ def _scan_fwd_lane_kernel(
     u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
                                     sy_d)
     G = dim // dg
-    if VEC > 1:  # the wrapper checked that B / C's strides are whole 16-byte runs: told to the compiler, which can
-        # prove its vector loads aligned only from strides that are multiples of 16 elements otherwise (a Vim-S x_proj
-        # row is 56: without these hints, scalar loads and a kernel 2x slower, H200)
-        sB_b, sB_g, sB_l = tl.multiple_of(sB_b, VEC), tl.multiple_of(sB_g, VEC), tl.multiple_of(sB_l, VEC)
-        sC_b, sC_g, sC_l = tl.multiple_of(sC_b, VEC), tl.multiple_of(sC_g, VEC), tl.multiple_of(sC_l, VEC)
+    if VEC > 1:  # the wrapper checked that B / C's strides are whole 16-byte runs; written as multiples of VEC for
+        # the compiler, which otherwise proves its vector loads aligned only from strides that are multiples of 16
+        # elements (a Vim-S x_proj row is 56: scalar loads, and a kernel 2x slower on an H200; tl.multiple_of on
+        # these scalars did not change the PTX)
+        sB_b, sB_g, sB_l = sB_b // VEC * VEC, sB_g // VEC * VEC, sB_l // VEC * VEC
+        sC_b, sC_g, sC_l = sC_b // VEC * VEC, sC_g // VEC * VEC, sC_l // VEC * VEC
     B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0)  # the split's first state of step 0's row
     C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0)
     st_p = row * N + k0  # (batch, channel, state) of a (batch, dim, N) tensor
