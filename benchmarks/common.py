@@ -43,6 +43,27 @@ def cuda_time_ms(fn, warmup=2, repeats=5):
     return statistics.median(times)
 
 
+def kernel_device_ms(fn, reps=20):
+    """{kernel name: GPU milliseconds a call} of fn() from torch.profiler over ``reps`` calls (after one warm-up call):
+    kernel time apart from launch cost."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        t = e.cuda_time_total if t is None else t
+        if t > 0 and e.key and not e.key.startswith("cuda"):
+            rows[e.key] = t / 1000.0 / reps
+    return rows
+
+
 def wall_time_s(fn, warmup=1, repeats=3):
     import torch
 

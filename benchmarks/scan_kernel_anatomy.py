@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, ensure_ssmvl
+from common import ROOT, ensure_ssmvl, kernel_device_ms
 
 ensure_ssmvl()
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -50,21 +50,7 @@ def compiled_kernels():
 
 
 def kernel_ms(fn, reps=20):
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    rows = {}
-    for e in prof.key_averages():
-        t = getattr(e, "device_time_total", None)
-        t = e.cuda_time_total if t is None else t
-        if t > 0 and e.key and not e.key.startswith("cuda"):
-            rows[e.key[:60]] = round(t / 1000.0 / reps, 4)
-    return rows
+    return {k[:60]: round(ms, 4) for k, ms in kernel_device_ms(fn, reps).items()}
 
 
 def host_costs(repeats=400):

@@ -110,7 +110,7 @@ def measure(shape, bw, cuda_ext, ssm_triton):
 def kernel_times(shape, ssm_triton, reps: int = 20, backward: bool = False):
     """GPU time per call of each kernel (us), from torch.profiler: separates kernel time from launch cost. With
     ``backward``: a forward + backward call (inputs that need gradients), else an inference forward."""
-    from torch.profiler import ProfilerActivity, profile
+    from common import kernel_device_ms
 
     x = inputs(*shape)
     leaves = {k: x[k].detach().clone().requires_grad_(backward) for k in ("u", "delta", "B", "C", "z")}
@@ -121,13 +121,7 @@ def kernel_times(shape, ssm_triton, reps: int = 20, backward: bool = False):
         if backward:
             y.backward(torch.ones_like(y))
 
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            run()
-        torch.cuda.synchronize()
-    return {e.key: round(e.device_time_total / reps, 1) for e in prof.key_averages() if e.device_time_total > 0}
+    return {k: round(ms * 1000, 1) for k, ms in kernel_device_ms(run, reps).items()}
 
 
 def main(argv=None):
