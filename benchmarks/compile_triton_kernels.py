@@ -6,7 +6,8 @@ needs only the ptxas that ships with triton): a check of the triton versions the
 
 Pointers are compiled as fp32, integers as int32, block-size constants with small powers of two and flags as True.
 Prints one line a kernel and exits 1 if any fails; the lane forward needs triton >= 3.3 (``ssm_triton._TUPLES``), so
-its failure below 3.3 is expected and reported as such.
+its failure below 3.3 is expected and reported as such. Also checks that the lane forward keeps 16-byte loads for bf16
+B / C rows whose stride is not a multiple of 16 elements (``lane_vector_loads``).
 """
 
 from __future__ import annotations
@@ -53,8 +54,37 @@ def main(argv=None) -> int:
             print(f"{'gated' if expected else 'FAILED':7s} {name}: {type(err).__name__}")
             if not expected:
                 failed.append(name)
+    if st._TUPLES:
+        vector = lane_vector_loads(st, args.arch)
+        print(f"{'ok' if vector else 'FAILED':7s} _scan_fwd_lane_kernel reads bf16 B / C rows of 56 elements with "
+              f"16-byte loads ({vector} ld.global.v4)")
+        if not vector:
+            failed.append("lane vector loads")
     print(f"triton {triton.__version__}, sm_{args.arch}: {len(failed)} failed")
     return 1 if failed else 0
+
+
+def lane_vector_loads(st, arch: int) -> int:
+    """16-byte global loads in the lane forward's PTX for bf16 inputs read in place (VEC = 8) when the strides carry no
+    divisibility of their own, as for a Vim-S x_proj row of 56 elements: the kernel must still vectorise its B / C
+    loads (they went scalar once, and the kernel ran 2x slower on an H200)."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = st._scan_fwd_lane_kernel
+    flags = dict(N=16, S=1, VEC=8, FAST=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False,
+                 MODE=0, BLOCK_D=32, A_IS_LOG=True)
+    params = list(inspect.signature(fn.fn).parameters)
+    half = ("u_ptr", "dl_ptr", "z_ptr", "y_ptr", "B_ptr", "C_ptr")
+    sig = {p: "constexpr" if p in flags else ("*bf16" if p in half else "*fp32") if p.endswith("_ptr") else "i32"
+           for p in params}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(params) if p.endswith("_ptr")}  # pointers only
+    kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=flags, attrs=attrs),
+                            target=GPUTarget("cuda", arch, 32), options={"num_warps": 1})
+    return len(re.findall(r"ld\.global(?:\.\w+)*\.v4\.b32", kernel.asm["ptx"]))
 
 
 if __name__ == "__main__":
