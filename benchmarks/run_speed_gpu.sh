@@ -11,7 +11,8 @@
 # ssm_state_dtype="bfloat16", benchmarks/gen_vs_mamba_ssm.py -> gen_vs_mamba_ssm_bf16_states.json), decode (benchmarks/decode_profile.py), profile
 # (benchmarks/profile_models_gpu.py: whole-model ms and top kernels of Vim-S / VMamba-T / DeiT-S / the LM prefill, and
 # mamba_ssm's prefill when the build is there -> profile_models.json), vision (Vim-S / VMamba-T / DeiT-S, the full
-# sweep). Default: all but lane and vision, which take a call of their own. Keep the build apart from timed parts
+# sweep), anatomy (benchmarks/scan_kernel_anatomy.py -> anatomy.json). Default: all but lane, vision and anatomy,
+# which take a call of their own. Keep the build apart from timed parts
 # where you can: its compilers load the host, and host-bound figures (the 1 x 1024 prefill) move with that.
 set -u
 OUT=${1:?OUT_DIR}; SRC=${2:?SRC}; shift 2
@@ -75,6 +76,9 @@ for part in $PARTS; do
       grep "==" "$OUT/profile_models.log" ;;
     vision)
       python3 benchmarks/bench_gpu_models.py --section vision --out "$OUT" > "$OUT/vision.log" 2>&1; echo "rc $?" ;;
+    anatomy)  # registers, kernel times by layout and launch costs of the inference forward (no build needed)
+      python3 benchmarks/scan_kernel_anatomy.py "$OUT/anatomy.json" > "$OUT/anatomy.log" 2>&1; echo "rc $?"
+      grep "^[0-9]" "$OUT/anatomy.log" | cut -c1-300 ;;
     *) echo "unknown part $part" ;;
   esac
 done
