@@ -5,7 +5,9 @@ forward launches, its kernel time, and the host cost of a launch by stage.
     ncu --clock-control none --kernel-name regex:_scan_fwd --launch-skip 3 --launch-count 1 --section ... \\
         python benchmarks/scan_kernel_anatomy.py --ncu B,D,L            # one shape, for Nsight Compute
 
-Inputs as ``scan_vs_mamba_ssm.mixer_inputs`` gives them (a Mamba mixer's layout), bf16, N = 16, softplus, z gate.
+Inputs as ``scan_vs_mamba_ssm.mixer_inputs`` gives them (a Mamba mixer's layout), bf16, N = 16, softplus, z gate;
+also with u time-major (as the triton conv now writes it for the lane path) and with only y time-major
+(``ssm_triton.LAYOUT["lane_y_time_major"]``).
 Host: microseconds a call of ``selective_scan_triton`` at B1 D16 L16 (no GPU work to wait for), and of one launch of
 its scan kernel split into Triton's stages (binding / specialising the arguments, the cache key, the launcher call).
 """
@@ -139,8 +141,14 @@ def main():
         fwd = inference_forward(ssm_triton, mixer_inputs(batch, dim, L))
         x = mixer_inputs(batch, dim, L)
         x_time = dict(x, u=x["u"].transpose(1, 2).contiguous().transpose(1, 2))  # u (and so y) time-major
-        result["shapes"][shape] = {"kernels_ms": kernel_ms(fwd),
-                                   "kernels_ms_u_time_major": kernel_ms(inference_forward(ssm_triton, x_time))}
+        row = {"kernels_ms": kernel_ms(fwd),
+               "kernels_ms_u_time_major": kernel_ms(inference_forward(ssm_triton, x_time))}
+        ssm_triton.LAYOUT["lane_y_time_major"] = True  # y time-major, u as the mixer lays it out
+        try:
+            row["kernels_ms_y_time_major"] = kernel_ms(fwd)
+        finally:
+            ssm_triton.LAYOUT["lane_y_time_major"] = False
+        result["shapes"][shape] = row
         print(shape, result["shapes"][shape], flush=True)
     result["compiled"] = compiled_kernels()
     print(json.dumps(result["compiled"]), flush=True)

@@ -1289,7 +1289,10 @@ def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
 # delta is time-major, as in a Mamba mixer (u = the conv output, delta / z / B / C = views of linear outputs). Off: on
 # an H100 the copy costs more than it saves (mixer layout, L=4096: fwd 1.62 ms with it, 1.24 ms without; see
 # benchmarks/README.md, "Selective scan on GPU").
-LAYOUT = {"u_to_time_major": False}
+# lane_y_time_major: the lane forward writes y time-major whatever u's layout (the wrapper's choice: with a
+# channel-major y each step stores one value a channel into its own sector, which kept L2 80% busy at B128 D768
+# L197; with u and y time-major the kernel ran 0.335 -> 0.188 ms, H200). Off until timed with a channel-major u.
+LAYOUT = {"u_to_time_major": False, "lane_y_time_major": False}
 
 
 def _fwd_chunking(programs: int, L: int, need_grad: bool):
@@ -1465,7 +1468,10 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
         bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
         B, C = bc[..., :N].transpose(2, 3), bc[..., ROW:ROW + N].transpose(2, 3)
         VEC = 4 if (N // S) % 4 == 0 else 1
-    y = _empty_as(u)
+    if LAYOUT.get("lane_y_time_major", False) and not _time_major(u) and L > 1:
+        y = torch.empty((batch, L, dim), device=u.device, dtype=u.dtype).transpose(1, 2)
+    else:
+        y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), **f32)
     parallel = nchunks > 1
     states = torch.empty((batch, dim, nchunks, N), **f32) if parallel else h_last

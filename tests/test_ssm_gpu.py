@@ -291,6 +291,25 @@ def test_scan_lane_forward_takes_time_major_views(dtype, groups, aligned):
     assert rel(y, y0) <= TOL[dtype] and rel(last, last0) <= TOL[dtype], (rel(y, y0), rel(last, last0))
 
 
+@pytest.mark.parametrize("chunks", [False, True], ids=["one-pass", "chunked"])
+def test_lane_forward_can_write_y_time_major(monkeypatch, chunks):
+    """LAYOUT["lane_y_time_major"]: the lane forward writes y time-major whatever u's layout (channel-major inputs
+    here), with the same numbers as the float64 reference; off, y follows u."""
+    monkeypatch.setitem(ssm_triton.LANE_CONFIG, "enabled", True)
+    if chunks:
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, "min_warps", 10**6)
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, "min_chunk", 16)
+    inputs = make_inputs(2, 64, 45, 16, 0, torch.float32, True, True, True, True, seed=5)
+    assert ssm_triton._lane_plan(2, 64, 1, 16, 45) is not None
+    ref = {k: (v.double() if torch.is_tensor(v) else v) for k, v in inputs.items()}
+    y0, last0 = ssm_ops.selective_scan_ref(**ref, delta_softplus=True, return_last_state=True)
+    for on in (False, True):
+        monkeypatch.setitem(ssm_triton.LAYOUT, "lane_y_time_major", on)
+        y, last = ssm_triton.selective_scan_triton(**inputs, delta_softplus=True, return_last_state=True)
+        assert (y.stride(1) == 1) == on and y.shape == (2, 64, 45), y.stride()
+        assert rel(y, y0) < TOL[torch.float32] and rel(last, last0) < TOL[torch.float32]
+
+
 def test_lane_plan():
     """Where the lane forward applies and how it splits: channels a multiple of the program's, states of the split;
     by default only where the time-tiled kernel is not chosen."""
