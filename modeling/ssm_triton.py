@@ -1274,12 +1274,18 @@ def _tile_inputs(u, delta, B, C, z):
     return u, delta, B, C, z
 
 
+def _time_major_empty(batch: int, C: int, L: int, **kw) -> torch.Tensor:
+    """An empty (batch, C, L) tensor stored (batch, L, C): a step is one run of C consecutive values, and its
+    (batch * L, C) matrix is a view."""
+    return torch.empty((batch, L, C), **kw).transpose(1, 2)
+
+
 def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
     """An empty (batch, C, L) tensor in t's layout: time-major if t is, else with t's strides when t is dense (e.g.
     stored (C, batch, L), as _token_rows), else contiguous (coalesced writes)."""
     dtype = t.dtype if dtype is None else dtype
     if _time_major(t):
-        return torch.empty((t.shape[0], t.shape[2], t.shape[1]), device=t.device, dtype=dtype).transpose(1, 2)
+        return _time_major_empty(*t.shape, device=t.device, dtype=dtype)
     if t.stride(-1) == 1:
         return torch.empty_like(t, dtype=dtype)  # t's strides when it is non-overlapping and dense, else contiguous
     return torch.empty(t.shape, device=t.device, dtype=dtype)
@@ -1469,7 +1475,7 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
         B, C = bc[..., :N].transpose(2, 3), bc[..., ROW:ROW + N].transpose(2, 3)
         VEC = 4 if (N // S) % 4 == 0 else 1
     if LAYOUT.get("lane_y_time_major", False) and not _time_major(u) and L > 1:
-        y = torch.empty((batch, L, dim), device=u.device, dtype=u.dtype).transpose(1, 2)
+        y = _time_major_empty(batch, dim, L, device=u.device, dtype=u.dtype)
     else:
         y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), **f32)
@@ -1887,7 +1893,7 @@ def causal_conv1d_triton(x, weight, bias=None, activation="silu", initial_states
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _CausalConvFn.apply(x, weight, bias, initial_states, silu, bool(reverse))
     if _time_major(x):  # inference on a time-major x (a linear layer's output): y time-major too (see _token_rows)
-        y = torch.empty((batch, L, dim), device=x.device, dtype=x.dtype).transpose(1, 2)
+        y = _time_major_empty(batch, dim, L, device=x.device, dtype=x.dtype)
     else:
         y = _token_rows(batch, dim, L, device=x.device, dtype=x.dtype)
     return _conv_launch(x, weight, bias, initial_states, y, silu, bool(reverse))
