@@ -8,7 +8,8 @@ CASE: vim_s_1248 (Vim-S, 1248 px, batch 4), vim_s_224 (224 px, batch 128), vmamb
 default; lm_prefill_1x1024 (1 x 1024 tokens, median of 51 calls: host-bound); mamba_ssm_prefill and
 mamba_ssm_prefill_1x1024 (the same forwards by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
 MAMBA_SSM_PATHS=colon-separated import paths of a build, as ../shared/anchors/gen_vs_mamba_ssm.py takes them). bf16 autocast over fp32 weights (vision; as bench_gpu_models.py), bf16 weights (LM); random weights.
-Kernels are grouped by name; the JSON keeps the top 25 of each case with their share of the CUDA time.
+Kernels are grouped by name; the JSON keeps the top 25 of each case with their share of the CUDA time, and host_ms,
+the median time until a call returns (its host work). --host-ops adds each case's top host ops by own CPU time.
 """
 
 from __future__ import annotations
@@ -97,19 +98,55 @@ def profile(run, top=25):
     return total, [{"kernel": k, "ms": round(ms, 3), "share": round(ms / total, 3), "calls": n} for k, ms, n in rows[:top]]
 
 
+def host_ms(run, repeats=7):
+    """Median milliseconds until run() returns, the GPU idle at each start: the host's share of a call (Python,
+    dispatch and launches), to set beside the CUDA-event time."""
+    import time
+
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
+
+
+def host_ops(run, top=25):
+    """The host ops of one call by their own CPU time (torch.profiler, CPU activity): where a host-bound call goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof_ctx
+
+    with prof_ctx(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"op": e.key[:90], "self_ms": round(e.self_cpu_time_total / 1000.0, 3), "calls": e.count} for e in rows]
+
+
 def main():
     out = Path(sys.argv[1])
-    cases = sys.argv[2:] or [*VISION, "lm_prefill", "lm_prefill_1x1024"]
+    args = sys.argv[2:]
+    with_host_ops = "--host-ops" in args  # also the host ops of each case (see host_ops)
+    args = [a for a in args if a != "--host-ops"]
+    cases = args or [*VISION, "lm_prefill", "lm_prefill_1x1024"]
     p = torch.cuda.get_device_properties(0)
     result = {"gpu": p.name, "torch": torch.__version__, "cases": {}}
     for case in cases:
         torch.manual_seed(0)
         run, items, unit = build(case)
         ms = cuda_time_ms(run, warmup=3, repeats=REPEATS.get(case, 7))
+        host = host_ms(run)
         total, kernels = profile(run)
         result["cases"][case] = {"ms": round(ms, 3), f"{unit}_per_s": round(items / ms * 1000, 1),
-                                 "kernel_ms": round(total, 3), "top": kernels}
-        print(f"== {case}: {ms:.2f} ms a call, {items / ms * 1000:.1f} {unit}/s; kernels {total:.2f} ms", flush=True)
+                                 "kernel_ms": round(total, 3), "host_ms": round(host, 3), "top": kernels}
+        print(f"== {case}: {ms:.2f} ms a call, {items / ms * 1000:.1f} {unit}/s; kernels {total:.2f} ms; host "
+              f"{host:.2f} ms", flush=True)
+        if with_host_ops:
+            result["cases"][case]["host_ops"] = ops = host_ops(run)
+            for o in ops[:12]:
+                print(f"   host {o['self_ms']:8.3f} ms x{o['calls']:<5d} {o['op']}", flush=True)
         for k in kernels[:14]:
             print(f"   {k['ms']:8.3f} ms {100 * k['share']:5.1f}% x{k['calls']:<5d} {k['kernel']}", flush=True)
         del run

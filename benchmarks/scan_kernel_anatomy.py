@@ -6,8 +6,9 @@ forward launches, its kernel time, and the host cost of a launch by stage.
         python benchmarks/scan_kernel_anatomy.py --ncu B,D,L            # one shape, for Nsight Compute
 
 Inputs as ``scan_vs_mamba_ssm.mixer_inputs`` gives them (a Mamba mixer's layout), bf16, N = 16, softplus, z gate;
-also with u time-major (as the triton conv now writes it for the lane path) and with only y time-major
-(``ssm_triton.LAYOUT["lane_y_time_major"]``).
+also with u time-major (as the triton conv now writes it for the lane path) and with y in u's layout
+(``ssm_triton.LAYOUT["lane_y_time_major"]`` off; on by default since the sixth session). Conv: the inference conv's
+kernel time on a time-major x by tile shape (``conv_tiles``).
 Host: microseconds a call of ``selective_scan_triton`` at B1 D16 L16 (no GPU work to wait for), and of one launch of
 its scan kernel split into Triton's stages (binding / specialising the arguments, the cache key, the launcher call).
 """
@@ -125,6 +126,34 @@ def host_costs(repeats=400):
     return {"selective_scan_triton_us": round(per_call, 1), "launch_stages_us": stages}
 
 
+CONV_TILES = [(32, 128, 4), (64, 64, 4), (128, 32, 4), (128, 16, 4), (256, 16, 8)]
+
+
+def conv_tiles(shapes=((128, 768, 197), (4, 768, 6085)), reps=20):
+    """Kernel ms of the inference conv (width 4, bias, SiLU, bf16) on a time-major x, as a Vim mixer gives it, for
+    each (BLOCK_D, BLOCK_L, num_warps) of CONV_TILES, beside the default (CONV_TIME_MAJOR_CONFIG) and
+    the bytes bound (x read once, y written once, at 4.8 TB/s)."""
+    out = {}
+    saved = dict(ssm_triton.CONV_TIME_MAJOR_CONFIG)
+    for batch, dim, L in shapes:
+        x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # (b, d, L) time-major
+        w = torch.randn(dim, 4, device="cuda", dtype=torch.bfloat16)
+        bias = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
+
+        def conv():
+            ssm_triton.causal_conv1d_triton(x, w, bias)
+
+        row = {"default": kernel_ms(conv, reps), "bound_ms": round(2 * x.numel() * 2 / 4.8e12 * 1e3, 4)}
+        for block_d, block_l, warps in CONV_TILES:
+            ssm_triton.CONV_TIME_MAJOR_CONFIG.update(BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+            try:
+                row[f"{block_d}x{block_l}w{warps}"] = kernel_ms(conv, reps)
+            finally:
+                ssm_triton.CONV_TIME_MAJOR_CONFIG.update(saved)
+        out[f"{batch},{dim},{L}"] = row
+    return out
+
+
 def main():
     args = sys.argv[1:]
     if args and args[0] == "--ncu":  # a few calls of one shape, for Nsight Compute to pick one launch of
@@ -143,13 +172,15 @@ def main():
         x_time = dict(x, u=x["u"].transpose(1, 2).contiguous().transpose(1, 2))  # u (and so y) time-major
         row = {"kernels_ms": kernel_ms(fwd),
                "kernels_ms_u_time_major": kernel_ms(inference_forward(ssm_triton, x_time))}
-        ssm_triton.LAYOUT["lane_y_time_major"] = True  # y time-major, u as the mixer lays it out
+        ssm_triton.LAYOUT["lane_y_time_major"] = False  # y in u's layout, as before the sixth session
         try:
-            row["kernels_ms_y_time_major"] = kernel_ms(fwd)
+            row["kernels_ms_y_follows_u"] = kernel_ms(fwd)
         finally:
-            ssm_triton.LAYOUT["lane_y_time_major"] = False
+            ssm_triton.LAYOUT["lane_y_time_major"] = True
         result["shapes"][shape] = row
         print(shape, result["shapes"][shape], flush=True)
+    result["conv"] = conv_tiles()
+    print(json.dumps(result["conv"]), flush=True)
     result["compiled"] = compiled_kernels()
     print(json.dumps(result["compiled"]), flush=True)
     result["host"] = host_costs()

@@ -524,7 +524,8 @@ class MambaMixer(nn.Module):
         y = self._branch(x, z, "", attention_mask, cache, continuing)
         if self.bidirectional:  # Vim's backward branch: the same, over the reversed sequence (read in place)
             y_b = self._branch(x, z, "_b", attention_mask, reverse=True)
-            y = (y + y_b) * 0.5 if self.divide_output else y + y_b
+            # the mean as one kernel (lerp computes (y + y_b) / 2 in fp32 and rounds once)
+            y = torch.lerp(y, y_b, 0.5) if self.divide_output else y + y_b
         if not torch.is_autocast_enabled(y.device.type):  # under autocast out_proj casts y itself
             y = y.to(dtype)
         # a (batch, L, I) view of the token matrix: out_proj's matmul folds it back without a copy, and its output is

@@ -1297,8 +1297,9 @@ def _empty_as(t: torch.Tensor, dtype=None) -> torch.Tensor:
 # benchmarks/README.md, "Selective scan on GPU").
 # lane_y_time_major: the lane forward writes y time-major whatever u's layout (the wrapper's choice: with a
 # channel-major y each step stores one value a channel into its own sector, which kept L2 80% busy at B128 D768
-# L197; with u and y time-major the kernel ran 0.335 -> 0.188 ms, H200). Off until timed with a channel-major u.
-LAYOUT = {"u_to_time_major": False, "lane_y_time_major": False}
+# L197; with u and y time-major the kernel ran 0.335 -> 0.188 ms, H200). On: with a channel-major u, 0.333 -> 0.194 ms
+# at B128 D768 L197 and 0.500 -> 0.417 ms at B4 D768 L6085 (H200, sixth session, results/anatomy_2026-11-28e.json).
+LAYOUT = {"u_to_time_major": False, "lane_y_time_major": True}
 
 
 def _fwd_chunking(programs: int, L: int, need_grad: bool):
@@ -1798,8 +1799,11 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation="si
     return y
 
 
-# Causal depthwise conv (the mixer's conv1d + SiLU): tiles of BLOCK_D channels x BLOCK_L steps, 4 warps.
+# Causal depthwise conv (the mixer's conv1d + SiLU): tiles of BLOCK_D channels x BLOCK_L steps. CONV_CONFIG where L
+# has unit stride; CONV_TIME_MAJOR_CONFIG where the channels have (a Vim / short-prompt mixer's in_proj output): wide
+# rows of channels, few steps (B128 L197 wasted 35% of its 128-step tiles on the second tile's padding).
 CONV_CONFIG = {"BLOCK_D": 32, "BLOCK_L": 128, "num_warps": 4}
+CONV_TIME_MAJOR_CONFIG = {"BLOCK_D": 128, "BLOCK_L": 32, "num_warps": 4}
 
 
 def _token_rows(batch: int, dim: int, L: int, **kw) -> torch.Tensor:
@@ -1810,7 +1814,7 @@ def _token_rows(batch: int, dim: int, L: int, **kw) -> torch.Tensor:
 
 def _conv_launch(x, weight, bias, prefix, y, silu: bool, reverse: bool):
     batch, dim, L = x.shape
-    cfg = CONV_CONFIG
+    cfg = CONV_TIME_MAJOR_CONFIG if x.stride(1) == 1 and L > 1 else CONV_CONFIG
     grid = (batch, _cdiv(dim, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
     _causal_conv_kernel[grid](
         x, weight, bias if bias is not None else weight, prefix if prefix is not None else x, y, dim, L,
