@@ -9,7 +9,8 @@
 # forward on the mixer's time-major inputs with it on and off, kernel times -> scan_lane.json; needs no build),
 # generate (mamba_ssm's generate vs ours -> gen_vs_mamba_ssm.log), generate_bf16_states (the same with
 # ssm_state_dtype="bfloat16", benchmarks/gen_vs_mamba_ssm.py -> gen_vs_mamba_ssm_bf16_states.json), decode (benchmarks/decode_profile.py), profile
-# (benchmarks/profile_models_gpu.py: whole-model ms and top kernels of Vim-S / VMamba-T / DeiT-S / the LM prefill, and
+# (benchmarks/profile_models_gpu.py: whole-model ms, host ms and top kernels of Vim-S / VMamba-T / DeiT-S / the LM
+# prefill (env PROFILE_ARGS: more arguments, e.g. --host-ops), and
 # mamba_ssm's prefill when the build is there -> profile_models.json), vision (Vim-S / VMamba-T / DeiT-S, the full
 # sweep), anatomy (benchmarks/scan_kernel_anatomy.py -> anatomy.json). Default: all but lane, vision and anatomy,
 # which take a call of their own. Keep the build apart from timed parts
@@ -68,7 +69,8 @@ for part in $PARTS; do
       python3 benchmarks/decode_profile.py "$OUT/decode_profile.json" > "$OUT/decode_profile.log" 2>&1; echo "rc $?" ;;
     profile)
       need_build
-      python3 benchmarks/profile_models_gpu.py "$OUT/profile_models.json" > "$OUT/profile_models.log" 2>&1; echo "rc $?"
+      python3 benchmarks/profile_models_gpu.py "$OUT/profile_models.json" ${PROFILE_ARGS:-} > "$OUT/profile_models.log" 2>&1
+      echo "rc $?"
       if [ -d /tmp/ms ]; then
         MAMBA_SSM_PATHS="/tmp/ms:/tmp/cc:$SRC/py" python3 benchmarks/profile_models_gpu.py "$OUT/profile_mamba_ssm.json" \
             mamba_ssm_prefill mamba_ssm_prefill_1x1024 >> "$OUT/profile_models.log" 2>&1; echo "rc $?"
