@@ -4,7 +4,8 @@ shapes (run on the device machine):
     python benchmarks/profile_models_gpu.py OUT.json [CASE ...]
 
 CASE: vim_s_1248 (Vim-S, 1248 px, batch 4), vim_s_224 (224 px, batch 128), vmamba_t_1248, deit_s_1248, deit_s_224
-(transformers ViT with the DeiT-S config, SDPA), lm_prefill (mamba-130m shape, 16 x 4096 tokens, no cache), all by
+(transformers ViT with the DeiT-S config, SDPA), each also as CASE_graph (the forward replayed as a CUDA graph: ours
+with config.use_cuda_graph, DeiT-S captured by cuda_graphs.capture), lm_prefill (mamba-130m shape, 16 x 4096 tokens, no cache), all by
 default; lm_prefill_1x1024 (1 x 1024 tokens, median of 51 calls: host-bound); mamba_ssm_prefill and
 mamba_ssm_prefill_1x1024 (the same forwards by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
 MAMBA_SSM_PATHS=colon-separated import paths of a build, as ../shared/anchors/gen_vs_mamba_ssm.py takes them). bf16 autocast over fp32 weights (vision; as bench_gpu_models.py), bf16 weights (LM); random weights.
@@ -26,6 +27,9 @@ ensure_ssmvl()
 
 VISION = {"vim_s_1248": ("vim_s", 1248, 4), "vim_s_224": ("vim_s", 224, 128), "vmamba_t_1248": ("vmamba_t", 1248, 4),
           "deit_s_1248": ("deit_s_sdpa", 1248, 4), "deit_s_224": ("deit_s_sdpa", 224, 128)}
+# the same with the forward replayed as a CUDA graph: ours through config.use_cuda_graph, DeiT-S (transformers) by
+# capturing its forward with ssmvl.modeling.cuda_graphs.capture, so both sides lose their host time alike
+VISION.update({f"{case}_graph": spec for case, spec in VISION.items()})
 
 
 # the LM prefill cases: (batch, tokens); 1 x 1024 is bound by the host (Python and launches a layer), so its median
@@ -77,6 +81,15 @@ def build(case):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             model(pixel_values=x, **kwargs)
 
+    if case.endswith("_graph"):
+        if hasattr(model.config, "use_cuda_graph"):
+            model.config.use_cuda_graph = True  # captured at the second call (the warm-up's)
+        else:
+            from ssmvl.modeling.cuda_graphs import capture
+
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                graph, _ = capture(lambda t: model(pixel_values=t, **kwargs).logits, (x,))
+            run = graph.replay
     return run, batch, "images"
 
 

@@ -59,6 +59,11 @@ class VimConfig(PretrainedConfig):
             and the classification head.
         ssm_backend (`str`, *optional*): selective-scan backend ("reference", "torch", "triton", "mamba_ssm");
             unset (None) or "auto": env SSMVL_SSM_BACKEND if set, else the fastest available (logged once).
+        use_cuda_graph (`bool`, defaults to False): on CUDA, in inference (eval mode, no gradients, no
+            `output_hidden_states`), the backbone's forward is captured as a CUDA graph the second time an input
+            shape is met and replayed after that (at most 2 shapes kept; parameters updated in place are seen, any
+            other change to the model recaptures; `.to()` frees them): the host's Python and launch work, which
+            bounds small or short forwards, then costs one replay (see `cuda_graphs.py`).
         num_labels / id2label / label2id / problem_type: the classification head, as in every transformers config
             (`num_classes`, 1000 for the ImageNet-1k checkpoints).
     """
@@ -104,6 +109,7 @@ class VimConfig(PretrainedConfig):
         time_step_init_scheme: str = "random",
         initializer_range: float = 0.02,
         ssm_backend: Optional[str] = None,
+        use_cuda_graph: bool = False,
         **kwargs,
     ):
         self.image_size = image_size
@@ -136,6 +142,7 @@ class VimConfig(PretrainedConfig):
         self.time_step_init_scheme = time_step_init_scheme
         self.initializer_range = initializer_range
         self.ssm_backend = ssm_backend
+        self.use_cuda_graph = bool(use_cuda_graph)
         self._validate()
         super().__init__(**kwargs)
 

@@ -79,6 +79,11 @@ class VMambaConfig(PretrainedConfig):
         initializer_range (`float`, defaults to 0.02): std of the truncated-normal init of Linear weights.
         ssm_backend (`str`, *optional*): selective-scan backend ("reference", "torch", "triton", "mamba_ssm");
             unset (None) or "auto": env SSMVL_SSM_BACKEND if set, else the fastest available (logged once).
+        use_cuda_graph (`bool`, defaults to False): on CUDA, in inference (eval mode, no gradients, no
+            `output_hidden_states`), the backbone's forward is captured as a CUDA graph the second time an input
+            shape is met and replayed after that (at most 2 shapes kept; parameters updated in place are seen, any
+            other change to the model recaptures; `.to()` frees them): the host's Python and launch work, which
+            bounds small or short forwards, then costs one replay (see `cuda_graphs.py`).
         num_labels (`int`, defaults to 2 via `PretrainedConfig`; 1000 for ImageNet checkpoints) / id2label /
             label2id / problem_type: classification head settings, as for any transformers config.
     """
@@ -119,6 +124,7 @@ class VMambaConfig(PretrainedConfig):
         out_indices: Optional[List[int]] = None,
         initializer_range: float = 0.02,
         ssm_backend: Optional[str] = None,
+        use_cuda_graph: bool = False,
         **kwargs,
     ):
         self.image_size = image_size
@@ -149,6 +155,7 @@ class VMambaConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.ssm_backend = ssm_backend
+        self.use_cuda_graph = bool(use_cuda_graph)
         self.stage_names = ["stem"] + [f"stage{i + 1}" for i in range(len(self.depths))]
         self._validate()
         self.out_features, self.out_indices = self._align_out(out_features, out_indices)

@@ -39,6 +39,7 @@ from .ssm_layers import check_pixel_values
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .cuda_graphs import ForwardGraphs  # noqa: F401
     from .config_checks import check_int  # noqa: F401
     from .hf_compat import CACHE_NAME  # noqa: F401
     from .ssm_layers import MambaMixer  # noqa: F401

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Optional, Tuple, Union
@@ -16,6 +15,7 @@ from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mamba_lm import MambaLMConfig
+from .cuda_graphs import graph_fingerprint
 from .hf_compat import CACHE_NAME, NamesReplacedFilesMixin, cache_output, new_token_count, pop_cache
 from .ssm_layers import (MambaBlock, MambaMixer, RMSNorm, SsmCache, cache_state_dtype, causal_lm_loss,
                          check_input_ids, init, unhooked)
@@ -32,9 +32,6 @@ logger = logging.get_logger(__name__)
 # model -> OrderedDict of captured decoding steps kept across generate() calls (MambaLMForCausalLM, "CUDA-graph
 # decoding"); weak keys: a deleted model frees its graphs, and copy.deepcopy / pickling never meet a CUDA graph
 _CUDA_GRAPHS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-# module types with no Python setting that changes what a captured step computes (their tensors and hooks are in the
-# fingerprint); every other module's plain attributes are (MambaLMForCausalLM._graph_fingerprint)
-_NO_SETTINGS = (nn.Linear, nn.Conv1d, nn.Embedding, nn.ModuleList)
 _DEFAULTS = []
 
 
@@ -448,30 +445,7 @@ class MambaLMForCausalLM(MambaLMPreTrainedModel, GenerationMixin):
         return super()._apply(fn, *args, **kwargs)
 
     def _graph_fingerprint(self):
-        def plain(v):
-            if isinstance(v, (bool, int, float, str)) or v is None:
-                return v
-            if isinstance(v, (list, tuple, set, frozenset)) and all(isinstance(x, (bool, int, float, str)) for x in v):
-                return tuple(sorted(v, key=repr)) if isinstance(v, (set, frozenset)) else tuple(v)
-            if isinstance(v, dict) and all(isinstance(x, (bool, int, float, str)) for x in v.values()):
-                return tuple(sorted(v.items(), key=repr))
-            return Ellipsis  # not a setting: left out
-
-        modules = tuple(
-            (id(m), type(m), m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks),
-             () if type(m) in _NO_SETTINGS else tuple((k, plain(v)) for k, v in vars(m).items()
-                                                       if plain(v) is not Ellipsis))
-            for m in self.modules()
-        )
-        tensors = tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in (*self.parameters(), *self.buffers()))
-        config = tuple((k, plain(v)) for k, v in vars(self.config).items() if plain(v) is not Ellipsis)
-        hooks = nn.modules.module
-        try:
-            autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
-        except (TypeError, AttributeError):  # an older torch
-            autocast = (torch.is_autocast_enabled(),)
-        return (modules, tensors, config, len(getattr(hooks, "_global_forward_hooks", ())),
-                len(getattr(hooks, "_global_forward_pre_hooks", ())), autocast, os.environ.get("SSMVL_SSM_BACKEND"))
+        return graph_fingerprint(self)
 
     @staticmethod
     def _bind_graph(graph, cache: SsmCache):

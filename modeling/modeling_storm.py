@@ -38,6 +38,7 @@ from .ssm_layers import GradientCheckpointingLayer, MambaBlock, MambaMixer, RMSN
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
+    from .cuda_graphs import ForwardGraphs  # noqa: F401
     from .config_checks import check_int  # noqa: F401
     from .configuration_mamba_lm import MambaLMConfig  # noqa: F401
     from .configuration_ssm_vlm import SsmVlmConfig  # noqa: F401

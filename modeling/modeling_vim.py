@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import logging
 
 from .configuration_vim import VimConfig
+from .cuda_graphs import ForwardGraphs, graphs_apply
 from .hf_compat import NamesReplacedFilesMixin
 from .ssm_ops import add_rms_norm
 from .ssm_layers import (GradientCheckpointingLayer, MambaMixer, RMSNorm, check_pixel_values, init,
@@ -156,6 +157,10 @@ class VimPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     _no_split_modules = ["VimBlock"]
     supports_gradient_checkpointing = True
 
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): captured forwards read the old tensors
+        ForwardGraphs.release(self)
+        return super()._apply(fn, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """Official init (hustvl/Vim ``VisionMamba.__init__``): trunc-normal(0.02) cls / pos / head, lecun-normal patch
@@ -245,21 +250,9 @@ class VimModel(VimPreTrainedModel):
             )
         return height // p, width // p
 
-    def forward(
-        self,
-        pixel_values: Optional[torch.FloatTensor] = None,
-        output_hidden_states: Optional[bool] = None,
-        interpolate_pos_encoding: bool = False,
-        return_dict: Optional[bool] = None,
-        **kwargs,
-    ) -> Union[Tuple, BaseModelOutputWithPooling]:
-        r"""pixel_values: (batch, num_channels, H, W), H and W multiples of patch_size; other sizes than
-        config.image_size need ``interpolate_pos_encoding=True`` (bicubic resampling of the patch positions)."""
+    def _features(self, pixel_values: torch.Tensor, grid: Tuple[int, int], output_hidden_states: bool):
+        """(last_hidden_state, pooled, hidden states or None) of checked pixel_values (see forward)."""
         cfg = self.config
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
-        return_dict = return_dict if return_dict is not None else cfg.return_dict
-        grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding)
-
         x = self.patch_embed(pixel_values)  # (b, M, D)
         batch, num_patches, _ = x.shape
         cls_index = self.cls_token_index(num_patches)
@@ -288,7 +281,29 @@ class VimModel(VimPreTrainedModel):
             pooled = hidden_states.mean(dim=1)
         else:  # "last"
             pooled = hidden_states[:, -1]
-        all_hidden_states = tuple(all_hidden_states) if output_hidden_states else None
+        return hidden_states, pooled, tuple(all_hidden_states) if output_hidden_states else None
+
+    def forward(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        output_hidden_states: Optional[bool] = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> Union[Tuple, BaseModelOutputWithPooling]:
+        r"""pixel_values: (batch, num_channels, H, W), H and W multiples of patch_size; other sizes than
+        config.image_size need ``interpolate_pos_encoding=True`` (bicubic resampling of the patch positions)."""
+        cfg = self.config
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
+        return_dict = return_dict if return_dict is not None else cfg.return_dict
+        grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        out = None
+        if not output_hidden_states and graphs_apply(self, pixel_values):  # see VimConfig.use_cuda_graph
+            out = ForwardGraphs.run(self, lambda pv: self._features(pv, grid, False)[:2], (pixel_values,))
+        if out is not None:
+            hidden_states, pooled, all_hidden_states = *out, None
+        else:
+            hidden_states, pooled, all_hidden_states = self._features(pixel_values, grid, output_hidden_states)
         if not return_dict:
             return tuple(v for v in (hidden_states, pooled, all_hidden_states) if v is not None)
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled,

@@ -46,6 +46,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import logging
 
 from .configuration_vmamba import VMambaConfig, parse_forward_type
+from .cuda_graphs import ForwardGraphs, graphs_apply
 from .hf_compat import NamesReplacedFilesMixin
 from .ssm_layers import GradientCheckpointingLayer, check_pixel_values, init
 from .ssm_ops import selective_scan
@@ -331,6 +332,10 @@ class VMambaPreTrainedModel(NamesReplacedFilesMixin, PreTrainedModel):
     _no_split_modules = ["VMambaBlock"]
     supports_gradient_checkpointing = True
 
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): captured forwards read the old tensors
+        ForwardGraphs.release(self)
+        return super()._apply(fn, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         """As upstream `VSSM._init_weights`: Linear trunc_normal(std=initializer_range) and zero bias, LayerNorm 1/0;
@@ -411,6 +416,29 @@ class VMambaModel(VMambaPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_pixel_values(pixel_values)
+        out = None
+        if not output_hidden_states and graphs_apply(self, pixel_values):  # see VMambaConfig.use_cuda_graph
+            out = ForwardGraphs.run(self, lambda pv: self._features(pv, False), (pixel_values,))
+        if out is None:
+            out = self._features(pixel_values, output_hidden_states)
+        x, pooled, *stages = out
+
+        def channel_first(t):
+            return t.permute(0, 3, 1, 2)
+
+        last_hidden_state = channel_first(x)
+        hidden_states = tuple(channel_first(t) for t in stages) if output_hidden_states else None
+        if output_hidden_states:
+            stages = [stages[i] for i in self.config.out_indices]
+        feature_maps = tuple(channel_first(t) for t in stages)
+        if not return_dict:
+            return tuple(v for v in (last_hidden_state, pooled, hidden_states, feature_maps) if v is not None)
+        return VMambaModelOutput(last_hidden_state=last_hidden_state, pooler_output=pooled,
+                                 hidden_states=hidden_states, feature_maps=feature_maps)
+
+    def _features(self, pixel_values: torch.Tensor, all_stages: bool):
+        """(final map after the norm, pooled, *stage outputs) as (b, h, w, C) tensors: every stage's (stem first) with
+        ``all_stages``, else those of config.out_indices."""
         x = self.patch_embed(pixel_values.to(self.patch_embed_dtype))  # (b, H/4, W/4, C0)
         stage_outputs = [x]
         for stage in self.layers:
@@ -421,17 +449,9 @@ class VMambaModel(VMambaPreTrainedModel):
                 x = stage.downsample(x)
         x = self.norm(x)  # (b, h, w, C)
         pooled = x.mean(dim=(1, 2))  # (b, C)
-
-        def channel_first(t):
-            return t.permute(0, 3, 1, 2)
-
-        last_hidden_state = channel_first(x)
-        hidden_states = tuple(channel_first(t) for t in stage_outputs) if output_hidden_states else None
-        feature_maps = tuple(channel_first(stage_outputs[i]) for i in self.config.out_indices)
-        if not return_dict:
-            return tuple(v for v in (last_hidden_state, pooled, hidden_states, feature_maps) if v is not None)
-        return VMambaModelOutput(last_hidden_state=last_hidden_state, pooler_output=pooled,
-                                 hidden_states=hidden_states, feature_maps=feature_maps)
+        if not all_stages:
+            stage_outputs = [stage_outputs[i] for i in self.config.out_indices]
+        return (x, pooled, *stage_outputs)
 
     @property
     def patch_embed_dtype(self) -> torch.dtype:

@@ -305,3 +305,76 @@ def test_vim_matches_reference_tier(backend, dtype):
     model(pixel_values=x, labels=labels).loss.backward()
     ref(pixel_values=x, labels=labels).loss.backward()
     _check_grads(model, ref, dtype)
+
+
+def _vision(family, backend="auto", **kw):
+    """A tiny Vim or VMamba classifier on CUDA in eval mode (fp32 weights)."""
+    torch.manual_seed(0)
+    if family == "vim":
+        from ssmvl.modeling.configuration_vim import VimConfig
+        from ssmvl.modeling.modeling_vim import VimForImageClassification
+
+        cfg = VimConfig(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2, state_size=8, num_labels=5,
+                        ssm_backend=backend, **kw)
+        return VimForImageClassification(cfg).cuda().eval()
+    from ssmvl.modeling.configuration_vmamba import VMambaConfig
+    from ssmvl.modeling.modeling_vmamba import VMambaForImageClassification
+
+    cfg = VMambaConfig(image_size=64, embed_dim=32, depths=[1, 1], d_state=1, num_labels=5, ssm_backend=backend, **kw)
+    return VMambaForImageClassification(cfg).cuda().eval()
+
+
+@pytest.mark.parametrize("family", ["vim", "vmamba"])
+def test_vision_cuda_graph_replays_the_eager_forward(family):
+    """use_cuda_graph: the first call with a shape runs eagerly, the second captures, later ones replay; every call
+    gives the eager numbers (also under bf16 autocast, and for new inputs in the same static buffers), outputs are
+    fresh tensors, weights changed in place are read by the replay, and a replaced weight, train mode, gradients,
+    output_hidden_states and a third shape are handled."""
+    from ssmvl.modeling.cuda_graphs import ForwardGraphs
+
+    model = _vision(family, use_cuda_graph=True)
+    eager = _vision(family)
+    backbone = model.vim if family == "vim" else model.vmamba
+    xs = [torch.randn(2, 3, 64, 64, device="cuda") for _ in range(4)]
+    with torch.no_grad():
+        outs = [model(pixel_values=x).logits for x in xs]
+        assert ForwardGraphs.count(backbone) == 1  # captured at the second call
+        for x, out in zip(xs, outs):
+            torch.testing.assert_close(out, eager(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+        first = model(pixel_values=xs[0]).logits
+        model(pixel_values=xs[1])  # overwrites the graph's outputs: the returned tensor is a copy
+        torch.testing.assert_close(first, outs[0], rtol=0, atol=0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # another fingerprint: eager, then captured
+            amp = [model(pixel_values=xs[0]).logits for _ in range(3)]
+            amp_eager = eager(pixel_values=xs[0]).logits
+        for out in amp:
+            torch.testing.assert_close(out.float(), amp_eager.float(), rtol=2e-2, atol=2e-2)
+        head = model.head if family == "vim" else model.classifier
+        for m in (model, eager):  # in place: the replay reads the new values
+            norm = m.vim.norm_f if family == "vim" else m.vmamba.norm
+            norm.weight.mul_(1.5)
+        torch.testing.assert_close(model(pixel_values=xs[2]).logits, eager(pixel_values=xs[2]).logits,
+                                   rtol=1e-4, atol=1e-4)
+        hidden = model(pixel_values=xs[2], output_hidden_states=True)  # eager: the graph keeps no hidden states
+        assert hidden.hidden_states is not None and len(hidden.hidden_states) > 1
+        x3 = torch.randn(3, 3, 64, 64, device="cuda")
+        for _ in range(3):
+            torch.testing.assert_close(model(pixel_values=x3).logits, eager(pixel_values=x3).logits,
+                                       rtol=1e-4, atol=1e-4)
+        assert ForwardGraphs.count(backbone) <= ForwardGraphs.MAX_GRAPHS
+    model.train()
+    out = model(pixel_values=xs[0], labels=torch.tensor([1, 2], device="cuda"))
+    out.loss.backward()  # training never replays: gradients flow
+    assert head.weight.grad is not None
+    model.cpu()
+    assert ForwardGraphs.count(backbone) == 0  # .to() frees the graphs
+
+
+def test_vision_cuda_graph_is_off_by_default():
+    from ssmvl.modeling.cuda_graphs import ForwardGraphs
+
+    model = _vision("vim")
+    with torch.no_grad():
+        for _ in range(3):
+            model(pixel_values=torch.randn(2, 3, 64, 64, device="cuda"))
+    assert model.config.use_cuda_graph is False and ForwardGraphs.count(model.vim) == 0

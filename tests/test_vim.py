@@ -185,6 +185,37 @@ def test_other_input_sizes(model):
     assert out.logits.shape == (1, 3)
 
 
+def test_patchify_as_a_matrix_product_equals_the_conv(model):
+    """The patch embedding runs as one matrix product of patch rows (kernel = stride): the conv's numbers, and a hook
+    on the conv (or any other module in its place) keeps the module call."""
+    pe = model.vim.patch_embed
+    x = pixels(size=64, seed=4)
+    want = pe.proj(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(pe(x), want, rtol=1e-5, atol=1e-5)
+    calls = []
+    handle = pe.proj.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        torch.testing.assert_close(pe(x), want, rtol=0, atol=0)
+    finally:
+        handle.remove()
+    assert calls == [1]
+
+
+def test_cuda_graph_setting_is_off_by_default_and_inert_on_cpu():
+    assert VimConfig().use_cuda_graph is False
+    torch.manual_seed(0)
+    graphed = VimForImageClassification(tiny_config(use_cuda_graph=True)).eval()
+    torch.manual_seed(0)
+    plain = VimForImageClassification(tiny_config()).eval()
+    x = pixels(seed=5)
+    with torch.no_grad():
+        for _ in range(3):  # CPU: always the eager forward, no graph kept
+            torch.testing.assert_close(graphed(x).logits, plain(x).logits, rtol=0, atol=0)
+    from ssmvl.modeling.cuda_graphs import ForwardGraphs
+
+    assert ForwardGraphs.count(graphed.vim) == 0
+
+
 def test_pos_embed_resampling_keeps_middle_cls_position():
     pos = torch.randn(1, 16 + 1, 8)
     new = resample_pos_embed(pos, (4, 4), (6, 6), 8, 18)  # middle cls: 16 // 2 -> 36 // 2

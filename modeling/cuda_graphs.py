@@ -1,0 +1,136 @@
+"""CUDA graphs of whole inference forwards: what the Mamba LM's decoding step and the vision backbones
+(``config.use_cuda_graph``) replay instead of launching each kernel from Python.
+
+On a GPU, a Vim-S forward of 128 images at 224 px runs 17 ms of kernels but takes 29 ms of host work (Python, dispatch
+and about 500 launches; H200, benchmarks/README.md). A CUDA graph captured from one forward replays all of its kernels
+at once. A graph bakes in what the Python code decided while it was captured (which kernels, which tensors), so one is
+replayed only while ``graph_fingerprint`` of the model is unchanged: every parameter and buffer where it was, each
+module's train flag, hooks and plain settings (PEFT adapters enabled, active, merged, scaling), the config's settings,
+global hooks, autocast and the backend variable. Parameters updated in place (an optimizer step) are read by the
+replay as they are.
+
+``ForwardGraphs`` is the vision backbones' store: a forward with a new input shape runs eagerly once, the second one
+with that shape is captured, later ones replay; at most ``MAX_GRAPHS`` shapes are kept a model. Outputs are returned as
+fresh tensors (the graph's own are overwritten by its next replay).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+# module types with no Python setting that changes what a captured forward computes (their tensors and hooks are in
+# the fingerprint); every other module's plain attributes are
+_NO_SETTINGS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.ModuleList)
+
+
+def _plain(v):
+    """v if it is a plain setting (a number, string, None or a flat container of them), else Ellipsis."""
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, (list, tuple, set, frozenset)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+        return tuple(sorted(v, key=repr)) if isinstance(v, (set, frozenset)) else tuple(v)
+    if isinstance(v, dict) and all(isinstance(x, (bool, int, float, str)) for x in v.values()):
+        return tuple(sorted(v.items(), key=repr))
+    return Ellipsis  # not a setting: left out
+
+
+def graph_fingerprint(model: nn.Module) -> tuple:
+    """What a graph captured from ``model`` depends on besides its inputs (see the module docstring)."""
+    modules = tuple(
+        (id(m), type(m), m.training, tuple(m._forward_hooks), tuple(m._forward_pre_hooks),
+         () if type(m) in _NO_SETTINGS else tuple((k, _plain(v)) for k, v in vars(m).items()
+                                                   if _plain(v) is not Ellipsis))
+        for m in model.modules()
+    )
+    tensors = tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in (*model.parameters(), *model.buffers()))
+    config = getattr(model, "config", None)
+    settings = () if config is None else tuple(
+        (k, _plain(v)) for k, v in vars(config).items() if _plain(v) is not Ellipsis)
+    hooks = nn.modules.module
+    try:
+        autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+    except (TypeError, AttributeError):  # an older torch
+        autocast = (torch.is_autocast_enabled(),)
+    return (modules, tensors, settings, len(getattr(hooks, "_global_forward_hooks", ())),
+            len(getattr(hooks, "_global_forward_pre_hooks", ())), autocast, os.environ.get("SSMVL_SSM_BACKEND"))
+
+
+def graphs_apply(model: nn.Module, *inputs: torch.Tensor) -> bool:
+    """Whether ``model``'s forward on ``inputs`` may go through ``ForwardGraphs``: ``config.use_cuda_graph``,
+    inference (eval mode, no gradients), CUDA inputs, not inside torch.compile or another capture."""
+    return (bool(getattr(model.config, "use_cuda_graph", False)) and not model.training
+            and not torch.is_grad_enabled() and all(t.is_cuda for t in inputs)
+            and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing())
+
+
+def capture(fn: Callable, inputs: Tuple[torch.Tensor, ...]):
+    """(graph, its outputs) of ``fn(*inputs)``, after one warm-up call on a side stream (kernel compilation, allocator).
+    Autocast's cache of cast weights is off meanwhile: a graph must cast inside itself, not read casts that the
+    enclosing autocast region frees when it ends."""
+    device = inputs[0].device
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            fn(*inputs)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = fn(*inputs)
+    finally:
+        torch.set_autocast_cache_enabled(cache)
+    return graph, outputs
+
+
+class ForwardGraphs:
+    """A model's captured forwards by input signature (see the module docstring). Weakly keyed by the model, so a
+    deleted model frees its graphs and copy.deepcopy / pickling never meet one."""
+
+    MAX_GRAPHS = 2
+    _store: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def release(cls, model: nn.Module):
+        """Frees ``model``'s captured forwards."""
+        cls._store.pop(model, None)
+
+    @classmethod
+    def count(cls, model: nn.Module) -> int:
+        """Captured forwards kept for ``model``."""
+        return sum(entry["graph"] is not None for entry in cls._store.get(model, {}).values())
+
+    @classmethod
+    def run(cls, model: nn.Module, fn: Callable, inputs: Tuple[torch.Tensor, ...],
+            key: tuple = ()) -> Optional[Tuple[torch.Tensor, ...]]:
+        """``fn(*inputs)`` (a tuple of tensors) by replaying a graph of it, or None where the caller should run it
+        itself (the first call with this signature, or the first after the fingerprint changed). ``key``: other
+        arguments ``fn`` depends on."""
+        graphs = cls._store.setdefault(model, OrderedDict())
+        signature = (key, tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in inputs))
+        fingerprint = graph_fingerprint(model)
+        entry = graphs.get(signature)
+        if entry is None or entry["fingerprint"] != fingerprint:
+            graphs[signature] = {"fingerprint": fingerprint, "graph": None}
+            graphs.move_to_end(signature)
+            while len(graphs) > cls.MAX_GRAPHS:
+                graphs.popitem(last=False)
+            return None
+        if entry["graph"] is None:  # met twice: capture it
+            entry["inputs"] = tuple(t.clone() for t in inputs)
+            entry["graph"], entry["outputs"] = capture(fn, entry["inputs"])
+        graphs.move_to_end(signature)
+        for static, t in zip(entry["inputs"], inputs):
+            static.copy_(t)
+        entry["graph"].replay()
+        return tuple(t.clone() for t in entry["outputs"])
+
+
+__all__ = ["graph_fingerprint", "graphs_apply", "capture", "ForwardGraphs"]
