@@ -204,7 +204,11 @@ def check_pixel_values(pixel_values: torch.Tensor, name: str = "pixel_values") -
         raise TypeError(f"{name} is {pixel_values.dtype}, but the model takes floating-point pixels: pass the image "
                         "processor's output (rescaled and normalised, e.g. processor(images, return_tensors='pt')), "
                         "or convert with .float() / 255 and normalise as the processor does.")
-    if not _compiling() and not bool(torch.isfinite(pixel_values).all()):
+    # one fp32 sum first (a NaN or inf anywhere makes it non-finite): one reduction and no full-size temporaries (on
+    # an H200, torch.profiler put 2 ms of host time a call on the element-wise test at 128 x 224 px); the element-wise
+    # test only confirms (a sum of huge finite values can overflow)
+    if (not _compiling() and not bool(torch.isfinite(pixel_values.sum(dtype=torch.float32)))
+            and not bool(torch.isfinite(pixel_values).all())):
         bad = int((~torch.isfinite(pixel_values)).sum())
         raise ValueError(f"{name} holds {bad} NaN or infinite value(s) (shape {tuple(pixel_values.shape)}); check the "
                          "images and their preprocessing (e.g. a division by a zero std).")
