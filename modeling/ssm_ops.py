@@ -3,7 +3,9 @@
 Backends
 --------
 ``reference``  sequential PyTorch loop, fp32 state; the ground truth every other backend is tested against.
-``torch``      chunked scan in plain PyTorch (the CPU default; differentiable; works under ``torch.compile``).
+``torch``      chunked scan in plain PyTorch (the CPU default; differentiable; works under ``torch.compile``); on CPU
+               float32 / float64 tensors a fused C++ kernel (``ssm_cpu_kernel.py``, compiled on first use;
+               env ``SSMVL_CPU_SCAN_KERNEL=0`` turns it off) computes it, the eager ops where it cannot be built.
 ``triton``     our Triton kernels (CUDA tensors only), in ``ssm_triton.py``.
 ``mamba_ssm``  the official CUDA kernels (``selective_scan_fn``, ``causal_conv1d_fn``,
                ``selective_state_update``) when they import.
@@ -281,6 +283,35 @@ def selective_scan_ref(
 _BLOCK = 64  # time steps per block: the decays/inputs of a block are computed at once, the state kept at its start
 
 
+def _cpu_scan_kernel(t: torch.Tensor, dtype: Optional[torch.dtype] = None):
+    """The fused C++ CPU scan module (ssm_cpu_kernel.py) for a scan of ``t`` computed in ``dtype`` (t's by default),
+    or None for the eager path: env ``SSMVL_CPU_SCAN_KERNEL`` ("auto" by default; "0" / "off": never), a CPU tensor,
+    float32 / float64, and a kernel that builds (compiled on first use; where it cannot be, the reason is logged once
+    and the eager path runs)."""
+    global _CPU_KERNEL
+    if t.device.type != "cpu" or (dtype or t.dtype) not in (torch.float32, torch.float64) or t.numel() == 0:
+        return None
+    if _CPU_KERNEL is None:
+        try:
+            # written as `from .ssm_cpu_kernel import ...` so that save_pretrained / trust_remote_code ship the file
+            from .ssm_cpu_kernel import load as _load  # noqa: F401
+
+            _CPU_KERNEL = sys.modules[_load.__module__]
+        except Exception as err:  # a copy of the modeling files without it
+            _CPU_KERNEL = False
+            _warn_once(f"ssmvl: CPU scan kernel unavailable ({type(err).__name__}: {err}); using the eager torch scan.")
+    if _CPU_KERNEL is False or not _CPU_KERNEL.enabled():
+        return None
+    if _CPU_KERNEL.load() is None:
+        _warn_once(f"ssmvl: CPU scan kernel could not be built ({_CPU_KERNEL.error()[-600:]}); using the eager torch "
+                   f"scan (set {_CPU_KERNEL.ENV_VAR}=0 to skip the attempt).")
+        return None
+    return _CPU_KERNEL
+
+
+_CPU_KERNEL = None  # the ssm_cpu_kernel module once imported, False if it is not there
+
+
 def _block_inputs(dt, x, A, B, t0, t1, bufs):
     """dA = exp(dt A), dBx = x B for steps t0..t1, written into reused buffers (no allocation per block)."""
     T = t1 - t0
@@ -299,7 +330,11 @@ def _time_major_scan_forward(dt, x, A, B, C, h0):
     """h_t = dA_t * h_{t-1} + dBx_t with dA_t = exp(dt_t A), dBx_t = x_t B_t; y_t = <h_t, C_t>.
     Per block of _BLOCK steps: dA, dBx for the whole block in two vectorised ops, then ONE in-place op per step
     (``addcmul``), then y for the whole block in one batched matmul. Returns ys (L, b, G, dg, 1), the last state
-    (b, G, dg, N) and the states at the block starts (blocks, b, G, dg, N), which the backward starts from."""
+    (b, G, dg, N) and the states at the block starts (blocks, b, G, dg, N), which the backward starts from.
+    On CPU float32 / float64 tensors the fused C++ kernel (ssm_cpu_kernel.py) computes the same, where it builds."""
+    kernel = _cpu_scan_kernel(dt)
+    if kernel is not None:
+        return kernel.scan_forward(dt, x, A, B, C, h0, _BLOCK)
     L = dt.shape[0]
     state = tuple(dt.shape[1:4]) + tuple(A.shape[-1:])
     n_blocks = (L + _BLOCK - 1) // _BLOCK
@@ -324,7 +359,11 @@ def _time_major_scan_forward(dt, x, A, B, C, h0):
 
 def _time_major_scan_backward(gy, g_last, dt, x, A, B, C, checkpoints):
     """The reverse scan: g_t = gy_t C_t + dA_{t+1} g_{t+1}, one op per step, every parameter gradient as a block-wide
-    product; each block's states recomputed from its checkpoint. Returns the gradients of dt, x, A, B, C, h0."""
+    product; each block's states recomputed from its checkpoint. Returns the gradients of dt, x, A, B, C, h0.
+    (The fused C++ kernel where the forward's conditions hold.)"""
+    kernel = _cpu_scan_kernel(dt)
+    if kernel is not None:
+        return kernel.scan_backward(gy, g_last, dt, x, A, B, C, checkpoints, _BLOCK)
     L = dt.shape[0]
     gy = gy.contiguous()
     g = g_last.clone()
@@ -466,7 +505,10 @@ def selective_scan_torch(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
     initial_state=None,
 ):
-    """Same function as :func:`selective_scan_ref`, computed time-major with a hand-written backward."""
+    """Same function as :func:`selective_scan_ref`, computed time-major with a hand-written backward. On CPU float32
+    / float64 (bf16 / fp16 inputs computed in float32) outside torch.compile, the fused C++ kernel does all of it in
+    one pass each way (:func:`_cpu_scan_kernel`); torch.compile traces the time-major custom op below, which runs
+    the same kernel's scan."""
     out_dtype = u.dtype
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     batch, dim, seqlen = u.shape
@@ -475,6 +517,21 @@ def selective_scan_torch(
         B, C = _expand_groups(B, dim), _expand_groups(C, dim)
     G = max(_groups(B), _groups(C))
     dg = dim // G
+
+    def bc_time_major(t):  # (b, N, L) | (b, g, N, L) -> (L, b, G, 1, N)
+        t = t.to(acc).unsqueeze(1) if t.dim() == 3 else t.to(acc)
+        return t.permute(3, 0, 1, 2).expand(seqlen, batch, G, N).unsqueeze(3).contiguous()
+
+    h0 = None if initial_state is None else initial_state.to(acc).reshape(batch, G, dg, N)
+    kernel = None if _compiling() else _cpu_scan_kernel(u, acc)
+    if kernel is not None:  # the fused C++ scan: every step of the function in one pass, u / delta / z in place
+        opt = (lambda t: None if t is None else t.to(acc))
+        out, h_last = kernel.selective_scan(
+            u.to(acc), delta.to(acc), A.to(acc).reshape(G, dg, N), bc_time_major(B).squeeze(3),
+            bc_time_major(C).squeeze(3), opt(D), opt(z), opt(delta_bias), delta_softplus, h0, _BLOCK,
+        )
+        out = out.to(out_dtype)
+        return (out, h_last.reshape(batch, dim, N).float()) if return_last_state else out
 
     def time_major(t):  # (b, d, L) -> (L, b, G, dg, 1)
         return t.to(acc).permute(2, 0, 1).reshape(seqlen, batch, G, dg, 1).contiguous()
@@ -489,12 +546,6 @@ def selective_scan_torch(
         dt = F.softplus(dt)
     u_tm = time_major(u)
     x = dt * u_tm
-
-    def bc_time_major(t):  # (b, N, L) | (b, g, N, L) -> (L, b, G, 1, N)
-        t = t.to(acc).unsqueeze(1) if t.dim() == 3 else t.to(acc)
-        return t.permute(3, 0, 1, 2).expand(seqlen, batch, G, N).unsqueeze(3).contiguous()
-
-    h0 = None if initial_state is None else initial_state.to(acc).reshape(batch, G, dg, N)
     ys, h_last = _time_major_scan(
         dt, x, A.to(acc).reshape(G, dg, N), bc_time_major(B), bc_time_major(C), h0
     )

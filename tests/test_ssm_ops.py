@@ -228,7 +228,8 @@ def test_torch_backend_works_under_torch_compile():
                                       backend="torch")
 
     compiled = torch.compile(f, backend="eager")  # the loop is a graph break by design; this checks it traces
-    assert torch.allclose(compiled(x["u"], x["delta"]), f(x["u"], x["delta"]))
+    # compiled: the time-major custom op; eager: the fused CPU kernel where it builds (fp32 rounding apart)
+    assert torch.allclose(compiled(x["u"], x["delta"]), f(x["u"], x["delta"]), atol=1e-5, rtol=1e-4)
 
 
 def test_all_flag_combinations_small():

@@ -335,7 +335,8 @@ def test_save_load_round_trip(model, tmp_path):
     assert auto_map == {"AutoConfig": "configuration_storm.StormConfig", "AutoModel": "modeling_storm.StormModel",
                         "AutoModelForImageClassification": "modeling_storm.StormForImageClassification",
                         "AutoModelForVideoClassification": "modeling_storm.StormForVideoClassification"}
-    for name in ("modeling_storm.py", "configuration_storm.py", "modeling_vim.py", "ssm_layers.py", "ssm_ops.py"):
+    for name in ("modeling_storm.py", "configuration_storm.py", "modeling_vim.py", "ssm_layers.py", "ssm_ops.py",
+                 "ssm_cpu_kernel.py"):
         assert (tmp_path / name).is_file(), name
     x = videos(seed=3)
     loaded = StormForVideoClassification.from_pretrained(tmp_path).eval()
