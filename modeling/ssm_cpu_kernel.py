@@ -14,7 +14,7 @@ runs the reverse scan over the block. Two entry points:
   what torch.compile traces.
 
 It is compiled on first use with ``torch.utils.cpp_extension.load_inline`` (the system C++ compiler and ninja, no
-network; 20-40 s on 2 cores), once per machine: torch keeps the library in its extensions folder
+network; about 25 s on 2 cores), once per machine: torch keeps the library in its extensions folder
 (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) under a name that hashes this source, the
 compile flags, the CPU capability torch detected and the torch / Python versions, so builds for other CPUs or
 versions never mix. Where it cannot be built (no compiler or ninja, a build error, Windows) ssm_ops uses its eager
@@ -42,8 +42,12 @@ ENV_VAR = "SSMVL_CPU_SCAN_KERNEL"
 _STALE_LOCK_S = 900  # a build lock older than this was left by a killed build: not waited on
 
 _SOURCE = r"""
-#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
