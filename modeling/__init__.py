@@ -5,7 +5,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .configuration_mamba_lm import MambaLMConfig
 from .modeling_mamba_lm import MambaLMForCausalLM, MambaLMModel
 from .ssm_layers import MambaBlock, MambaMixer, RMSNorm, SsmCache
-from .ssm_ops import available_backends, resolve_backend, selective_scan
+from .ssm_ops import available_backends, register_cpu_scan_kernel, resolve_backend, selective_scan
+
+# The fused C++ CPU scan belongs to the installed package, not to the files save_pretrained ships: registered here, so
+# a checkpoint's remote code (these files without the package) runs the eager torch scan and compiles nothing.
+from ..kernels import cpu_scan as _cpu_scan  # noqa: E402
+
+register_cpu_scan_kernel(_cpu_scan)
 
 AutoConfig.register(MambaLMConfig.model_type, MambaLMConfig, exist_ok=True)
 AutoModel.register(MambaLMConfig, MambaLMModel, exist_ok=True)

@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's
     from .configuration_vim import VimConfig  # noqa: F401
     from .configuration_vmamba import VMambaConfig  # noqa: F401
     from .hf_compat import CACHE_NAME  # noqa: F401
-    from .ssm_cpu_kernel import load  # noqa: F401
     from .ssm_layers import MambaMixer  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401

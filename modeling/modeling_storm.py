@@ -46,7 +46,6 @@ if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's
     from .configuration_vmamba import VMambaConfig  # noqa: F401
     from .modeling_mamba_lm import MambaLMModel  # noqa: F401
     from .modeling_vmamba import VMambaModel  # noqa: F401
-    from .ssm_cpu_kernel import load  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
     from .vlm_bridge import BridgeVisionModel  # noqa: F401

@@ -54,7 +54,6 @@ from .ssm_ops import selective_scan
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
     from .config_checks import check_int  # noqa: F401
-    from .ssm_cpu_kernel import load  # noqa: F401
     from .ssm_ops import resolve_backend  # noqa: F401
     from .ssm_triton import selective_scan_triton  # noqa: F401
 

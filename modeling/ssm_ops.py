@@ -4,8 +4,10 @@ Backends
 --------
 ``reference``  sequential PyTorch loop, fp32 state; the ground truth every other backend is tested against.
 ``torch``      chunked scan in plain PyTorch (the CPU default; differentiable; works under ``torch.compile``); on CPU
-               float32 / float64 tensors a fused C++ kernel (``ssm_cpu_kernel.py``, compiled on first use;
-               env ``SSMVL_CPU_SCAN_KERNEL=0`` turns it off) computes it, the eager ops where it cannot be built.
+               float32 / float64 tensors, with the ssmvl package installed, a fused C++ kernel
+               (``ssmvl/kernels/cpu_scan.py``, compiled on first use, registered by ``ssmvl.modeling``; env
+               ``SSMVL_CPU_SCAN_KERNEL=0`` turns it off) computes it; the eager ops where it cannot be built and in
+               a checkpoint's remote-code copy of these files, which compiles nothing.
 ``triton``     our Triton kernels (CUDA tensors only), in ``ssm_triton.py``.
 ``mamba_ssm``  the official CUDA kernels (``selective_scan_fn``, ``causal_conv1d_fn``,
                ``selective_state_update``) when they import.
@@ -283,24 +285,22 @@ def selective_scan_ref(
 _BLOCK = 64  # time steps per block: the decays/inputs of a block are computed at once, the state kept at its start
 
 
-def _cpu_scan_kernel(t: torch.Tensor, dtype: Optional[torch.dtype] = None):
-    """The fused C++ CPU scan module (ssm_cpu_kernel.py) for a scan of ``t`` computed in ``dtype`` (t's by default),
-    or None for the eager path: env ``SSMVL_CPU_SCAN_KERNEL`` ("auto" by default; "0" / "off": never), a CPU tensor,
-    float32 / float64, and a kernel that builds (compiled on first use; where it cannot be, the reason is logged once
-    and the eager path runs)."""
+def register_cpu_scan_kernel(kernel) -> None:
+    """Makes ``kernel`` (a module like ``ssmvl.kernels.cpu_scan``: ``enabled()``, ``load()``, ``error()``,
+    ``ENV_VAR``, ``scan_forward`` / ``scan_backward`` / ``selective_scan``) the fused CPU scan of the torch backend.
+    The installed ``ssmvl.modeling`` package registers its C++ kernel on import; these files, run as a checkpoint's
+    remote code, register nothing and compute with the eager ops: remote code compiles and starts nothing."""
     global _CPU_KERNEL
-    if t.device.type != "cpu" or (dtype or t.dtype) not in (torch.float32, torch.float64) or t.numel() == 0:
-        return None
-    if _CPU_KERNEL is None:
-        try:
-            # written as `from .ssm_cpu_kernel import ...` so that save_pretrained / trust_remote_code ship the file
-            from .ssm_cpu_kernel import load as _load  # noqa: F401
+    _CPU_KERNEL = kernel
 
-            _CPU_KERNEL = sys.modules[_load.__module__]
-        except Exception as err:  # a copy of the modeling files without it
-            _CPU_KERNEL = False
-            _warn_once(f"ssmvl: CPU scan kernel unavailable ({type(err).__name__}: {err}); using the eager torch scan.")
-    if _CPU_KERNEL is False or not _CPU_KERNEL.enabled():
+
+def _cpu_scan_kernel(t: torch.Tensor, dtype: Optional[torch.dtype] = None):
+    """The registered fused CPU scan (see register_cpu_scan_kernel) for a scan of ``t`` computed in ``dtype`` (t's by
+    default), or None for the eager path: none registered, env ``SSMVL_CPU_SCAN_KERNEL`` "0" / "off", not a CPU
+    tensor, not float32 / float64, or a kernel that cannot be built (compiled on first use; the reason is logged
+    once)."""
+    if _CPU_KERNEL is None or t.device.type != "cpu" or (dtype or t.dtype) not in (torch.float32, torch.float64) \
+            or t.numel() == 0 or not _CPU_KERNEL.enabled():
         return None
     if _CPU_KERNEL.load() is None:
         _warn_once(f"ssmvl: CPU scan kernel could not be built ({_CPU_KERNEL.error()[-600:]}); using the eager torch "
@@ -309,7 +309,7 @@ def _cpu_scan_kernel(t: torch.Tensor, dtype: Optional[torch.dtype] = None):
     return _CPU_KERNEL
 
 
-_CPU_KERNEL = None  # the ssm_cpu_kernel module once imported, False if it is not there
+_CPU_KERNEL = None  # the fused CPU scan module registered by the installed package (ssmvl.kernels.cpu_scan), or None
 
 
 def _block_inputs(dt, x, A, B, t0, t1, bufs):
@@ -331,7 +331,7 @@ def _time_major_scan_forward(dt, x, A, B, C, h0):
     Per block of _BLOCK steps: dA, dBx for the whole block in two vectorised ops, then ONE in-place op per step
     (``addcmul``), then y for the whole block in one batched matmul. Returns ys (L, b, G, dg, 1), the last state
     (b, G, dg, N) and the states at the block starts (blocks, b, G, dg, N), which the backward starts from.
-    On CPU float32 / float64 tensors the fused C++ kernel (ssm_cpu_kernel.py) computes the same, where it builds."""
+    On CPU float32 / float64 tensors the registered C++ kernel (see register_cpu_scan_kernel) computes the same."""
     kernel = _cpu_scan_kernel(dt)
     if kernel is not None:
         return kernel.scan_forward(dt, x, A, B, C, h0, _BLOCK)

@@ -1,10 +1,8 @@
 """Safe remote code: what `save_pretrained` copies next to a checkpoint (the files of modeling/) is read as Python
 source (ast) and must import only torch, transformers, numpy / PIL (processors), the standard library modules
 listed below and its siblings; call no eval / exec / compile / __import__, open no network connection, start no
-process and unpickle nothing (ssm_cpu_kernel.py hands its C++ source to torch.utils.cpp_extension, which runs the
-system compiler and ninja on first use; SSMVL_CPU_SCAN_KERNEL=0 turns that off). Every `torch.load` in the whole
-project passes `weights_only=True`, and what the project writes as weights is safetensors (the savers are checked to
-use it)."""
+process and unpickle nothing. Every `torch.load` in the whole project passes `weights_only=True`, and what the
+project writes as weights is safetensors (the savers are checked to use it)."""
 
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ ALLOWED_IMPORTS = {
     "__future__", "math", "typing", "dataclasses", "functools", "itertools", "os", "sys", "warnings", "copy",
     "collections", "enum", "contextlib", "inspect", "re", "logging", "json", "numbers", "abc", "hashlib",
     "weakref",  # the Mamba LM keeps captured CUDA graphs in a WeakKeyDictionary (no I/O)
-    "threading", "time",  # ssm_cpu_kernel.py: a lock around its one-time build, the age of torch's build lock file
 }
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "breakpoint"}
 FORBIDDEN_MODULES = {"pickle", "dill", "cloudpickle", "marshal", "shelve", "subprocess", "socket", "urllib",
@@ -56,6 +53,8 @@ def test_modeling_file_imports_only_the_stack_and_siblings(path):
     siblings = {p.stem for p in MODELING}
     bad = []
     for module, level, line in _imports(_tree(path)):
+        if path.name == "__init__.py" and level == 2 and module == "kernels":
+            continue  # the installed package's __init__ (never shipped) registers the package's own compiled kernels
         if level > 0:  # relative: must name a sibling file (or the package itself)
             if module and module not in siblings:
                 bad.append(f"line {line}: from .{module} (not a file of modeling/)")

@@ -1,5 +1,5 @@
-"""The fused C++ CPU scan (modeling/ssm_cpu_kernel.py) under the `torch` backend: output, last state and every
-gradient against the sequential `reference` in float64 (odd lengths around the 64-step block, batch > 1, grouped
+"""The fused C++ CPU scan (kernels/cpu_scan.py, registered by ssmvl.modeling) under the `torch` backend: output,
+last state and every gradient against the sequential `reference` in float64 (odd lengths around the 64-step block, batch > 1, grouped
 B / C, initial state, channel-major tensors and a mixer's time-major views, each optional input left out), the
 time-major op that torch.compile calls, the switch (SSMVL_CPU_SCAN_KERNEL=0 gives the eager path, equal numbers) and
 the fallback when the build fails (one warning, correct numbers). The kernel is compiled once per machine (about
@@ -13,7 +13,8 @@ import shutil
 import pytest
 import torch
 
-from ssmvl.modeling import ssm_cpu_kernel, ssm_ops
+from ssmvl.kernels import cpu_scan as ssm_cpu_kernel
+from ssmvl.modeling import ssm_ops
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +233,17 @@ def test_the_build_is_named_for_its_source_flags_and_cpu(kernel):
     assert name.startswith(f"ssmvl_cpu_scan_{cap}_") and f"-DSSMVL_NAMESPACE={name}" in cflags
     assert "-march=native" not in cflags and "-ffast-math" not in cflags
     assert ssm_cpu_kernel.load() is getattr(torch.ops, name)
+
+
+def test_registered_by_the_package_not_shipped_as_remote_code():
+    """ssmvl.modeling registers the kernel with ssm_ops; the modeling files (what save_pretrained ships) neither hold
+    nor import it, so a checkpoint's remote code compiles nothing."""
+    from pathlib import Path
+
+    assert ssm_ops._CPU_KERNEL is ssm_cpu_kernel
+    modeling = Path(ssm_ops.__file__).parent
+    assert not (modeling / "cpu_scan.py").exists()
+    for path in modeling.glob("*.py"):
+        if path.name != "__init__.py":
+            text = path.read_text()
+            assert "cpp_extension" not in text and "import cpu_scan" not in text and "load_inline" not in text, path
