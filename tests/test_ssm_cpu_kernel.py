@@ -1,9 +1,9 @@
-"""The fused C++ CPU scan (kernels/cpu_scan.py, registered by ssmvl.modeling) under the `torch` backend: output,
-last state and every gradient against the sequential `reference` in float64 (odd lengths around the 64-step block, batch > 1, grouped
-B / C, initial state, channel-major tensors and a mixer's time-major views, each optional input left out), the
-time-major op that torch.compile calls, the switch (SSMVL_CPU_SCAN_KERNEL=0 gives the eager path, equal numbers) and
-the fallback when the build fails (one warning, correct numbers). The kernel is compiled once per machine (about
-25 s on 2 cores, then cached by torch); the tests skip where there is no C++ compiler or ninja."""
+"""The fused C++ CPU scan (kernels/cpu_scan.py, registered by ssmvl.modeling) under the `torch` backend: output, last
+state and every gradient against the sequential `reference` in float64 (odd lengths around the 64-step block,
+batch > 1, grouped B / C, initial state, channel-major tensors and a mixer's time-major views, each optional input
+left out), the time-major op that torch.compile calls, the switch (SSMVL_CPU_SCAN_KERNEL=0 gives the eager path, equal
+numbers) and the fallback when the build fails (one warning, correct numbers). The kernel is compiled once per machine
+(about 25 s on 2 cores, then cached by torch); the tests skip where there is no C++ compiler or ninja."""
 
 from __future__ import annotations
 
