@@ -416,7 +416,8 @@ print(json.dumps({"class": type(model).__name__, "module": type(model).__module_
 """
 
 
-def test_remote_code_without_ssmvl(pair, tmp_path):
+def test_remote_code_without_ssmvl(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMVL_CPU_SCAN_KERNEL", "0")  # the local side as remote code runs it: the eager torch scan
     _, ours = pair
     d = tmp_path / "model"
     ours.save_pretrained(d)

@@ -371,7 +371,8 @@ REMOTE = """
 """
 
 
-def test_trust_remote_code_without_ssmvl(model, tmp_path):
+def test_trust_remote_code_without_ssmvl(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMVL_CPU_SCAN_KERNEL", "0")  # the local side as remote code runs it: the eager torch scan
     torch.manual_seed(0)
     vim_model = StormForVideoClassification(tiny_config(vision_config=vim_frame_encoder())).eval()
     local = {}
