@@ -85,7 +85,8 @@ def test_train_evaluate_save_reload(clips, tmp_path):
     rows = [clips[i] for i in range(4)]
     with torch.no_grad():
         again = loaded(**VideoCollator(loaded_processor)(rows)).logits
-        torch.testing.assert_close(again, model(**VideoCollator(processor)(rows)).logits, rtol=0, atol=0)
+        # remote code (transformers 5.0 loads the folder's copy) runs the eager CPU scan, the package its C++ kernel
+        torch.testing.assert_close(again, model(**VideoCollator(processor)(rows)).logits, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_train_video_parses():
