@@ -11,7 +11,10 @@ replay as they are.
 
 ``ForwardGraphs`` is the vision backbones' store: a forward with a new input shape runs eagerly once, the second one
 with that shape is captured, later ones replay; at most ``MAX_GRAPHS`` shapes are kept a model. Outputs are returned as
-fresh tensors (the graph's own are overwritten by its next replay).
+fresh tensors (the graph's own are overwritten by its next replay). A replay is launched first and the fingerprint
+compared while the GPU runs it (the host's ~2 ms overlap the kernels instead of preceding them): each graph holds
+every parameter and buffer it was captured with, so a stale replay never reads freed memory; its outputs are then
+dropped and the forward runs eagerly. (Tensors a user replaced therefore stay allocated until the next forward.)
 """
 
 from __future__ import annotations
@@ -124,30 +127,41 @@ class ForwardGraphs:
         """Captured forwards kept for ``model``."""
         return sum(entry["graph"] is not None for entry in cls._store.get(model, {}).values())
 
+    @staticmethod
+    def _replay(entry: dict, inputs: Tuple[torch.Tensor, ...]) -> Tuple[torch.Tensor, ...]:
+        for static, t in zip(entry["inputs"], inputs):
+            static.copy_(t)
+        entry["graph"].replay()
+        return tuple(t.clone() for t in entry["outputs"])
+
     @classmethod
     def run(cls, model: nn.Module, fn: Callable, inputs: Tuple[torch.Tensor, ...],
             key: tuple = ()) -> Optional[Tuple[torch.Tensor, ...]]:
         """``fn(*inputs)`` (a tuple of tensors) by replaying a graph of it, or None where the caller should run it
         itself (the first call with this signature, or the first after the fingerprint changed). ``key``: other
-        arguments ``fn`` depends on."""
+        arguments ``fn`` depends on. A captured graph is replayed before the fingerprint is compared (see the module
+        docstring)."""
         graphs = cls._store.setdefault(model, OrderedDict())
         signature = (key, tuple((tuple(t.shape), t.stride(), t.dtype, str(t.device)) for t in inputs))
-        fingerprint = graph_fingerprint(model)
         entry = graphs.get(signature)
+        outputs = cls._replay(entry, inputs) if entry is not None and entry["graph"] is not None else None
+        fingerprint = graph_fingerprint(model)
         if entry is None or entry["fingerprint"] != fingerprint:
+            if outputs is not None:  # a stale replay: let it finish before its graph and tensors are let go
+                torch.cuda.current_stream(inputs[0].device).synchronize()
             graphs[signature] = {"fingerprint": fingerprint, "graph": None}
             graphs.move_to_end(signature)
             while len(graphs) > cls.MAX_GRAPHS:
                 graphs.popitem(last=False)
             return None
-        if entry["graph"] is None:  # met twice: capture it
+        if outputs is None:  # met twice: capture it, keeping what it reads alive with it
             entry["inputs"] = tuple(t.clone() for t in inputs)
             entry["graph"], entry["outputs"] = capture(fn, entry["inputs"])
+            entry["tensors"] = tuple(t.detach() for m in model.modules() for group in (m._parameters, m._buffers)
+                                     for t in group.values() if t is not None)
+            outputs = cls._replay(entry, inputs)
         graphs.move_to_end(signature)
-        for static, t in zip(entry["inputs"], inputs):
-            static.copy_(t)
-        entry["graph"].replay()
-        return tuple(t.clone() for t in entry["outputs"])
+        return outputs
 
 
 __all__ = ["graph_fingerprint", "graphs_apply", "capture", "ForwardGraphs"]

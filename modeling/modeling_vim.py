@@ -31,7 +31,7 @@ from .configuration_vim import VimConfig
 from .cuda_graphs import ForwardGraphs, graphs_apply
 from .hf_compat import NamesReplacedFilesMixin
 from .ssm_ops import add_rms_norm
-from .ssm_layers import (GradientCheckpointingLayer, MambaMixer, RMSNorm, check_pixel_values, init,
+from .ssm_layers import (GradientCheckpointingLayer, MambaMixer, RMSNorm, autocast_dtype, check_pixel_values, init,
                          unhooked)
 
 
@@ -105,13 +105,16 @@ class VimPatchEmbeddings(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (b, M, D)
 
 
-def add_norm(norm: nn.Module, residual: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def add_norm(norm: nn.Module, residual: torch.Tensor, x: torch.Tensor,
+             out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(r, norm(r.to(norm's dtype)))`` with ``r = residual + x``: Vim's add-then-norm, in one Triton kernel on a GPU
-    at inference where ``norm`` is a plain RMSNorm (as mamba_ssm's fused add + norm; ssm_ops.add_rms_norm)."""
+    at inference where ``norm`` is a plain RMSNorm (as mamba_ssm's fused add + norm; ssm_ops.add_rms_norm), its output
+    then rounded to ``out_dtype`` if given (a block passes autocast's dtype: its mixer's in_proj casts to it anyway)."""
     if unhooked((norm,), (RMSNorm,)):
-        return add_rms_norm(residual, x, norm.weight, norm.variance_epsilon, cast_input=True)
+        return add_rms_norm(residual, x, norm.weight, norm.variance_epsilon, cast_input=True, out_dtype=out_dtype)
     residual = residual + x
-    return residual, norm(residual.to(dtype=norm.weight.dtype))
+    y = norm(residual.to(dtype=norm.weight.dtype))
+    return residual, (y if out_dtype is None else y.to(out_dtype))
 
 
 class VimBlock(GradientCheckpointingLayer):
@@ -142,7 +145,8 @@ class VimBlock(GradientCheckpointingLayer):
             hidden_states = self.norm(residual.to(dtype=self.norm.weight.dtype))
         else:
             residual, hidden_states = add_norm(
-                self.norm, residual, drop_path(hidden_states, self.drop_path_rate, self.training))
+                self.norm, residual, drop_path(hidden_states, self.drop_path_rate, self.training),
+                out_dtype=autocast_dtype(residual.device))
         if self.residual_in_fp32:
             residual = residual.to(torch.float32)
         hidden_states = self.mixer(hidden_states)
@@ -221,12 +225,13 @@ class VimModel(VimPreTrainedModel):
             return None
         return num_patches // 2 if self.config.use_middle_cls_token else 0
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> Tuple[int, int]:
+    def _check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool,
+                            finite: bool = True) -> Tuple[int, int]:
         cfg = self.config
         if pixel_values is None or pixel_values.dim() != 4:
             shape = None if pixel_values is None else tuple(pixel_values.shape)
             raise ValueError(f"pixel_values must be (batch, {cfg.num_channels}, height, width), got {shape}")
-        check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values, finite=finite)
         _, channels, height, width = pixel_values.shape
         if channels != cfg.num_channels:
             raise ValueError(
@@ -296,10 +301,13 @@ class VimModel(VimPreTrainedModel):
         cfg = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         return_dict = return_dict if return_dict is not None else cfg.return_dict
-        grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding)
+        graphed = (isinstance(pixel_values, torch.Tensor) and not output_hidden_states
+                   and graphs_apply(self, pixel_values))  # see VimConfig.use_cuda_graph
+        grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding, finite=not graphed)
         out = None
-        if not output_hidden_states and graphs_apply(self, pixel_values):  # see VimConfig.use_cuda_graph
+        if graphed:
             out = ForwardGraphs.run(self, lambda pv: self._features(pv, grid, False)[:2], (pixel_values,))
+            check_pixel_values(pixel_values)  # after the replay's launch: its wait overlaps the kernels
         if out is not None:
             hidden_states, pooled, all_hidden_states = *out, None
         else:

@@ -376,7 +376,7 @@ class VMambaModel(VMambaPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _check_pixel_values(self, pixel_values: Optional[torch.Tensor]):
+    def _check_pixel_values(self, pixel_values: Optional[torch.Tensor], finite: bool = True):
         cfg = self.config
         if pixel_values is None:
             raise ValueError("VMamba needs pixel_values of shape (batch, channels, height, width).")
@@ -385,7 +385,7 @@ class VMambaModel(VMambaPreTrainedModel):
                 f"pixel_values must be (batch, {cfg.num_channels}, height, width), "
                 f"got shape {tuple(pixel_values.shape)}"
             )
-        check_pixel_values(pixel_values)
+        check_pixel_values(pixel_values, finite=finite)
         if pixel_values.shape[1] != cfg.num_channels:
             raise ValueError(
                 f"pixel_values has {pixel_values.shape[1]} channels but the model was configured with "
@@ -415,10 +415,13 @@ class VMambaModel(VMambaPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_pixel_values(pixel_values)
+        graphed = (isinstance(pixel_values, torch.Tensor) and not output_hidden_states
+                   and graphs_apply(self, pixel_values))  # see VMambaConfig.use_cuda_graph
+        self._check_pixel_values(pixel_values, finite=not graphed)
         out = None
-        if not output_hidden_states and graphs_apply(self, pixel_values):  # see VMambaConfig.use_cuda_graph
+        if graphed:
             out = ForwardGraphs.run(self, lambda pv: self._features(pv, False), (pixel_values,))
+            check_pixel_values(pixel_values)  # after the replay's launch: its wait overlaps the kernels
         if out is None:
             out = self._features(pixel_values, output_hidden_states)
         x, pooled, *stages = out

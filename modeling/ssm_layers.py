@@ -196,10 +196,11 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.variance_epsilon}"
 
 
-def check_pixel_values(pixel_values: torch.Tensor, name: str = "pixel_values") -> None:
+def check_pixel_values(pixel_values: torch.Tensor, name: str = "pixel_values", finite: bool = True) -> None:
     """What a vision model reads must be floating-point pixels (the image processor's rescaled, normalised output)
     and finite: integer images (uint8 0..255) are a TypeError and NaN / inf values a ValueError, each naming the fix,
-    instead of silently wrong outputs. The finiteness check is skipped while torch.compile traces."""
+    instead of silently wrong outputs. The finiteness check (``finite``; it waits for the GPU) is skipped while
+    torch.compile traces: a model replaying a CUDA graph runs it after the replay's launch."""
     if not torch.is_floating_point(pixel_values):
         raise TypeError(f"{name} is {pixel_values.dtype}, but the model takes floating-point pixels: pass the image "
                         "processor's output (rescaled and normalised, e.g. processor(images, return_tensors='pt')), "
@@ -207,11 +208,21 @@ def check_pixel_values(pixel_values: torch.Tensor, name: str = "pixel_values") -
     # one fp32 sum first (a NaN or inf anywhere makes it non-finite): one reduction and no full-size temporaries (on
     # an H200, torch.profiler put 2 ms of host time a call on the element-wise test at 128 x 224 px); the element-wise
     # test only confirms (a sum of huge finite values can overflow)
-    if (not _compiling() and not bool(torch.isfinite(pixel_values.sum(dtype=torch.float32)))
+    if (finite and not _compiling() and not bool(torch.isfinite(pixel_values.sum(dtype=torch.float32)))
             and not bool(torch.isfinite(pixel_values).all())):
         bad = int((~torch.isfinite(pixel_values)).sum())
         raise ValueError(f"{name} holds {bad} NaN or infinite value(s) (shape {tuple(pixel_values.shape)}); check the "
                          "images and their preprocessing (e.g. a division by a zero std).")
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype autocast computes in on ``device``'s type, or None where autocast is off there."""
+    try:
+        if not torch.is_autocast_enabled(device.type):
+            return None
+        return torch.get_autocast_dtype(device.type)
+    except (TypeError, AttributeError):  # torch < 2.4 takes no device type
+        return torch.get_autocast_gpu_dtype() if device.type == "cuda" and torch.is_autocast_enabled() else None
 
 
 def _compiling() -> bool:
@@ -428,12 +439,14 @@ class MambaMixer(nn.Module):
         return selective_state_update(cache.ssm_states[idx], xc, dt_proj(dt), A_log, B, C, D=D, z=z, dt_softplus=True,
                                       backend=self.ssm_backend, a_log=True)
 
-    def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None, reverse=False):
+    def _branch(self, x, z, suffix, attention_mask, cache=None, continuing=False, record=None, reverse=False,
+                mean_into=None):
         """x, z: (batch, intermediate, seqlen) -> y (batch, intermediate, seqlen). With a ``cache``, the layer's states
         are read (``continuing``: the cache already holds earlier tokens) and left holding the state after x;
         ``record`` (default: the cache's ``record_past``) keeps snapshots of the last tokens' states for ``crop``.
         ``reverse`` (no cache): the branch over the time-reversed sequence, inputs and y in x's order (the conv and
-        the scan read the steps backwards; the linear layers are per token)."""
+        the scan read the steps backwards; the linear layers are per token); ``mean_into`` (no cache): the other
+        direction's y, which receives the mean of the two and is returned (see ssm_ops.selective_scan)."""
         seqlen, idx = x.shape[-1], self.layer_idx
         record = cache is not None and (cache.record_past if record is None else record)
         if cache is not None and continuing and seqlen == 1 and not record:
@@ -495,7 +508,7 @@ class MambaMixer(nn.Module):
         out = selective_scan(
             xc, delta, A_log, channels(B), channels(C), D=D, z=z, delta_bias=delta_bias,
             delta_softplus=True, return_last_state=cache is not None, initial_state=initial_state,
-            backend=self.ssm_backend, reverse=reverse, a_log=True,
+            backend=self.ssm_backend, reverse=reverse, a_log=True, mean_into=mean_into,
         )
         if cache is None:
             return out
@@ -527,9 +540,13 @@ class MambaMixer(nn.Module):
         continuing = cache is not None and cache.seqlen_offset > 0
         y = self._branch(x, z, "", attention_mask, cache, continuing)
         if self.bidirectional:  # Vim's backward branch: the same, over the reversed sequence (read in place)
-            y_b = self._branch(x, z, "_b", attention_mask, reverse=True)
-            # the mean as one kernel (lerp computes (y + y_b) / 2 in fp32 and rounds once)
-            y = torch.lerp(y, y_b, 0.5) if self.divide_output else y + y_b
+            if self.divide_output and not (torch.is_grad_enabled() and y.requires_grad):
+                # the mean written into y by the backward branch's scan (the triton lane kernel as it stores y)
+                y = self._branch(x, z, "_b", attention_mask, reverse=True, mean_into=y)
+            else:
+                y_b = self._branch(x, z, "_b", attention_mask, reverse=True)
+                # the mean as one kernel (lerp computes (y + y_b) / 2 in fp32 and rounds once)
+                y = torch.lerp(y, y_b, 0.5) if self.divide_output else y + y_b
         if not torch.is_autocast_enabled(y.device.type):  # under autocast out_proj casts y itself
             y = y.to(dtype)
         # a (batch, L, I) view of the token matrix: out_proj's matmul folds it back without a copy, and its output is

@@ -577,6 +577,7 @@ def selective_scan(
     backend: Optional[str] = None,
     reverse: bool = False,
     a_log: bool = False,
+    mean_into: Optional[torch.Tensor] = None,
 ):
     """Mamba-1 selective scan. Returns ``y`` (batch, dim, seqlen) in u's dtype, and the last state
     (batch, dim, dstate) in float32 when ``return_last_state``. See the module docstring for shapes.
@@ -584,9 +585,24 @@ def selective_scan(
     y in their given order: the triton backend reads the steps backwards in place when no gradient is needed; the
     others, and training, scan flipped copies (``selective_scan(flip(...)).flip(-1)``). ``a_log``: A holds A_log
     (the mixer's parameter) and the scan uses A = -exp(A_log.float()): the triton inference kernels take the
-    exponential themselves, so a host-bound prefill launches nothing for it."""
+    exponential themselves, so a host-bound prefill launches nothing for it. ``mean_into`` (no gradients through
+    it): a tensor of y's shape and dtype, e.g. a bidirectional mixer's other direction: the result is
+    (mean_into + y) / 2, written into mean_into, which is returned as y (the triton lane kernel averages as it stores y:
+    no extra pass over the two outputs)."""
     _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = resolve_backend(backend, u.device)
+    if mean_into is not None:
+        _check_mean_into(mean_into, u)
+        if name == "triton" and _load_triton().reverse_in_place(u, delta, B, C, z, D, delta_bias):
+            return _load_triton().selective_scan_triton(
+                u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                return_last_state=return_last_state, initial_state=initial_state, reverse=reverse, a_log=a_log,
+                mean_into=mean_into)
+        out = selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                             return_last_state=return_last_state, initial_state=initial_state, backend=name,
+                             reverse=reverse, a_log=a_log)
+        mean_into.lerp_(out[0] if return_last_state else out, 0.5)  # in fp32, rounded once
+        return (mean_into, out[1]) if return_last_state else mean_into
     if reverse and not (name == "triton" and _load_triton().reverse_in_place(u, delta, B, C, z, D, delta_bias)):
         flip = (lambda t: None if t is None else t.flip(-1))
         out = selective_scan(flip(u), flip(delta), A, flip(B), flip(C), D=D, z=flip(z), delta_bias=delta_bias,
@@ -619,6 +635,20 @@ def selective_scan(
     if return_last_state:
         return out[0], out[1].float()
     return out
+
+
+def _check_mean_into(mean_into: torch.Tensor, u: torch.Tensor) -> None:
+    """selective_scan's ``mean_into`` must be a tensor like y (u's shape, dtype and device) that autograd does not
+    track: it is written in place."""
+    if not isinstance(mean_into, torch.Tensor) or mean_into.shape != u.shape or mean_into.dtype != u.dtype \
+            or mean_into.device != u.device:
+        got = (tuple(mean_into.shape), mean_into.dtype, str(mean_into.device)) if isinstance(mean_into, torch.Tensor) \
+            else type(mean_into).__name__
+        raise ValueError(f"selective_scan: mean_into must be a tensor of y's shape, dtype and device "
+                         f"({tuple(u.shape)}, {u.dtype}, {u.device}), got {got}.")
+    if torch.is_grad_enabled() and mean_into.requires_grad:
+        raise ValueError("selective_scan: mean_into is written in place, so it cannot take part in autograd; under "
+                         "gradients average the two outputs out of place (torch.lerp(y, y_other, 0.5)).")
 
 
 def scan_reads_channel_major(batch: int, dim: int, groups: int, dstate: int, seqlen: int, device, backend=None,
@@ -788,13 +818,16 @@ def _norm_kernel_applies(x: torch.Tensor, weight: torch.Tensor, *others: torch.T
 
 
 def add_rms_norm(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 cast_input: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                 cast_input: bool = False, out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(r, rms_norm(r, weight, eps, cast_input))`` with ``r = residual + x``: a block's residual sum and the next
-    norm, in one Triton kernel on a GPU outside autograd (as mamba_ssm's fused add + norm)."""
+    norm, in one Triton kernel on a GPU outside autograd (as mamba_ssm's fused add + norm). ``out_dtype``: the norm
+    rounded to it (e.g. autocast's dtype, which the next linear layer casts it to anyway: no cast kernel then)."""
     if _norm_kernel_applies(x, weight, residual):
-        return _load_triton().add_rms_norm_triton(residual, x, weight, eps, cast_input=cast_input)
+        return _load_triton().add_rms_norm_triton(residual, x, weight, eps, cast_input=cast_input,
+                                                  out_dtype=out_dtype)
     residual = residual + x
-    return residual, rms_norm(residual, weight, eps, cast_input=cast_input)
+    y = rms_norm(residual, weight, eps, cast_input=cast_input)
+    return residual, (y if out_dtype is None else y.to(out_dtype))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, cast_input: bool = False) -> torch.Tensor:

@@ -94,7 +94,9 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # 0.52-0.55 ms (S = 2, 11 chunks; mamba_ssm 0.574), B128 D768 L197 0.43 (sequential) -> 0.40 ms (S = 1); against
 # the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms; 3-4x its instruction
 # count, for a reason not yet identified: benchmarks/README.md).
-LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "min_chunk": 256}
+# bf16_words: bf16 B / C read in place are converted by bit operations on 32-bit words (_lane_row, VEC 16).
+LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "min_chunk": 256,
+               "bf16_words": True}
 # The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
 # compiled for sm_90 with both): with an older triton the other kernels take its cases.
 _TUPLES = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) >= (3, 3)
@@ -280,7 +282,8 @@ def _scan_fwd_kernel(
 def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
     """The NS values at p[..., i] (i < NS, unit stride; p a (S, BLOCK_D) pointer tensor, one address per split) in
     fp32, as a tuple of (S, BLOCK_D) tensors. VEC 4 (fp32) or 8 (16-bit; p 16-byte aligned, NS a multiple of VEC):
-    16-byte loads of VEC values each, split apart in registers; VEC 1: a load a value."""
+    16-byte loads of VEC values each, split apart in registers; VEC 16: bf16 as VEC 8, converted by bit operations
+    on whole words; VEC 1: a load a value."""
     vals = ()
     if VEC == 4:
         for j in tl.static_range(NS // 4):
@@ -300,6 +303,21 @@ def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, VEC: 
             x1, x5 = tl.split(o0)
             x3, x7 = tl.split(o1)
             vals = vals + (x0, x1, x2, x3, x4, x5, x6, x7)
+    elif VEC == 16:
+        # bf16 read as 32-bit words (p 16-byte aligned, NS a multiple of 8): a bf16 is the upper half of the fp32 it
+        # rounds, so a word's first value (low half, little-endian) is word << 16 and its second word & 0xffff0000,
+        # one instruction a value (VEC 8 splits the halves apart with byte permutes first: about 32 more
+        # instructions a step for B_t and C_t at N = 16, S = 1)
+        pw = p.to(tl.pointer_type(tl.int32), bitcast=True)
+        for j in tl.static_range(NS // 8):
+            w = tl.load(pw[:, :, None] + (4 * j + tl.arange(0, 4))[None, None, :])  # (S, BLOCK_D, 4) words
+            lo, hi = tl.split(tl.reshape(w, (S, BLOCK_D, 2, 2)))  # (w0, w2), (w1, w3)
+            w0, w2 = tl.split(lo)
+            w1, w3 = tl.split(hi)
+            vals = vals + ((w0 << 16).to(tl.float32, bitcast=True), (w0 & -65536).to(tl.float32, bitcast=True),
+                           (w1 << 16).to(tl.float32, bitcast=True), (w1 & -65536).to(tl.float32, bitcast=True),
+                           (w2 << 16).to(tl.float32, bitcast=True), (w2 & -65536).to(tl.float32, bitcast=True),
+                           (w3 << 16).to(tl.float32, bitcast=True), (w3 & -65536).to(tl.float32, bitcast=True))
     else:
         for i in tl.static_range(NS):
             vals = vals + (tl.load(p + i).to(tl.float32),)
@@ -333,7 +351,8 @@ def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
                SOFTPLUS: tl.constexpr, STORE_Y: tl.constexpr, FAST: tl.constexpr):
     """One step of a lane program (a no-op when v is False). Tensors are (S, BLOCK_D): channel d's N states are split
     over S threads, NS = N / S each (h: a tuple of NS tensors), so a step is, per state, one exp2 and three
-    multiply-adds, and y needs a sum over the S threads only (none for S = 1). The split s = 0 stores y (first).
+    multiply-adds, and y needs a sum over the S threads only (none for S = 1). The split s = 0 stores y (first);
+    STORE_Y 2: the mean of y and the value already there (a bidirectional mixer's two directions, one pass).
     Returns the new states and the step size."""
     dt = _step_size(dt, bias, v, HAS_BIAS, SOFTPLUS, FAST)
     du = dt * u
@@ -346,6 +365,8 @@ def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
             y += hi * Ct[i]
     if STORE_Y:
         y = _skip_and_gate(tl.sum(y, axis=0, keep_dims=True), u, zz, Dv, HAS_D, HAS_Z)
+        if STORE_Y == 2:
+            y = 0.5 * (y + tl.load(y_p + t * sy, mask=first & v, other=0.0).to(tl.float32))
         tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=first & v)
     return hn, dt
 
@@ -384,7 +405,7 @@ def _scan_fwd_lane_kernel(
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l, sB_b, sB_g, sB_l, sC_b, sC_g, sC_l,
     N: tl.constexpr, S: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr,
+    HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr, MEAN: tl.constexpr,
 ):
     """Inference forward with the states in registers, N / S per thread ("lanes"): a program takes BLOCK_D channels of
     one batch row and one B/C group, S threads a channel, and keeps each thread's N / S states as a tuple of
@@ -393,7 +414,8 @@ def _scan_fwd_lane_kernel(
     loads shared by the program. MODE 0: walk the sequence from h0, write y and the last state. MODE 1 (time-parallel
     pass 1, one program per chunk = program_id(2)): the chunk's end state from zero and its summed step sizes
     (hend (batch, dim, nchunks, N), S (batch, dim, nchunks)): it maps a start state h to exp(A S) h + hend. MODE 2
-    (pass 3): rescan chunk program_id(2) from states[chunk] (pass 2, _chunk_carry_kernel, wrote them), write y."""
+    (pass 3): rescan chunk program_id(2) from states[chunk] (pass 2, _chunk_carry_kernel, wrote them), write y.
+    MEAN: y_ptr holds a y already (the other direction's) and each step stores the mean of the two."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     c_begin = tl.program_id(2)
@@ -406,12 +428,13 @@ def _scan_fwd_lane_kernel(
     u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
                                     sy_d)
     G = dim // dg
+    VW: tl.constexpr = 8 if VEC == 16 else VEC  # values a 16-byte load
     if VEC > 1:  # the wrapper checked that B / C's strides are whole 16-byte runs; written as multiples of VEC for
         # the compiler, which otherwise proves its vector loads aligned only from strides that are multiples of 16
         # elements (a Vim-S x_proj row is 56: scalar loads, and a kernel 2x slower on an H200; tl.multiple_of on
         # these scalars did not change the PTX)
-        sB_b, sB_g, sB_l = sB_b // VEC * VEC, sB_g // VEC * VEC, sB_l // VEC * VEC
-        sC_b, sC_g, sC_l = sC_b // VEC * VEC, sC_g // VEC * VEC, sC_l // VEC * VEC
+        sB_b, sB_g, sB_l = sB_b // VW * VW, sB_g // VW * VW, sB_l // VW * VW
+        sC_b, sC_g, sC_l = sC_b // VW * VW, sC_g // VW * VW, sC_l // VW * VW
     B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0)  # the split's first state of step 0's row
     C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0)
     st_p = row * N + k0  # (batch, channel, state) of a (batch, dim, N) tensor
@@ -426,7 +449,7 @@ def _scan_fwd_lane_kernel(
         else:
             h = h + (tl.zeros((S, BLOCK_D), dtype=tl.float32),)
     s = tl.zeros((S, BLOCK_D), dtype=tl.float32)
-    STORE_Y: tl.constexpr = MODE != 1
+    STORE_Y: tl.constexpr = 0 if MODE == 1 else (2 if MEAN else 1)
     LD_Z: tl.constexpr = HAS_Z and MODE != 1
     t0 = c_begin * CHUNK  # (MODE 0: one chunk, CHUNK = L)
     t1 = tl.minimum(t0 + CHUNK, L)
@@ -1167,9 +1190,9 @@ def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n_cols, sx_row, eps, CAST_INPUT: tl.co
 
 @triton.jit
 def _normalise_row(x_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT: tl.constexpr):
-    """Stores row ``row`` of y = RMSNorm(x_raw) (see _rms_norm_kernel)."""
+    """Stores row ``row`` of y = RMSNorm(x_raw) (see _rms_norm_kernel), rounded to y's dtype."""
     if CAST_INPUT:
-        x_raw = x_raw.to(y_ptr.dtype.element_ty)
+        x_raw = x_raw.to(w_ptr.dtype.element_ty)
     x = x_raw.to(tl.float32)
     rstd = 1.0 / tl.sqrt_rn(tl.sum(x * x, axis=0) / n_cols + eps)
     h = (x * rstd).to(x_raw.dtype).to(tl.float32)
@@ -1458,9 +1481,10 @@ def _lane_vector(B: torch.Tensor, C: torch.Tensor, per_thread: int) -> int:
 
 
 def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan, reverse: bool = False,
-                  a_log: bool = False):
+                  a_log: bool = False, mean_into=None):
     """Inference forward by _scan_fwd_lane_kernel (see _lane_plan): y and the last state (``reverse``: scanned from
-    the last step back, see _steps; ``a_log``: A holds A_log, the kernel takes -exp of it)."""
+    the last step back, see _steps; ``a_log``: A holds A_log, the kernel takes -exp of it; ``mean_into``: y is the
+    mean of this tensor and the scan's output, written into it)."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
     S, BLOCK_D, chunk, nchunks = plan
@@ -1475,7 +1499,11 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
         bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
         B, C = bc[..., :N].transpose(2, 3), bc[..., ROW:ROW + N].transpose(2, 3)
         VEC = 4 if (N // S) % 4 == 0 else 1
-    if LAYOUT.get("lane_y_time_major", False) and not _time_major(u) and L > 1:
+    elif VEC == 8 and B.dtype == torch.bfloat16 and LANE_CONFIG.get("bf16_words", True):
+        VEC = 16  # bf16 rows converted by bit operations on whole words (see _lane_row)
+    if mean_into is not None:
+        y = mean_into
+    elif LAYOUT.get("lane_y_time_major", False) and not _time_major(u) and L > 1:
         y = _time_major_empty(batch, dim, L, device=u.device, dtype=u.dtype)
     else:
         y = _empty_as(u)
@@ -1490,7 +1518,8 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy, *bc_strides)
     flags = dict(N=N, S=S, VEC=VEC, FAST=not _INTERPRET,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, num_warps=int(LANE_CONFIG["num_warps"]))
+                 HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, MEAN=mean_into is not None,
+                 num_warps=int(LANE_CONFIG["num_warps"]))
     args = (u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
             h0 if h0 is not None else h_last, y_p, h_last, states, hend, S_sum)
     if parallel:  # pass 1: chunk end states from zero; pass 2: every chunk's start state (and the last state)
@@ -1686,14 +1715,18 @@ def reverse_in_place(*tensors) -> bool:
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False,
-    initial_state=None, reverse=False, a_log=False,
+    initial_state=None, reverse=False, a_log=False, mean_into=None,
 ):
     """Selective scan with Triton kernels (CUDA tensors; float16 / bfloat16 / float32; state in fp32).
     Same arguments and results as ``ssm_ops.selective_scan_ref``; ``reverse`` (inference only, see
     reverse_in_place): scanned from the last step to the first, inputs and y in their given order; ``a_log``: A holds
-    A_log and the scan uses A = -exp(A_log) (the inference kernels take -exp themselves: no launches for it)."""
+    A_log and the scan uses A = -exp(A_log) (the inference kernels take -exp themselves: no launches for it);
+    ``mean_into`` (see ssm_ops.selective_scan): y is (mean_into + y) / 2, written into mean_into (the lane kernel
+    averages as it stores)."""
     _check_tensors("selective_scan_triton", u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
                    initial_state=initial_state)
+    if mean_into is not None:
+        _check_tensors("selective_scan_triton", mean_into=mean_into)
     batch, dim, L = u.shape
     if L == 0:
         y = u.new_zeros(u.shape)
@@ -1723,6 +1756,15 @@ def selective_scan_triton(
                          "inputs (ssm_ops.selective_scan(..., reverse=True) does that).")
     softplus, G = bool(delta_softplus), B4.shape[1]
     kernel = _inference_kernel(batch, dim, G, A.shape[1], L) if inference else None
+    if kernel is not None and kernel != "tile" and mean_into is not None and L:  # averaged as it stores
+        y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log),
+                                  mean_into=mean_into)
+        return (y, h_last) if return_last_state else y
+    if mean_into is not None:  # the other kernels: the mean as one more pass (lerp: in fp32, rounded once)
+        out = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                    initial_state, reverse, a_log)
+        mean_into.lerp_(out[0] if return_last_state else out, 0.5)
+        return (mean_into, out[1]) if return_last_state else mean_into
     if kernel is not None:  # no autograd node
         if kernel != "tile":
             y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log))
@@ -1922,14 +1964,16 @@ def transpose_copy_triton(*tensors: torch.Tensor):
     return outs[0] if len(outs) == 1 else outs
 
 
-def add_rms_norm_triton(residual, x, weight, eps, cast_input=False):
+def add_rms_norm_triton(residual, x, weight, eps, cast_input=False, out_dtype=None):
     """(residual + x, RMSNorm of it) in one kernel (inference), the sum in the promoted dtype of the two, the norm as
-    ``rms_norm_triton(residual + x, weight, eps, cast_input)``. residual, x (..., H) of one shape; weight (H,)."""
+    ``rms_norm_triton(residual + x, weight, eps, cast_input)`` (rounded to ``out_dtype`` when given). residual, x
+    (..., H) of one shape; weight (H,)."""
     _check_tensors("add_rms_norm_triton", residual=residual, x=x, weight=weight)
     cols = x.shape[-1]
     r2, x2 = residual.reshape(-1, cols).contiguous(), x.reshape(-1, cols).contiguous()
     r_out = torch.empty(r2.shape, device=x.device, dtype=torch.promote_types(residual.dtype, x.dtype))
-    out_dtype = weight.dtype if cast_input else torch.promote_types(r_out.dtype, weight.dtype)
+    if out_dtype is None:
+        out_dtype = weight.dtype if cast_input else torch.promote_types(r_out.dtype, weight.dtype)
     y = torch.empty(r2.shape, device=x.device, dtype=out_dtype)
     block = _next_pow2(cols)
     if r2.shape[0]:

@@ -370,6 +370,52 @@ def test_vision_cuda_graph_replays_the_eager_forward(family):
     assert ForwardGraphs.count(backbone) == 0  # .to() frees the graphs
 
 
+@pytest.mark.parametrize("family", ["vim", "vmamba"])
+def test_vision_cuda_graph_replay_first_then_checks(family):
+    """A captured forward is replayed before the fingerprint and the pixels' finiteness are checked: a weight replaced
+    by a new tensor (the old one deleted and the cache emptied), a weight's .data swapped and a hook added after the
+    capture each give the eager numbers (the stale replay is dropped, the hook is called), and NaN pixels still raise
+    the ValueError, after which the graph keeps replaying."""
+    from ssmvl.modeling.cuda_graphs import ForwardGraphs
+
+    model, eager = _vision(family, use_cuda_graph=True), _vision(family)
+    backbone = model.vim if family == "vim" else model.vmamba
+
+    def norms(m):
+        return m.vim.norm_f if family == "vim" else m.vmamba.norm
+
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            model(pixel_values=x)
+        assert ForwardGraphs.count(backbone) == 1
+        for m in (model, eager):  # a new Parameter; the old tensor's memory handed back to the driver
+            norms(m).weight = torch.nn.Parameter(norms(m).weight * 0.5)
+        torch.cuda.empty_cache()
+        torch.testing.assert_close(model(pixel_values=x).logits, eager(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+        for _ in range(2):  # captured again with the new weight
+            torch.testing.assert_close(model(pixel_values=x).logits, eager(pixel_values=x).logits, rtol=1e-4,
+                                       atol=1e-4)
+        for m in (model, eager):
+            norms(m).weight.data = norms(m).weight.data * 2.0
+        torch.cuda.empty_cache()
+        torch.testing.assert_close(model(pixel_values=x).logits, eager(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+        for _ in range(2):
+            model(pixel_values=x)
+        calls = []
+        handle = norms(model).register_forward_hook(lambda *a: calls.append(1))
+        model(pixel_values=x)
+        assert calls == [1]  # the stale replay was dropped and the forward ran eagerly
+        handle.remove()
+        for _ in range(2):
+            model(pixel_values=x)
+        bad = x.clone()
+        bad[0, 0, 0, 0] = float("nan")
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            model(pixel_values=bad)
+        torch.testing.assert_close(model(pixel_values=x).logits, eager(pixel_values=x).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_vision_cuda_graph_is_off_by_default():
     from ssmvl.modeling.cuda_graphs import ForwardGraphs
 

@@ -641,7 +641,8 @@ def test_rms_norm_matches_torch(x_dtype, w_dtype, shape):
 
 @pytest.mark.parametrize("r_dtype,x_dtype,w_dtype", [(torch.float32, torch.bfloat16, torch.bfloat16),
                                                      (torch.bfloat16, torch.bfloat16, torch.bfloat16),
-                                                     (torch.float32, torch.float32, torch.float32)], ids=str)
+                                                     (torch.float32, torch.float32, torch.float32),
+                                                     (torch.float32, torch.bfloat16, torch.float32)], ids=str)
 @pytest.mark.parametrize("cast_input", [True, False])
 def test_add_rms_norm_matches_torch(r_dtype, x_dtype, w_dtype, cast_input):
     """add_rms_norm_triton = (residual + x, RMSNorm of it) as the blocks compute them in torch."""
@@ -656,6 +657,9 @@ def test_add_rms_norm_matches_torch(r_dtype, x_dtype, w_dtype, cast_input):
     assert s.dtype == s_ref.dtype and rel(s, s_ref) < (1e-7 if s.dtype == torch.float32 else TOL[s.dtype])
     assert y.dtype == y_ref.dtype
     assert rel(y, y_ref) < (1e-6 if v.dtype == torch.float32 else TOL[v.dtype])
+    if cast_input and w_dtype == torch.float32:  # out_dtype: the same norm rounded once to it (autocast's cast)
+        s16, y16 = ssm_triton.add_rms_norm_triton(r, x, w, 1e-5, cast_input=True, out_dtype=torch.bfloat16)
+        assert y16.dtype == torch.bfloat16 and torch.equal(s16, s) and torch.equal(y16, y.to(torch.bfloat16))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch sends only CUDA tensors to triton")
@@ -868,6 +872,60 @@ def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
             ssm_triton.selective_scan_triton(uu, delta, A, B, C, z=z, reverse=True, **kw)
         y2, _ = ssm_ops.selective_scan(uu, delta, A, B, C, z=z, reverse=True, backend="triton", **kw)
         assert rel(y2, y0.flip(-1)) < 1e-4
+
+
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scan_mean_into(monkeypatch, path, dtype):
+    """selective_scan(..., reverse=True, mean_into=y) as Vim's backward branch calls it: y becomes the mean of itself
+    and the reversed scan (the lane kernel averages as it stores, one-pass and chunked; the other paths lerp after),
+    against lerp(y, float64 reference); the tensor is written in place and returned; bad ones are refused."""
+    _force_forward_path(monkeypatch, path)
+    g = torch.Generator().manual_seed(12)
+    batch, dim, L, N, R = 2, 64, 77, 16, 8
+    bases = dict(xz=torch.randn(batch, L, 2 * dim, generator=g), dl=torch.randn(batch, L, dim, generator=g) * 0.5,
+                 xp=torch.randn(batch, L, R + 2 * N, generator=g), u=torch.randn(batch, dim, L, generator=g))
+    u, delta, z, B, C = _mixer_views({k: v.to(DEV, dtype) for k, v in bases.items()}, dim, N, R, 0, False)
+    A_log = torch.log(torch.rand(dim, N, generator=g) * 4 + 0.1).to(DEV)
+    Dp, bias = torch.randn(dim, generator=g).to(DEV), (torch.rand(dim, generator=g) - 2).to(DEV)
+    kw = dict(D=Dp, delta_bias=bias, delta_softplus=True, a_log=True, backend="triton")
+    other = torch.randn(batch, L, dim, generator=g).to(DEV, dtype).transpose(1, 2)  # time-major, as the lane y
+    target = other.clone()
+    with torch.no_grad():
+        out = ssm_ops.selective_scan(u, delta, A_log, B, C, z=z, reverse=True, mean_into=target, **kw)
+    assert out is target
+    f = (lambda t: t.double().flip(-1))
+    y0 = ssm_ops.selective_scan_ref(f(u), f(delta), -torch.exp(A_log.double()), f(B), f(C), z=f(z), D=Dp.double(),
+                                    delta_bias=bias.double(), delta_softplus=True).flip(-1)
+    assert rel(out, torch.lerp(other.double(), y0, 0.5)) < (1e-5 if dtype == torch.float32 else TOL[dtype])
+    for bad in (other[:, :, :-1], other.float() if dtype != torch.float32 else other.double()):
+        with pytest.raises(ValueError, match="mean_into must be a tensor of y's shape"):
+            ssm_ops.selective_scan(u, delta, A_log, B, C, z=z, reverse=True, mean_into=bad, **kw)
+    with pytest.raises(ValueError, match="written in place"):
+        ssm_ops.selective_scan(u, delta, A_log, B, C, z=z, mean_into=other.clone().requires_grad_(), **kw)
+
+
+@pytest.mark.parametrize("chunks", [False, True], ids=["one-pass", "chunked"])
+def test_lane_bf16_words_equal_per_value_conversion(monkeypatch, chunks):
+    """LANE_CONFIG["bf16_words"]: bf16 B / C rows read in place and converted by bit operations on 32-bit words give
+    the same y and last state, bit for bit, as the per-value conversion (a bf16 is the upper half of its fp32)."""
+    monkeypatch.setitem(ssm_triton.LANE_CONFIG, "enabled", True)
+    if chunks:
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, "min_warps", 10**6)
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, "min_chunk", 16)
+    g = torch.Generator().manual_seed(13)
+    batch, dim, L, N, R = 2, 64, 61, 16, 8
+    bases = dict(xz=torch.randn(batch, L, 2 * dim, generator=g), dl=torch.randn(batch, L, dim, generator=g) * 0.5,
+                 xp=torch.randn(batch, L, R + 2 * N, generator=g), u=torch.randn(batch, dim, L, generator=g))
+    u, delta, z, B, C = _mixer_views({k: v.to(DEV, torch.bfloat16) for k, v in bases.items()}, dim, N, R, 0, False)
+    assert ssm_triton._lane_vector(ssm_triton._bc4(B), ssm_triton._bc4(C), N) == 8  # read in place
+    A = (-torch.rand(dim, N, generator=g) * 4 - 0.1).to(DEV)
+    out = {}
+    for words in (True, False):
+        monkeypatch.setitem(ssm_triton.LANE_CONFIG, "bf16_words", words)
+        out[words] = ssm_triton.selective_scan_triton(u, delta, A, B, C, z=z, delta_softplus=True,
+                                                      return_last_state=True)
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
 
 
 @pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "sequential", "training"])

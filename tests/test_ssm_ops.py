@@ -307,3 +307,33 @@ def test_mixer_channel_major_projections_match_module_calls(monkeypatch, bidirec
     y2, _ = run()
     assert hooked and id(mixer.in_proj) not in seen and id(mixer.dt_proj) not in seen
     assert torch.allclose(y2, y0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mean_into_averages_in_place(reverse):
+    """selective_scan(..., mean_into=t): t becomes lerp(t, y, 0.5) in place and is returned as y (a bidirectional
+    mixer's two directions); a tensor of another shape / dtype, or one autograd tracks, is refused by name."""
+    inputs = {k: (v.detach() if v is not None else None) for k, v in make_inputs(2, 12, 9, 4).items()}
+    y = ssm_ops.selective_scan(**inputs, delta_softplus=True, backend="torch", reverse=reverse)
+    other = torch.randn(y.shape)
+    target = other.clone()
+    out, last = ssm_ops.selective_scan(**inputs, delta_softplus=True, backend="torch", reverse=reverse,
+                                       mean_into=target, return_last_state=True)
+    assert out is target and last.shape == (2, 12, 4)
+    torch.testing.assert_close(out, torch.lerp(other, y, 0.5), rtol=0, atol=0)
+    for bad in (other[..., :-1], other.double()):
+        with pytest.raises(ValueError, match="mean_into must be a tensor of y's shape"):
+            ssm_ops.selective_scan(**inputs, backend="torch", mean_into=bad)
+    with pytest.raises(ValueError, match="written in place"):
+        ssm_ops.selective_scan(**inputs, backend="torch", mean_into=other.clone().requires_grad_())
+
+
+def test_add_rms_norm_out_dtype():
+    """add_rms_norm(..., out_dtype=...): the same norm rounded once to out_dtype (what autocast's cast would give);
+    the residual sum is unchanged."""
+    g = torch.Generator().manual_seed(5)
+    r, x, w = torch.randn(3, 7, 32, generator=g), torch.randn(3, 7, 32, generator=g), torch.rand(32, generator=g) + 0.5
+    s, y = ssm_ops.add_rms_norm(r, x, w, 1e-5, cast_input=True)
+    s16, y16 = ssm_ops.add_rms_norm(r, x, w, 1e-5, cast_input=True, out_dtype=torch.bfloat16)
+    assert y.dtype == torch.float32 and y16.dtype == torch.bfloat16
+    assert torch.equal(s16, s) and torch.equal(y16, y.to(torch.bfloat16))
