@@ -139,6 +139,10 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
     ap.add_argument("--out", default="benchmarks/results/scan_vs_mamba_ssm.json")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import ensure_ssmvl
+
+    ensure_ssmvl()  # a plain checkout (the device machine) has no installed ssmvl
     from ssmvl.modeling import ssm_triton
 
     cuda_ext = None

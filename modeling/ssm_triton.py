@@ -325,12 +325,13 @@ def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, VEC: 
 
 
 @triton.jit
-def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, B_p, sB, C_p, sC, t, L,
+def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, y_p, sy, B_p, sB, C_p, sC, t, L,
              NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_C: tl.constexpr,
-             VEC: tl.constexpr):
+             VEC: tl.constexpr, MEAN: tl.constexpr):
     """Inputs of step t for a lane program ((S, BLOCK_D) pointer tensors): u, delta (and z) of its channels, and the
     NS = N / S values of B_t (and C_t) that each split of the states needs, as tuples (B / C with unit stride along
-    N: B_p + t * sB is step t's row; a reversed scan passes views at the last step and negative step strides).
+    N: B_p + t * sB is step t's row; a reversed scan passes views at the last step and negative step strides), and
+    with MEAN the y already stored at step t (loaded with the others, ahead of its use).
     Unmasked: t is clamped to L - 1 (the caller makes steps past its range no-ops)."""
     t = tl.minimum(t, L - 1)
     u = tl.load(u_p + t * su).to(tl.float32)
@@ -342,17 +343,20 @@ def _lane_ld(u_p, su, dl_p, sdl, z_p, sz, B_p, sB, C_p, sC, t, L,
     Ct = ()
     if HAS_C:
         Ct = _lane_row(C_p + t * sC, NS, S, BLOCK_D, VEC)
-    return u, dt, zz, Bt, Ct
+    yo = u
+    if MEAN:
+        yo = tl.load(y_p + t * sy).to(tl.float32)
+    return u, dt, zz, yo, Bt, Ct
 
 
 @triton.jit
-def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
+def _lane_step(h, u, dt, zz, yo, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
                NS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                SOFTPLUS: tl.constexpr, STORE_Y: tl.constexpr, FAST: tl.constexpr):
     """One step of a lane program (a no-op when v is False). Tensors are (S, BLOCK_D): channel d's N states are split
     over S threads, NS = N / S each (h: a tuple of NS tensors), so a step is, per state, one exp2 and three
     multiply-adds, and y needs a sum over the S threads only (none for S = 1). The split s = 0 stores y (first);
-    STORE_Y 2: the mean of y and the value already there (a bidirectional mixer's two directions, one pass).
+    STORE_Y 2: the mean of y and yo, the value already there (a bidirectional mixer's two directions, one pass).
     Returns the new states and the step size."""
     dt = _step_size(dt, bias, v, HAS_BIAS, SOFTPLUS, FAST)
     du = dt * u
@@ -366,7 +370,7 @@ def _lane_step(h, u, dt, zz, Bt, Ct, v, A2, Dv, bias, y_p, sy, t, first,
     if STORE_Y:
         y = _skip_and_gate(tl.sum(y, axis=0, keep_dims=True), u, zz, Dv, HAS_D, HAS_Z)
         if STORE_Y == 2:
-            y = 0.5 * (y + tl.load(y_p + t * sy, mask=first & v, other=0.0).to(tl.float32))
+            y = 0.5 * (y + yo)
         tl.store(y_p + t * sy, y.to(y_p.dtype.element_ty), mask=first & v)
     return hn, dt
 
@@ -455,24 +459,25 @@ def _scan_fwd_lane_kernel(
     t1 = tl.minimum(t0 + CHUNK, L)
     # a fixed trip count (CHUNK; steps past t1 are no-ops): bounds derived from program ids would not work in triton's
     # CPU interpreter. Two steps per iteration, the loads of the next two issued before their arithmetic.
-    u0, d0, z0, B0, C0 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0, L, NS, S, BLOCK_D,
-                                  LD_Z, STORE_Y, VEC)
-    u1, d1, z1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t0 + 1, L, NS, S, BLOCK_D,
-                                  LD_Z, STORE_Y, VEC)
+    MEAN_LD: tl.constexpr = STORE_Y == 2
+    u0, d0, z0, y0, B0, C0 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t0, L, NS, S,
+                                      BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
+    u1, d1, z1, y1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t0 + 1, L, NS,
+                                      S, BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
     for k in range(0, CHUNK, 2):
         t = t0 + k
-        u2, d2, z2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 2, L, NS, S,
-                                      BLOCK_D, LD_Z, STORE_Y, VEC)
-        u3, d3, z3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, B_p, sB_l, C_p, sC_l, t + 3, L, NS, S,
-                                      BLOCK_D, LD_Z, STORE_Y, VEC)
-        h, e0 = _lane_step(h, u0, d0, z0, B0, C0, t < t1, A2, Dv, bias, y_p, sy_l, t, first, NS, HAS_D, HAS_Z,
+        u2, d2, z2, y2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t + 2, L,
+                                          NS, S, BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
+        u3, d3, z3, y3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t + 3, L,
+                                          NS, S, BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
+        h, e0 = _lane_step(h, u0, d0, z0, y0, B0, C0, t < t1, A2, Dv, bias, y_p, sy_l, t, first, NS, HAS_D, HAS_Z,
                            HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
-        h, e1 = _lane_step(h, u1, d1, z1, B1, C1, t + 1 < t1, A2, Dv, bias, y_p, sy_l, t + 1, first, NS, HAS_D, HAS_Z,
-                           HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
+        h, e1 = _lane_step(h, u1, d1, z1, y1, B1, C1, t + 1 < t1, A2, Dv, bias, y_p, sy_l, t + 1, first, NS, HAS_D,
+                           HAS_Z, HAS_BIAS, SOFTPLUS, STORE_Y, FAST)
         if MODE == 1:
             s += e0 + e1
-        u0, d0, z0, B0, C0 = u2, d2, z2, B2, C2
-        u1, d1, z1, B1, C1 = u3, d3, z3, B3, C3
+        u0, d0, z0, y0, B0, C0 = u2, d2, z2, y2, B2, C2
+        u1, d1, z1, y1, B1, C1 = u3, d3, z3, y3, B3, C3
     if MODE == 1:
         for i in tl.static_range(NS):
             tl.store(hend_ptr + st_p + i, h[i])
