@@ -1,7 +1,7 @@
 """The lane forward's GPU time on a Mamba mixer's inputs (bf16 views of the in_proj / x_proj / dt_proj outputs, as
 a Vim-S layer passes them) under settings toggled one at a time: bf16 B / C converted per value or as 32-bit words
 (``LANE_CONFIG["bf16_words"]``), the backward branch averaging into the forward's y (``mean_into``), the state split
-S and the chunk count (``min_warps``). Kernel times from torch.profiler (common.kernel_device_ms).
+S (``min_warps``) and the chunk count (``chunk_warps``). Kernel times from torch.profiler (common.kernel_device_ms).
 
     python benchmarks/lane_variants.py OUT.json [B,D,L ...]     (default: 128,768,197 and 4,768,6085: Vim-S 224 / 1248 px)
 """
@@ -24,16 +24,16 @@ N, RANK = 16, 24  # Vim-S: d_state 16, dt_rank 384 / 16
 
 VARIANTS = {  # name: (LANE_CONFIG changes, reverse + mean_into)
     "default": ({}, False),
+    "words_on": ({"bf16_words": True}, False),
     "words_off": ({"bf16_words": False}, False),
     "mean": ({}, True),
-    "mean_words_off": ({"bf16_words": False}, True),
+    "mean_words_on": ({"bf16_words": True}, True),
     "reverse": ({}, "reverse"),
-    "min_warps_4096": ({"min_warps": 4096}, False),
-    "min_warps_8192": ({"min_warps": 8192}, False),
-    "min_warps_1024": ({"min_warps": 1024}, False),
+    "chunk_warps_2048": ({"chunk_warps": 2048}, False),
+    "chunk_warps_8192": ({"chunk_warps": 8192}, False),
+    "split_2": ({"min_warps": 4096}, False),
+    "split_2_words_on": ({"min_warps": 4096, "bf16_words": True}, False),
     "warps_2": ({"num_warps": 2}, False),
-    "warps_4": ({"num_warps": 4}, False),
-    "split_2": ({"max_split": 2, "min_warps": 4096}, False),
 }
 
 

@@ -94,9 +94,14 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # 0.52-0.55 ms (S = 2, 11 chunks; mamba_ssm 0.574), B128 D768 L197 0.43 (sequential) -> 0.40 ms (S = 1); against
 # the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms; 3-4x its instruction
 # count, for a reason not yet identified: benchmarks/README.md).
-# bf16_words: bf16 B / C read in place are converted by bit operations on 32-bit words (_lane_row, VEC 16).
-LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "min_chunk": 256,
-               "bf16_words": True}
+# chunk_warps: a sequence is cut into chunks until the kernel runs at least this many warps (at most ~32 of them an SM
+# at S = 2); min_warps picks S. H200, Vim-S layer inputs (bf16 views, benchmarks/lane_variants.py,
+# results/lane_variants_2026-11-29.json): B4 D768 L6085 with 11 chunks (2,048 warps) 0.439 ms, 22 chunks (4,096) 0.395.
+# bf16_words: bf16 B / C read in place are converted by bit operations on 32-bit words (_lane_row, VEC 16): 180
+# instead of 205 instructions a step and 96 instead of 143 registers at S = 1, yet measured slower at B128 D768 L197
+# (0.228 against 0.200 ms; at L6085 0.439 against 0.432): off.
+LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "chunk_warps": 4096,
+               "min_chunk": 256, "bf16_words": False}
 # The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
 # compiled for sm_90 with both): with an older triton the other kernels take its cases.
 _TUPLES = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) >= (3, 3)
@@ -1428,7 +1433,7 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
         return None
     S = next((S for S in splits if batch * dim * S // 32 >= cfg["min_warps"]), splits[-1])
     warps = max(1, batch * dim * S // 32)
-    want = _cdiv(int(cfg["min_warps"]), warps)  # chunks wanted per channel block
+    want = _cdiv(int(cfg.get("chunk_warps", cfg["min_warps"])), warps)  # chunks wanted per channel block
     chunk = L
     if want > 1:
         chunk = max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want))
@@ -1504,7 +1509,7 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
         bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
         B, C = bc[..., :N].transpose(2, 3), bc[..., ROW:ROW + N].transpose(2, 3)
         VEC = 4 if (N // S) % 4 == 0 else 1
-    elif VEC == 8 and B.dtype == torch.bfloat16 and LANE_CONFIG.get("bf16_words", True):
+    elif VEC == 8 and B.dtype == torch.bfloat16 and LANE_CONFIG.get("bf16_words", False):
         VEC = 16  # bf16 rows converted by bit operations on whole words (see _lane_row)
     if mean_into is not None:
         y = mean_into

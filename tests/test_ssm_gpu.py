@@ -315,10 +315,13 @@ def test_lane_plan():
     by default only where the time-tiled kernel is not chosen."""
     cfg = dict(ssm_triton.LANE_CONFIG)
     try:
-        ssm_triton.LANE_CONFIG.update(enabled=None, num_warps=1, max_split=2, min_warps=2048, min_chunk=256)
+        ssm_triton.LANE_CONFIG.update(enabled=None, num_warps=1, max_split=2, min_warps=2048, chunk_warps=4096,
+                                      min_chunk=256)
         assert ssm_triton._lane_plan(128, 768, 1, 16, 197) == (1, 32, 197, 1)  # short: 3072 warps, one chunk
-        S, block, chunk, nchunks = ssm_triton._lane_plan(4, 768, 1, 16, 6085)  # few channels, long: 2 x 11 chunks
-        assert (S, block, nchunks) == (2, 16, 11) and chunk * 11 >= 6085
+        S, block, chunk, nchunks = ssm_triton._lane_plan(4, 768, 1, 16, 6085)  # few channels, long: 2 x 22 chunks
+        assert (S, block, nchunks) == (2, 16, 22) and chunk * 22 >= 6085
+        ssm_triton.LANE_CONFIG["chunk_warps"] = 2048
+        assert ssm_triton._lane_plan(4, 768, 1, 16, 6085)[3] == 11
         assert ssm_triton._lane_plan(16, 1536, 1, 16, 4096) is None  # the time-tiled kernel's
         assert ssm_triton._lane_plan(1, 1536, 1, 16, 1024) is None
         ssm_triton.LANE_CONFIG.update(enabled=True, max_split=4, min_warps=1024, min_chunk=64)
