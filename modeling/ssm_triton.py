@@ -94,12 +94,14 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # 0.52-0.55 ms (S = 2, 11 chunks; mamba_ssm 0.574), B128 D768 L197 0.43 (sequential) -> 0.40 ms (S = 1); against
 # the tiled kernel it lost (B8 D1536 L1024 0.22 -> 0.25-0.5 ms, B16 D1536 L4096 1.75 -> 2.3 ms; 3-4x its instruction
 # count, for a reason not yet identified: benchmarks/README.md).
-# chunk_warps: a sequence is cut into chunks until the kernel runs at least this many warps (at most ~32 of them an SM
-# at S = 2); min_warps picks S. H200, Vim-S layer inputs (bf16 views, benchmarks/lane_variants.py,
-# results/lane_variants_2026-11-29.json): B4 D768 L6085 with 11 chunks (2,048 warps) 0.439 ms, 22 chunks (4,096) 0.395.
+# min_warps picks S; below min_warps, with a time-major u (a mixer's), a sequence is cut into chunks until the kernel
+# runs at least chunk_warps warps (about 32 an SM at S = 2); with a channel-major u, until min_warps (each step reads a
+# cache line a channel and tensor: twice the resident warps thrashed L1). H200, bf16 (benchmarks/lane_variants.py,
+# results/lane_variants_2026-11-29*.json): a Vim-S layer's views at B4 D768 L6085 0.430 ms with 11 chunks (2,048
+# warps), 0.404 with 22 (4,096), 0.422 with 24; channel-major inputs (scan_vs_mamba_ssm.py) 0.41 -> 0.58 ms with 22.
 # bf16_words: bf16 B / C read in place are converted by bit operations on 32-bit words (_lane_row, VEC 16): 180
 # instead of 205 instructions a step and 96 instead of 143 registers at S = 1, yet measured slower at B128 D768 L197
-# (0.228 against 0.200 ms; at L6085 0.439 against 0.432): off.
+# (0.228 against 0.200 ms), 3% faster at L6085 (0.392 against 0.404): off.
 LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "chunk_warps": 4096,
                "min_chunk": 256, "bf16_words": False}
 # The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
@@ -1419,8 +1421,9 @@ def _carry_chunks(A, S, local, init, starts, final, reverse: bool, a_log: bool =
     )
 
 
-def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
-    """(S, BLOCK_D, CHUNK, nchunks) of the lane forward, or None where it does not apply (see LANE_CONFIG)."""
+def _lane_plan(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = True):
+    """(S, BLOCK_D, CHUNK, nchunks) of the lane forward, or None where it does not apply (see LANE_CONFIG;
+    ``time_major``: u's layout, which sets how many warps the chunks aim at)."""
     cfg = LANE_CONFIG
     if cfg["enabled"] is False or not _TUPLES:
         return None
@@ -1433,10 +1436,11 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int):
         return None
     S = next((S for S in splits if batch * dim * S // 32 >= cfg["min_warps"]), splits[-1])
     warps = max(1, batch * dim * S // 32)
-    want = _cdiv(int(cfg.get("chunk_warps", cfg["min_warps"])), warps)  # chunks wanted per channel block
+    target = cfg.get("chunk_warps", cfg["min_warps"]) if time_major else cfg["min_warps"]
+    want = 1 if warps >= cfg["min_warps"] else _cdiv(int(target), warps)  # chunks wanted per channel block
     chunk = L
     if want > 1:
-        chunk = max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want))
+        chunk = min(L, max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want)))  # one chunk: its trip count is L
     return S, lanes // S, chunk, _cdiv(L, chunk)
 
 
@@ -1766,6 +1770,8 @@ def selective_scan_triton(
                          "inputs (ssm_ops.selective_scan(..., reverse=True) does that).")
     softplus, G = bool(delta_softplus), B4.shape[1]
     kernel = _inference_kernel(batch, dim, G, A.shape[1], L) if inference else None
+    if kernel is not None and kernel != "tile":  # the lane plan for u's layout
+        kernel = _lane_plan(batch, dim, G, A.shape[1], L, time_major=_time_major(args[0]))
     if kernel is not None and kernel != "tile" and mean_into is not None and L:  # averaged as it stores
         y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log),
                                   mean_into=mean_into)

@@ -318,10 +318,13 @@ def test_lane_plan():
         ssm_triton.LANE_CONFIG.update(enabled=None, num_warps=1, max_split=2, min_warps=2048, chunk_warps=4096,
                                       min_chunk=256)
         assert ssm_triton._lane_plan(128, 768, 1, 16, 197) == (1, 32, 197, 1)  # short: 3072 warps, one chunk
+        assert ssm_triton._lane_plan(128, 768, 1, 16, 400)[2:] == (400, 1)  # 3072 warps: enough, no chunks
         S, block, chunk, nchunks = ssm_triton._lane_plan(4, 768, 1, 16, 6085)  # few channels, long: 2 x 22 chunks
         assert (S, block, nchunks) == (2, 16, 22) and chunk * 22 >= 6085
+        assert ssm_triton._lane_plan(4, 768, 1, 16, 6085, time_major=False)[2:] == (554, 11)  # min_warps
         ssm_triton.LANE_CONFIG["chunk_warps"] = 2048
         assert ssm_triton._lane_plan(4, 768, 1, 16, 6085)[3] == 11
+        assert ssm_triton._lane_plan(128, 768, 1, 16, 197)[2:] == (197, 1)  # one chunk is the whole sequence
         assert ssm_triton._lane_plan(16, 1536, 1, 16, 4096) is None  # the time-tiled kernel's
         assert ssm_triton._lane_plan(1, 1536, 1, 16, 1024) is None
         ssm_triton.LANE_CONFIG.update(enabled=True, max_split=4, min_warps=1024, min_chunk=64)
