@@ -10,7 +10,8 @@ default; lm_prefill_1x1024 (1 x 1024 tokens, median of 51 calls: host-bound); ma
 mamba_ssm_prefill_1x1024 (the same forwards by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
 MAMBA_SSM_PATHS=colon-separated import paths of a build, as ../shared/anchors/gen_vs_mamba_ssm.py takes them). bf16 autocast over fp32 weights (vision; as bench_gpu_models.py), bf16 weights (LM); random weights.
 Kernels are grouped by name; the JSON keeps the top 25 of each case with their share of the CUDA time, and host_ms,
-the median time until a call returns (its host work). --host-ops adds each case's top host ops by own CPU time.
+the median time until a call returns (its host work). --host-ops adds each case's top host ops by own CPU time;
+--lane=KEY=INT sets ssm_triton.LANE_CONFIG[KEY] first (e.g. --lane=bf16_words=1).
 """
 
 from __future__ import annotations
@@ -143,6 +144,14 @@ def main():
     args = sys.argv[2:]
     with_host_ops = "--host-ops" in args  # also the host ops of each case (see host_ops)
     args = [a for a in args if a != "--host-ops"]
+    lane = [a for a in args if a.startswith("--lane=")]  # --lane=KEY=INT: a ssm_triton.LANE_CONFIG setting
+    args = [a for a in args if a not in lane]
+    if lane:
+        from ssmvl.modeling import ssm_triton
+
+        for a in lane:
+            key, value = a[len("--lane="):].split("=")
+            ssm_triton.LANE_CONFIG[key] = int(value)
     cases = args or [*VISION, "lm_prefill", "lm_prefill_1x1024"]
     p = torch.cuda.get_device_properties(0)
     result = {"gpu": p.name, "torch": torch.__version__, "cases": {}}
