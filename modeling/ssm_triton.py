@@ -100,10 +100,12 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # results/lane_variants_2026-11-29*.json): a Vim-S layer's views at B4 D768 L6085 0.430 ms with 11 chunks (2,048
 # warps), 0.404 with 22 (4,096), 0.422 with 24; channel-major inputs (scan_vs_mamba_ssm.py) 0.41 -> 0.58 ms with 22.
 # bf16_words: bf16 B / C read in place are converted by bit operations on 32-bit words (_lane_row, VEC 16): 180
-# instead of 205 instructions a step and 96 instead of 143 registers at S = 1, yet measured slower at B128 D768 L197
-# (0.228 against 0.200 ms), 3% faster at L6085 (0.392 against 0.404): off.
+# instead of 205 instructions a step and 96 instead of 143 registers at S = 1. In the Vim-S forward (profile_models_gpu.py
+# --lane=bf16_words=0/1, twice each, results/profile_lane_words_2026-11-29*.json) the lane kernels took 9.09 against
+# 10.61 ms at 224 px (batch 128) and 19.0 against 19.6 ms at 1248 px: on. (lane_variants.py's synthetic inputs, with a
+# delta_bias the model does not pass at 224 px, measured the opposite at B128 L197: 0.223 against 0.199 ms.)
 LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "chunk_warps": 4096,
-               "min_chunk": 256, "bf16_words": False}
+               "min_chunk": 256, "bf16_words": True}
 # The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
 # compiled for sm_90 with both): with an older triton the other kernels take its cases.
 _TUPLES = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) >= (3, 3)
@@ -1513,7 +1515,7 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
         bc[..., ROW:ROW + N].copy_(C.transpose(2, 3))
         B, C = bc[..., :N].transpose(2, 3), bc[..., ROW:ROW + N].transpose(2, 3)
         VEC = 4 if (N // S) % 4 == 0 else 1
-    elif VEC == 8 and B.dtype == torch.bfloat16 and LANE_CONFIG.get("bf16_words", False):
+    elif VEC == 8 and B.dtype == torch.bfloat16 and LANE_CONFIG.get("bf16_words", True):
         VEC = 16  # bf16 rows converted by bit operations on whole words (see _lane_row)
     if mean_into is not None:
         y = mean_into
