@@ -187,7 +187,7 @@ template <typename T> struct Seq {
 };
 
 // A tile of cw channels x n steps between a Seq (channel stride sd, step stride sl) and a (n, CB) buffer of rows of
-// channels: dst[j * CB + c] = src[c * sd + j * sl] (gather) or back (scatter). Channel-major float tensors (sl = 1)
+// channels: buf[j * CB + c] = seq[c * sd + j * sl] (GATHER) or back (scatter). Channel-major float tensors (sl = 1)
 // move in 8 x 8 blocks transposed in registers (AVX); the rest one element at a time.
 #ifdef __AVX__
 // out row r = column r of the 8 x 8 block whose rows are at in + i * istride
@@ -211,8 +211,8 @@ SSMVL_INLINE void transpose8(const float* in, int64_t istride, float* out, int64
 }
 #endif
 
-template <typename T>
-SSMVL_INLINE void gather_tile(const T* src, int64_t sd, int64_t sl, int64_t cw, int64_t n, T* buf) {
+template <bool GATHER, typename T>
+SSMVL_INLINE void move_tile(T* seq, int64_t sd, int64_t sl, int64_t cw, int64_t n, T* buf) {
   constexpr int64_t CB = block_channels<T>();
   int64_t c8 = 0, j8 = 0;
 #ifdef __AVX__
@@ -220,29 +220,18 @@ SSMVL_INLINE void gather_tile(const T* src, int64_t sd, int64_t sl, int64_t cw, 
     if (sl == 1) {
       c8 = cw / 8 * 8, j8 = n / 8 * 8;
       for (int64_t c = 0; c < c8; c += 8)
-        for (int64_t j = 0; j < j8; j += 8) transpose8(src + c * sd + j, sd, buf + j * CB + c, CB);
+        for (int64_t j = 0; j < j8; j += 8) {
+          if constexpr (GATHER) transpose8(seq + c * sd + j, sd, buf + j * CB + c, CB);
+          else transpose8(buf + j * CB + c, CB, seq + c * sd + j, sd);
+        }
     }
   }
 #endif
   for (int64_t c = 0; c < cw; ++c)
-    for (int64_t j = (c < c8 ? j8 : 0); j < n; ++j) buf[j * CB + c] = src[c * sd + j * sl];
-}
-
-template <typename T>
-SSMVL_INLINE void scatter_tile(const T* buf, int64_t cw, int64_t n, T* dst, int64_t sd, int64_t sl) {
-  constexpr int64_t CB = block_channels<T>();
-  int64_t c8 = 0, j8 = 0;
-#ifdef __AVX__
-  if constexpr (std::is_same<T, float>::value) {
-    if (sl == 1) {
-      c8 = cw / 8 * 8, j8 = n / 8 * 8;
-      for (int64_t c = 0; c < c8; c += 8)
-        for (int64_t j = 0; j < j8; j += 8) transpose8(buf + j * CB + c, CB, dst + c * sd + j, sd);
+    for (int64_t j = (c < c8 ? j8 : 0); j < n; ++j) {
+      if constexpr (GATHER) buf[j * CB + c] = seq[c * sd + j * sl];
+      else seq[c * sd + j * sl] = buf[j * CB + c];
     }
-  }
-#endif
-  for (int64_t c = 0; c < cw; ++c)
-    for (int64_t j = (c < c8 ? j8 : 0); j < n; ++j) dst[c * sd + j * sl] = buf[j * CB + c];
 }
 
 // One block of channels [ch, ch + cw) over the steps [t0, t0 + n) of a Seq, read and written a step at a time as NV
@@ -263,10 +252,10 @@ template <typename T> struct Run {
     bi = bi_; ch = ch_; cw = cw_; t0 = t0_; n = n_;
     if (direct || s->p == nullptr) return;
     if (cw < CB) std::fill(buf.begin(), buf.end(), T(0));
-    if (read) gather_tile(s->at(bi, ch, t0), s->sd, s->sl, cw, n, buf.data());
+    if (read) move_tile<true>(s->at(bi, ch, t0), s->sd, s->sl, cw, n, buf.data());
   }
   SSMVL_INLINE void flush() const {
-    if (!direct && s->p != nullptr) scatter_tile(buf.data(), cw, n, s->at(bi, ch, t0), s->sd, s->sl);
+    if (!direct && s->p != nullptr) move_tile<false>(s->at(bi, ch, t0), s->sd, s->sl, cw, n, const_cast<T*>(buf.data()));
   }
   SSMVL_INLINE void load(int64_t t, V<T>* out) const {
     constexpr int W = lanes<T>();
