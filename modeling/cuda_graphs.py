@@ -83,9 +83,9 @@ def graph_fingerprint(model: nn.Module) -> tuple:
 
 def graphs_apply(model: nn.Module, *inputs: torch.Tensor) -> bool:
     """Whether ``model``'s forward on ``inputs`` may go through ``ForwardGraphs``: ``config.use_cuda_graph``,
-    inference (eval mode, no gradients), CUDA inputs, not inside torch.compile or another capture."""
+    inference (eval mode, no gradients), CUDA tensor inputs, not inside torch.compile or another capture."""
     return (bool(getattr(model.config, "use_cuda_graph", False)) and not model.training
-            and not torch.is_grad_enabled() and all(t.is_cuda for t in inputs)
+            and not torch.is_grad_enabled() and all(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs)
             and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing())
 
 

@@ -301,8 +301,7 @@ class VimModel(VimPreTrainedModel):
         cfg = self.config
         output_hidden_states = output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
         return_dict = return_dict if return_dict is not None else cfg.return_dict
-        graphed = (isinstance(pixel_values, torch.Tensor) and not output_hidden_states
-                   and graphs_apply(self, pixel_values))  # see VimConfig.use_cuda_graph
+        graphed = not output_hidden_states and graphs_apply(self, pixel_values)  # see VimConfig.use_cuda_graph
         grid = self._check_pixel_values(pixel_values, interpolate_pos_encoding, finite=not graphed)
         out = None
         if graphed:

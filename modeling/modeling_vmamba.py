@@ -415,8 +415,7 @@ class VMambaModel(VMambaPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        graphed = (isinstance(pixel_values, torch.Tensor) and not output_hidden_states
-                   and graphs_apply(self, pixel_values))  # see VMambaConfig.use_cuda_graph
+        graphed = not output_hidden_states and graphs_apply(self, pixel_values)  # see VMambaConfig.use_cuda_graph
         self._check_pixel_values(pixel_values, finite=not graphed)
         out = None
         if graphed:

@@ -1377,10 +1377,11 @@ def _programs(batch: int, dim: int, G: int) -> int:
     return batch * G * _fwd_blocks(dim // G)[1]
 
 
-def _inference_kernel(batch: int, dim: int, G: int, N: int, L: int):
-    """The inference forward selective_scan_triton runs: the lane kernel's plan (see _lane_plan), "tile" for the
-    time-tiled kernel, or None for the sequential / chunked kernels (through the autograd Function)."""
-    plan = _lane_plan(batch, dim, G, N, L)
+def _inference_kernel(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = True):
+    """The inference forward selective_scan_triton runs: the lane kernel's plan (see _lane_plan; ``time_major``: u's
+    layout), "tile" for the time-tiled kernel, or None for the sequential / chunked kernels (through the autograd
+    Function)."""
+    plan = _lane_plan(batch, dim, G, N, L, time_major)
     if plan is not None:
         return plan
     return "tile" if _use_tile_kernel(_programs(batch, dim, G), L) else None
@@ -1745,7 +1746,7 @@ def selective_scan_triton(
         _check_tensors("selective_scan_triton", mean_into=mean_into)
     batch, dim, L = u.shape
     if L == 0:
-        y = u.new_zeros(u.shape)
+        y = u.new_zeros(u.shape) if mean_into is None else mean_into
         if not return_last_state:
             return y
         h = (initial_state.float().clone() if initial_state is not None
@@ -1771,38 +1772,30 @@ def selective_scan_triton(
         raise ValueError("selective_scan_triton: reverse=True runs without gradients only; for training pass flipped "
                          "inputs (ssm_ops.selective_scan(..., reverse=True) does that).")
     softplus, G = bool(delta_softplus), B4.shape[1]
-    kernel = _inference_kernel(batch, dim, G, A.shape[1], L) if inference else None
-    if kernel is not None and kernel != "tile":  # the lane plan for u's layout
-        kernel = _lane_plan(batch, dim, G, A.shape[1], L, time_major=_time_major(args[0]))
-    if kernel is not None and kernel != "tile" and mean_into is not None and L:  # averaged as it stores
+    kernel = _inference_kernel(batch, dim, G, A.shape[1], L, _time_major(args[0])) if inference else None
+    if kernel is not None and kernel != "tile":  # no autograd node; with mean_into, averaged as it stores y
         y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log),
                                   mean_into=mean_into)
-        return (y, h_last) if return_last_state else y
-    if mean_into is not None:  # the other kernels: the mean as one more pass (lerp: in fp32, rounded once)
-        out = selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                    initial_state, reverse, a_log)
-        mean_into.lerp_(out[0] if return_last_state else out, 0.5)
-        return (mean_into, out[1]) if return_last_state else mean_into
-    if kernel is not None:  # no autograd node
-        if kernel != "tile":
-            y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log))
-        else:
-            u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
-            y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus,
-                                         _block_t(TILE_CONFIG, L), False, reverse=bool(reverse), a_log=bool(a_log))
-        return (y, h_last) if return_last_state else y
-    if a_log:  # the other kernels (and training, through autograd) take A itself
-        args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
-    if inference:  # the Function reads needs_input_grad, which a parameter (D) sets even under no_grad
-        args = tuple(None if t is None else t.detach() for t in args)
-    if reverse:  # the sequential / chunked forwards on flipped copies
-        flip = (lambda t: None if t is None else t.flip(-1))
-        u_, delta_, A_, B_, C_, D_, z_ = args[:7]
-        y, h_last = _SelectiveScanFn.apply(flip(u_), flip(delta_), A_, flip(B_), flip(C_), D_, flip(z_), *args[7:],
-                                           softplus, True)
-        y = y.flip(-1)
+        mean_into = None
+    elif kernel == "tile":  # no autograd node
+        u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
+        y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus,
+                                     _block_t(TILE_CONFIG, L), False, reverse=bool(reverse), a_log=bool(a_log))
     else:
-        y, h_last = _SelectiveScanFn.apply(*args, softplus, bool(return_last_state))
+        if a_log:  # the other kernels (and training, through autograd) take A itself
+            args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
+        if inference:  # the Function reads needs_input_grad, which a parameter (D) sets even under no_grad
+            args = tuple(None if t is None else t.detach() for t in args)
+        if reverse:  # the sequential / chunked forwards on flipped copies
+            flip = (lambda t: None if t is None else t.flip(-1))
+            u_, delta_, A_, B_, C_, D_, z_ = args[:7]
+            y, h_last = _SelectiveScanFn.apply(flip(u_), flip(delta_), A_, flip(B_), flip(C_), D_, flip(z_),
+                                               *args[7:], softplus, True)
+            y = y.flip(-1)
+        else:
+            y, h_last = _SelectiveScanFn.apply(*args, softplus, bool(return_last_state))
+    if mean_into is not None:  # the other kernels: the mean as one more pass (lerp: in fp32, rounded once)
+        y = mean_into.lerp_(y, 0.5)
     return (y, h_last) if return_last_state else y
 
 
