@@ -124,6 +124,72 @@ def kernel_times(shape, ssm_triton, reps: int = 20, backward: bool = False):
     return {k: round(ms * 1000, 1) for k, ms in kernel_device_ms(run, reps).items()}
 
 
+def fb_grads(shape, ssm_triton):
+    """The gradients of u, delta, B, C, z from one forward + backward on ``inputs(*shape)`` (fp32 copies)."""
+    x = inputs(*shape)
+    leaves = [x[k].detach().clone().requires_grad_() for k in ("u", "delta", "B", "C", "z")]
+    y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], x["A"], leaves[2], leaves[3], x["D"], leaves[4],
+                                         x["bias"], True)
+    y.backward(x["dy"])
+    return [t.grad.float() for t in leaves]
+
+
+def fb_ms(shape, ssm_triton) -> float:
+    """Forward + backward ms (do_bench) on ``inputs(*shape)``."""
+    from triton.testing import do_bench
+
+    x = inputs(*shape)
+    leaves = [x[k].detach().clone().requires_grad_() for k in ("u", "delta", "B", "C", "z")]
+
+    def fb():
+        for t in leaves:
+            t.grad = None
+        y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], x["A"], leaves[2], leaves[3], x["D"], leaves[4],
+                                             x["bias"], True)
+        y.backward(x["dy"])
+
+    return do_bench(fb, warmup=10, rep=40)
+
+
+LANE_BWD_SWEEP = [None, (4, 2, 4), (4, 1, 4), (2, 1, 4), (4, 2, 2), (4, 1, 8), (2, 1, 2), (1, 1, 2)]
+
+
+def lane_bwd_sweep(shapes, bw, ssm_triton):
+    """Forward + backward (ms, do_bench) and kernel times with the lane backward off (None) and at each (S, CPT, SUB)
+    of LANE_BWD_SWEEP, each with the time-tiled training pair at its default and off; rel_err: the largest relative
+    distance of the five gradients to those with the lane backward off."""
+    rows = []
+    defaults = dict(ssm_triton.LANE_BWD_CONFIG), dict(ssm_triton.TILE_BWD_CONFIG)
+    for shape in shapes:
+        ssm_triton.LANE_BWD_CONFIG["enabled"] = False
+        ref = fb_grads(shape, ssm_triton)
+        programs = ssm_triton._programs(shape[0], shape[1], 1)
+        for tile in (None, False):
+            for cfg in LANE_BWD_SWEEP:
+                if tile is None and cfg is not None and ssm_triton._use_tile_bwd(programs, shape[2]):
+                    continue  # the tiled pair runs whatever the lane backward's settings
+                ssm_triton.TILE_BWD_CONFIG["enabled"] = tile
+                if cfg is None:
+                    ssm_triton.LANE_BWD_CONFIG["enabled"] = False
+                else:
+                    ssm_triton.LANE_BWD_CONFIG.update(enabled=None, S=cfg[0], CPT=cfg[1], SUB=cfg[2])
+                try:
+                    grads = fb_grads(shape, ssm_triton)
+                    row = dict(B=shape[0], D=shape[1], L=shape[2], tile=tile, lane_bwd=cfg,
+                               rel_err=max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, ref)),
+                               ssmvl_fb=fb_ms(shape, ssm_triton),
+                               kernels_us={k: v for k, v in kernel_times(shape, ssm_triton, backward=True).items()
+                                           if k.startswith("_")})
+                except Exception as err:  # noqa: BLE001 -- a setting that fails is a row, not the end of the sweep
+                    row = dict(B=shape[0], D=shape[1], L=shape[2], tile=tile, lane_bwd=cfg, error=repr(err)[:300])
+                rows.append(row)
+                print("lane_bwd", json.dumps(row), flush=True)
+        for config, saved in zip((ssm_triton.LANE_BWD_CONFIG, ssm_triton.TILE_BWD_CONFIG), defaults):
+            config.clear()
+            config.update(saved)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shapes", nargs="+", help="B,D,L")
@@ -134,6 +200,9 @@ def main(argv=None):
                     help="time forward + backward over the time-tiled training pair's settings (TILE_BWD_CONFIG)")
     ap.add_argument("--lane-sweep", action="store_true",
                     help="time the register-lane forward's settings (LANE_CONFIG) against the forward without it")
+    ap.add_argument("--lane-bwd-sweep", action="store_true",
+                    help="time forward + backward over the lane backward's settings (LANE_BWD_CONFIG), the time-tiled "
+                         "pair on and off, with kernel times and the gradients' distance to the default's")
     ap.add_argument("--mixer-layout", action="store_true",
                     help="time the inference forward with the mixer's time-major views, lane forward on and off")
     ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
@@ -207,6 +276,8 @@ def main(argv=None):
                       flush=True)
         ssm_triton.TILE_BWD_CONFIG.clear()
         ssm_triton.TILE_BWD_CONFIG.update(default)
+    if args.lane_bwd_sweep:
+        result["lane_bwd_sweep"] = lane_bwd_sweep(shapes, bw, ssm_triton)
     if args.lane_sweep or args.mixer_layout:
         from triton.testing import do_bench
 

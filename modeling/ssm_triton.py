@@ -106,6 +106,16 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # delta_bias the model does not pass at 224 px, measured the opposite at B128 L197: 0.223 against 0.199 ms.)
 LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "chunk_warps": 4096,
                "min_chunk": 256, "bf16_words": True}
+# Backward where the time-tiled pair is not chosen: the register-lane kernel (_scan_bwd_lane_kernel), a thread CPT
+# channels x N / S states, S threads a channel, one warp a program (32 / S x CPT channels); blocks of SUB steps
+# recomputed in registers. "enabled": None = where it runs sequentially in time (one lane of chunks), True = wherever
+# it can run (N a multiple of S, dim // G a multiple of the program's channels; else _scan_bwd_kernel), False = never.
+# H200, bf16, channel-major inputs (benchmarks/scan_vs_mamba_ssm.py --lane-bwd-sweep, results/lane_bwd_sweep_*.json),
+# backward kernel us, _scan_bwd_kernel -> lane (S, CPT, SUB): B128 D768 L197 1,667 -> 1,623 (4, 1, 4), 1,667
+# (4, 2, 4), 1,788 (4, 2, 2), 1,833 (4, 1, 8), 2,028-2,111 (S = 2), 3,118 (1, 1, 2); B4 D768 L6085 in lanes of chunks
+# 1,567 -> 1,612 (4, 2, 4), 1,735 (4, 1, 4). Half the instructions of _scan_bwd_kernel a channel and step (SASS, sm_90:
+# 33 against 60) but no faster: both kernels run far below the issue rate (38% at B128 L197).
+LANE_BWD_CONFIG = {"enabled": None, "S": 4, "CPT": 1, "SUB": 4}
 # The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
 # compiled for sm_90 with both): with an older triton the other kernels take its cases.
 _TUPLES = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2]) >= (3, 3)
@@ -1047,6 +1057,262 @@ def _scan_bwd_kernel(
 
 
 @triton.jit
+def _sum_states(x, S: tl.constexpr):
+    """A per-channel sum over the S threads that share a channel ((S, CG) in and out; the identity for S = 1)."""
+    if S == 1:
+        return x
+    return tl.broadcast_to(tl.sum(x, axis=0, keep_dims=True), x.shape)
+
+
+@triton.jit
+def _bwd_lane_ld(p, sd, sl, t, CPT: tl.constexpr):
+    """The values of a per-channel input at step t for a thread's CPT channels (p: (S, CG) pointers at its first
+    channel, step 0; sd / sl: channel / step strides), as a tuple of fp32 tensors."""
+    vals = ()
+    for c in tl.static_range(CPT):
+        vals = vals + (tl.load(p + c * sd + t * sl).to(tl.float32),)
+    return vals
+
+
+@triton.jit
+def _bwd_lane_fwd(h, u, dl, Bp, sB, sBn, t, v, A2, bias, CPT: tl.constexpr, NS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """One forward step of a thread's CPT x NS states (h: a tuple, channel-major; B_t's NS values at Bp + t * sB +
+    i * sBn): the new states and each decay exp(dt A) (a no-op when v is False: dt = 0)."""
+    Bt = ()
+    for i in tl.static_range(NS):
+        Bt = Bt + (tl.load(Bp + t * sB + i * sBn).to(tl.float32),)
+    hn = ()
+    an = ()
+    dts = ()
+    for c in tl.static_range(CPT):
+        dt = _step_size(dl[c], bias[c], v, HAS_BIAS, SOFTPLUS, FAST)
+        dts = dts + (dt,)
+        x = dt * u[c]
+        for i in tl.static_range(NS):
+            a = tl.exp2(dt * A2[c * NS + i])
+            hn = hn + (a * h[c * NS + i] + x * Bt[i],)
+            an = an + (a,)
+    return hn, an, dts
+
+
+@triton.jit
+def _scan_bwd_lane_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
+    gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, gh0_ptr, scratch_ptr,
+    dim, L, dg, nchunks, CHUNK, per_lane,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l,
+    sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    N: tl.constexpr, S: tl.constexpr, CPT: tl.constexpr, SUB: tl.constexpr, FAST: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_GHL: tl.constexpr, NEED_GH0: tl.constexpr, PARALLEL: tl.constexpr, A_IS_LOG: tl.constexpr,
+):
+    """Backward with the states in registers ("lanes", the forward's _scan_fwd_lane_kernel turned around): a program
+    (one warp) takes BLOCK_D = CPT x 32 / S channels of one batch row and B/C group; a thread holds CPT channels x
+    NS = N / S states, so the sums over a channel's states cross S threads only and the sums of dB_t / dC_t over
+    channels cross 32 / S threads, after CPT channels summed in the thread. Each chunk of CHUNK steps (its start
+    state saved by the forward) is walked forwards once, keeping the state at every SUB-step block start in a small
+    scratch; then each block, from the last, is recomputed in registers (states and decays of its SUB steps) and
+    walked backwards: g_t = gy_t C_t + exp(dt_{t+1} A) g_{t+1}, one exp a state and step here, the recompute's two
+    reused. B / C (batch, G, N, L) with unit stride along N; dB / dC summed into (batch, G, L, N) fp32 by atomics.
+    PARALLEL: lane program_id(2) walks chunks [c_lo, c_hi) from the adjoint carried into its last chunk
+    (ghl_ptr (batch, dim, nchunks, N), from _chunk_adjoint_kernel + _chunk_carry_kernel); gA / gD / gbias per lane."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    pid_l = tl.program_id(2)
+    NS: tl.constexpr = N // S
+    CG: tl.constexpr = 32 // S
+    BLOCK_D: tl.constexpr = CG * CPT
+    c_lo = pid_l * per_lane
+    c_hi = tl.minimum(c_lo + per_lane, nchunks)
+    k0 = (tl.arange(0, S) * NS)[:, None]  # (S, 1): a thread's first state
+    first = k0 == 0
+    cg = tl.arange(0, CG)[None, :]
+    d = pid_d * BLOCK_D + cg * CPT + k0 * 0  # (S, CG): a thread's first channel
+    g = (pid_d * BLOCK_D) // dg
+    b64 = pid_b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    row = b64 * dim + d64  # (batch, channel) row of the first channel; channel c is row + c
+    A2 = ()
+    bias = ()
+    Dv = ()
+    for c in tl.static_range(CPT):
+        for i in tl.static_range(NS):
+            a = tl.load(A_ptr + (d + c) * N + k0 + i).to(tl.float32)
+            if A_IS_LOG:
+                a = -tl.exp(a)
+            A2 = A2 + (a * 1.4426950408889634,)
+        bias = bias + ((tl.load(bias_ptr + d + c).to(tl.float32) if HAS_BIAS else tl.zeros((S, CG), tl.float32)),)
+        Dv = Dv + ((tl.load(D_ptr + d + c).to(tl.float32) if HAS_D else tl.zeros((S, CG), tl.float32)),)
+    u_p = u_ptr + b64 * su_b + d64 * su_d
+    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
+    z_p = z_ptr + b64 * sz_b + d64 * sz_d
+    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
+    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
+    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
+    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
+    B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0) * sB_n  # (S, CG): the thread's first state, step 0
+    C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0) * sC_n
+    G = dim // dg
+    gBC = (b64 * G + g) * L * N + k0  # (S, 1): dB / dC of (batch, G, L, N) at step 0, the thread's first state
+    # scratch: (programs, CHUNK // SUB, 32 threads, CPT x NS) fp32, a thread's values contiguous
+    NB = CHUNK // SUB
+    prog = (pid_b.to(tl.int64) * tl.num_programs(1) + pid_d) * tl.num_programs(2) + pid_l
+    tid = tl.arange(0, S)[:, None] * CG + cg
+    sc_p = scratch_ptr + (prog * NB * 32 + tid) * (CPT * NS)
+    carry = ()
+    for c in tl.static_range(CPT):
+        for i in tl.static_range(NS):
+            if PARALLEL:
+                carry = carry + (tl.load(ghl_ptr + ((row + c) * nchunks + c_hi - 1) * N + k0 + i),)
+            elif HAS_GHL:
+                carry = carry + (tl.load(ghl_ptr + (row + c) * N + k0 + i).to(tl.float32),)
+            else:
+                carry = carry + (tl.zeros((S, CG), tl.float32),)
+    gA = ()
+    for j in tl.static_range(CPT * NS):
+        gA = gA + (tl.zeros((S, CG), tl.float32),)
+    gD = ()
+    gbias = ()
+    for c in tl.static_range(CPT):
+        gD = gD + (tl.zeros((S, CG), tl.float32),)
+        gbias = gbias + (tl.zeros((S, CG), tl.float32),)
+    for ci in range(0, per_lane):
+        ch = c_hi - 1 - ci
+        if ch >= c_lo:  # the last lane may hold fewer chunks
+            t0 = ch * CHUNK
+            t1 = tl.minimum(t0 + CHUNK, L)
+            # forwards through the chunk from its saved start state, keeping each block's start state
+            h = ()
+            for c in tl.static_range(CPT):
+                for i in tl.static_range(NS):
+                    h = h + (tl.load(states_ptr + ((row + c) * nchunks + ch) * N + k0 + i),)
+            for jb in range(0, NB):
+                for j in tl.static_range(CPT * NS):
+                    tl.store(sc_p + jb * 32 * (CPT * NS) + j, h[j])
+                for k in tl.static_range(SUB):
+                    t = t0 + jb * SUB + k
+                    tc = tl.minimum(t, L - 1)
+                    u = _bwd_lane_ld(u_p, su_d, su_l, tc, CPT)
+                    dl = _bwd_lane_ld(dl_p, sdl_d, sdl_l, tc, CPT)
+                    h, _, _ = _bwd_lane_fwd(h, u, dl, B_p, sB_l, sB_n, tc, t < t1, A2, bias, CPT, NS, HAS_BIAS,
+                                            SOFTPLUS, FAST)
+            for jj in range(0, NB):
+                jb = NB - 1 - jj
+                tb = t0 + jb * SUB
+                if tb < t1:  # (blocks past the end would pass the carry on unchanged)
+                    # the block's SUB states and decays, recomputed from its start state
+                    h = ()
+                    for j in tl.static_range(CPT * NS):
+                        h = h + (tl.load(sc_p + jb * 32 * (CPT * NS) + j),)
+                    hs = ()  # per step k of the block: the states after it, its decays, its step sizes
+                    As = ()
+                    Ds = ()
+                    for k in tl.static_range(SUB):
+                        t = tb + k
+                        tc = tl.minimum(t, L - 1)
+                        u = _bwd_lane_ld(u_p, su_d, su_l, tc, CPT)
+                        dl = _bwd_lane_ld(dl_p, sdl_d, sdl_l, tc, CPT)
+                        h, decay, dts = _bwd_lane_fwd(h, u, dl, B_p, sB_l, sB_n, tc, t < t1, A2, bias, CPT, NS,
+                                                      HAS_BIAS, SOFTPLUS, FAST)
+                        hs = hs + (h,)
+                        As = As + (decay,)
+                        Ds = Ds + (dts,)
+                    for k in tl.static_range(SUB - 1, -1, -1):
+                        t = tb + k
+                        v = t < t1
+                        tc = tl.minimum(t, L - 1)
+                        u = _bwd_lane_ld(u_p, su_d, su_l, tc, CPT)
+                        go = _bwd_lane_ld(gy_p, sgy_d, sgy_l, tc, CPT)
+                        zz = u
+                        if HAS_Z:
+                            zz = _bwd_lane_ld(z_p, sz_d, sz_l, tc, CPT)
+                        Bt = ()
+                        Ct = ()
+                        for i in tl.static_range(NS):
+                            Bt = Bt + (tl.load(B_p + tc * sB_l + i * sB_n).to(tl.float32),)
+                            Ct = Ct + (tl.load(C_p + tc * sC_l + i * sC_n).to(tl.float32),)
+                        hk = hs[k]
+                        ak = As[k]
+                        gsx = ()  # (channel, state): the terms of dB_t and dC_t
+                        hgy = ()
+                        carry_n = ()
+                        gA_n = ()
+                        gD_n = ()
+                        gbias_n = ()
+                        for c in tl.static_range(CPT):
+                            dt = Ds[k][c]
+                            x = dt * u[c]
+                            gout = tl.where(v, go[c], 0.0)
+                            if HAS_Z:
+                                yc = tl.zeros((S, CG), tl.float32)
+                                for i in tl.static_range(NS):
+                                    yc += hk[c * NS + i] * Ct[i]
+                                yc = _sum_states(yc, S)
+                                if HAS_D:
+                                    yc += Dv[c] * u[c]
+                                sig = tl.sigmoid(zz[c])
+                                gz = gout * yc * sig * (1.0 + zz[c] * (1.0 - sig))
+                                tl.store(gz_p + c * sgz_d + tc * sgz_l, gz.to(gz_p.dtype.element_ty), mask=first & v)
+                                gy = gout * zz[c] * sig
+                            else:
+                                gy = gout
+                            gx = tl.zeros((S, CG), tl.float32)
+                            gdA2 = tl.zeros((S, CG), tl.float32)  # sum of dL/d(dt A) A log2(e) over the states
+                            for i in tl.static_range(NS):
+                                gs = gy * Ct[i] + carry[c * NS + i]  # g_t
+                                gx += gs * Bt[i]
+                                gdA = gs * (hk[c * NS + i] - x * Bt[i])  # dL/d(dt A)
+                                gdA2 += gdA * A2[c * NS + i]
+                                gA_n = gA_n + (gA[c * NS + i] + gdA * dt,)
+                                carry_n = carry_n + (ak[c * NS + i] * gs,)
+                                gsx = gsx + (gs * x,)
+                                hgy = hgy + (hk[c * NS + i] * gy,)
+                            gx = _sum_states(gx, S)
+                            gdt = _sum_states(gdA2, S) * 0.6931471805599453 + gx * u[c]
+                            gu = gx * dt
+                            if HAS_D:
+                                gu += gy * Dv[c]
+                                gD_n = gD_n + (gD[c] + gy * u[c],)
+                            tl.store(gu_p + c * sgu_d + tc * sgu_l, gu.to(gu_p.dtype.element_ty), mask=first & v)
+                            if SOFTPLUS:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
+                                gdt = gdt * (1.0 - tl.exp2(-1.4426950408889634 * dt))
+                            gdt = tl.where(v, gdt, 0.0)
+                            tl.store(gdl_p + c * sgdl_d + tc * sgdl_l, gdt.to(gdl_p.dtype.element_ty),
+                                     mask=first & v)
+                            if HAS_BIAS:
+                                gbias_n = gbias_n + (gbias[c] + gdt,)
+                        carry = carry_n
+                        gA = gA_n
+                        if HAS_D:
+                            gD = gD_n
+                        if HAS_BIAS:
+                            gbias = gbias_n
+                        for i in tl.static_range(NS):
+                            sB_t = gsx[i]
+                            sC_t = hgy[i]
+                            for c in tl.static_range(1, CPT):
+                                sB_t += gsx[c * NS + i]
+                                sC_t += hgy[c * NS + i]
+                            sB_t = tl.sum(sB_t, axis=1, keep_dims=True)  # (S, 1): over the warp's channels
+                            sC_t = tl.sum(sC_t, axis=1, keep_dims=True)
+                            tl.atomic_add(gB_ptr + gBC + tc * N + i, sB_t, mask=v, sem="relaxed")
+                            tl.atomic_add(gC_ptr + gBC + tc * N + i, sC_t, mask=v, sem="relaxed")
+    lane = pid_l.to(tl.int64) * (tl.num_programs(0) * dim)  # gA / gD / gbias: (nlanes, batch, dim[, N])
+    for c in tl.static_range(CPT):
+        for i in tl.static_range(NS):
+            tl.store(gA_ptr + (lane + row + c) * N + k0 + i, gA[c * NS + i])
+        if HAS_D:  # (the same in the S threads of a channel)
+            tl.store(gD_ptr + lane + row + c, gD[c], mask=first)
+        if HAS_BIAS:
+            tl.store(gbias_ptr + lane + row + c, gbias[c], mask=first)
+        if NEED_GH0:
+            for i in tl.static_range(NS):
+                tl.store(gh0_ptr + (row + c) * N + k0 + i, carry[c * NS + i])  # dL/dh_{-1} = exp(dt_0 A) g_0
+
+
+@triton.jit
 def _state_update_kernel(
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, w_ptr, y_ptr,
     dim, N, s_b, s_d, s_n, sx_b, sx_d, sdt_b, sdt_d, sz_b, sz_d, sB_b, sB_n, sC_b, sC_n, sw_d, sw_r,
@@ -1343,7 +1609,7 @@ def _fwd_chunking(programs: int, L: int, need_grad: bool):
     """(CHUNK, parallel) of the forward: time-parallel when batch x channel blocks gives too few programs."""
     cfg = PARALLEL_CONFIG
     if need_grad:
-        chunk = int(BWD_CONFIG["CHUNK"])
+        chunk = _grad_chunk(L)
     else:
         want = _cdiv(cfg["target_programs"], programs)  # chunks per (batch, channel block)
         chunk = max(int(cfg["min_chunk"]), 16 * _cdiv(_cdiv(L, want), 16))
@@ -1445,6 +1711,28 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = 
     if want > 1:
         chunk = min(L, max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want)))  # one chunk: its trip count is L
     return S, lanes // S, chunk, _cdiv(L, chunk)
+
+
+def _grad_chunk(L: int) -> int:
+    """Steps between the states a forward with gradients saves for the backward: at most BWD_CONFIG["CHUNK"], a
+    multiple of 4 (and of LANE_BWD_CONFIG["SUB"]), and as even as L allows (L = 197: 4 chunks of 52, not 3 of 64 and
+    one of 5, which the kernels would still walk 64 steps long)."""
+    most = int(BWD_CONFIG["CHUNK"])
+    step = max(4, int(LANE_BWD_CONFIG["SUB"]))
+    return min(step * _cdiv(most, step), step * _cdiv(_cdiv(L, _cdiv(L, most)), step))
+
+
+def _lane_bwd_plan(dg: int, N: int, chunk: int, lanes: int = 1):
+    """(S, CPT, SUB, channels a program) of the lane backward, or None where it does not apply (see LANE_BWD_CONFIG;
+    ``lanes``: lanes of chunks the backward runs in)."""
+    cfg = LANE_BWD_CONFIG
+    if cfg["enabled"] is False or not _TUPLES or (cfg["enabled"] is None and lanes > 1):
+        return None
+    S, CPT, SUB = int(cfg["S"]), int(cfg["CPT"]), int(cfg["SUB"])
+    block = 32 // S * CPT
+    if N % S or dg % block or chunk % SUB:
+        return None
+    return S, CPT, SUB, block
 
 
 def _steps(t: torch.Tensor, reverse: bool):
@@ -1619,7 +1907,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         BLOCK_D = min(BWD_CONFIG["BLOCK_D"], _next_pow2(dg))
         N_P2 = _next_pow2(N)
         nblk = _cdiv(dg, BLOCK_D)
-        atomic = bool(BWD_CONFIG.get("atomic", False)) and nblk > 1
+        lanes = _bwd_lanes(BG * nblk, nchunks)
+        lane_plan = _lane_bwd_plan(dg, N, CHUNK, lanes)
+        atomic = (bool(BWD_CONFIG.get("atomic", False)) and nblk > 1) or lane_plan is not None
         has_D, has_z, has_bias, has_h0 = ctx.has
         dev = u.device
         gy = _empty_as(u).zero_() if gy is None else _strided(gy)
@@ -1631,7 +1921,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         else:
             gBp = torch.empty((nblk, BG, L, N), device=dev, dtype=torch.float32)
             gCp = torch.empty((nblk, BG, L, N), device=dev, dtype=torch.float32)
-        scratch = torch.empty((BG * nblk * CHUNK * BLOCK_D * N_P2,), device=dev, dtype=torch.float32)
+        scratch = None  # the states a program recomputes: see each kernel
         gA = torch.empty((batch, dim, N), device=dev, dtype=torch.float32)
         gD = torch.empty((batch, dim), device=dev, dtype=torch.float32) if has_D else None
         gbias = torch.empty((batch, dim), device=dev, dtype=torch.float32) if has_bias else None
@@ -1639,7 +1929,6 @@ class _SelectiveScanFn(torch.autograd.Function):
         gh0 = torch.empty((batch, dim, N), device=dev, dtype=torch.float32) if need_gh0 else None
         if g_last is not None:
             g_last = g_last.contiguous().float()
-        lanes = _bwd_lanes(BG * nblk, nchunks)
         carry_in = g_last
         if lanes > 1:  # passes 1 and 2: the adjoint carried into every chunk from the right (and dL/dh0)
             local = torch.empty_like(states)
@@ -1653,22 +1942,39 @@ class _SelectiveScanFn(torch.autograd.Function):
             )
             carry_in = torch.empty_like(states)
             _carry_chunks(A, S, local, g_last, carry_in, gh0 if need_gh0 else torch.empty_like(gA), reverse=True)
-            scratch = torch.empty((scratch.numel() * lanes,), device=dev, dtype=torch.float32)
             gA = torch.empty((lanes, batch, dim, N), device=dev, dtype=torch.float32)
             gD = torch.empty((lanes, batch, dim), device=dev, dtype=torch.float32) if has_D else None
             gbias = torch.empty((lanes, batch, dim), device=dev, dtype=torch.float32) if has_bias else None
-        _scan_bwd_kernel[(BG, nblk, lanes)](
-            u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
-            carry_in if carry_in is not None else gA,
-            gu, gdl, gz if has_z else gu, gA, gBp, gCp, gD if has_D else gA, gbias if has_bias else gA,
-            gh0 if need_gh0 else gA, scratch,
-            dim, L, dg, G, N, nchunks, CHUNK, BG, _cdiv(nchunks, lanes),
-            *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
-            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
-            HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus,
-            HAS_GHL=g_last is not None, NEED_GH0=need_gh0 and lanes == 1, ATOMIC=atomic, PARALLEL=lanes > 1,
-            BLOCK_D=BLOCK_D, N_P2=N_P2, num_warps=BWD_CONFIG["num_warps"],
-        )
+        if lane_plan is not None:  # the register-lane kernel (see LANE_BWD_CONFIG)
+            S, CPT, SUB, block = lane_plan
+            programs = batch * (dim // block) * lanes
+            scratch = torch.empty((programs * (CHUNK // SUB) * 32 * CPT * (N // S),), device=dev, dtype=torch.float32)
+            _scan_bwd_lane_kernel[(batch, dim // block, lanes)](
+                u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
+                carry_in if carry_in is not None else gA,
+                gu, gdl, gz if has_z else gu, gA, gBp, gCp, gD if has_D else gA, gbias if has_bias else gA,
+                gh0 if need_gh0 else gA, scratch,
+                dim, L, dg, nchunks, CHUNK, _cdiv(nchunks, lanes),
+                *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+                *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
+                N=N, S=S, CPT=CPT, SUB=SUB, FAST=not _INTERPRET, HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias,
+                SOFTPLUS=ctx.softplus, HAS_GHL=g_last is not None, NEED_GH0=need_gh0 and lanes == 1,
+                PARALLEL=lanes > 1, A_IS_LOG=False, num_warps=1,
+            )
+        else:
+            scratch = torch.empty((BG * nblk * lanes * CHUNK * BLOCK_D * N_P2,), device=dev, dtype=torch.float32)
+            _scan_bwd_kernel[(BG, nblk, lanes)](
+                u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
+                carry_in if carry_in is not None else gA,
+                gu, gdl, gz if has_z else gu, gA, gBp, gCp, gD if has_D else gA, gbias if has_bias else gA,
+                gh0 if need_gh0 else gA, scratch,
+                dim, L, dg, G, N, nchunks, CHUNK, BG, _cdiv(nchunks, lanes),
+                *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+                *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
+                HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus,
+                HAS_GHL=g_last is not None, NEED_GH0=need_gh0 and lanes == 1, ATOMIC=atomic, PARALLEL=lanes > 1,
+                BLOCK_D=BLOCK_D, N_P2=N_P2, num_warps=BWD_CONFIG["num_warps"],
+            )
         # per (lane,) batch: summed over both below
         gA = gA.reshape(-1, dim, N)
         gD = gD.reshape(-1, dim) if has_D else None

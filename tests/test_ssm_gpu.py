@@ -310,6 +310,70 @@ def test_lane_forward_can_write_y_time_major(monkeypatch, chunks):
         assert rel(y, y0) < TOL[torch.float32] and rel(last, last0) < TOL[torch.float32]
 
 
+LANE_BWD_SETTINGS = {
+    # LANE_BWD_CONFIG (S threads a channel, CPT channels a thread, SUB steps recomputed in registers) with the
+    # backward sequential in time, and in lanes of chunks (time-parallel)
+    "s4-c1-sub4": (dict(S=4, CPT=1, SUB=4), "sequential"),
+    "s4-c2-sub4": (dict(S=4, CPT=2, SUB=4), "sequential"),
+    "s1-c1-sub2": (dict(S=1, CPT=1, SUB=2), "sequential"),
+    "s2-c1-sub4-lanes": (dict(S=2, CPT=1, SUB=4), "parallel-short-chunks"),
+    "s4-c2-sub4-lanes": (dict(S=4, CPT=2, SUB=4), "parallel"),
+}
+
+
+@pytest.mark.parametrize("setting", list(LANE_BWD_SETTINGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [(2, 32, 197, 16, 0, True, True, True, True), (1, 64, 77, 8, 2, False, True, False,
+                                                                                 False), (3, 32, 1, 16, 0, True, False,
+                                                                                          True, True),
+                                  (2, 64, 130, 16, 0, True, False, True, False)],
+                         ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
+def test_scan_lane_backward_matches_reference(monkeypatch, setting, dtype, case):
+    """Training through the register-lane backward (chunks walked forwards once keeping block start states, each
+    block recomputed in registers and walked backwards; dB / dC summed over a warp's channels, then atomics): output,
+    last state and every gradient against the float64 reference, sequential and in lanes of chunks, with an odd
+    length (partial last chunk and block), L = 1, groups, an initial state and the gradient of the last state."""
+    cfg, parallel = LANE_BWD_SETTINGS[setting]
+    for k, v in cfg.items():
+        monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, k, v)
+    for k, v in PARALLEL_SETTINGS[parallel].items():
+        monkeypatch.setitem(ssm_triton.PARALLEL_CONFIG, k, v)
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "enabled", True)
+    monkeypatch.setitem(ssm_triton.TILE_BWD_CONFIG, "enabled", False)
+    batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
+    chunk = ssm_triton._grad_chunk(seqlen)
+    assert ssm_triton._lane_bwd_plan(dim // max(groups, 1), dstate, chunk, 2) is not None  # the case runs the kernel
+    if parallel != "sequential" and seqlen > 64:
+        assert ssm_triton._bwd_lanes(batch * max(groups, 1), -(-seqlen // chunk)) > 1
+    check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
+
+
+def test_grad_chunk_and_lane_bwd_plan(monkeypatch):
+    """The forward with gradients saves states every _grad_chunk(L) steps: at most BWD_CONFIG["CHUNK"], a multiple of
+    4 and of SUB, as even as L allows; the lane backward runs where N / S and the program's channels divide."""
+    monkeypatch.setitem(ssm_triton.BWD_CONFIG, "CHUNK", 64)
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "SUB", 4)
+    assert ssm_triton._grad_chunk(197) == 52  # 4 chunks of 52 (208 steps walked), not 4 of 64 (256)
+    assert ssm_triton._grad_chunk(1024) == 64 and ssm_triton._grad_chunk(6085) == 64
+    assert ssm_triton._grad_chunk(1) == 4 and ssm_triton._grad_chunk(64) == 64 and ssm_triton._grad_chunk(65) == 36
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "SUB", 8)
+    assert ssm_triton._grad_chunk(197) == 56
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "SUB", 4)
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "S", 4)
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "CPT", 2)
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "enabled", None)
+    if ssm_triton._TUPLES:
+        assert ssm_triton._lane_bwd_plan(768, 16, 52) == (4, 2, 4, 16)
+        assert ssm_triton._lane_bwd_plan(768, 16, 52, lanes=4) is None  # by default sequential backwards only
+        monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "enabled", True)
+        assert ssm_triton._lane_bwd_plan(768, 16, 52, lanes=4) == (4, 2, 4, 16)
+        assert ssm_triton._lane_bwd_plan(768, 16, 50) is None  # chunks a multiple of SUB
+    assert ssm_triton._lane_bwd_plan(24, 16, 52) is None  # 24 channels: no block of 16
+    assert ssm_triton._lane_bwd_plan(768, 5, 52) is None  # N = 5 does not split over 4 threads
+    monkeypatch.setitem(ssm_triton.LANE_BWD_CONFIG, "enabled", False)
+    assert ssm_triton._lane_bwd_plan(768, 16, 52) is None
+
+
 def test_lane_plan():
     """Where the lane forward applies and how it splits: channels a multiple of the program's, states of the split;
     by default only where the time-tiled kernel is not chosen."""
