@@ -151,28 +151,28 @@ def fb_ms(shape, ssm_triton) -> float:
     return do_bench(fb, warmup=10, rep=40)
 
 
-LANE_BWD_SWEEP = [None, (4, 2, 4), (4, 1, 4), (2, 1, 4), (4, 2, 2), (4, 1, 8), (2, 1, 2), (1, 1, 2)]
+LANE_BWD_SWEEP = [None, (4, 1, 4), (4, 1, 2), (4, 2, 4), (4, 2, 2), (4, 1, 8), (2, 1, 4), (1, 1, 2)]
 
 
 def lane_bwd_sweep(shapes, bw, ssm_triton):
-    """Forward + backward (ms, do_bench) and kernel times with the lane backward off (None) and at each (S, CPT, SUB)
-    of LANE_BWD_SWEEP, each with the time-tiled training pair at its default and off; rel_err: the largest relative
+    """Forward + backward (ms, do_bench) and kernel times with the lane backward off (None) and on wherever it runs at
+    each (S, CPT, SUB) of LANE_BWD_SWEEP, each with the time-tiled training pair at its default and off; rel_err: the largest relative
     distance of the five gradients to those with the lane backward off."""
     rows = []
     defaults = dict(ssm_triton.LANE_BWD_CONFIG), dict(ssm_triton.TILE_BWD_CONFIG)
     for shape in shapes:
         ssm_triton.LANE_BWD_CONFIG["enabled"] = False
         ref = fb_grads(shape, ssm_triton)
-        programs = ssm_triton._programs(shape[0], shape[1], 1)
-        for tile in (None, False):
+        tiled = ssm_triton._use_tile_bwd(ssm_triton._programs(shape[0], shape[1], 1), shape[2])
+        for tile in ((None, False) if tiled else (None,)):
             for cfg in LANE_BWD_SWEEP:
-                if tile is None and cfg is not None and ssm_triton._use_tile_bwd(programs, shape[2]):
+                if tile is None and tiled and cfg is not None:
                     continue  # the tiled pair runs whatever the lane backward's settings
                 ssm_triton.TILE_BWD_CONFIG["enabled"] = tile
                 if cfg is None:
                     ssm_triton.LANE_BWD_CONFIG["enabled"] = False
                 else:
-                    ssm_triton.LANE_BWD_CONFIG.update(enabled=None, S=cfg[0], CPT=cfg[1], SUB=cfg[2])
+                    ssm_triton.LANE_BWD_CONFIG.update(enabled=True, S=cfg[0], CPT=cfg[1], SUB=cfg[2])
                 try:
                     grads = fb_grads(shape, ssm_triton)
                     row = dict(B=shape[0], D=shape[1], L=shape[2], tile=tile, lane_bwd=cfg,
