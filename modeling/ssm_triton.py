@@ -1065,79 +1065,13 @@ def _sum_states(x, S: tl.constexpr):
 
 
 @triton.jit
-def _split_steps(x, S: tl.constexpr, CG: tl.constexpr, SUB: tl.constexpr):
-    """The SUB values along the last axis of x (S, CG, SUB), in order, as a tuple of (S, CG) tensors (SUB 1, 2, 4 or
-    8; tl.split halves the last axis of size 2)."""
-    if SUB == 1:
-        return (tl.reshape(x, (S, CG)),)
-    elif SUB == 2:
-        x0, x1 = tl.split(x)
-        return (x0, x1)
-    elif SUB == 4:
-        lo, hi = tl.split(tl.reshape(x, (S, CG, 2, 2)))  # (x0, x2), (x1, x3)
-        x0, x2 = tl.split(lo)
-        x1, x3 = tl.split(hi)
-        return (x0, x1, x2, x3)
-    else:
-        ev, od = tl.split(tl.reshape(x, (S, CG, 2, 2, 2)))  # x[4a + 2b], x[4a + 2b + 1]
-        e0, e1 = tl.split(ev)  # (x0, x4), (x2, x6)
-        o0, o1 = tl.split(od)  # (x1, x5), (x3, x7)
-        x0, x4 = tl.split(e0)
-        x2, x6 = tl.split(e1)
-        x1, x5 = tl.split(o0)
-        x3, x7 = tl.split(o1)
-        return (x0, x1, x2, x3, x4, x5, x6, x7)
-
-
-@triton.jit
-def _join_steps(v, S: tl.constexpr, CG: tl.constexpr, SUB: tl.constexpr):
-    """_split_steps turned around: a tuple of SUB (S, CG) tensors as one (S, CG, SUB) tensor."""
-    if SUB == 1:
-        return tl.reshape(v[0], (S, CG, 1))
-    elif SUB == 2:
-        return tl.join(v[0], v[1])
-    elif SUB == 4:
-        return tl.reshape(tl.join(tl.join(v[0], v[2]), tl.join(v[1], v[3])), (S, CG, 4))
-    else:
-        ev = tl.join(tl.join(v[0], v[4]), tl.join(v[2], v[6]))  # [a, b] = x[4a + 2b]
-        od = tl.join(tl.join(v[1], v[5]), tl.join(v[3], v[7]))
-        return tl.reshape(tl.join(ev, od), (S, CG, 8))
-
-
-@triton.jit
-def _bwd_lane_block_ld(p, sd, sl, tb, t1, S: tl.constexpr, CG: tl.constexpr, CPT: tl.constexpr,
-                       SUB: tl.constexpr):
-    """A per-channel input over steps tb .. tb + SUB - 1 (zeros from t1 on) for a thread's CPT channels (p: (S, CG)
-    pointers at its first channel, step 0; sd / sl: channel / step strides): one load of SUB steps a channel (16-byte
-    or 8-byte vectors where the step stride is 1, a channel-major tensor), split in registers. Returns a tuple over
-    the steps of tuples over the channels of fp32 (S, CG) tensors."""
-    k = tb + tl.arange(0, SUB)
-    per_channel = ()
+def _bwd_lane_ld(p, sd, sl, t, CPT: tl.constexpr):
+    """The values of a per-channel input at step t for a thread's CPT channels (p: (S, CG) pointers at its first
+    channel, step 0; sd / sl: channel / step strides), as a tuple of fp32 tensors."""
+    vals = ()
     for c in tl.static_range(CPT):
-        x = tl.load(p[:, :, None] + c * sd + k[None, None, :] * sl, mask=(k < t1)[None, None, :], other=0.0)
-        per_channel = per_channel + (_split_steps(x.to(tl.float32), S, CG, SUB),)
-    steps = ()
-    for j in tl.static_range(SUB):
-        vals = ()
-        for c in tl.static_range(CPT):
-            vals = vals + (per_channel[c][j],)
-        steps = steps + (vals,)
-    return steps
-
-
-@triton.jit
-def _bwd_lane_block_st(p, sd, sl, tb, t1, steps, first, S: tl.constexpr, CG: tl.constexpr, CPT: tl.constexpr,
-                       SUB: tl.constexpr):
-    """Stores a per-channel output over steps tb .. tb + SUB - 1 (none from t1 on; steps as _bwd_lane_block_ld
-    returns them), one store of SUB steps a channel, from the threads where ``first``."""
-    k = tb + tl.arange(0, SUB)
-    mask = first[:, :, None] & (k < t1)[None, None, :]
-    for c in tl.static_range(CPT):
-        vals = ()
-        for j in tl.static_range(SUB):
-            vals = vals + (steps[j][c],)
-        x = _join_steps(vals, S, CG, SUB)
-        tl.store(p[:, :, None] + c * sd + k[None, None, :] * sl, x.to(p.dtype.element_ty), mask=mask)
+        vals = vals + (tl.load(p + c * sd + t * sl).to(tl.float32),)
+    return vals
 
 
 @triton.jit
@@ -1257,12 +1191,13 @@ def _scan_bwd_lane_kernel(
             for jb in range(0, NB):
                 for j in tl.static_range(CPT * NS):
                     tl.store(sc_p + jb * 32 * (CPT * NS) + j, h[j])
-                us = _bwd_lane_block_ld(u_p, su_d, su_l, t0 + jb * SUB, t1, S, CG, CPT, SUB)
-                dls = _bwd_lane_block_ld(dl_p, sdl_d, sdl_l, t0 + jb * SUB, t1, S, CG, CPT, SUB)
                 for k in tl.static_range(SUB):
                     t = t0 + jb * SUB + k
-                    h, _, _ = _bwd_lane_fwd(h, us[k], dls[k], B_p, sB_l, sB_n, tl.minimum(t, L - 1), t < t1, A2,
-                                            bias, CPT, NS, HAS_BIAS, SOFTPLUS, FAST)
+                    tc = tl.minimum(t, L - 1)
+                    u = _bwd_lane_ld(u_p, su_d, su_l, tc, CPT)
+                    dl = _bwd_lane_ld(dl_p, sdl_d, sdl_l, tc, CPT)
+                    h, _, _ = _bwd_lane_fwd(h, u, dl, B_p, sB_l, sB_n, tc, t < t1, A2, bias, CPT, NS, HAS_BIAS,
+                                            SOFTPLUS, FAST)
             for jj in range(0, NB):
                 jb = NB - 1 - jj
                 tb = t0 + jb * SUB
@@ -1274,32 +1209,25 @@ def _scan_bwd_lane_kernel(
                     hs = ()  # per step k of the block: the states after it, its decays, its step sizes
                     As = ()
                     Ds = ()
-                    us = _bwd_lane_block_ld(u_p, su_d, su_l, tb, t1, S, CG, CPT, SUB)
-                    dls = _bwd_lane_block_ld(dl_p, sdl_d, sdl_l, tb, t1, S, CG, CPT, SUB)
-                    gos = _bwd_lane_block_ld(gy_p, sgy_d, sgy_l, tb, t1, S, CG, CPT, SUB)
-                    zs = us
-                    if HAS_Z:
-                        zs = _bwd_lane_block_ld(z_p, sz_d, sz_l, tb, t1, S, CG, CPT, SUB)
                     for k in tl.static_range(SUB):
                         t = tb + k
-                        h, decay, dts = _bwd_lane_fwd(h, us[k], dls[k], B_p, sB_l, sB_n, tl.minimum(t, L - 1), t < t1,
-                                                      A2, bias, CPT, NS, HAS_BIAS, SOFTPLUS, FAST)
+                        tc = tl.minimum(t, L - 1)
+                        u = _bwd_lane_ld(u_p, su_d, su_l, tc, CPT)
+                        dl = _bwd_lane_ld(dl_p, sdl_d, sdl_l, tc, CPT)
+                        h, decay, dts = _bwd_lane_fwd(h, u, dl, B_p, sB_l, sB_n, tc, t < t1, A2, bias, CPT, NS,
+                                                      HAS_BIAS, SOFTPLUS, FAST)
                         hs = hs + (h,)
                         As = As + (decay,)
                         Ds = Ds + (dts,)
-                    gus = ()  # the block's outputs, per step (filled from the last) of per-channel tuples
-                    gdls = ()
-                    gzs = ()
                     for k in tl.static_range(SUB - 1, -1, -1):
                         t = tb + k
                         v = t < t1
                         tc = tl.minimum(t, L - 1)
-                        u = us[k]
-                        go = gos[k]
-                        zz = zs[k]
-                        gu_k = ()
-                        gdl_k = ()
-                        gz_k = ()
+                        u = _bwd_lane_ld(u_p, su_d, su_l, tc, CPT)
+                        go = _bwd_lane_ld(gy_p, sgy_d, sgy_l, tc, CPT)
+                        zz = u
+                        if HAS_Z:
+                            zz = _bwd_lane_ld(z_p, sz_d, sz_l, tc, CPT)
                         Bt = ()
                         Ct = ()
                         for i in tl.static_range(NS):
@@ -1325,7 +1253,8 @@ def _scan_bwd_lane_kernel(
                                 if HAS_D:
                                     yc += Dv[c] * u[c]
                                 sig = tl.sigmoid(zz[c])
-                                gz_k = gz_k + (gout * yc * sig * (1.0 + zz[c] * (1.0 - sig)),)
+                                gz = gout * yc * sig * (1.0 + zz[c] * (1.0 - sig))
+                                tl.store(gz_p + c * sgz_d + tc * sgz_l, gz.to(gz_p.dtype.element_ty), mask=first & v)
                                 gy = gout * zz[c] * sig
                             else:
                                 gy = gout
@@ -1346,17 +1275,14 @@ def _scan_bwd_lane_kernel(
                             if HAS_D:
                                 gu += gy * Dv[c]
                                 gD_n = gD_n + (gD[c] + gy * u[c],)
-                            gu_k = gu_k + (gu,)
+                            tl.store(gu_p + c * sgu_d + tc * sgu_l, gu.to(gu_p.dtype.element_ty), mask=first & v)
                             if SOFTPLUS:  # softplus'(x) = sigmoid(x) = 1 - exp(-softplus(x))
                                 gdt = gdt * (1.0 - tl.exp2(-1.4426950408889634 * dt))
                             gdt = tl.where(v, gdt, 0.0)
-                            gdl_k = gdl_k + (gdt,)
+                            tl.store(gdl_p + c * sgdl_d + tc * sgdl_l, gdt.to(gdl_p.dtype.element_ty),
+                                     mask=first & v)
                             if HAS_BIAS:
                                 gbias_n = gbias_n + (gbias[c] + gdt,)
-                        gus = (gu_k,) + gus
-                        gdls = (gdl_k,) + gdls
-                        if HAS_Z:
-                            gzs = (gz_k,) + gzs
                         carry = carry_n
                         gA = gA_n
                         if HAS_D:
@@ -1373,10 +1299,6 @@ def _scan_bwd_lane_kernel(
                             sC_t = tl.sum(sC_t, axis=1, keep_dims=True)
                             tl.atomic_add(gB_ptr + gBC + tc * N + i, sB_t, mask=v, sem="relaxed")
                             tl.atomic_add(gC_ptr + gBC + tc * N + i, sC_t, mask=v, sem="relaxed")
-                    _bwd_lane_block_st(gu_p, sgu_d, sgu_l, tb, t1, gus, first, S, CG, CPT, SUB)
-                    _bwd_lane_block_st(gdl_p, sgdl_d, sgdl_l, tb, t1, gdls, first, S, CG, CPT, SUB)
-                    if HAS_Z:
-                        _bwd_lane_block_st(gz_p, sgz_d, sgz_l, tb, t1, gzs, first, S, CG, CPT, SUB)
     lane = pid_l.to(tl.int64) * (tl.num_programs(0) * dim)  # gA / gD / gbias: (nlanes, batch, dim[, N])
     for c in tl.static_range(CPT):
         for i in tl.static_range(NS):
