@@ -157,8 +157,8 @@ def _skip_and_gate(y, u, zz, Dv, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b, sy_d):
-    """Pointers to step 0 of batch row b64, channels d64 of u, delta, z and y (each with its batch / channel
-    strides)."""
+    """Pointers to step 0 of batch row b64, channels d64 of four per-channel tensors, each with its batch / channel
+    strides (u, delta, z and y in the forwards; the backwards take their gradients by a second call)."""
     return (u_ptr + b64 * su_b + d64 * su_d, dl_ptr + b64 * sdl_b + d64 * sdl_d, z_ptr + b64 * sz_b + d64 * sz_d,
             y_ptr + b64 * sy_b + d64 * sy_d)
 
@@ -722,13 +722,10 @@ def _scan_bwd_tile_kernel(
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
-    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
-    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
-    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
+    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
+                                  sgy_b, sgy_d)
+    gu_p, gdl_p, gz_p, gz_p2 = _row_ptrs(b64, d64, gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d,
+                                         gz_ptr, sgz_b, sgz_d)  # (a fourth tensor: unused)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g
     C_p = C_ptr + b64 * sC_b + g64 * sC_g
     gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
@@ -964,13 +961,10 @@ def _scan_bwd_kernel(
     d64 = d.to(tl.int64)
     n64 = n.to(tl.int64)
     g64 = g.to(tl.int64)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
-    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
-    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
-    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
+    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
+                                  sgy_b, sgy_d)
+    gu_p, gdl_p, gz_p, gz_p2 = _row_ptrs(b64, d64, gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d,
+                                         gz_ptr, sgz_b, sgz_d)  # (a fourth tensor: unused)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g + n64 * sB_n
     C_p = C_ptr + b64 * sC_b + g64 * sC_g + n64 * sC_n
     # per-program scratch for the recomputed states of one chunk: (CHUNK, BLOCK_D, N_P2) fp32
@@ -1145,13 +1139,10 @@ def _scan_bwd_lane_kernel(
             A2 = A2 + (a * 1.4426950408889634,)
         bias = bias + ((tl.load(bias_ptr + d + c).to(tl.float32) if HAS_BIAS else tl.zeros((S, CG), tl.float32)),)
         Dv = Dv + ((tl.load(D_ptr + d + c).to(tl.float32) if HAS_D else tl.zeros((S, CG), tl.float32)),)
-    u_p = u_ptr + b64 * su_b + d64 * su_d
-    dl_p = dl_ptr + b64 * sdl_b + d64 * sdl_d
-    z_p = z_ptr + b64 * sz_b + d64 * sz_d
-    gy_p = gy_ptr + b64 * sgy_b + d64 * sgy_d
-    gu_p = gu_ptr + b64 * sgu_b + d64 * sgu_d
-    gdl_p = gdl_ptr + b64 * sgdl_b + d64 * sgdl_d
-    gz_p = gz_ptr + b64 * sgz_b + d64 * sgz_d
+    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
+                                  sgy_b, sgy_d)
+    gu_p, gdl_p, gz_p, gz_p2 = _row_ptrs(b64, d64, gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d,
+                                         gz_ptr, sgz_b, sgz_d)  # (a fourth tensor: unused)
     B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0) * sB_n  # (S, CG): the thread's first state, step 0
     C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0) * sC_n
     G = dim // dg
