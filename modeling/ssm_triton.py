@@ -114,7 +114,8 @@ LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 204
 # backward kernel us, _scan_bwd_kernel -> lane (S, CPT, SUB): B128 D768 L197 1,667 -> 1,623 (4, 1, 4), 1,667
 # (4, 2, 4), 1,788 (4, 2, 2), 1,833 (4, 1, 8), 2,028-2,111 (S = 2), 3,118 (1, 1, 2); B4 D768 L6085 in lanes of chunks
 # 1,567 -> 1,612 (4, 2, 4), 1,735 (4, 1, 4). Half the instructions of _scan_bwd_kernel a channel and step (SASS, sm_90:
-# 33 against 60) but no faster: both kernels run far below the issue rate (38% at B128 L197).
+# 33 against 60) but no faster: ncu at B128 L197 puts the lane kernel at 85% of the L2's throughput (the dB / dC
+# atomics, 2-byte strided stores of du / ddelta / dz, L1 misses) and 49% of the issue slots (benchmarks/README.md).
 LANE_BWD_CONFIG = {"enabled": None, "S": 4, "CPT": 1, "SUB": 4}
 # The lane kernel keeps its states in tuples of tensors, which triton compiles from 3.3 on (3.2 rejects the kernel;
 # compiled for sm_90 with both): with an older triton the other kernels take its cases.
