@@ -100,10 +100,11 @@ TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 5
 # results/lane_variants_2026-11-29*.json): a Vim-S layer's views at B4 D768 L6085 0.430 ms with 11 chunks (2,048
 # warps), 0.404 with 22 (4,096), 0.422 with 24; channel-major inputs (scan_vs_mamba_ssm.py) 0.41 -> 0.58 ms with 22.
 # bf16_words: bf16 B / C read in place are converted by bit operations on 32-bit words (_lane_row, VEC 16): 180
-# instead of 205 instructions a step and 96 instead of 143 registers at S = 1. In the Vim-S forward (profile_models_gpu.py
-# --lane=bf16_words=0/1, twice each, results/profile_lane_words_2026-11-29*.json) the lane kernels took 9.09 against
-# 10.61 ms at 224 px (batch 128) and 19.0 against 19.6 ms at 1248 px: on. (lane_variants.py's synthetic inputs, with a
-# delta_bias the model does not pass at 224 px, measured the opposite at B128 L197: 0.223 against 0.199 ms.)
+# instead of 205 instructions a step and 96 instead of 143 registers at S = 1. In the Vim-S forward
+# (profile_models_gpu.py --lane=bf16_words=0/1, twice each, results/profile_lane_words_2026-11-29*.json) the lane
+# kernels took 9.09 against 10.61 ms at 224 px (batch 128) and 19.0 against 19.6 ms at 1248 px: on. (lane_variants.py's
+# synthetic inputs, with a delta_bias the model does not pass at 224 px, measured the opposite at B128 L197: 0.223
+# against 0.199 ms.)
 LANE_CONFIG = {"enabled": None, "num_warps": 1, "max_split": 2, "min_warps": 2048, "chunk_warps": 4096,
                "min_chunk": 256, "bf16_words": True}
 # Backward where the time-tiled pair is not chosen: the register-lane kernel (_scan_bwd_lane_kernel), a thread CPT
@@ -158,10 +159,21 @@ def _skip_and_gate(y, u, zz, Dv, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
 
 @triton.jit
 def _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b, sy_d):
-    """Pointers to step 0 of batch row b64, channels d64 of four per-channel tensors, each with its batch / channel
-    strides (u, delta, z and y in the forwards; the backwards take their gradients by a second call)."""
+    """Pointers to step 0 of batch row b64, channels d64 of u, delta, z and y (each with its batch / channel
+    strides)."""
     return (u_ptr + b64 * su_b + d64 * su_d, dl_ptr + b64 * sdl_b + d64 * sdl_d, z_ptr + b64 * sz_b + d64 * sz_d,
             y_ptr + b64 * sy_b + d64 * sy_d)
+
+
+@triton.jit
+def _bwd_row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
+                  gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d):
+    """_row_ptrs for the backward kernels: u, delta, z, the output's gradient gy, and the gradients written, gu, gdl
+    and gz."""
+    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
+                                     sgy_b, sgy_d)
+    return (u_p, dl_p, z_p, gy_p, gu_ptr + b64 * sgu_b + d64 * sgu_d, gdl_ptr + b64 * sgdl_b + d64 * sgdl_d,
+            gz_ptr + b64 * sgz_b + d64 * sgz_d)
 
 
 @triton.jit
@@ -723,10 +735,9 @@ def _scan_bwd_tile_kernel(
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
-                                  sgy_b, sgy_d)
-    gu_p, gdl_p, gz_p, gz_p2 = _row_ptrs(b64, d64, gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d,
-                                         gz_ptr, sgz_b, sgz_d)  # (a fourth tensor: unused)
+    u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
+        b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
+        gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g
     C_p = C_ptr + b64 * sC_b + g64 * sC_g
     gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
@@ -962,10 +973,9 @@ def _scan_bwd_kernel(
     d64 = d.to(tl.int64)
     n64 = n.to(tl.int64)
     g64 = g.to(tl.int64)
-    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
-                                  sgy_b, sgy_d)
-    gu_p, gdl_p, gz_p, gz_p2 = _row_ptrs(b64, d64, gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d,
-                                         gz_ptr, sgz_b, sgz_d)  # (a fourth tensor: unused)
+    u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
+        b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
+        gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g + n64 * sB_n
     C_p = C_ptr + b64 * sC_b + g64 * sC_g + n64 * sC_n
     # per-program scratch for the recomputed states of one chunk: (CHUNK, BLOCK_D, N_P2) fp32
@@ -1070,13 +1080,21 @@ def _bwd_lane_ld(p, sd, sl, t, CPT: tl.constexpr):
 
 
 @triton.jit
+def _bwd_lane_row(p, sl, sn, t, NS: tl.constexpr):
+    """The NS values of B_t (or C_t) a thread needs (p: (S, CG) pointers at its first state, step 0; sl / sn: step /
+    state strides), as a tuple of fp32 tensors."""
+    vals = ()
+    for i in tl.static_range(NS):
+        vals = vals + (tl.load(p + t * sl + i * sn).to(tl.float32),)
+    return vals
+
+
+@triton.jit
 def _bwd_lane_fwd(h, u, dl, Bp, sB, sBn, t, v, A2, bias, CPT: tl.constexpr, NS: tl.constexpr, HAS_BIAS: tl.constexpr,
                   SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
-    """One forward step of a thread's CPT x NS states (h: a tuple, channel-major; B_t's NS values at Bp + t * sB +
-    i * sBn): the new states and each decay exp(dt A) (a no-op when v is False: dt = 0)."""
-    Bt = ()
-    for i in tl.static_range(NS):
-        Bt = Bt + (tl.load(Bp + t * sB + i * sBn).to(tl.float32),)
+    """One forward step of a thread's CPT x NS states (h: a tuple, channel-major; B_t read by _bwd_lane_row from Bp):
+    the new states, each decay exp(dt A) and each channel's step size (a no-op when v is False: dt = 0)."""
+    Bt = _bwd_lane_row(Bp, sB, sBn, t, NS)
     hn = ()
     an = ()
     dts = ()
@@ -1109,8 +1127,8 @@ def _scan_bwd_lane_kernel(
     channels cross 32 / S threads, after CPT channels summed in the thread. Each chunk of CHUNK steps (its start
     state saved by the forward) is walked forwards once, keeping the state at every SUB-step block start in a small
     scratch; then each block, from the last, is recomputed in registers (states and decays of its SUB steps) and
-    walked backwards: g_t = gy_t C_t + exp(dt_{t+1} A) g_{t+1}, one exp a state and step here, the recompute's two
-    reused. B / C (batch, G, N, L) with unit stride along N; dB / dC summed into (batch, G, L, N) fp32 by atomics.
+    walked backwards: g_t = gy_t C_t + exp(dt_{t+1} A) g_{t+1}, with the recompute's decays and step sizes (no exp a
+    state in this walk). B / C (batch, G, N, L), any strides; dB / dC summed into (batch, G, L, N) fp32 by atomics.
     PARALLEL: lane program_id(2) walks chunks [c_lo, c_hi) from the adjoint carried into its last chunk
     (ghl_ptr (batch, dim, nchunks, N), from _chunk_adjoint_kernel + _chunk_carry_kernel); gA / gD / gbias per lane."""
     pid_b = tl.program_id(0)
@@ -1140,10 +1158,9 @@ def _scan_bwd_lane_kernel(
             A2 = A2 + (a * 1.4426950408889634,)
         bias = bias + ((tl.load(bias_ptr + d + c).to(tl.float32) if HAS_BIAS else tl.zeros((S, CG), tl.float32)),)
         Dv = Dv + ((tl.load(D_ptr + d + c).to(tl.float32) if HAS_D else tl.zeros((S, CG), tl.float32)),)
-    u_p, dl_p, z_p, gy_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr,
-                                  sgy_b, sgy_d)
-    gu_p, gdl_p, gz_p, gz_p2 = _row_ptrs(b64, d64, gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d,
-                                         gz_ptr, sgz_b, sgz_d)  # (a fourth tensor: unused)
+    u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
+        b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
+        gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
     B_p = B_ptr + b64 * sB_b + g * sB_g + (k0 + d * 0) * sB_n  # (S, CG): the thread's first state, step 0
     C_p = C_ptr + b64 * sC_b + g * sC_g + (k0 + d * 0) * sC_n
     G = dim // dg
@@ -1220,11 +1237,8 @@ def _scan_bwd_lane_kernel(
                         zz = u
                         if HAS_Z:
                             zz = _bwd_lane_ld(z_p, sz_d, sz_l, tc, CPT)
-                        Bt = ()
-                        Ct = ()
-                        for i in tl.static_range(NS):
-                            Bt = Bt + (tl.load(B_p + tc * sB_l + i * sB_n).to(tl.float32),)
-                            Ct = Ct + (tl.load(C_p + tc * sC_l + i * sC_n).to(tl.float32),)
+                        Bt = _bwd_lane_row(B_p, sB_l, sB_n, tc, NS)
+                        Ct = _bwd_lane_row(C_p, sC_l, sC_n, tc, NS)
                         hk = hs[k]
                         ak = As[k]
                         gsx = ()  # (channel, state): the terms of dB_t and dC_t
@@ -1913,7 +1927,6 @@ class _SelectiveScanFn(torch.autograd.Function):
         else:
             gBp = torch.empty((nblk, BG, L, N), device=dev, dtype=torch.float32)
             gCp = torch.empty((nblk, BG, L, N), device=dev, dtype=torch.float32)
-        scratch = None  # the states a program recomputes: see each kernel
         gA = torch.empty((batch, dim, N), device=dev, dtype=torch.float32)
         gD = torch.empty((batch, dim), device=dev, dtype=torch.float32) if has_D else None
         gbias = torch.empty((batch, dim), device=dev, dtype=torch.float32) if has_bias else None
