@@ -66,6 +66,21 @@ def inference_forward(ssm_triton, x):
                                                     x["bias"], True)
 
 
+def training_call(ssm_triton, x):
+    """(fb, leaves): fb runs ssmvl's forward + backward on inputs x (from ``inputs``) with dy, leaves the tensors
+    (u, delta, B, C, z) whose .grad it fills (cleared first)."""
+    leaves = [x[k].detach().clone().requires_grad_() for k in ("u", "delta", "B", "C", "z")]
+
+    def fb():
+        for t in leaves:
+            t.grad = None
+        y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], x["A"], leaves[2], leaves[3], x["D"], leaves[4],
+                                             x["bias"], True)
+        y.backward(x["dy"])
+
+    return fb, leaves
+
+
 def measure(shape, bw, cuda_ext, ssm_triton):
     from triton.testing import do_bench
 
@@ -77,13 +92,7 @@ def measure(shape, bw, cuda_ext, ssm_triton):
     row.update(bound_fwd=bytes_fwd / bw * 1e3, bound_fb=2 * bytes_fwd / bw * 1e3)
 
     ssmvl_fwd = inference_forward(ssm_triton, x)
-    leaves = [t.detach().clone().requires_grad_() for t in (u, dl, Bm, Cm, z)]
-
-    def ssmvl_fb():
-        for t in leaves:
-            t.grad = None
-        y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], A, leaves[2], leaves[3], Dv, leaves[4], bias, True)
-        y.backward(dy)
+    ssmvl_fb, leaves = training_call(ssm_triton, x)
 
     y = ssmvl_fwd()
     ssmvl_fb()
@@ -126,11 +135,8 @@ def kernel_times(shape, ssm_triton, reps: int = 20, backward: bool = False):
 
 def fb_grads(shape, ssm_triton):
     """The gradients of u, delta, B, C, z from one forward + backward on ``inputs(*shape)`` (fp32 copies)."""
-    x = inputs(*shape)
-    leaves = [x[k].detach().clone().requires_grad_() for k in ("u", "delta", "B", "C", "z")]
-    y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], x["A"], leaves[2], leaves[3], x["D"], leaves[4],
-                                         x["bias"], True)
-    y.backward(x["dy"])
+    fb, leaves = training_call(ssm_triton, inputs(*shape))
+    fb()
     return [t.grad.float() for t in leaves]
 
 
@@ -138,17 +144,7 @@ def fb_ms(shape, ssm_triton) -> float:
     """Forward + backward ms (do_bench) on ``inputs(*shape)``."""
     from triton.testing import do_bench
 
-    x = inputs(*shape)
-    leaves = [x[k].detach().clone().requires_grad_() for k in ("u", "delta", "B", "C", "z")]
-
-    def fb():
-        for t in leaves:
-            t.grad = None
-        y = ssm_triton.selective_scan_triton(leaves[0], leaves[1], x["A"], leaves[2], leaves[3], x["D"], leaves[4],
-                                             x["bias"], True)
-        y.backward(x["dy"])
-
-    return do_bench(fb, warmup=10, rep=40)
+    return do_bench(training_call(ssm_triton, inputs(*shape))[0], warmup=10, rep=40)
 
 
 LANE_BWD_SWEEP = [None, (4, 1, 4), (4, 1, 2), (4, 2, 4), (4, 2, 2), (4, 1, 8), (2, 1, 4), (1, 1, 2)]
@@ -156,8 +152,8 @@ LANE_BWD_SWEEP = [None, (4, 1, 4), (4, 1, 2), (4, 2, 4), (4, 2, 2), (4, 1, 8), (
 
 def lane_bwd_sweep(shapes, bw, ssm_triton):
     """Forward + backward (ms, do_bench) and kernel times with the lane backward off (None) and on wherever it runs at
-    each (S, CPT, SUB) of LANE_BWD_SWEEP, each with the time-tiled training pair at its default and off; rel_err: the largest relative
-    distance of the five gradients to those with the lane backward off."""
+    each (S, CPT, SUB) of LANE_BWD_SWEEP; where the time-tiled training pair is chosen, also with it off. rel_err:
+    the largest relative distance of the five gradients to those with the lane backward off."""
     rows = []
     defaults = dict(ssm_triton.LANE_BWD_CONFIG), dict(ssm_triton.TILE_BWD_CONFIG)
     for shape in shapes:
@@ -202,7 +198,7 @@ def main(argv=None):
                     help="time the register-lane forward's settings (LANE_CONFIG) against the forward without it")
     ap.add_argument("--lane-bwd-sweep", action="store_true",
                     help="time forward + backward over the lane backward's settings (LANE_BWD_CONFIG), the time-tiled "
-                         "pair on and off, with kernel times and the gradients' distance to the default's")
+                         "pair on and off, with kernel times and the gradients' distance to those with it off")
     ap.add_argument("--mixer-layout", action="store_true",
                     help="time the inference forward with the mixer's time-major views, lane forward on and off")
     ap.add_argument("--profile", action="store_true", help="GPU kernel time per forward and per forward + backward (torch.profiler)")
