@@ -48,8 +48,8 @@ from transformers.utils import logging
 from .configuration_vmamba import VMambaConfig, parse_forward_type
 from .cuda_graphs import ForwardGraphs, graphs_apply
 from .hf_compat import NamesReplacedFilesMixin
-from .ssm_layers import GradientCheckpointingLayer, check_pixel_values, init
-from .ssm_ops import selective_scan
+from .ssm_layers import GradientCheckpointingLayer, autocast_dtype, check_pixel_values, init, unhooked
+from .ssm_ops import fused_kernels, layer_norm, selective_scan
 
 
 if TYPE_CHECKING:  # never runs: names every sibling file for transformers 5.0's remote-code copy (see hf_compat.py)
@@ -93,6 +93,21 @@ def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
     b, _, d, _ = ys.shape
     y = ys[:, 0:2] + ys[:, 2:4].flip(-1)  # undo the reversals: (b, 2, d, L)
     return y[:, 0].reshape(b, d, height, width) + y[:, 1].reshape(b, d, width, height).transpose(2, 3)
+
+
+def _norm(norm: Optional[nn.LayerNorm], x: torch.Tensor, backend: Optional[str],
+          out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``norm(x)`` (rounded to ``out_dtype`` if given; None = no norm): on a GPU tier at inference, a plain unhooked
+    LayerNorm runs as one Triton kernel (ssm_ops.layer_norm), its result in the dtype the module's would have (fp32
+    under autocast, else x's) unless ``out_dtype`` says otherwise."""
+    if norm is None:
+        return x
+    if unhooked((norm,), (nn.LayerNorm,)) and fused_kernels(backend, x) is not None:
+        if out_dtype is None:
+            out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return layer_norm(x, norm.weight, norm.bias, norm.eps, out_dtype=out_dtype)
+    y = norm(x)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 class VMambaDropPath(nn.Module):
@@ -201,6 +216,36 @@ class VMambaSS2D(nn.Module):
         )  # (b, K*d, L)
         return cross_merge(ys.reshape(b, K, d, L), H, W)  # (b, d, H, W)
 
+    def _kernels(self, x: torch.Tensor, z: Optional[torch.Tensor]):
+        """The Triton module where this SS2D may run its fused inference path (ssm_ops.fused_kernels; no gradient
+        wanted for x, z or a parameter, out_norm a plain unhooked LayerNorm), else None."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return None
+        if not unhooked((self.out_norm,), (nn.LayerNorm,)):
+            return None
+        return fused_kernels(self.ssm_backend, x, *(() if z is None else (z,)))
+
+    def scan_fused(self, ops, x: torch.Tensor, z: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+        """``scan`` -> out_norm [-> GELU] [* z] at inference on a GPU with Triton kernels (``ops``): x (batch, d_inner,
+        H, W) before the activation -> (batch, H, W, d_inner) in ``out_dtype``. One kernel builds the four
+        directions time-major (b, L, 4, d) (with SiLU when the activation is a plain one), so each direction's x_proj
+        reads a strided view and the scan a time-major u (no stack, flip or transposing copies); one kernel merges
+        the scan's outputs (whatever layout the scan wrote them in) and normalises them channel-last. Same numbers as
+        the torch path (``scan`` then out_norm; the norm in fp32)."""
+        b, d, H, W = x.shape
+        N, R, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, H * W
+        silu = unhooked((self.act,), (nn.SiLU,))
+        u = ops.cross_scan_triton(x if silu else self.act(x), silu=silu)  # (b, L, K, d)
+        x_dbl = torch.stack([proj(u[:, :, k]) for k, proj in enumerate(self.x_proj)], dim=2)  # (b, L, K, R + 2N)
+        dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
+        dts = torch.stack([proj(dts[:, :, k]) for k, proj in enumerate(self.dt_projs)], dim=2)  # (b, L, K, d)
+        ys = selective_scan(u.view(b, L, K * d).transpose(1, 2), dts.flatten(2).transpose(1, 2), self.A_logs,
+                            Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1), D=self.Ds, delta_softplus=True,
+                            backend=self.ssm_backend, a_log=True)  # (b, K*d, L)
+        norm = self.out_norm
+        return ops.cross_merge_norm_triton(ys, H, W, norm.weight, norm.bias, norm.eps, z=z, gelu=self.out_act,
+                                           out_dtype=out_dtype)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(hidden_states)  # (b, H, W, d_inner | 2*d_inner)
         z = None
@@ -211,6 +256,11 @@ class VMambaSS2D(nn.Module):
         x = x.permute(0, 3, 1, 2)  # (b, d_inner, H, W)
         if self.conv2d is not None:
             x = self.conv2d(x)
+        ops = self._kernels(x, z)
+        if ops is not None:
+            dtype = autocast_dtype(x.device) or torch.promote_types(
+                hidden_states.dtype, hidden_states.dtype if z is None else z.dtype)
+            return self.out_proj(self.scan_fused(ops, x, z, dtype))
         x = self.act(x)
         y = self.scan(x).permute(0, 2, 3, 1)  # (b, H, W, d_inner)
         y = self.out_norm(y.to(hidden_states.dtype))
@@ -248,6 +298,16 @@ class VMambaBlock(GradientCheckpointingLayer):
             self.mlp = VMambaMLP(config, dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        backend = self.op.ssm_backend
+        if (self.mlp is not None and not (self.training and self.drop_path.drop_prob > 0)
+                and unhooked((self.norm2,), (nn.LayerNorm,)) and fused_kernels(backend, hidden_states) is not None):
+            # inference on a GPU: the norms in autocast's dtype (what in_proj / fc1 cast to), the SS2D's residual sum
+            # in the second norm's kernel (ssm_ops.layer_norm: torch ops where a gradient is wanted)
+            dtype = autocast_dtype(hidden_states.device)
+            n2 = self.norm2
+            hidden_states, x = layer_norm(self.op(_norm(self.norm, hidden_states, backend, dtype)), n2.weight, n2.bias,
+                                          n2.eps, residual=hidden_states, out_dtype=dtype)
+            return hidden_states + self.mlp(x)
         hidden_states = hidden_states + self.drop_path(self.op(self.norm(hidden_states)))
         if self.mlp is not None:
             hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
@@ -262,6 +322,7 @@ class VMambaPatchEmbed(nn.Module):
         super().__init__()
         dim, eps = config.hidden_sizes[0], config.layer_norm_eps
         self.version = config.patchembed
+        self.ssm_backend = config.ssm_backend  # which tier runs the norms (see _norm)
         make_norm = (lambda c: nn.LayerNorm(c, eps=eps)) if config.patch_norm else (lambda c: None)
         if self.version == "v2":
             stride = config.patch_size // 2
@@ -274,18 +335,14 @@ class VMambaPatchEmbed(nn.Module):
             self.conv = nn.Conv2d(config.num_channels, dim, config.patch_size, stride=config.patch_size)
             self.norm = make_norm(dim)
 
-    @staticmethod
-    def _norm_cf(norm: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
-        """LayerNorm over the channels of a channel-first map (upstream LayerNorm2d)."""
-        return x if norm is None else norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if self.version == "v2":
-            x = self.act(self._norm_cf(self.norm1, self.conv1(pixel_values)))  # (b, dim/2, H/2, W/2)
+            x = self.conv1(pixel_values).permute(0, 2, 3, 1)  # (b, H/2, W/2, dim/2)
+            x = self.act(_norm(self.norm1, x, self.ssm_backend)).permute(0, 3, 1, 2)  # upstream LayerNorm2d
             x = self.conv2(x).permute(0, 2, 3, 1)  # (b, H/4, W/4, dim)
-            return x if self.norm2 is None else self.norm2(x)
+            return _norm(self.norm2, x, self.ssm_backend)
         x = self.conv(pixel_values).permute(0, 2, 3, 1)  # (b, H/p, W/p, dim)
-        return x if self.norm is None else self.norm(x)
+        return _norm(self.norm, x, self.ssm_backend)
 
 
 class VMambaDownsample(nn.Module):
@@ -296,6 +353,7 @@ class VMambaDownsample(nn.Module):
     def __init__(self, config: VMambaConfig, dim: int, out_dim: int):
         super().__init__()
         self.version = config.downsample
+        self.ssm_backend = config.ssm_backend  # which tier runs the norm (see _norm)
         if self.version == "v1":
             self.norm = nn.LayerNorm(4 * dim, eps=config.layer_norm_eps)
             self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
@@ -308,8 +366,8 @@ class VMambaDownsample(nn.Module):
         if self.version == "v1":
             # same concatenation order as upstream: (0,0), (1,0), (0,1), (1,1) offsets in (h, w)
             x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-            return self.reduction(self.norm(x))
-        return self.norm(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+            return self.reduction(_norm(self.norm, x, self.ssm_backend))
+        return _norm(self.norm, self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), self.ssm_backend)
 
 
 class VMambaStage(nn.Module):
@@ -449,7 +507,7 @@ class VMambaModel(VMambaPreTrainedModel):
             stage_outputs.append(x)  # (b, h_i, w_i, C_i), before the downsample
             if stage.downsample is not None:
                 x = stage.downsample(x)
-        x = self.norm(x)  # (b, h, w, C)
+        x = _norm(self.norm, x, self.config.ssm_backend)  # (b, h, w, C)
         pooled = x.mean(dim=(1, 2))  # (b, C)
         if not all_stages:
             stage_outputs = [stage_outputs[i] for i in self.config.out_indices]

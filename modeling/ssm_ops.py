@@ -830,6 +830,36 @@ def add_rms_norm(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     return residual, (y if out_dtype is None else y.to(out_dtype))
 
 
+def fused_kernels(backend: Optional[str], *tensors: torch.Tensor):
+    """The Triton kernel module (ssm_triton) where a model's fused inference kernels may replace its torch ops: the
+    backend resolves to a GPU tier ("triton" / "mamba_ssm"; the "torch" / "reference" tiers stay plain torch, the
+    references the tests compare against), the tensors are CUDA floats that need no gradient, and torch.compile is
+    not tracing. Else None."""
+    if not tensors or not tensors[0].is_cuda or _compiling():
+        return None
+    if any(t.dtype not in _FLOAT_DTYPES[:3] or (torch.is_grad_enabled() and t.requires_grad) for t in tensors):
+        return None
+    if resolve_backend(backend, tensors[0].device) not in ("triton", "mamba_ssm"):
+        return None
+    return _load_triton()
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
+               residual: Optional[torch.Tensor] = None, out_dtype: Optional[torch.dtype] = None):
+    """``F.layer_norm`` of the last dimension (with ``residual``: ``(r, layer_norm(r))`` for r = residual + x, a
+    block's residual sum and its next norm), rounded to ``out_dtype`` if given (e.g. autocast's dtype, which the next
+    linear layer casts to anyway); one Triton kernel on a GPU outside autograd and torch.compile."""
+    others = () if residual is None else (residual,)
+    if _norm_kernel_applies(x, weight, *others) and (bias is None or (
+            bias.dtype in _FLOAT_DTYPES[:3] and not (torch.is_grad_enabled() and bias.requires_grad))):
+        return _load_triton().layer_norm_triton(x, weight, bias, eps, residual=residual, out_dtype=out_dtype)
+    if residual is not None:
+        x = residual = residual + x
+    y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    y = y if out_dtype is None else y.to(out_dtype)
+    return y if residual is None else (residual, y)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, cast_input: bool = False) -> torch.Tensor:
     """RMSNorm of the last dimension, computed in float32: ``weight * (x * rsqrt(mean(x^2) + eps)).to(x.dtype)``
     (transformers' MambaRMSNorm / LlamaRMSNorm); ``cast_input``: of ``x.to(weight.dtype)``. On a GPU, outside autograd

@@ -1500,6 +1500,102 @@ def _add_rms_norm_kernel(r_ptr, x_ptr, w_ptr, r_out_ptr, y_ptr, n_cols, eps, CAS
     _normalise_row(r_raw, w_ptr, y_ptr, row, cols, mask, n_cols, eps, CAST_INPUT)
 
 
+@triton.jit
+def _layer_norm_tile(x, mask, n_cols, w_ptr, b_ptr, cols, eps, HAS_BIAS: tl.constexpr):
+    """LayerNorm of each row of an fp32 (rows, BLOCK_C) tile (masked columns hold 0), in fp32: (x - mean) * rstd * w
+    (+ b), the biased variance as torch.nn.functional.layer_norm."""
+    mean = tl.sum(x, axis=1) / n_cols
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(xc * xc, axis=1) / n_cols + eps)
+    cmask = cols < n_cols
+    y = xc * rstd[:, None] * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _layer_norm_kernel(x_ptr, r_ptr, w_ptr, b_ptr, r_out_ptr, y_ptr, rows, n_cols, sx_row, eps,
+                       HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """BLOCK_R rows of y = LayerNorm(x) (HAS_RES: of r = residual + x, rounded to r_out's dtype and stored), computed
+    in fp32 and rounded to y's dtype. x rows at a stride of sx_row, residual / r_out / y contiguous (rows, n_cols)."""
+    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    cols = tl.arange(0, BLOCK_C)
+    mask = (row < rows) & (cols[None, :] < n_cols)
+    x = tl.load(x_ptr + row * sx_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        x += tl.load(r_ptr + row * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        r = x.to(r_out_ptr.dtype.element_ty)
+        tl.store(r_out_ptr + row * n_cols + cols[None, :], r, mask=mask)
+        x = r.to(tl.float32)
+    y = _layer_norm_tile(x, mask, n_cols, w_ptr, b_ptr, cols, eps, HAS_BIAS)
+    tl.store(y_ptr + row * n_cols + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cross_positions(t, H, W):
+    """The map positions (row-major index h * W + w) that step t of VMamba's column-major direction reads: h = t % H,
+    w = t // H."""
+    return (t % H) * W + t // H
+
+
+@triton.jit
+def _cross_scan_kernel(x_ptr, sx_b, sx_c, sx_h, sx_w, u_ptr, H, W, dim,
+                       SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """VMamba's cross-scan (csm_triton.py cross_scan_fwd, channel-first) written time-major: u[b, t, k, c] (contiguous
+    (batch, L, 4, dim)) = x[b, c] at step t of direction k: row-major, column-major, both reversed (L = H * W). x is a
+    (batch, dim, H, W) map of any strides (a channel-last one reads each position's channels as one run); SILU: u =
+    silu(x) (the SS2D activation, fused)."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+    c = tl.arange(0, BLOCK_C)[None, :]
+    L = H * W
+    mask = (t < L) & (c < dim)
+    x_b = x_ptr + pid_b * sx_b + c.to(tl.int64) * sx_c
+    u_b = u_ptr + pid_b * L * 4 * dim + t.to(tl.int64) * (4 * dim) + c
+    for k in tl.static_range(4):
+        step = t if k < 2 else L - 1 - t
+        pos = step if k % 2 == 0 else _cross_positions(step, H, W)
+        v = tl.load(x_b + (pos // W).to(tl.int64) * sx_h + (pos % W).to(tl.int64) * sx_w, mask=mask, other=0.0)
+        if SILU:
+            v32 = v.to(tl.float32)
+            v = (v32 / (1.0 + tl.exp(-v32))).to(v.dtype)
+        tl.store(u_b + k * dim, v.to(u_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cross_merge_norm_kernel(y4_ptr, sy_b, sy_c, sy_t, w_ptr, b_ptr, z_ptr, sz_b, sz_t, out_ptr, H, W, dim, eps,
+                             HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, GELU: tl.constexpr,
+                             BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """VMamba's cross-merge (csm_triton.py cross_merge_fwd) then out_norm, [GELU], [* z], for BLOCK_T positions of one
+    image: out[b, p, c] (contiguous (batch, H * W, dim), p = h * W + w) = LayerNorm over c of the sum of the four
+    directions' scan outputs at p, y4[b, k * dim + c, step] (any strides: sy_c along channels, sy_t along steps). The
+    sum is rounded as the torch path (``cross_merge``) rounds it in y4's dtype: (y_0 + y_2) and (y_1 + y_3) first, then
+    their sum; the norm in fp32. z (batch, H * W, dim) with unit channel stride."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+    c = tl.arange(0, BLOCK_C)[None, :]
+    L = H * W
+    mask = (p < L) & (c < dim)
+    y_b = y4_ptr + pid_b * sy_b + c.to(tl.int64) * sy_c
+    col = (p % W) * H + p // W  # the column-major step that reads position p
+    d = dim.to(tl.int64) * sy_c
+    y0 = tl.load(y_b + p.to(tl.int64) * sy_t, mask=mask, other=0.0)
+    y1 = tl.load(y_b + d + col.to(tl.int64) * sy_t, mask=mask, other=0.0)
+    y2 = tl.load(y_b + 2 * d + (L - 1 - p).to(tl.int64) * sy_t, mask=mask, other=0.0)
+    y3 = tl.load(y_b + 3 * d + (L - 1 - col).to(tl.int64) * sy_t, mask=mask, other=0.0)
+    row = (y0.to(tl.float32) + y2.to(tl.float32)).to(y0.dtype)
+    column = (y1.to(tl.float32) + y3.to(tl.float32)).to(y0.dtype)
+    x = (row.to(tl.float32) + column.to(tl.float32)).to(y0.dtype).to(tl.float32)
+    cols = tl.arange(0, BLOCK_C)
+    y = _layer_norm_tile(x, mask, dim, w_ptr, b_ptr, cols, eps, HAS_BIAS)
+    if GELU:
+        y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
+    if HAS_Z:
+        y = y * tl.load(z_ptr + pid_b * sz_b + p.to(tl.int64) * sz_t + c, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + pid_b * L * dim + p.to(tl.int64) * dim + c, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Input checks
 # ---------------------------------------------------------------------------------------------------------------------
@@ -2305,6 +2401,84 @@ def add_rms_norm_triton(residual, x, weight, eps, cast_input=False, out_dtype=No
 
 
 RMS_NORM_MAX_COLS = 32768  # one program holds a row; wider rows take the torch path
+
+
+def _row_tile(cols: int, elements: int = 2048):
+    """(BLOCK_R, BLOCK_C) of the row kernels: a row a tile row, about ``elements`` values a program (4 warps)."""
+    block_c = _next_pow2(cols)
+    return max(1, elements // block_c), block_c
+
+
+def layer_norm_triton(x, weight, bias, eps, residual=None, out_dtype=None):
+    """LayerNorm of the last dimension in one kernel (inference: no autograd), in fp32 as
+    ``F.layer_norm(x.float(), ...)``, rounded to ``out_dtype`` (default: the promoted dtype of x and weight). With
+    ``residual``: ``(r, LayerNorm(r))`` for r = residual + x in the promoted dtype of the two (a block's residual sum
+    and its next norm). x, residual (..., H) of one shape; weight, bias (H,). Several rows a program: VMamba's first
+    stage normalises rows of 96 values (torch's kernel took 9.2 ms of a 41 ms VMamba-T call at 1248 px, H200)."""
+    _check_tensors("layer_norm_triton", x=x, weight=weight, bias=bias, residual=residual)
+    cols = x.shape[-1]
+    x2 = x.reshape(-1, cols)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    r2 = r_out = None
+    src = x.dtype
+    if residual is not None:
+        r2 = residual.reshape(-1, cols).contiguous()
+        r_out = torch.empty(x2.shape, device=x.device, dtype=torch.promote_types(residual.dtype, x.dtype))
+        src = r_out.dtype
+    y = torch.empty(x2.shape, device=x.device, dtype=out_dtype or torch.promote_types(src, weight.dtype))
+    block_r, block_c = _row_tile(cols)
+    if rows:
+        _layer_norm_kernel[(_cdiv(rows, block_r),)](
+            x2, r2 if r2 is not None else x2, weight, bias if bias is not None else weight, r_out if r_out is not None
+            else y, y, rows, cols, x2.stride(0), float(eps), HAS_RES=r2 is not None, HAS_BIAS=bias is not None,
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+    y = y.view(x.shape)
+    return y if residual is None else (r_out.view(x.shape), y)
+
+
+def cross_scan_triton(x, silu=False):
+    """VMamba's cross-scan of a (batch, dim, H, W) map (any strides; channel-last reads best) into one time-major
+    tensor u (batch, H * W, 4, dim): u[:, t, k] is step t of direction k (row-major, column-major, both reversed), as
+    ``modeling_vmamba.cross_scan(x)`` (batch, 4, dim, L) holds it at [:, k, :, t]. ``silu``: of silu(x), fused."""
+    _check_tensors("cross_scan_triton", x=x)
+    batch, dim, height, width = x.shape
+    L = height * width
+    u = torch.empty((batch, L, 4, dim), device=x.device, dtype=x.dtype)
+    block_t, block_c = _row_tile(dim)
+    if u.numel():
+        _cross_scan_kernel[(_cdiv(L, block_t), batch)](x, *x.stride(), u, height, width, dim, SILU=bool(silu),
+                                                       BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)
+    return u
+
+
+def cross_merge_norm_triton(ys, height, width, weight, bias, eps, z=None, gelu=False, out_dtype=None):
+    """VMamba's cross-merge and out_norm in one kernel (inference): ys (batch, 4 * dim, H * W), the four directions'
+    scan outputs in their own step order (any strides) -> (batch, H, W, dim) = LayerNorm(merge(ys)) [-> GELU] [* z],
+    as ``out_norm(cross_merge(ys).permute(0, 2, 3, 1).float())`` computes it (the merge's sums rounded to ys' dtype,
+    the norm, GELU and gate in fp32), rounded to ``out_dtype`` (default: the promoted dtype of ys and weight).
+    z: (batch, H, W, dim)."""
+    _check_tensors("cross_merge_norm_triton", ys=ys, weight=weight, bias=bias, z=z)
+    batch, channels, L = ys.shape
+    dim = channels // 4
+    if channels != 4 * dim or L != height * width:
+        raise ValueError(f"cross_merge_norm_triton: ys must be (batch, 4 * dim, {height} * {width}), got "
+                         f"{tuple(ys.shape)}")
+    out = torch.empty((batch, height, width, dim), device=ys.device,
+                      dtype=out_dtype or torch.promote_types(ys.dtype, weight.dtype))
+    zs = (0, 0)
+    if z is not None:
+        if z.shape != out.shape or z.stride(-1) != 1 or z.stride(1) != width * z.stride(2):
+            z = z.contiguous()
+        zs = (z.stride(0), z.stride(2))
+    block_t, block_c = _row_tile(dim)
+    if out.numel():
+        _cross_merge_norm_kernel[(_cdiv(L, block_t), batch)](
+            ys, *ys.stride(), weight, bias if bias is not None else weight, z if z is not None else out, *zs, out,
+            height, width, dim, float(eps), HAS_BIAS=bias is not None, HAS_Z=z is not None, GELU=bool(gelu),
+            BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)
+    return out
 
 
 def rms_norm_triton(x, weight, eps, cast_input=False):

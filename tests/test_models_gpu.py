@@ -275,6 +275,55 @@ def test_vmamba_matches_reference_tier(backend, dtype):
     _check_grads(model, ref, dtype)
 
 
+@pytest.mark.parametrize("forward_type,d_state", [("v05_noz", 1), ("v2", 4)])
+def test_vmamba_fused_inference_matches_torch_tier(monkeypatch, forward_type, d_state):
+    """The triton tier's fused VMamba inference (LayerNorm kernels, the residual sum in norm2's kernel, the time-major
+    cross-scan with SiLU, the cross-merge + out_norm [+ z gate] kernel) against the torch tier's modules with the same
+    weights: fp32 and under bf16 autocast, a non-square image, every stage's hidden states; the kernels do run; a hook
+    on a norm turns its kernel off and is called; a training step (gradients) takes the torch ops."""
+    from ssmvl.modeling import ssm_triton
+    from ssmvl.modeling.configuration_vmamba import VMambaConfig
+    from ssmvl.modeling.modeling_vmamba import VMambaForImageClassification
+
+    def build(b):
+        torch.manual_seed(0)
+        cfg = VMambaConfig(image_size=64, embed_dim=32, depths=[1, 2], d_state=d_state, num_labels=5,
+                           forward_type=forward_type, ssm_backend=b, drop_path_rate=0.1)
+        return VMambaForImageClassification(cfg).cuda().eval()
+
+    model, ref = build("triton"), build("torch")
+    calls = {}
+    for name in ("layer_norm_triton", "cross_scan_triton", "cross_merge_norm_triton"):
+        def counted(*a, _f=getattr(ssm_triton, name), _n=name, **k):
+            calls[_n] = calls.get(_n, 0) + 1
+            return _f(*a, **k)
+        monkeypatch.setattr(ssm_triton, name, counted)
+    x = torch.randn(2, 3, 64, 96, device="cuda")
+    with torch.no_grad():
+        out = model(pixel_values=x, output_hidden_states=True)
+        expect = ref(pixel_values=x, output_hidden_states=True)
+        assert calls == {"layer_norm_triton": 2 + 3 * 2 + 1 + 1, "cross_scan_triton": 3, "cross_merge_norm_triton": 3}
+        torch.testing.assert_close(out.logits, expect.logits, rtol=1e-4, atol=1e-4)
+        for h, h_ref in zip(out.hidden_states, expect.hidden_states, strict=True):
+            torch.testing.assert_close(h, h_ref, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            amp, amp_ref = model(pixel_values=x).logits, ref(pixel_values=x).logits
+        assert amp.dtype == amp_ref.dtype
+        torch.testing.assert_close(amp.float(), amp_ref.float(), rtol=3e-2, atol=3e-2)
+        seen = []
+        hooks = [model.vmamba.layers[1].blocks[0].op.out_norm.register_forward_hook(lambda *a: seen.append("out")),
+                 model.vmamba.layers[0].blocks[0].norm2.register_forward_hook(lambda *a: seen.append("norm2"))]
+        torch.testing.assert_close(model(pixel_values=x).logits, expect.logits, rtol=1e-4, atol=1e-4)
+        assert sorted(seen) == ["norm2", "out"]
+        for h in hooks:
+            h.remove()
+    model.train()
+    calls.clear()
+    loss = model(pixel_values=x, labels=torch.tensor([1, 3], device="cuda")).loss
+    loss.backward()
+    assert calls == {} and model.classifier.weight.grad is not None
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", FAST)
 def test_vim_matches_reference_tier(backend, dtype):

@@ -746,6 +746,103 @@ def test_rms_norm_dispatch():
     assert w.grad is not None and torch.isfinite(w.grad).all()
 
 
+@pytest.mark.parametrize("x_dtype,w_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                             (torch.bfloat16, torch.bfloat16)], ids=str)
+@pytest.mark.parametrize("cols", [96, 768, 50])
+def test_layer_norm_matches_torch(x_dtype, w_dtype, cols):
+    """layer_norm_triton against F.layer_norm in fp32 (rows of 96 / 768 / 50 values, several rows a program, rows read
+    at a stride), with a bias or none, rounded to the dtype asked; with a residual: (residual + x, its norm)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(7, 13, cols + 3, generator=g) * 3 + 1).to(DEV, x_dtype)[..., :cols]  # rows at a stride
+    w = (torch.rand(cols, generator=g) + 0.5).to(DEV, w_dtype)
+    b = torch.randn(cols, generator=g).to(DEV, w_dtype)
+    ref = torch.nn.functional.layer_norm(x.float(), (cols,), w.float(), b.float(), 1e-5)
+    y = ssm_triton.layer_norm_triton(x, w, b, 1e-5, out_dtype=torch.float32)
+    assert y.shape == x.shape and rel(y, ref) < 1e-6
+    y = ssm_triton.layer_norm_triton(x, w, None, 1e-5)  # no bias; dtype: x's and the weight's promoted
+    ref_nb = torch.nn.functional.layer_norm(x.float(), (cols,), w.float(), None, 1e-5)
+    assert y.dtype == torch.promote_types(x_dtype, w_dtype) and rel(y, ref_nb) < TOL[y.dtype]
+    r = torch.randn(7, 13, cols, generator=g).to(DEV)
+    s, y = ssm_triton.layer_norm_triton(x, w, b, 1e-5, residual=r, out_dtype=torch.bfloat16)
+    s_ref = r + x
+    assert s.dtype == torch.float32 and torch.equal(s, s_ref)
+    y_ref = torch.nn.functional.layer_norm(s_ref, (cols,), w.float(), b.float(), 1e-5)
+    assert y.dtype == torch.bfloat16 and rel(y, y_ref) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch sends only CUDA tensors to triton")
+def test_layer_norm_dispatch():
+    """ssm_ops.layer_norm takes the kernel outside autograd only; with gradients it is F.layer_norm (differentiable);
+    the residual form returns (sum, norm) either way, the same numbers."""
+    x = torch.randn(4, 7, 96, device=DEV)
+    r = torch.randn(4, 7, 96, device=DEV)
+    w = torch.rand(96, device=DEV, requires_grad=True)
+    b = torch.randn(96, device=DEV, requires_grad=True)
+    with torch.no_grad():
+        s0, y0 = ssm_ops.layer_norm(x, w, b, 1e-5, residual=r, out_dtype=torch.bfloat16)
+    s1, y1 = ssm_ops.layer_norm(x, w, b, 1e-5, residual=r, out_dtype=torch.bfloat16)
+    assert y1.requires_grad and torch.equal(s0, s1) and y0.dtype == y1.dtype == torch.bfloat16
+    assert rel(y0, y1.detach()) < TOL[torch.bfloat16]
+    y1.float().sum().backward()
+    assert w.grad is not None and b.grad is not None
+
+
+def _cross_scan_torch(x):
+    """VMamba's torch cross-scan (modeling_vmamba.cross_scan), written here as the reference: (b, 4, d, L)."""
+    row = x.flatten(2)
+    col = x.transpose(2, 3).flatten(2)
+    return torch.stack([row, col, row.flip(-1), col.flip(-1)], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("hwd", [(5, 7, 24), (8, 8, 33), (1, 9, 96)], ids=str)
+@pytest.mark.parametrize("channel_last", [True, False])
+def test_cross_scan_matches_torch(dtype, hwd, channel_last):
+    """cross_scan_triton's (b, L, 4, d) time-major directions = the torch cross-scan's (b, 4, d, L), non-square and
+    one-row maps, channel-last or channel-first input, with the SiLU fused (as F.silu rounds it)."""
+    H, W, d = hwd
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, H, W, d, generator=g).to(DEV, dtype).permute(0, 3, 1, 2)
+    if not channel_last:
+        x = x.contiguous()
+    u = ssm_triton.cross_scan_triton(x)
+    assert u.shape == (2, H * W, 4, d) and torch.equal(u.permute(0, 2, 3, 1), _cross_scan_torch(x))
+    u = ssm_triton.cross_scan_triton(x, silu=True)
+    ref = _cross_scan_torch(torch.nn.functional.silu(x))
+    assert rel(u.permute(0, 2, 3, 1), ref) < (1e-6 if dtype == torch.float32 else TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("hwd", [(5, 7, 24), (8, 8, 33), (3, 1, 96)], ids=str)
+@pytest.mark.parametrize("layout", ["channel_major", "time_major"])
+def test_cross_merge_norm_matches_torch(dtype, hwd, layout):
+    """cross_merge_norm_triton = out_norm(cross_merge(ys)) [-> GELU] [* z] as VMamba's torch path computes it (the
+    merge's sums rounded in ys' dtype: bit for bit on a GPU; the norm in fp32), ys channel- or time-major."""
+    H, W, d = hwd
+    L = H * W
+    g = torch.Generator().manual_seed(7)
+    ys = torch.randn(2, 4 * d, L, generator=g).to(DEV, dtype)
+    if layout == "time_major":
+        ys = ys.transpose(1, 2).contiguous().transpose(1, 2)
+    w = (torch.rand(d, generator=g) + 0.5).to(DEV)
+    b = torch.randn(d, generator=g).to(DEV)
+    z = torch.randn(2, H, W, d, generator=g).to(DEV, dtype)
+    y4 = ys.reshape(2, 4, d, L)
+    merged = y4[:, 0:2] + y4[:, 2:4].flip(-1)
+    merged = merged[:, 0].reshape(2, d, H, W) + merged[:, 1].reshape(2, d, W, H).transpose(2, 3)
+    normed = torch.nn.functional.layer_norm(merged.permute(0, 2, 3, 1).float(), (d,), w, b, 1e-5)
+    exact = 1e-6 if DEV == "cuda" or dtype == torch.float32 else TOL[dtype]  # the interpreter truncates bf16 casts
+    y = ssm_triton.cross_merge_norm_triton(ys, H, W, w, b, 1e-5, out_dtype=torch.float32)
+    assert y.shape == (2, H, W, d) and rel(y, normed) < exact
+    y = ssm_triton.cross_merge_norm_triton(ys, H, W, w, b, 1e-5, z=z, gelu=True, out_dtype=torch.float32)
+    assert rel(y, torch.nn.functional.gelu(normed) * z.float()) < exact
+    y = ssm_triton.cross_merge_norm_triton(ys, H, W, w, None, 1e-5)  # dtype: ys' and the weight's promoted
+    ref = torch.nn.functional.layer_norm(merged.permute(0, 2, 3, 1).float(), (d,), w, None, 1e-5)
+    assert y.dtype == torch.float32 and rel(y, ref) < exact
+    with pytest.raises(ValueError, match="4 \\* dim"):
+        ssm_triton.cross_merge_norm_triton(ys[:, 1:], H, W, w, b, 1e-5)
+
+
 def test_bad_inputs():
     inputs = make_inputs(1, 8, 5, 4, 0, torch.float32)
     cpu = {k: (v.cpu() if v is not None else None) for k, v in inputs.items()}
