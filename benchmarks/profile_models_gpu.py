@@ -11,6 +11,7 @@ mamba_ssm_prefill_1x1024 (the same forwards by mamba_ssm's MambaLMHeadModel, its
 MAMBA_SSM_PATHS=colon-separated import paths of a build, as ../shared/anchors/gen_vs_mamba_ssm.py takes them). bf16 autocast over fp32 weights (vision; as bench_gpu_models.py), bf16 weights (LM); random weights.
 Kernels are grouped by name; the JSON keeps the top 25 of each case with their share of the CUDA time, and host_ms,
 the median time until a call returns (its host work). --host-ops adds each case's top host ops by own CPU time;
+--ops the torch ops (with input shapes) by the GPU time of the kernels each launched;
 --lane=KEY=INT sets ssm_triton.LANE_CONFIG[KEY] first (e.g. --lane=bf16_words=1).
 """
 
@@ -139,11 +140,32 @@ def host_ops(run, top=25):
     return [{"op": e.key[:90], "self_ms": round(e.self_cpu_time_total / 1000.0, 3), "calls": e.count} for e in rows]
 
 
+def device_ops(run, top=25):
+    """The torch ops of one call by the GPU time of the kernels they launched themselves (torch.profiler, CPU and CUDA
+    activities, grouped by input shapes): which op a generic kernel name (an element-wise copy, a cat) belongs to."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof_ctx
+
+    with prof_ctx(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
+        run()
+        torch.cuda.synchronize()
+
+    def own(e):
+        t = getattr(e, "self_device_time_total", None)
+        return e.self_cuda_time_total if t is None else t
+
+    rows = [e for e in prof.key_averages(group_by_input_shape=True) if own(e) > 0 and e.key.startswith("aten::")]
+    rows.sort(key=lambda e: -own(e))
+    return [{"op": e.key, "shapes": str(e.input_shapes)[:160], "ms": round(own(e) / 1000.0, 3), "calls": e.count}
+            for e in rows[:top]]
+
+
 def main():
     out = Path(sys.argv[1])
     args = sys.argv[2:]
     with_host_ops = "--host-ops" in args  # also the host ops of each case (see host_ops)
-    args = [a for a in args if a != "--host-ops"]
+    with_ops = "--ops" in args  # also the torch ops that launched the kernels (see device_ops)
+    args = [a for a in args if a not in ("--host-ops", "--ops")]
     lane = [a for a in args if a.startswith("--lane=")]  # --lane=KEY=INT: a ssm_triton.LANE_CONFIG setting
     args = [a for a in args if a not in lane]
     if lane:
@@ -169,6 +191,10 @@ def main():
             result["cases"][case]["host_ops"] = ops = host_ops(run)
             for o in ops[:12]:
                 print(f"   host {o['self_ms']:8.3f} ms x{o['calls']:<5d} {o['op']}", flush=True)
+        if with_ops:
+            result["cases"][case]["device_ops"] = ops = device_ops(run)
+            for o in ops:
+                print(f"   op {o['ms']:8.3f} ms x{o['calls']:<5d} {o['op']} {o['shapes']}", flush=True)
         for k in kernels[:14]:
             print(f"   {k['ms']:8.3f} ms {100 * k['share']:5.1f}% x{k['calls']:<5d} {k['kernel']}", flush=True)
         del run
