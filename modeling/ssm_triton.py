@@ -1540,17 +1540,22 @@ def _cross_positions(t, H, W):
 
 
 @triton.jit
+def _map_tile(H, W, dim, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The (BLOCK_T steps or positions, BLOCK_C channels) tile of the cross-scan / merge kernels: (image, steps
+    (BLOCK_T, 1), channels (1, BLOCK_C), L = H * W, mask)."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
+    c = tl.arange(0, BLOCK_C)[None, :]
+    return tl.program_id(1).to(tl.int64), t, c, H * W, (t < H * W) & (c < dim)
+
+
+@triton.jit
 def _cross_scan_kernel(x_ptr, sx_b, sx_c, sx_h, sx_w, u_ptr, H, W, dim,
                        SILU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """VMamba's cross-scan (csm_triton.py cross_scan_fwd, channel-first) written time-major: u[b, t, k, c] (contiguous
     (batch, L, 4, dim)) = x[b, c] at step t of direction k: row-major, column-major, both reversed (L = H * W). x is a
     (batch, dim, H, W) map of any strides (a channel-last one reads each position's channels as one run); SILU: u =
     silu(x) (the SS2D activation, fused)."""
-    pid_b = tl.program_id(1).to(tl.int64)
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
-    c = tl.arange(0, BLOCK_C)[None, :]
-    L = H * W
-    mask = (t < L) & (c < dim)
+    pid_b, t, c, L, mask = _map_tile(H, W, dim, BLOCK_T, BLOCK_C)
     x_b = x_ptr + pid_b * sx_b + c.to(tl.int64) * sx_c
     u_b = u_ptr + pid_b * L * 4 * dim + t.to(tl.int64) * (4 * dim) + c
     for k in tl.static_range(4):
@@ -1572,11 +1577,7 @@ def _cross_merge_norm_kernel(y4_ptr, sy_b, sy_c, sy_t, w_ptr, b_ptr, z_ptr, sz_b
     directions' scan outputs at p, y4[b, k * dim + c, step] (any strides: sy_c along channels, sy_t along steps). The
     sum is rounded as the torch path (``cross_merge``) rounds it in y4's dtype: (y_0 + y_2) and (y_1 + y_3) first, then
     their sum; the norm in fp32. z (batch, H * W, dim) with unit channel stride."""
-    pid_b = tl.program_id(1).to(tl.int64)
-    p = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]
-    c = tl.arange(0, BLOCK_C)[None, :]
-    L = H * W
-    mask = (p < L) & (c < dim)
+    pid_b, p, c, L, mask = _map_tile(H, W, dim, BLOCK_T, BLOCK_C)
     y_b = y4_ptr + pid_b * sy_b + c.to(tl.int64) * sy_c
     col = (p % W) * H + p // W  # the column-major step that reads position p
     d = dim.to(tl.int64) * sy_c

@@ -324,6 +324,31 @@ def test_vmamba_fused_inference_matches_torch_tier(monkeypatch, forward_type, d_
     assert calls == {} and model.classifier.weight.grad is not None
 
 
+def test_vmamba_fused_inference_honours_lora():
+    """LoRA on every SS2D projection (VMAMBA_LORA_TARGETS, non-zero adapter weights): the triton tier's fused inference
+    calls each direction's adapted x_proj / dt_projs and gives the torch tier's numbers, which differ from the base
+    model's."""
+    peft = pytest.importorskip("peft")
+    from ssmvl.modeling.configuration_vmamba import VMambaConfig
+    from ssmvl.modeling.modeling_vmamba import VMAMBA_LORA_TARGETS, VMambaForImageClassification
+
+    def build(b):
+        torch.manual_seed(0)
+        cfg = VMambaConfig(image_size=64, embed_dim=32, depths=[1, 1], d_state=1, num_labels=5, ssm_backend=b)
+        model = VMambaForImageClassification(cfg).cuda().eval()
+        base = model(pixel_values=x).logits
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=VMAMBA_LORA_TARGETS,
+                                                          init_lora_weights=False)).eval()
+        return base, lora
+
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        (base, fused), (_, ref) = build("triton"), build("torch")
+        out, expect = fused(pixel_values=x).logits, ref(pixel_values=x).logits
+    torch.testing.assert_close(out, expect, rtol=1e-4, atol=1e-4)
+    assert (out - base).abs().max().item() > 1e-3
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("backend", FAST)
 def test_vim_matches_reference_tier(backend, dtype):
