@@ -4,7 +4,8 @@ shapes (run on the device machine):
     python benchmarks/profile_models_gpu.py OUT.json [CASE ...]
 
 CASE: vim_s_1248 (Vim-S, 1248 px, batch 4), vim_s_224 (224 px, batch 128), vmamba_t_1248, deit_s_1248, deit_s_224
-(transformers ViT with the DeiT-S config, SDPA), each also as CASE_graph (the forward replayed as a CUDA graph: ours
+(transformers ViT with the DeiT-S config, SDPA), vim_s_1248_train / vim_s_224_train / vmamba_t_1248_train /
+deit_s_1248_train (a training step's forward + backward, no optimizer step), each inference case also as CASE_graph (the forward replayed as a CUDA graph: ours
 with config.use_cuda_graph, DeiT-S captured by cuda_graphs.capture), lm_prefill (mamba-130m shape, 16 x 4096 tokens, no cache), all by
 default; lm_prefill_1x1024 (1 x 1024 tokens, median of 51 calls: host-bound); mamba_ssm_prefill and
 mamba_ssm_prefill_1x1024 (the same forwards by mamba_ssm's MambaLMHeadModel, its CUDA kernels, with
@@ -32,6 +33,8 @@ VISION = {"vim_s_1248": ("vim_s", 1248, 4), "vim_s_224": ("vim_s", 224, 128), "v
 # the same with the forward replayed as a CUDA graph: ours through config.use_cuda_graph, DeiT-S (transformers) by
 # capturing its forward with ssmvl.modeling.cuda_graphs.capture, so both sides lose their host time alike
 VISION.update({f"{case}_graph": spec for case, spec in VISION.items()})
+# a training step's forward + backward (bf16 autocast, train mode, labels; no optimizer step)
+VISION.update({f"{case}_train": VISION[case] for case in ("vim_s_1248", "vim_s_224", "vmamba_t_1248", "deit_s_1248")})
 
 
 # the LM prefill cases: (batch, tokens); 1 x 1024 is bound by the host (Python and launches a layer), so its median
@@ -82,6 +85,16 @@ def build(case):
     def run():
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             model(pixel_values=x, **kwargs)
+
+    if case.endswith("_train"):
+        model.train()
+        labels = torch.randint(0, 1000, (batch,), device="cuda")
+
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(pixel_values=x, labels=labels, **kwargs).loss
+            loss.backward()
+            model.zero_grad(set_to_none=True)
 
     if case.endswith("_graph"):
         if hasattr(model.config, "use_cuda_graph"):

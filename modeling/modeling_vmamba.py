@@ -193,9 +193,20 @@ class VMambaSS2D(nn.Module):
             init.uniform_(x_proj.weight, -bound, bound)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, d_inner, H, W) -> (batch, d_inner, H, W); the cross-scan SSM core (upstream `forward_corev2`)."""
+        """x: (batch, d_inner, H, W) -> (batch, d_inner, H, W); the cross-scan SSM core (upstream `forward_corev2`).
+        On a GPU tier (training included) the cross-scan and merge are differentiable Triton kernels: u time-major
+        (b, L, K, d), the result a channel-last map's (b, d, H, W) view; else torch's stack, flips and sums."""
         b, d, H, W = x.shape
         N, R, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, H * W
+        ops = fused_kernels(self.ssm_backend, x, autograd=True)
+        if ops is not None and hasattr(ops, "cross_scan_autograd"):
+            u = ops.cross_scan_autograd(x)  # (b, L, K, d)
+            x_dbl, dts, _ = self._projections(u, None)
+            _, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
+            ys = selective_scan(u.view(b, L, K * d).transpose(1, 2), dts.flatten(2).transpose(1, 2), self.A_logs,
+                                Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1), D=self.Ds, delta_softplus=True,
+                                backend=self.ssm_backend, a_log=True)
+            return ops.cross_merge_autograd(ys, H, W).permute(0, 3, 1, 2)
         xs = cross_scan(x)  # (b, K, d, L)
         xs_t = xs.transpose(2, 3)  # (b, K, L, d)
         # each direction's projections called as modules (PEFT / hooks see them), on its own cross-scanned sequence
@@ -245,20 +256,23 @@ class VMambaSS2D(nn.Module):
         return ops.cross_merge_norm_triton(ys, H, W, norm.weight, norm.bias, norm.eps, z=z, gelu=self.out_act,
                                            out_dtype=out_dtype)
 
-    def _projections(self, u: torch.Tensor, dtype: torch.dtype):
+    def _projections(self, u: torch.Tensor, dtype: Optional[torch.dtype]):
         """Each direction's x_proj and dt_projs on the cross-scanned u (b, L, K, d), for scan_fused: x_dbl (b, L, K,
         R + 2N), dts (b, L, K, d) and the dt bias left to the scan (K * d,) or None. Plain unhooked Linears: cuBLAS
         writes each direction's product into its slice of one buffer (in ``dtype``, what autocast computes in; one
         batched product for the four directions: fewer ops for the host to dispatch in an eager call), the
         dt bias goes to the scan (delta_bias: torch adds a bias after a product of a strided input in an element-wise
         pass of its own, 2.4 ms of a 19.7 ms VMamba-T call at 1248 px, H200). Else the modules are called on their
-        direction's view and stacked, so adapters and hooks see each direction."""
+        direction's view and stacked, so adapters and hooks see each direction; so also with ``dtype`` None (training:
+        autograd takes no ``out=``)."""
         b, L, K, d = u.shape
         R = self.dt_rank
-        if not all(_plain_linear(p) for p in (*self.x_proj, *self.dt_projs)):
-            x_dbl = torch.stack([proj(u[:, :, k]) for k, proj in enumerate(self.x_proj)], dim=2)
-            dts = torch.stack([proj(x_dbl[:, :, k, :R]) for k, proj in enumerate(self.dt_projs)], dim=2)
-            return x_dbl, dts, None
+        if dtype is None or not all(_plain_linear(p) for p in (*self.x_proj, *self.dt_projs)):
+            # each direction's module on its (b L, .) 2-D view (a 2-D input takes addmm's fused bias)
+            rows = u.view(b * L, K, d)
+            x_dbl = torch.stack([proj(rows[:, k]) for k, proj in enumerate(self.x_proj)], dim=1)
+            dts = torch.stack([proj(x_dbl[:, k, :R]) for k, proj in enumerate(self.dt_projs)], dim=1)
+            return x_dbl.view(b, L, K, -1), dts.view(b, L, K, d), None
         # one batched product a projection over the K directions: (K, b*L, d) views of the (b, L, K, d) buffers
         # (batch stride d, row stride K*d), which cuBLAS reads and writes in place
         rows = u.view(b * L, K, d).transpose(0, 1).to(dtype)

@@ -830,14 +830,15 @@ def add_rms_norm(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     return residual, (y if out_dtype is None else y.to(out_dtype))
 
 
-def fused_kernels(backend: Optional[str], *tensors: torch.Tensor):
+def fused_kernels(backend: Optional[str], *tensors: torch.Tensor, autograd: bool = False):
     """The Triton kernel module (ssm_triton) where a model's fused inference kernels may replace its torch ops: the
     backend resolves to a GPU tier ("triton" / "mamba_ssm"; the "torch" / "reference" tiers stay plain torch, the
-    references the tests compare against), the tensors are CUDA floats that need no gradient, and torch.compile is
-    not tracing. Else None."""
+    references the tests compare against), the tensors are CUDA floats that need no gradient (``autograd``: or the
+    caller runs differentiable kernels), and torch.compile is not tracing. Else None."""
     if not tensors or not tensors[0].is_cuda or _compiling():
         return None
-    if any(t.dtype not in _FLOAT_DTYPES[:3] or (torch.is_grad_enabled() and t.requires_grad) for t in tensors):
+    wants_grad = torch.is_grad_enabled() and not autograd
+    if any(t.dtype not in _FLOAT_DTYPES[:3] or (wants_grad and t.requires_grad) for t in tensors):
         return None
     if resolve_backend(backend, tensors[0].device) not in ("triton", "mamba_ssm"):
         return None

@@ -1570,13 +1570,13 @@ def _cross_scan_kernel(x_ptr, sx_b, sx_c, sx_h, sx_w, u_ptr, H, W, dim,
 
 @triton.jit
 def _cross_merge_norm_kernel(y4_ptr, sy_b, sy_c, sy_t, w_ptr, b_ptr, z_ptr, sz_b, sz_t, out_ptr, H, W, dim, eps,
-                             HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, GELU: tl.constexpr,
+                             NORM: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_Z: tl.constexpr, GELU: tl.constexpr,
                              BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """VMamba's cross-merge (csm_triton.py cross_merge_fwd) then out_norm, [GELU], [* z], for BLOCK_T positions of one
     image: out[b, p, c] (contiguous (batch, H * W, dim), p = h * W + w) = LayerNorm over c of the sum of the four
     directions' scan outputs at p, y4[b, k * dim + c, step] (any strides: sy_c along channels, sy_t along steps). The
     sum is rounded as the torch path (``cross_merge``) rounds it in y4's dtype: (y_0 + y_2) and (y_1 + y_3) first, then
-    their sum; the norm in fp32. z (batch, H * W, dim) with unit channel stride."""
+    their sum; the norm in fp32. z (batch, H * W, dim) with unit channel stride. NORM False: the merged sum only."""
     pid_b, p, c, L, mask = _map_tile(H, W, dim, BLOCK_T, BLOCK_C)
     y_b = y4_ptr + pid_b * sy_b + c.to(tl.int64) * sy_c
     col = (p % W) * H + p // W  # the column-major step that reads position p
@@ -1587,9 +1587,9 @@ def _cross_merge_norm_kernel(y4_ptr, sy_b, sy_c, sy_t, w_ptr, b_ptr, z_ptr, sz_b
     y3 = tl.load(y_b + 3 * d + (L - 1 - col).to(tl.int64) * sy_t, mask=mask, other=0.0)
     row = (y0.to(tl.float32) + y2.to(tl.float32)).to(y0.dtype)
     column = (y1.to(tl.float32) + y3.to(tl.float32)).to(y0.dtype)
-    x = (row.to(tl.float32) + column.to(tl.float32)).to(y0.dtype).to(tl.float32)
-    cols = tl.arange(0, BLOCK_C)
-    y = _layer_norm_tile(x, mask, dim, w_ptr, b_ptr, cols, eps, HAS_BIAS)
+    y = (row.to(tl.float32) + column.to(tl.float32)).to(y0.dtype).to(tl.float32)
+    if NORM:
+        y = _layer_norm_tile(y, mask, dim, w_ptr, b_ptr, tl.arange(0, BLOCK_C), eps, HAS_BIAS)
     if GELU:
         y = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
     if HAS_Z:
@@ -1720,10 +1720,17 @@ def _fwd_chunking(programs: int, L: int, need_grad: bool):
     return (chunk if parallel or need_grad else L), parallel
 
 
-def _fwd_blocks(dg: int):
-    """(BLOCK_D, channel blocks) of the one-warp forward kernels for dg channels a B/C group: their program count
-    (batch x G x blocks) is what the kernel choice below weighs."""
-    block = min(FWD_CONFIG["BLOCK_D"], _next_pow2(dg))
+def _state_blocks(N: int) -> int:
+    """How many times more channels the one-warp sequential kernels take a program for N states than for 16: their
+    (BLOCK_D, N_P2) tiles keep the element count the block sizes were tuned with (VMamba's N = 1 left 15 of 16 lanes of
+    the backward's (8, 1) tile idle: 51 of its 180 ms training step at 1248 px, H200)."""
+    return max(1, 16 // _next_pow2(N))
+
+
+def _fwd_blocks(dg: int, N: int = 16):
+    """(BLOCK_D, channel blocks) of the one-warp forward kernels for dg channels a B/C group and N states: their
+    program count (batch x G x blocks; at N = 16 for the kernel choices below) is what those choices weigh."""
+    block = min(FWD_CONFIG["BLOCK_D"] * _state_blocks(N), _next_pow2(dg))
     return block, _cdiv(dg, block)
 
 
@@ -1947,9 +1954,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         G, N = B.shape[1], A.shape[1]
         dg = dim // G
         need_grad = any(ctx.needs_input_grad[:9])
-        BLOCK_D, nblk = _fwd_blocks(dg)
+        BLOCK_D, nblk = _fwd_blocks(dg, N)
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
-        if need_grad and _use_tile_bwd(batch * G * nblk, L):  # the time-tiled pair, one program per channel
+        if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
             block_t = _block_t(TILE_BWD_CONFIG, L)
             y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, True)
@@ -2007,7 +2014,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         dg = dim // G
         BG = batch * G
         CHUNK, nchunks = ctx.chunk
-        BLOCK_D = min(BWD_CONFIG["BLOCK_D"], _next_pow2(dg))
+        BLOCK_D = min(BWD_CONFIG["BLOCK_D"] * _state_blocks(N), _next_pow2(dg))
         N_P2 = _next_pow2(N)
         nblk = _cdiv(dg, BLOCK_D)
         lanes = _bwd_lanes(BG * nblk, nchunks)
@@ -2035,7 +2042,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         if lanes > 1:  # passes 1 and 2: the adjoint carried into every chunk from the right (and dL/dh0)
             local = torch.empty_like(states)
             S = torch.empty((batch, dim, nchunks), device=dev, dtype=torch.float32)
-            bd, nbd = _fwd_blocks(dg)
+            bd, nbd = _fwd_blocks(dg, N)
             _chunk_adjoint_kernel[(BG, nbd, nchunks)](
                 delta, A, C, z if has_z else u, delta_bias if has_bias else u, gy, local, S,
                 dim, L, dg, G, N, nchunks, CHUNK, *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
@@ -2454,12 +2461,12 @@ def cross_scan_triton(x, silu=False):
     return u
 
 
-def cross_merge_norm_triton(ys, height, width, weight, bias, eps, z=None, gelu=False, out_dtype=None):
+def cross_merge_norm_triton(ys, height, width, weight=None, bias=None, eps=1e-5, z=None, gelu=False, out_dtype=None):
     """VMamba's cross-merge and out_norm in one kernel (inference): ys (batch, 4 * dim, H * W), the four directions'
     scan outputs in their own step order (any strides) -> (batch, H, W, dim) = LayerNorm(merge(ys)) [-> GELU] [* z],
     as ``out_norm(cross_merge(ys).permute(0, 2, 3, 1).float())`` computes it (the merge's sums rounded to ys' dtype,
     the norm, GELU and gate in fp32), rounded to ``out_dtype`` (default: the promoted dtype of ys and weight).
-    z: (batch, H, W, dim)."""
+    z: (batch, H, W, dim). Without ``weight``: the merge alone, ``cross_merge(ys)`` channel-last (no norm)."""
     _check_tensors("cross_merge_norm_triton", ys=ys, weight=weight, bias=bias, z=z)
     batch, channels, L = ys.shape
     dim = channels // 4
@@ -2467,7 +2474,7 @@ def cross_merge_norm_triton(ys, height, width, weight, bias, eps, z=None, gelu=F
         raise ValueError(f"cross_merge_norm_triton: ys must be (batch, 4 * dim, {height} * {width}), got "
                          f"{tuple(ys.shape)}")
     out = torch.empty((batch, height, width, dim), device=ys.device,
-                      dtype=out_dtype or torch.promote_types(ys.dtype, weight.dtype))
+                      dtype=out_dtype or torch.promote_types(ys.dtype, ys.dtype if weight is None else weight.dtype))
     zs = (0, 0)
     if z is not None:
         if z.shape != out.shape or z.stride(-1) != 1 or z.stride(1) != width * z.stride(2):
@@ -2476,10 +2483,55 @@ def cross_merge_norm_triton(ys, height, width, weight, bias, eps, z=None, gelu=F
     block_t, block_c = _row_tile(dim)
     if out.numel():
         _cross_merge_norm_kernel[(_cdiv(L, block_t), batch)](
-            ys, *ys.stride(), weight, bias if bias is not None else weight, z if z is not None else out, *zs, out,
-            height, width, dim, float(eps), HAS_BIAS=bias is not None, HAS_Z=z is not None, GELU=bool(gelu),
-            BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4)
+            ys, *ys.stride(), *([weight] * 2 if weight is None else (weight, bias if bias is not None else weight)),
+            z if z is not None else out, *zs, out, height, width, dim, float(eps), NORM=weight is not None,
+            HAS_BIAS=bias is not None, HAS_Z=z is not None, GELU=bool(gelu), BLOCK_T=block_t, BLOCK_C=block_c,
+            num_warps=4)
     return out
+
+
+class _CrossScanFn(torch.autograd.Function):
+    """cross_scan_triton with its gradient: each position's gradient is the sum over the four directions of the steps
+    that read it, the merge (cross_merge_norm_triton without a norm)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.hw = x.shape[2:]
+        return cross_scan_triton(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        batch, L, K, dim = g.shape
+        g = g.reshape(batch, L, K * dim).transpose(1, 2)
+        return cross_merge_norm_triton(g, *ctx.hw).permute(0, 3, 1, 2)
+
+
+class _CrossMergeFn(torch.autograd.Function):
+    """cross_merge_norm_triton without a norm (the four directions summed, channel-last), with its gradient: the
+    output's gradient cross-scanned back into each direction's step order."""
+
+    @staticmethod
+    def forward(ctx, ys, height, width):
+        return cross_merge_norm_triton(ys, height, width)
+
+    @staticmethod
+    def backward(ctx, g):
+        u = cross_scan_triton(g.permute(0, 3, 1, 2))
+        batch, L, K, dim = u.shape
+        return u.view(batch, L, K * dim).transpose(1, 2), None, None
+
+
+def cross_scan_autograd(x):
+    """cross_scan_triton(x) ((batch, dim, H, W) -> (batch, H * W, 4, dim)), differentiable (training)."""
+    _check_tensors("cross_scan_autograd", x=x)
+    return _CrossScanFn.apply(x)
+
+
+def cross_merge_autograd(ys, height, width):
+    """The four directions' scan outputs ys (batch, 4 * dim, H * W) merged into (batch, H, W, dim) as
+    ``modeling_vmamba.cross_merge`` sums them (channel-last), differentiable (training)."""
+    _check_tensors("cross_merge_autograd", ys=ys)
+    return _CrossMergeFn.apply(ys, height, width)
 
 
 def rms_norm_triton(x, weight, eps, cast_input=False):

@@ -118,6 +118,7 @@ CASES = [
     (2, 64, 1000, 16, 4, True, False, True, True),
     (64, 8, 33, 16, 0, True, True, False, False),
     (2, 20, 100, 5, 0, False, True, True, True),  # dstate not a power of 2, dim not a multiple of the block
+    (2, 384, 300, 1, 4, False, True, True, False),  # VMamba's d_state 1: 16x wider channel blocks, 96 a group
 ]
 
 
@@ -841,6 +842,35 @@ def test_cross_merge_norm_matches_torch(dtype, hwd, layout):
     assert y.dtype == torch.float32 and rel(y, ref) < exact
     with pytest.raises(ValueError, match="4 \\* dim"):
         ssm_triton.cross_merge_norm_triton(ys[:, 1:], H, W, w, b, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cross_scan_and_merge_gradients(dtype):
+    """The differentiable cross-scan / merge (training) against torch's stack / flip / sum with autograd: outputs and
+    input gradients (the backward of each is the other kernel), a non-square map."""
+    H, W, d = 5, 7, 24
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, H, W, d, generator=g).to(DEV, dtype).permute(0, 3, 1, 2).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    u = ssm_triton.cross_scan_autograd(x)  # (b, L, 4, d)
+    u_ref = _cross_scan_torch(x_ref)  # (b, 4, d, L)
+    assert torch.equal(u.detach().permute(0, 2, 3, 1), u_ref.detach())
+    w_u = torch.randn(u_ref.shape, generator=g).to(DEV, dtype)
+    (u.permute(0, 2, 3, 1) * w_u).float().sum().backward()
+    (u_ref * w_u).float().sum().backward()
+    assert rel(x.grad, x_ref.grad) < (1e-6 if dtype == torch.float32 else TOL[dtype])
+    ys = torch.randn(2, 4 * d, H * W, generator=g).to(DEV, dtype).requires_grad_(True)
+    ys_ref = ys.detach().clone().requires_grad_(True)
+    m = ssm_triton.cross_merge_autograd(ys, H, W)  # (b, H, W, d)
+    y4 = ys_ref.reshape(2, 4, d, H * W)
+    pair = y4[:, 0:2] + y4[:, 2:4].flip(-1)
+    m_ref = pair[:, 0].reshape(2, d, H, W) + pair[:, 1].reshape(2, d, W, H).transpose(2, 3)
+    exact = 1e-6 if DEV == "cuda" or dtype == torch.float32 else TOL[dtype]
+    assert m.dtype == dtype and rel(m.detach().permute(0, 3, 1, 2), m_ref.detach()) < exact
+    w_m = torch.randn(m_ref.shape, generator=g).to(DEV, dtype)
+    (m.permute(0, 3, 1, 2) * w_m).float().sum().backward()
+    (m_ref * w_m).float().sum().backward()
+    assert torch.equal(ys.grad, ys_ref.grad)
 
 
 def test_bad_inputs():
