@@ -139,7 +139,11 @@ class VMambaSS2D(nn.Module):
     (no bias), dt_projs.{k} Linear R -> d_inner (with bias), k = 0..3 the directions, A_logs (4*d_inner, N),
     Ds (4*d_inner,), out_norm (d_inner), out_proj (dim, d_inner). Upstream's stacked x_proj_weight (4, R + 2N, d_inner),
     dt_projs_weight (4, d_inner, R) and dt_projs_bias (4, d_inner) are the k-th slices of these; the dt bias is added
-    by the dt_projs Linear (not as the scan's delta_bias), so that adapters on dt_projs see the whole projection.
+    by the dt_projs Linear (not as the scan's delta_bias), so that adapters on dt_projs see the whole projection
+    (plain Linears at inference on a GPU tier excepted: ``_projections``).
+
+    On a GPU tier (triton / mamba_ssm backend, CUDA) the cross-scan and merge are Triton kernels (differentiable), and
+    at inference out_norm [+ GELU, z] joins the merge's kernel (``scan_fused``); elsewhere the torch ops below.
     """
 
     def __init__(self, config: VMambaConfig, dim: int, dt_rank: int):
