@@ -204,12 +204,7 @@ class VMambaSS2D(nn.Module):
         N, R, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, H * W
         ops = fused_kernels(self.ssm_backend, x, autograd=True)
         if ops is not None and hasattr(ops, "cross_scan_autograd"):
-            u = ops.cross_scan_autograd(x)  # (b, L, K, d)
-            x_dbl, dts, _ = self._projections(u, None)
-            _, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
-            ys = selective_scan(u.view(b, L, K * d).transpose(1, 2), dts.flatten(2).transpose(1, 2), self.A_logs,
-                                Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1), D=self.Ds, delta_softplus=True,
-                                backend=self.ssm_backend, a_log=True)
+            ys = self._scan_directions(ops.cross_scan_autograd(x), None)
             return ops.cross_merge_autograd(ys, H, W).permute(0, 3, 1, 2)
         xs = cross_scan(x)  # (b, K, d, L)
         xs_t = xs.transpose(2, 3)  # (b, K, L, d)
@@ -247,18 +242,24 @@ class VMambaSS2D(nn.Module):
         reads a strided view and the scan a time-major u (no stack, flip or transposing copies); one kernel merges
         the scan's outputs (whatever layout the scan wrote them in) and normalises them channel-last. Same numbers as
         the torch path (``scan`` then out_norm; the norm in fp32)."""
-        b, d, H, W = x.shape
-        N, R, K, L = self.d_state, self.dt_rank, K_DIRECTIONS, H * W
+        H, W = x.shape[2:]
         silu = unhooked((self.act,), (nn.SiLU,))
         u = ops.cross_scan_triton(x if silu else self.act(x), silu=silu)  # (b, L, K, d)
-        x_dbl, dts, dt_bias = self._projections(u, autocast_dtype(x.device) or self.x_proj[0].weight.dtype)
-        _, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
-        ys = selective_scan(u.view(b, L, K * d).transpose(1, 2), dts.flatten(2).transpose(1, 2), self.A_logs,
-                            Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1), D=self.Ds, delta_bias=dt_bias,
-                            delta_softplus=True, backend=self.ssm_backend, a_log=True)  # (b, K*d, L)
+        ys = self._scan_directions(u, autocast_dtype(x.device) or self.x_proj[0].weight.dtype)
         norm = self.out_norm
         return ops.cross_merge_norm_triton(ys, H, W, norm.weight, norm.bias, norm.eps, z=z, gelu=self.out_act,
                                            out_dtype=out_dtype)
+
+    def _scan_directions(self, u: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+        """The selective scan of the four directions of the time-major u (b, L, K, d), projected by _projections
+        (``dtype``: see there): (b, K*d, L), in the layout the scan writes."""
+        b, L, K, d = u.shape
+        N, R = self.d_state, self.dt_rank
+        x_dbl, dts, dt_bias = self._projections(u, dtype)
+        _, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=-1)
+        return selective_scan(u.view(b, L, K * d).transpose(1, 2), dts.flatten(2).transpose(1, 2), self.A_logs,
+                              Bs.permute(0, 2, 3, 1), Cs.permute(0, 2, 3, 1), D=self.Ds, delta_bias=dt_bias,
+                              delta_softplus=True, backend=self.ssm_backend, a_log=True)
 
     def _projections(self, u: torch.Tensor, dtype: Optional[torch.dtype]):
         """Each direction's x_proj and dt_projs on the cross-scanned u (b, L, K, d), for scan_fused: x_dbl (b, L, K,
