@@ -18,8 +18,7 @@ import inspect
 import sys
 from pathlib import Path
 
-SIZES = dict(BLOCK_D=16, N_P2=16, BLOCK_T=256, BLOCK=1024, BLOCK_R=32, N=16, S=2, VEC=8, MODE=0, CPT=1, SUB=4, CH=4,
-             SAVE_EVERY=128)
+SIZES = dict(BLOCK_D=16, N_P2=16, BLOCK_T=256, BLOCK=1024, BLOCK_R=32, N=16, S=2, VEC=8, MODE=0, CPT=1, SUB=4)
 
 
 def main(argv=None) -> int:

@@ -186,48 +186,6 @@ def lane_bwd_sweep(shapes, bw, ssm_triton):
     return rows
 
 
-# (BLOCK_T, num_warps, bwd_channels, fwd_BLOCK_T, fwd_warps, channels) of the time-tiled training pair
-# (TILE_BWD_CONFIG: the backward's tile, warps and channels a program; the forward's); None: the pair off
-# (BLOCK_T, num_warps, channels) of the time-tiled inference forward (TILE_CONFIG)
-TILE_SWEEP = [(1024, 4, 1), (2048, 4, 1), (256, 4, 4), (512, 4, 4), (128, 4, 4), (256, 8, 8), (512, 8, 8), (256, 2, 2),
-              (512, 2, 2), (128, 8, 8)]
-TILE_BWD_SWEEP = [None, (512, 4, 1, 512, 4, 1), (128, 4, 4, 512, 4, 1), (128, 4, 4, 256, 4, 4), (128, 4, 4, 512, 4, 4),
-                  (256, 4, 4, 256, 4, 4), (64, 4, 4, 256, 4, 4), (256, 2, 2, 256, 4, 4), (128, 2, 2, 256, 4, 4),
-                  (128, 8, 8, 256, 8, 8), (256, 8, 8, 256, 8, 8), (64, 8, 8, 256, 8, 8)]
-
-
-def tile_bwd_sweep(shapes, ssm_triton, settings=None):
-    """Forward + backward (ms, do_bench) and kernel times over the time-tiled training pair's settings (see
-    TILE_BWD_SWEEP), with rel_err: the largest relative distance of the five gradients to those with the pair off."""
-    rows = []
-    default = dict(ssm_triton.TILE_BWD_CONFIG)
-    for shape in shapes:
-        ssm_triton.TILE_BWD_CONFIG["enabled"] = False
-        ref = fb_grads(shape, ssm_triton)
-        for cfg in settings or TILE_BWD_SWEEP:
-            ssm_triton.TILE_BWD_CONFIG.clear()
-            ssm_triton.TILE_BWD_CONFIG.update(default)
-            if cfg is None:
-                ssm_triton.TILE_BWD_CONFIG["enabled"] = False
-            else:
-                ssm_triton.TILE_BWD_CONFIG.update(enabled=True, BLOCK_T=cfg[0], num_warps=cfg[1], bwd_channels=cfg[2],
-                                                  fwd_BLOCK_T=cfg[3], fwd_warps=cfg[4], channels=cfg[5])
-            try:
-                grads = fb_grads(shape, ssm_triton)
-                row = dict(B=shape[0], D=shape[1], L=shape[2], tile_bwd=cfg,
-                           rel_err=max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, ref)),
-                           ssmvl_fb=fb_ms(shape, ssm_triton),
-                           kernels_us={k: v for k, v in kernel_times(shape, ssm_triton, backward=True).items()
-                                       if k.startswith("_")})
-            except Exception as err:  # noqa: BLE001 -- a setting that fails is a row, not the end of the sweep
-                row = dict(B=shape[0], D=shape[1], L=shape[2], tile_bwd=cfg, error=repr(err)[:300])
-            rows.append(row)
-            print("tile_bwd", json.dumps(row), flush=True)
-    ssm_triton.TILE_BWD_CONFIG.clear()
-    ssm_triton.TILE_BWD_CONFIG.update(default)
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shapes", nargs="+", help="B,D,L")
@@ -284,8 +242,8 @@ def main(argv=None):
 
         default = dict(ssm_triton.TILE_CONFIG)
         result["tile_sweep"] = []
-        for block_t, warps, channels in TILE_SWEEP:
-            ssm_triton.TILE_CONFIG.update(enabled=True, BLOCK_T=block_t, num_warps=warps, channels=channels)
+        for block_t, warps in ((256, 2), (1024, 4), (2048, 4)):
+            ssm_triton.TILE_CONFIG.update(enabled=True, BLOCK_T=block_t, num_warps=warps)
             for shape in shapes:
                 fwd = inference_forward(ssm_triton, inputs(*shape))
                 y = fwd()
@@ -293,7 +251,7 @@ def main(argv=None):
                 with torch.no_grad():
                     y_ref = fwd().float()
                 ssm_triton.TILE_CONFIG["enabled"] = True
-                row = dict(BLOCK_T=block_t, num_warps=warps, channels=channels, B=shape[0], D=shape[1], L=shape[2],
+                row = dict(BLOCK_T=block_t, num_warps=warps, B=shape[0], D=shape[1], L=shape[2],
                            ssmvl_fwd=do_bench(fwd), kernels_us=kernel_times(shape, ssm_triton),
                            rel_err_vs_sequential=((y.float() - y_ref).norm() / y_ref.norm()).item())
                 result["tile_sweep"].append(row)
@@ -301,7 +259,19 @@ def main(argv=None):
         ssm_triton.TILE_CONFIG.clear()
         ssm_triton.TILE_CONFIG.update(default)
     if args.tile_bwd_sweep:
-        result["tile_bwd_sweep"] = tile_bwd_sweep(shapes, ssm_triton)
+        default = dict(ssm_triton.TILE_BWD_CONFIG)
+        result["tile_bwd_sweep"] = []
+        for enabled, block_t, warps in ((False, 0, 0), (True, 256, 4), (True, 512, 4), (True, 1024, 4),
+                                        (True, 512, 8), (True, 1024, 8)):
+            ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t or default["BLOCK_T"],
+                                              num_warps=warps or default["num_warps"])
+            for shape in shapes:
+                row = dict(enabled=enabled, BLOCK_T=block_t, num_warps=warps, **measure(shape, bw, None, ssm_triton))
+                result["tile_bwd_sweep"].append(row)
+                print("tile_bwd", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                      flush=True)
+        ssm_triton.TILE_BWD_CONFIG.clear()
+        ssm_triton.TILE_BWD_CONFIG.update(default)
     if args.lane_bwd_sweep:
         result["lane_bwd_sweep"] = lane_bwd_sweep(shapes, bw, ssm_triton)
     if args.lane_sweep or args.mixer_layout:

@@ -77,15 +77,14 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # "enabled": None = that rule, True / False = always / never. H200 sweep (benchmarks/README.md): B8 D1536 L1024
 # 0.438 -> 0.222 ms, B16 D1536 L4096 2.92 -> 1.76 ms, B1 D1536 L1024 kernel 93 -> 30 us; B4 D768 L6085 0.90-0.97 ms
 # (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
-TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096, "channels": 1}
+TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
 # Training (gradients needed): the time-tiled forward saving the state at every tile start, then the time-tiled
 # backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps, unless the chunked time-parallel path
 # applies and the sequence is TILE_CONFIG["long"]. "enabled": None = that rule, True / False = always / never.
 # H200 sweep (benchmarks/results/scan_vs_mamba_ssm.json, fwd+bwd ms, sequential or chunked -> tiled 512 / 4 warps):
 # B8 D1536 L1024 1.84 -> 1.46, B16 D1536 L4096 13.9 -> 11.9, B1 D1536 L1024 1.41 -> 1.06; B4 D768 L6085 chunked 2.72
 # (tiled 4.16); B128 D768 L197 sequential 2.48 (tiled 4.75). Tiles of 256 / 1024 steps or 8 warps were slower.
-TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512, "bwd_channels": 1,
-                   "fwd_BLOCK_T": 512, "fwd_warps": 4, "channels": 1}
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -619,42 +618,40 @@ def _scan_fwd_tile_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
-    A_IS_LOG: tl.constexpr, SAVE_EVERY: tl.constexpr, CH: tl.constexpr,
+    A_IS_LOG: tl.constexpr,
 ):
-    """Forward parallel in time inside a program (mamba_ssm's scheme): one program per (batch, CH channels of one B/C
-    group) walks the sequence in tiles of BLOCK_T consecutive steps ((CH, BLOCK_T) tensors; coalesced loads of u /
-    delta / z and of B / C rows); per state n, the tile's recurrence h_t = a_t h_{t-1} + b_t is one
-    tl.associative_scan along time (each thread scans its consecutive steps, then the threads holding a channel join
-    them: one warp a channel where CH = num_warps), with the previous tile's state folded into the first step.
-    SAVE_STATES (training): the state before every SAVE_EVERY steps (a power of two dividing BLOCK_T: the backward's
-    tile) goes to states (batch, dim, nchunks, N), for _scan_bwd_tile_kernel."""
+    """Forward parallel in time inside a program (mamba_ssm's scheme): one program per
+    (batch, channel) walks the sequence in tiles of BLOCK_T consecutive steps (coalesced loads of u / delta / z and of
+    B / C rows); per state n, the tile's recurrence h_t = a_t h_{t-1} + b_t is one tl.associative_scan (each thread
+    scans its consecutive steps, warps and then the block join them), with the previous tile's state folded into the
+    first step. SAVE_STATES (training): the state before each tile goes to states (batch, dim, nchunks, N), for
+    _scan_bwd_tile_kernel."""
     pid = tl.program_id(0)
-    nblk = dim // CH
-    b = pid // nblk
-    d0 = (pid % nblk) * CH
-    g = d0 // dg
+    b = pid // dim
+    d = pid % dim
+    g = d // dg
     b64 = b.to(tl.int64)
-    d64 = (d0 + tl.arange(0, CH)).to(tl.int64)[:, None]  # (CH, 1)
-    n = tl.arange(0, N_P2)[None, :]
+    d64 = d.to(tl.int64)
+    n = tl.arange(0, N_P2)
     mask_n = n < N
-    offs = tl.arange(0, BLOCK_T)[None, :]  # (1, BLOCK_T)
+    offs = tl.arange(0, BLOCK_T)
     first = offs == 0
     last = offs == BLOCK_T - 1
     row = b64 * dim + d64
-    # the state lives in hlast (N fp32 per channel, L1-resident): per state, a load before the tile's scan and a
-    # store of the scan's last element after it; a barrier per tile makes the stores visible
+    # the state lives in hlast (N fp32 per program, L1-resident): per state, a scalar load before the tile's scan
+    # and a one-thread store of the scan's last element after it; a barrier per tile makes the stores visible
     h_p = hlast_ptr + row * N
     if HAS_H0:
         tl.store(h_p + n, tl.load(h0_ptr + row * N + n, mask=mask_n, other=0.0).to(tl.float32), mask=mask_n)
     else:
-        tl.store(h_p + n, tl.zeros((CH, N_P2), dtype=tl.float32), mask=mask_n)
+        tl.store(h_p + n, tl.zeros((N_P2,), dtype=tl.float32), mask=mask_n)
     tl.debug_barrier()
-    Dv = tl.zeros((CH, 1), dtype=tl.float32)
+    Dv = 0.0
     if HAS_D:
-        Dv = tl.load(D_ptr + d64).to(tl.float32)
-    bias = tl.zeros((CH, 1), dtype=tl.float32)
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d64).to(tl.float32)
+        bias = tl.load(bias_ptr + d).to(tl.float32)
     u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
                                     sy_d)
     B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g
@@ -668,7 +665,7 @@ def _scan_fwd_tile_kernel(
             dt = _softplus(dt)
         dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, b = 0 (the state passes through unchanged)
         du = dt * u
-        y = tl.zeros((CH, BLOCK_T), dtype=tl.float32)
+        y = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for i in range(N):
             a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32)
             if A_IS_LOG:
@@ -676,20 +673,15 @@ def _scan_fwd_tile_kernel(
             a_i = a_i * 1.4426950408889634
             h_i = tl.load(h_p + i)
             if SAVE_STATES:
-                tl.store(states_ptr + (row * nchunks + t0 // SAVE_EVERY) * N + i, h_i)
-            # B_t / C_t rows as (CH, BLOCK_T) tensors (see _scan_bwd_tile_kernel)
-            Bn = tl.load(B_p + i * sB_n + t * sB_l + d64 * 0, mask=mt, other=0.0).to(tl.float32)
-            Cn = tl.load(C_p + i * sC_n + t * sC_l + d64 * 0, mask=mt, other=0.0).to(tl.float32)
+                tl.store(states_ptr + (row * nchunks + t0 // BLOCK_T) * N + i, h_i)
+            Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
             a = tl.exp2(dt * a_i)
             bb = du * Bn
             bb = tl.where(first, bb + a * h_i, bb)
-            _, hs = tl.associative_scan((a, bb), 1, _linear_combine)
+            _, hs = tl.associative_scan((a, bb), 0, _linear_combine)
             y += hs * Cn
-            tl.store(h_p + i + offs - (BLOCK_T - 1), hs, mask=last)  # (pointers along t: the layout stays)
-            if SAVE_STATES and SAVE_EVERY < BLOCK_T:  # the states inside the tile: after steps SAVE_EVERY - 1, ...
-                after = (offs + 1) % SAVE_EVERY == 0
-                tl.store(states_ptr + (row * nchunks + (t + 1) // SAVE_EVERY) * N + i, hs,
-                         mask=after & (offs < BLOCK_T - 1) & (t + 1 < L))
+            tl.store(h_p + i + offs * 0, hs, mask=last)
         if HAS_D:
             y += Dv * u
         if HAS_Z:
@@ -708,54 +700,49 @@ def _scan_bwd_tile_kernel(
     sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, CH: tl.constexpr,
+    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
-    (batch, CH channels of one B/C group) walks the tiles from the last, from the states its forward saved at tile
-    starts. Tensors are (CH, BLOCK_T). Per state n and tile: the states h_t again by one associative scan along time,
-    then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} by a reverse associative scan (a_{t+1} from delta read one step
-    ahead; the tile to the right hands on a_{t1} g_{t1} in carry_ptr, N fp32 per channel, which ends as dL/dh0).
-    Then, as in _step_bwd: dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and
-    dC_t += gy_t h_t summed over the program's CH channels, then over programs with atomics into (batch, G, N, L) fp32
-    (coalesced along t; the atomics, CH times fewer than a program per channel, bound the kernel at CH = 1 as they
-    bound mamba_ssm's), dA from a per-state tile sum into gA (batch, dim, N). B_t / C_t rows are loaded once for the
-    CH channels."""
+    (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
+    tile: the states h_t again by one associative scan, then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} by a
+    reverse associative scan (a_{t+1} from delta read one step ahead; the tile to the right hands on
+    a_{t1} g_{t1} in carry_ptr, N fp32 per program, which ends as dL/dh0). Then, as in _step_bwd:
+    dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t summed over channels
+    with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from a per-state tile sum into gA (batch, dim, N)."""
     pid = tl.program_id(0)
-    nblk = dim // CH
-    b = pid // nblk
-    d0 = (pid % nblk) * CH
-    g = d0 // dg
+    b = pid // dim
+    d = pid % dim
+    g = d // dg
     b64 = b.to(tl.int64)
-    d64 = (d0 + tl.arange(0, CH)).to(tl.int64)[:, None]  # (CH, 1)
+    d64 = d.to(tl.int64)
     g64 = g.to(tl.int64)
-    offs = tl.arange(0, BLOCK_T)[None, :]  # (1, BLOCK_T)
+    offs = tl.arange(0, BLOCK_T)
     first = offs == 0
     last = offs == BLOCK_T - 1
     row = b64 * dim + d64
     c_p = carry_ptr + row * N
     gA_p = gA_ptr + row * N
-    zero = tl.zeros((CH, 1), dtype=tl.float32)
     for i in range(N):
         if HAS_GHL:
             tl.store(c_p + i, tl.load(ghl_ptr + row * N + i).to(tl.float32))
         else:
-            tl.store(c_p + i, zero)
-        tl.store(gA_p + i, zero)
+            tl.store(c_p + i, 0.0)
+        tl.store(gA_p + i, 0.0)
     tl.debug_barrier()
-    Dv = zero
+    Dv = 0.0
     if HAS_D:
-        Dv = tl.load(D_ptr + d64).to(tl.float32)
-    bias = zero
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d64).to(tl.float32)
+        bias = tl.load(bias_ptr + d).to(tl.float32)
     u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
         b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
         gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g
     C_p = C_ptr + b64 * sC_b + g64 * sC_g
     gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
-    gD_acc = tl.zeros((CH,), dtype=tl.float32)
-    gbias_acc = tl.zeros((CH,), dtype=tl.float32)
+    gD_acc = 0.0
+    gbias_acc = 0.0
     for k in range(nchunks):
         c = nchunks - 1 - k
         t0 = c * BLOCK_T
@@ -781,39 +768,36 @@ def _scan_bwd_tile_kernel(
         else:
             gy = gout
         x = dt * u
-        ypre = tl.zeros((CH, BLOCK_T), dtype=tl.float32)
-        gx = tl.zeros((CH, BLOCK_T), dtype=tl.float32)
-        gdt = tl.zeros((CH, BLOCK_T), dtype=tl.float32)
+        ypre = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for i in range(N):
-            a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)  # (CH, 1)
+            a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
             a_i = a_n * 1.4426950408889634
             h_i = tl.load(states_ptr + (row * nchunks + c) * N + i)
             carry_i = tl.load(c_p + i)
-            # B_t / C_t rows read as (CH, BLOCK_T) tensors (each channel's warps read the row, from L1 after the
-            # first): a (1, BLOCK_T) load would set a layout of one step a thread for the whole tile
-            Bn = tl.load(B_p + i * sB_n + t * sB_l + d64 * 0, mask=mt, other=0.0).to(tl.float32)
-            Cn = tl.load(C_p + i * sC_n + t * sC_l + d64 * 0, mask=mt, other=0.0).to(tl.float32)
+            Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+            Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
             a = tl.exp2(dt * a_i)
             xb = x * Bn
-            _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 1, _linear_combine)
+            _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
             ypre += hs * Cn
             a1 = tl.exp2(dt1 * a_i)
             cg = gy * Cn
-            _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 1, _linear_combine, reverse=True)
+            _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 0, _linear_combine, reverse=True)
             gdA = gs * (hs - xb)
             gx += gs * Bn
             gdt += gdA * a_n
-            gA_i = tl.load(gA_p + i) + tl.sum(gdA * dt, axis=1, keep_dims=True)
-            tl.atomic_add(gB_ptr + gBC + i * L + t, tl.sum(gs * x, axis=0, keep_dims=True), mask=mt, sem="relaxed")
-            tl.atomic_add(gC_ptr + gBC + i * L + t, tl.sum(gy * hs, axis=0, keep_dims=True), mask=mt, sem="relaxed")
-            tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread a channel overwrites them
-            # (pointers that step along the tile, masked to its first step: the layout of the loads along t stays)
-            tl.store(gA_p + i + offs, gA_i + offs * 0.0, mask=first)
-            tl.store(c_p + i + offs, a * gs, mask=first)  # a_{t0} g_{t0}: handed to the tile on the left
+            gA_i = tl.load(gA_p + i) + tl.sum(gdA * dt, axis=0)
+            tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
+            tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
+            tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
+            tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
+            tl.store(c_p + i + offs * 0, a * gs, mask=first)  # a_{t0} g_{t0}: handed to the tile on the left
         gu = gx * dt
         if HAS_D:
             gu += gy * Dv
-            gD_acc += tl.sum(gy * u, axis=1)
+            gD_acc += tl.sum(gy * u, axis=0)
             ypre += Dv * u
         if HAS_Z:
             gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
@@ -825,13 +809,12 @@ def _scan_bwd_tile_kernel(
         gdt = tl.where(mt, gdt, 0.0)
         tl.store(gdl_p + t * sgdl_l, gdt.to(gdl_p.dtype.element_ty), mask=mt)
         if HAS_BIAS:
-            gbias_acc += tl.sum(gdt, axis=1)
+            gbias_acc += tl.sum(gdt, axis=0)
         tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
-    rows = b64 * dim + (d0 + tl.arange(0, CH))
     if HAS_D:
-        tl.store(gD_ptr + rows, gD_acc)
+        tl.store(gD_ptr + row, gD_acc)
     if HAS_BIAS:
-        tl.store(gbias_ptr + rows, gbias_acc)
+        tl.store(gbias_ptr + row, gbias_acc)
 
 
 @triton.jit
@@ -1797,13 +1780,6 @@ def _use_tile_bwd(programs: int, L: int) -> bool:
     return L >= cfg["min_len"] and not (few_programs and L >= TILE_CONFIG["long"])
 
 
-def _tile_channels(cfg: dict, dg: int, key: str = "channels") -> int:
-    """Channels a program of a time-tiled kernel (cfg[key] of TILE_CONFIG / TILE_BWD_CONFIG, where they divide the dg
-    channels of a B/C group, else 1)."""
-    channels = int(cfg[key])
-    return channels if dg % channels == 0 else 1
-
-
 def _bwd_lanes(programs: int, nchunks: int) -> int:
     """Lanes of the time-parallel backward (1: sequential over all chunks)."""
     if programs >= PARALLEL_CONFIG["parallel_below"] or nchunks == 1:
@@ -1879,27 +1855,24 @@ def _steps(t: torch.Tensor, reverse: bool):
 
 
 def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool,
-                  reverse: bool = False, a_log: bool = False, save_every: int = 0):
-    """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state before
-    every ``save_every`` steps (default: every tile), for _scan_bwd_tile_kernel) the saved states."""
+                  reverse: bool = False, a_log: bool = False):
+    """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state at every
+    tile start, for _scan_bwd_tile_kernel) the saved states."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
-    save_every = save_every or block_t
-    nchunks = _cdiv(L, save_every)
+    nchunks = _cdiv(L, block_t)
     y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
     states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
         _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
-    cfg = TILE_BWD_CONFIG if save_states else TILE_CONFIG
-    channels = _tile_channels(cfg, dim // G)
-    _scan_fwd_tile_kernel[(batch * dim // channels,)](
+    _scan_fwd_tile_kernel[(batch * dim,)](
         u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
         h0 if h0 is not None else h_last, y_p, h_last, states,
         dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N), A_IS_LOG=a_log,
-        SAVE_EVERY=save_every, CH=channels, num_warps=cfg["fwd_warps" if save_states else "num_warps"],
+        num_warps=(TILE_BWD_CONFIG if save_states else TILE_CONFIG)["num_warps"],
     )
     return y, h_last, (states if save_states else None)
 
@@ -1985,10 +1958,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
-            block_t = _block_t(TILE_BWD_CONFIG, L)  # the backward's tile: a state saved before each
-            fwd_block = max(block_t, _block_t({"BLOCK_T": TILE_BWD_CONFIG["fwd_BLOCK_T"]}, L))
-            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
-                                              save_every=block_t)
+            block_t = _block_t(TILE_BWD_CONFIG, L)
+            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, True)
             ctx.softplus = bool(softplus)
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
@@ -2149,8 +2120,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         gbias = torch.empty((batch, dim), **f32) if has_bias else None
         carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
         ghl = g_last.contiguous().float() if g_last is not None else None
-        channels = _tile_channels(TILE_BWD_CONFIG, dim // G, "bwd_channels")
-        _scan_bwd_tile_kernel[(batch * dim // channels,)](
+        _scan_bwd_tile_kernel[(batch * dim,)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
             gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
@@ -2158,7 +2128,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, CH=channels, num_warps=TILE_BWD_CONFIG["num_warps"],
+            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"],
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
