@@ -34,11 +34,6 @@ VARIANTS = {  # name: (LANE_CONFIG changes, reverse + mean_into)
     "split_2": ({"min_warps": 4096}, False),
     "split_2_words_on": ({"min_warps": 4096, "bf16_words": True}, False),
     "warps_2": ({"num_warps": 2}, False),
-    "cpt_2": ({"channels_per_thread": 2}, False),
-    "cpt_2_mean": ({"channels_per_thread": 2}, True),
-    "cpt_2_chunk_warps_2048": ({"channels_per_thread": 2, "chunk_warps": 2048}, False),
-    "cpt_2_split_2": ({"channels_per_thread": 2, "min_warps": 4096}, False),
-    "cpt_4": ({"channels_per_thread": 4}, False),
 }
 
 

@@ -1810,18 +1810,17 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = 
     if cfg["enabled"] is None and _use_tile_kernel(_programs(batch, dim, G), L):
         return None  # where the time-tiled kernel is chosen, it stays
     lanes = 32 * int(cfg["num_warps"])
-    cpt = int(cfg.get("channels_per_thread", 1))  # channels a thread (BLOCK_D = cpt x lanes / S)
-    splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and dg % (cpt * lanes // S) == 0]
+    splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and dg % (lanes // S) == 0]
     if not splits:
         return None
-    S = next((S for S in splits if batch * dim * S // (32 * cpt) >= cfg["min_warps"]), splits[-1])
-    warps = max(1, batch * dim * S // (32 * cpt))
+    S = next((S for S in splits if batch * dim * S // 32 >= cfg["min_warps"]), splits[-1])
+    warps = max(1, batch * dim * S // 32)
     target = cfg.get("chunk_warps", cfg["min_warps"]) if time_major else cfg["min_warps"]
     want = 1 if warps >= cfg["min_warps"] else _cdiv(int(target), warps)  # chunks wanted per channel block
     chunk = L
     if want > 1:
         chunk = min(L, max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want)))  # one chunk: its trip count is L
-    return S, cpt * lanes // S, chunk, _cdiv(L, chunk)
+    return S, lanes // S, chunk, _cdiv(L, chunk)
 
 
 def _grad_chunk(L: int) -> int:
