@@ -186,6 +186,13 @@ def lane_bwd_sweep(shapes, bw, ssm_triton):
     return rows
 
 
+# (BLOCK_T, num_warps) of the time-tiled inference forward (TILE_CONFIG); one- and two-warp programs join a tile's
+# steps without a block-wide barrier
+TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (1024, 2), (2048, 2)]
+# (enabled, BLOCK_T, num_warps) of the time-tiled training pair (TILE_BWD_CONFIG)
+TILE_BWD_SWEEP = [(False, 0, 0), (True, 512, 4), (True, 128, 1), (True, 256, 1), (True, 256, 2), (True, 512, 2)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shapes", nargs="+", help="B,D,L")
@@ -242,7 +249,7 @@ def main(argv=None):
 
         default = dict(ssm_triton.TILE_CONFIG)
         result["tile_sweep"] = []
-        for block_t, warps in ((256, 2), (1024, 4), (2048, 4)):
+        for block_t, warps in TILE_SWEEP:
             ssm_triton.TILE_CONFIG.update(enabled=True, BLOCK_T=block_t, num_warps=warps)
             for shape in shapes:
                 fwd = inference_forward(ssm_triton, inputs(*shape))
@@ -261,8 +268,7 @@ def main(argv=None):
     if args.tile_bwd_sweep:
         default = dict(ssm_triton.TILE_BWD_CONFIG)
         result["tile_bwd_sweep"] = []
-        for enabled, block_t, warps in ((False, 0, 0), (True, 256, 4), (True, 512, 4), (True, 1024, 4),
-                                        (True, 512, 8), (True, 1024, 8)):
+        for enabled, block_t, warps in TILE_BWD_SWEEP:
             ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t or default["BLOCK_T"],
                                               num_warps=warps or default["num_warps"])
             for shape in shapes:

@@ -76,15 +76,23 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # `min_len` steps, unless the chunked time-parallel path applies and the sequence is `long` (there it is faster).
 # "enabled": None = that rule, True / False = always / never. H200 sweep (benchmarks/README.md): B8 D1536 L1024
 # 0.438 -> 0.222 ms, B16 D1536 L4096 2.92 -> 1.76 ms, B1 D1536 L1024 kernel 93 -> 30 us; B4 D768 L6085 0.90-0.97 ms
-# (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43).
-TILE_CONFIG = {"enabled": None, "BLOCK_T": 1024, "num_warps": 4, "min_len": 512, "long": 4096}
-# Training (gradients needed): the time-tiled forward saving the state at every tile start, then the time-tiled
-# backward (_scan_bwd_tile_kernel), for sequences of at least `min_len` steps, unless the chunked time-parallel path
-# applies and the sequence is TILE_CONFIG["long"]. "enabled": None = that rule, True / False = always / never.
+# (chunked 0.80); B128 D768 L197 1.0-1.2 ms (sequential 0.43). One warp a program (tenth session,
+# results/tile_sweep_2026-11-29.json; kernel us at 4 warps / 1024 steps -> 1 warp / 512): B8 L1024 222 -> 192, B16 L4096
+# 1,755 -> 1,701, B1 L1024 30 -> 26: the tile's steps are joined by warp shuffles alone (no block-wide barrier and
+# shared-memory pass a state), 16 instead of 22 instructions a state and step (SASS); ncu had the 4-warp kernel at
+# 75% of its issue slots.
+TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096}
+# Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
+# every BLOCK_T steps, then the time-tiled backward (_scan_bwd_tile_kernel, tiles of BLOCK_T, num_warps), for
+# sequences of at least `min_len` steps, unless the chunked time-parallel path applies and the sequence is
+# TILE_CONFIG["long"]. "enabled": None = that rule, True / False = always / never.
 # H200 sweep (benchmarks/results/scan_vs_mamba_ssm.json, fwd+bwd ms, sequential or chunked -> tiled 512 / 4 warps):
 # B8 D1536 L1024 1.84 -> 1.46, B16 D1536 L4096 13.9 -> 11.9, B1 D1536 L1024 1.41 -> 1.06; B4 D768 L6085 chunked 2.72
 # (tiled 4.16); B128 D768 L197 sequential 2.48 (tiled 4.75). Tiles of 256 / 1024 steps or 8 warps were slower.
-TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 4, "min_len": 512}
+# Tenth session (results/tile_bwd_sweep_2026-11-29.json, fwd+bwd ms, backward tile / warps): 512 / 4 -> 128 / 1:
+# B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
+# 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -618,14 +626,14 @@ def _scan_fwd_tile_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, BLOCK_T: tl.constexpr, N_P2: tl.constexpr,
-    A_IS_LOG: tl.constexpr,
+    A_IS_LOG: tl.constexpr, SAVE_EVERY: tl.constexpr,
 ):
     """Forward parallel in time inside a program (mamba_ssm's scheme): one program per
     (batch, channel) walks the sequence in tiles of BLOCK_T consecutive steps (coalesced loads of u / delta / z and of
     B / C rows); per state n, the tile's recurrence h_t = a_t h_{t-1} + b_t is one tl.associative_scan (each thread
     scans its consecutive steps, warps and then the block join them), with the previous tile's state folded into the
-    first step. SAVE_STATES (training): the state before each tile goes to states (batch, dim, nchunks, N), for
-    _scan_bwd_tile_kernel."""
+    first step. SAVE_STATES (training): the state before every SAVE_EVERY steps (a power of two dividing BLOCK_T: the
+    backward's tile) goes to states (batch, dim, nchunks, N), for _scan_bwd_tile_kernel."""
     pid = tl.program_id(0)
     b = pid // dim
     d = pid % dim
@@ -673,7 +681,7 @@ def _scan_fwd_tile_kernel(
             a_i = a_i * 1.4426950408889634
             h_i = tl.load(h_p + i)
             if SAVE_STATES:
-                tl.store(states_ptr + (row * nchunks + t0 // BLOCK_T) * N + i, h_i)
+                tl.store(states_ptr + (row * nchunks + t0 // SAVE_EVERY) * N + i, h_i)
             Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
             Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
             a = tl.exp2(dt * a_i)
@@ -682,6 +690,10 @@ def _scan_fwd_tile_kernel(
             _, hs = tl.associative_scan((a, bb), 0, _linear_combine)
             y += hs * Cn
             tl.store(h_p + i + offs * 0, hs, mask=last)
+            if SAVE_STATES and SAVE_EVERY < BLOCK_T:  # the states inside the tile: after steps SAVE_EVERY - 1, ...
+                after = (offs + 1) % SAVE_EVERY == 0
+                tl.store(states_ptr + (row * nchunks + (t + 1) // SAVE_EVERY) * N + i, hs,
+                         mask=after & (offs < BLOCK_T - 1) & (t + 1 < L))
         if HAS_D:
             y += Dv * u
         if HAS_Z:
@@ -1855,12 +1867,13 @@ def _steps(t: torch.Tensor, reverse: bool):
 
 
 def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool,
-                  reverse: bool = False, a_log: bool = False):
-    """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state at every
-    tile start, for _scan_bwd_tile_kernel) the saved states."""
+                  reverse: bool = False, a_log: bool = False, save_every: int = 0):
+    """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state before
+    every ``save_every`` steps (default: every tile), for _scan_bwd_tile_kernel) the saved states."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
-    nchunks = _cdiv(L, block_t)
+    save_every = save_every or block_t
+    nchunks = _cdiv(L, save_every)
     y = _empty_as(u)
     h_last = torch.empty((batch, dim, N), device=u.device, dtype=torch.float32)
     states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
@@ -1872,7 +1885,7 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
         dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
         HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N), A_IS_LOG=a_log,
-        num_warps=(TILE_BWD_CONFIG if save_states else TILE_CONFIG)["num_warps"],
+        SAVE_EVERY=save_every, num_warps=TILE_BWD_CONFIG["fwd_warps"] if save_states else TILE_CONFIG["num_warps"],
     )
     return y, h_last, (states if save_states else None)
 
@@ -1958,8 +1971,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
-            block_t = _block_t(TILE_BWD_CONFIG, L)
-            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, block_t, True)
+            block_t = _block_t(TILE_BWD_CONFIG, L)  # the backward's tile: a state saved before each
+            fwd_block = max(block_t, _block_t({"BLOCK_T": TILE_BWD_CONFIG["fwd_BLOCK_T"]}, L))
+            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
+                                              save_every=block_t)
             ctx.softplus = bool(softplus)
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))

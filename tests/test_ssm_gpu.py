@@ -176,7 +176,8 @@ def parallel_config(request):
         config.update(old)
 
 
-@pytest.fixture(params=[(True, 64, 4), (True, 256, 4), (False, 64, 4)], ids=["tile64", "tile256", "no-tile"])
+@pytest.fixture(params=[(True, 64, 4), (True, 256, 4), (True, 32, 1), (False, 64, 4)],
+                ids=["tile64", "tile256", "tile32-1warp", "no-tile"])
 def tile_bwd_config(request):
     saved = dict(ssm_triton.TILE_BWD_CONFIG)
     enabled, block_t, warps = request.param
@@ -193,9 +194,10 @@ def tile_bwd_config(request):
                                   (2, 16, 128, 8, 2, False, False, False, True)],
                          ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
 def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
-    """Training through the time-tiled pair (forward saving the state at tile starts, backward walking the tiles from
-    the last with reverse associative scans): output, last state and every gradient (u, delta, A, B, C, D, z,
-    delta_bias, initial_state) against the float64 reference; several tiles, a partial last tile, L = 1, groups."""
+    """Training through the time-tiled pair (forward saving the state at the backward's tile starts, inside its own
+    longer tiles, backward walking the tiles from the last with reverse associative scans): output, last state and
+    every gradient (u, delta, A, B, C, D, z, delta_bias, initial_state) against the float64 reference; several tiles,
+    a partial last tile, L = 1, groups."""
     batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
