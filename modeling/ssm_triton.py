@@ -717,8 +717,7 @@ def _scan_bwd_tile_kernel(
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
     (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
     tile: the states h_t again by one associative scan, then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} by a
-    forward associative scan over the tile's steps read in reverse order (a_{t+1} from delta read one step ahead; the
-    tile to the right hands on
+    reverse associative scan (a_{t+1} from delta read one step ahead; the tile to the right hands on
     a_{t1} g_{t1} in carry_ptr, N fp32 per program, which ends as dL/dh0). Then, as in _step_bwd:
     dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t summed over channels
     with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from a per-state tile sum into gA (batch, dim, N)."""
@@ -731,6 +730,7 @@ def _scan_bwd_tile_kernel(
     g64 = g.to(tl.int64)
     offs = tl.arange(0, BLOCK_T)
     first = offs == 0
+    last = offs == BLOCK_T - 1
     row = b64 * dim + d64
     c_p = carry_ptr + row * N
     gA_p = gA_ptr + row * N
@@ -760,13 +760,18 @@ def _scan_bwd_tile_kernel(
         t0 = c * BLOCK_T
         t = t0 + offs
         mt = t < L
+        mt1 = (t + 1) < L
         u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
         dl = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+        dl1 = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
         if SOFTPLUS:
             dt = _softplus(dl)
+            dt1 = _softplus(dl1)
         else:
             dt = dl
+            dt1 = dl1
         dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, x = 0
+        dt1 = tl.where(mt1, dt1, 0.0)
         gout = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
@@ -775,20 +780,6 @@ def _scan_bwd_tile_kernel(
         else:
             gy = gout
         x = dt * u
-        # the adjoint's inputs in reversed step order (tr = the tile's steps from its last): its reverse recurrence is
-        # then a forward associative_scan, and only its result is flipped (triton runs a reverse scan as flip, scan,
-        # flip: three flips a state, each 5 butterfly shuffles a value)
-        tr = t0 + BLOCK_T - 1 - offs
-        mtr = tr < L
-        mtr1 = (tr + 1) < L
-        dl1_r = tl.load(dl_p + (tr + 1) * sdl_l, mask=mtr1, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dl1_r = _softplus(dl1_r)
-        dt1_r = tl.where(mtr1, dl1_r, 0.0)
-        gy_r = tl.load(gy_p + tr * sgy_l, mask=mtr, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz_r = tl.load(z_p + tr * sz_l, mask=mtr, other=0.0).to(tl.float32)
-            gy_r = gy_r * zz_r * tl.sigmoid(zz_r)
         ypre = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
@@ -803,10 +794,9 @@ def _scan_bwd_tile_kernel(
             xb = x * Bn
             _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
             ypre += hs * Cn
-            a1_r = tl.exp2(dt1_r * a_i)
-            cg_r = gy_r * tl.load(C_p + i * sC_n + tr * sC_l, mask=mtr, other=0.0).to(tl.float32)
-            _, gs_r = tl.associative_scan((a1_r, tl.where(first, cg_r + carry_i, cg_r)), 0, _linear_combine)
-            gs = tl.flip(gs_r, 0)
+            a1 = tl.exp2(dt1 * a_i)
+            cg = gy * Cn
+            _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 0, _linear_combine, reverse=True)
             gdA = gs * (hs - xb)
             gx += gs * Bn
             gdt += gdA * a_n
@@ -1687,22 +1677,18 @@ def _tile_inputs(u, delta, B, C, z):
     """The time-tiled kernels' inputs, channel-major: they load BLOCK_T consecutive steps of a channel, and time-major
     views (a mixer's delta / z / B / C are views of linear outputs) would make each of those loads touch one cache line
     a step (H200, B16 D1536 L1024 in the mixer's layout: 3.7 ms a call against 0.22 ms). delta and z are copied in one
-    launch, B and C in one cat (a host-bound prefill pays per launch), in fp32."""
+    launch, B and C in one cat (a host-bound prefill pays per launch)."""
     u = _channel_major(u)
     if z is not None and delta.shape == z.shape and not (_is_channel_major(delta) or _is_channel_major(z)):
         delta, z = transpose_copy_triton(delta, z)
     else:
         delta, z = _channel_major(delta), None if z is None else _channel_major(z)
-    if B.shape == C.shape and (B.dtype != torch.float32 or C.dtype != torch.float32
-                               or not (_is_channel_major(B) and _is_channel_major(C))):
-        # one cat into an fp32 buffer: B and C channel-major and converted once, not once a channel by every program
-        # (2 of the forward's 16.5 instructions a state and step, SASS)
+    if B.shape == C.shape and not (_is_channel_major(B) and _is_channel_major(C)):
         N = B.shape[2]
-        bc = torch.empty((*B.shape[:2], 2 * N, B.shape[3]), device=B.device, dtype=torch.float32)
-        torch.cat([B, C], dim=2, out=bc)
+        bc = _channel_major(torch.cat([B, C], dim=2))
         B, C = bc[:, :, :N], bc[:, :, N:]
     else:
-        B, C = _channel_major(B).float(), _channel_major(C).float()
+        B, C = _channel_major(B), _channel_major(C)
     return u, delta, B, C, z
 
 
@@ -1984,7 +1970,6 @@ class _SelectiveScanFn(torch.autograd.Function):
         BLOCK_D, nblk = _fwd_blocks(dg, N)
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
-            B_dtype, C_dtype = B.dtype, C.dtype
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
             block_t = _block_t(TILE_BWD_CONFIG, L)  # the backward's tile: a state saved before each
             fwd_block = max(block_t, _block_t({"BLOCK_T": TILE_BWD_CONFIG["fwd_BLOCK_T"]}, L))
@@ -1995,7 +1980,6 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
             ctx.chunk = (block_t, _cdiv(L, block_t))
             ctx.tile = True
-            ctx.bc_dtypes = (B_dtype, C_dtype)  # (B / C went to the kernels in fp32)
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
@@ -2164,7 +2148,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
         return (
-            gu, gdl, gA.sum(0).to(A_dt), gBC[0].to(ctx.bc_dtypes[0]), gBC[1].to(ctx.bc_dtypes[1]),
+            gu, gdl, gA.sum(0).to(A_dt), gBC[0].to(B.dtype), gBC[1].to(C.dtype),
             gD.sum(0).to(D_dt) if has_D else None, gz,
             gbias.sum(0).to(bias_dt) if has_bias else None,
             carry.to(h0_dt) if need_gh0 else None, None, None,
