@@ -1746,9 +1746,10 @@ def _fwd_blocks(dg: int, N: int = 16):
     return block, _cdiv(dg, block)
 
 
-def _block_t(cfg: dict, L: int) -> int:
-    """Steps a tile of the time-tiled kernels (TILE_CONFIG or TILE_BWD_CONFIG), for a sequence of L steps."""
-    return min(cfg["BLOCK_T"], max(32, _next_pow2(L)))
+def _block_t(block: int, L: int) -> int:
+    """Steps a tile of the time-tiled kernels (``block``: a BLOCK_T of TILE_CONFIG or TILE_BWD_CONFIG), for a sequence
+    of L steps."""
+    return min(int(block), max(32, _next_pow2(L)))
 
 
 def _use_tile_kernel(programs: int, L: int) -> bool:
@@ -1971,8 +1972,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
-            block_t = _block_t(TILE_BWD_CONFIG, L)  # the backward's tile: a state saved before each
-            fwd_block = max(block_t, _block_t({"BLOCK_T": TILE_BWD_CONFIG["fwd_BLOCK_T"]}, L))
+            block_t = _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)  # the backward's tile: a state saved before each
+            fwd_block = max(block_t, _block_t(TILE_BWD_CONFIG["fwd_BLOCK_T"], L))
             y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
                                               save_every=block_t)
             ctx.softplus = bool(softplus)
@@ -2210,7 +2211,7 @@ def selective_scan_triton(
     elif kernel == "tile":  # no autograd node
         u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
         y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus,
-                                     _block_t(TILE_CONFIG, L), False, reverse=bool(reverse), a_log=bool(a_log))
+                                     _block_t(TILE_CONFIG["BLOCK_T"], L), False, reverse=bool(reverse), a_log=bool(a_log))
     else:
         if a_log:  # the other kernels (and training, through autograd) take A itself
             args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
