@@ -2211,7 +2211,8 @@ def selective_scan_triton(
     elif kernel == "tile":  # no autograd node
         u_, delta_, B_, C_, z_ = _tile_inputs(args[0], args[1], args[3], args[4], args[6])
         y, h_last, _ = _tile_forward(u_, delta_, args[2], B_, C_, args[5], z_, *args[7:], softplus,
-                                     _block_t(TILE_CONFIG["BLOCK_T"], L), False, reverse=bool(reverse), a_log=bool(a_log))
+                                     _block_t(TILE_CONFIG["BLOCK_T"], L), False, reverse=bool(reverse),
+                                     a_log=bool(a_log))
     else:
         if a_log:  # the other kernels (and training, through autograd) take A itself
             args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
