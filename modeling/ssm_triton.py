@@ -1979,7 +1979,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.softplus = bool(softplus)
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
-            ctx.chunk = (block_t, _cdiv(L, block_t))
+            ctx.chunk = (block_t, states.shape[2])  # (the backward walks the saved states: a tile each)
             ctx.tile = True
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
