@@ -81,7 +81,8 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # 1,755 -> 1,701, B1 L1024 30 -> 26: the tile's steps are joined by warp shuffles alone (no block-wide barrier and
 # shared-memory pass a state), 16 instead of 22 instructions a state and step (SASS); ncu had the 4-warp kernel at
 # 75% of its issue slots.
-TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096}
+TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
+               "stages": 1, "maxnreg": 0}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
 # every BLOCK_T steps, then the time-tiled backward (_scan_bwd_tile_kernel, tiles of BLOCK_T, num_warps), for
 # sequences of at least `min_len` steps, unless the chunked time-parallel path applies and the sequence is
@@ -92,7 +93,8 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # Tenth session (results/tile_bwd_sweep_2026-11-29.json, fwd+bwd ms, backward tile / warps): 512 / 4 -> 128 / 1:
 # B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
 # 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
-TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1}
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
+                   "seg": 1, "maxnreg": 0}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -704,6 +706,182 @@ def _scan_fwd_tile_kernel(
 
 
 @triton.jit
+def _cols8(x):
+    """The 8 columns of x (R0, 8) (its last dimension in one thread's registers) as a tuple of (R0,) tensors, split
+    apart in registers."""
+    R0: tl.constexpr = x.shape[0]
+    even, odd = tl.split(tl.reshape(x, (R0, 4, 2)))  # (x0, x2, x4, x6), (x1, x3, x5, x7)
+    e0, e1 = tl.split(tl.reshape(even, (R0, 2, 2)))  # (x0, x4), (x2, x6)
+    o0, o1 = tl.split(tl.reshape(odd, (R0, 2, 2)))  # (x1, x5), (x3, x7)
+    x0, x4 = tl.split(e0)
+    x2, x6 = tl.split(e1)
+    x1, x5 = tl.split(o0)
+    x3, x7 = tl.split(o1)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """The inverse of _cols8: eight (R0,) tensors as the columns of one (R0, 8)."""
+    R0: tl.constexpr = x0.shape[0]
+    even = tl.reshape(tl.join(tl.join(x0, x4), tl.join(x2, x6)), (R0, 4))
+    odd = tl.reshape(tl.join(tl.join(x1, x5), tl.join(x3, x7)), (R0, 4))
+    return tl.reshape(tl.join(even, odd), (R0, 8))
+
+
+@triton.jit
+def _seg_cols(x, R: tl.constexpr):
+    """x (32, R, 8), lane l's steps [8 R l, 8 R (l + 1)) (its R x 8 values in its registers), as the tuple of its
+    8 R columns in step order, (32,) tensors (a value a lane)."""
+    if R == 1:
+        c = _cols8(tl.reshape(x, (32, 8)))
+    else:
+        x0, x1 = tl.split(tl.permute(x, (0, 2, 1)))
+        c = _cols8(x0) + _cols8(x1)
+    return c
+
+
+@triton.jit
+def _seg_join(c, R: tl.constexpr):
+    """The inverse of _seg_cols."""
+    y0 = _join8(c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7])
+    if R == 1:
+        y = tl.reshape(y0, (32, 1, 8))
+    else:
+        y1 = _join8(c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15])
+        y = tl.permute(tl.join(y0, y1), (0, 2, 1))
+    return y
+
+
+@triton.jit
+def _bf16_words(w):
+    """bf16 pairs read as 32-bit words w (..., K) as fp32 (..., 2 K): a bf16 is the upper half of the fp32 it rounds,
+    so a word's first value (low half, little-endian) is w << 16 and its second w & 0xffff0000, one instruction a
+    value (a bf16 -> fp32 conversion of a 16-byte load takes 1.5: byte permutes first)."""
+    lo = (w << 16).to(tl.float32, bitcast=True)
+    hi = (w & -65536).to(tl.float32, bitcast=True)
+    return tl.reshape(tl.join(lo, hi), w.shape[:-1] + (2 * w.shape[-1],))
+
+
+@triton.jit
+def _lane_up(x, FAST: tl.constexpr):
+    """x (32,) (a value a lane) moved up one lane: lane l gets lane l - 1's value, lane 0 its own (a warp shuffle;
+    without FAST, for triton's CPU interpreter, a gather)."""
+    if FAST:
+        y = tl.inline_asm_elementwise("shfl.sync.up.b32 $0, $1, 1, 0, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.gather(x, tl.maximum(tl.arange(0, 32) - 1, 0), 0)
+    return y
+
+
+@triton.jit
+def _scan_fwd_seg_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr, states_ptr,
+    dim, L, dg, G, N, nchunks,
+    su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, R: tl.constexpr, A_IS_LOG: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Forward in one-warp programs, one per (batch, channel), over tiles of 256 R steps, each lane R x 8 consecutive
+    steps in its registers (mamba_ssm's scheme, as a warp): per state n, (1) each lane's map h -> A_l h + H_l over its
+    steps from zero, a sequential chain of multiply-adds (A_l = exp2(A_n sum dt) from the summed step sizes, one exp a
+    lane); (2) one warp scan of those maps (five shuffle levels, the previous tile's state folded into lane 0's), moved
+    up one lane: each lane's start state; (3) the lane's steps again from it, y += C h. About 11 instructions a state
+    and step against the 16.5 of _scan_fwd_tile_kernel, whose tl.associative_scan over 512 steps joins a lane's two
+    8-step runs by two warp scans and hands the tile's last state on through shared memory. SAVE_STATES (training):
+    the state before every SAVE_EVERY steps (a multiple of 8 R dividing the tile) to states (batch, dim, nchunks, N)."""
+    pid = tl.program_id(0)
+    b = pid // dim
+    d = pid % dim
+    g = d // dg
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    SEG: tl.constexpr = 8 * R
+    BLOCK_T: tl.constexpr = 32 * SEG
+    offs = (tl.arange(0, 32)[:, None, None] * SEG + tl.arange(0, R)[None, :, None] * 8
+            + tl.arange(0, 8)[None, None, :])  # (32, R, 8): lane l holds steps [SEG l, SEG (l + 1)) of a tile
+    offs_w = (tl.arange(0, 32)[:, None, None] * (SEG // 2) + tl.arange(0, R)[None, :, None] * 4
+              + tl.arange(0, 4)[None, None, :])  # (32, R, 4): the same steps as words of two (WORDS)
+    lane = tl.arange(0, 32)
+    row = b64 * dim + d64
+    h_p = hlast_ptr + row * N  # the state between tiles: N fp32 a program, L1-resident
+    for i in range(N):
+        if HAS_H0:
+            tl.store(h_p + i, tl.load(h0_ptr + row * N + i).to(tl.float32))
+        else:
+            tl.store(h_p + i, 0.0)
+    tl.debug_barrier()
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
+                                    sy_d)
+    B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g
+    C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g
+    for t0 in range(0, L, BLOCK_T):
+        t = t0 + offs
+        mt = t < L
+        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
+        dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mt, dt, 0.0)  # steps past L: a = 1, b = 0 (the state passes through unchanged)
+        du = dt * u
+        dtc = _seg_cols(dt, R)
+        sdt = dtc[0]
+        for j in tl.static_range(1, SEG):
+            sdt += dtc[j]
+        y = tl.zeros((32, R, 8), dtype=tl.float32)
+        for i in tl.range(0, N, num_stages=STAGES):
+            a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            if A_IS_LOG:
+                a_i = -tl.exp(a_i)
+            a_i = a_i * 1.4426950408889634
+            carry = tl.load(h_p + i)
+            if WORDS:  # bf16 B / C with unit step stride and even L: as 32-bit words (see _bf16_words)
+                tw = t0 // 2 + offs_w
+                Bn = _bf16_words(tl.load((B_p + i * sB_n).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
+                                         mask=tw < L // 2, other=0))
+                Cn = _bf16_words(tl.load((C_p + i * sC_n).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
+                                         mask=tw < L // 2, other=0))
+            else:
+                Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+                Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
+            ac = _seg_cols(tl.exp2(dt * a_i), R)
+            bc = _seg_cols(du * Bn, R)
+            hl = bc[0]  # (1) the lane's steps from zero
+            for j in tl.static_range(1, SEG):
+                hl = ac[j] * hl + bc[j]
+            al = tl.exp2(sdt * a_i)
+            hl = tl.where(lane == 0, hl + al * carry, hl)  # lane 0 starts from the previous tile's state
+            _, hend = tl.associative_scan((al, hl), 0, _linear_combine)  # (2) each lane's end state
+            h = tl.where(lane == 0, carry, _lane_up(hend, FAST))  # its start state
+            if SAVE_STATES:
+                ts = t0 + lane * SEG
+                tl.store(states_ptr + (row * nchunks + ts // SAVE_EVERY) * N + i, h,
+                         mask=(ts % SAVE_EVERY == 0) & (ts < L))
+            hc = ()
+            for j in tl.static_range(SEG):  # (3) the lane's steps from its start state
+                h = ac[j] * h + bc[j]
+                hc = hc + (h,)
+            y += _seg_join(hc, R) * Cn
+            tl.store(h_p + i + lane * 0, hend, mask=lane == 31)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
+        tl.debug_barrier()
+
+
+@triton.jit
 def _scan_bwd_tile_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
@@ -827,6 +1005,216 @@ def _scan_bwd_tile_kernel(
         tl.store(gD_ptr + row, gD_acc)
     if HAS_BIAS:
         tl.store(gbias_ptr + row, gbias_acc)
+
+
+@triton.jit
+def _lane_down(x, FAST: tl.constexpr):
+    """x (32,) moved down one lane: lane l gets lane l + 1's value, lane 31 its own (see _lane_up)."""
+    if FAST:
+        y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 1, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.gather(x, tl.minimum(tl.arange(0, 32) + 1, 31), 0)
+    return y
+
+
+@triton.jit
+def _seg_bc(p, n_stride, i, t, mt, tw, L, WORDS: tl.constexpr):
+    """B_t or C_t of state i at the steps t (32, R, 8) of a lane tile in fp32 (p: the row's pointer at step 0 of state
+    0, unit step stride with WORDS: bf16 read as words at tw (32, R, 4), see _bf16_words)."""
+    if WORDS:
+        w = tl.load((p + i * n_stride).to(tl.pointer_type(tl.int32), bitcast=True) + tw, mask=tw < L // 2, other=0)
+        x = _bf16_words(w)
+    else:
+        x = tl.load(p + i * n_stride + t, mask=mt, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _sum_all(x):
+    """The sum of a (32, R, 8) tile: in each thread, then over the warp."""
+    return tl.sum(tl.sum(tl.sum(x, axis=2), axis=1), axis=0)
+
+
+@triton.jit
+def _scan_bwd_seg_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
+    gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
+    dim, L, dg, G, N, nchunks,
+    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sgy_b, sgy_d, sgu_b, sgu_d, sgdl_b, sgdl_d, sgz_b, sgz_d,
+    sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_GHL: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr,
+):
+    """Backward in one-warp programs, the mirror of _scan_fwd_seg_kernel (channel-major inputs, unit step strides):
+    one program per (batch, channel) walks tiles of 256 R steps from the last, each lane R x 8 consecutive steps, from
+    the states its forward saved at tile starts. Per state n and tile: the states h_t again (the lane's steps from zero,
+    one warp scan of the lanes' maps, the steps again from each lane's start), then the adjoint
+    g_t = C_t gy_t + a_{t+1} g_{t+1} the same way backwards (a_{t+1} from delta read one step ahead; the lanes' maps
+    joined by a reverse warp scan, with the g of the tile to the right, carry_ptr, folded into lane 31's). Then, as
+    _scan_bwd_tile_kernel: dL/d(dt A)_t = g_t (h_t - x_t B_t), dB_t += g_t x_t and dC_t += gy_t h_t summed over
+    channels with atomics into (batch, G, N, L) fp32, dA from a per-state tile sum into gA (batch, dim, N); carry
+    ends as dL/dh0 = a_0 g_0. About 30 instructions a state and step against the 70 of _scan_bwd_tile_kernel with
+    4-step lanes, whose two warp scans a state dominate."""
+    pid = tl.program_id(0)
+    b = pid // dim
+    d = pid % dim
+    g = d // dg
+    b64 = b.to(tl.int64)
+    d64 = d.to(tl.int64)
+    g64 = g.to(tl.int64)
+    SEG: tl.constexpr = 8 * R
+    BLOCK_T: tl.constexpr = 32 * SEG
+    offs = (tl.arange(0, 32)[:, None, None] * SEG + tl.arange(0, R)[None, :, None] * 8
+            + tl.arange(0, 8)[None, None, :])  # (32, R, 8): lane l holds steps [SEG l, SEG (l + 1)) of a tile
+    offs_w = (tl.arange(0, 32)[:, None, None] * (SEG // 2) + tl.arange(0, R)[None, :, None] * 4
+              + tl.arange(0, 4)[None, None, :])
+    offs_a = tl.arange(0, 32)[:, None, None] * SEG + tl.arange(0, 4)[None, None, :] + tl.arange(0, 2 * R)[None, :, None] * 4
+    lane = tl.arange(0, 32)
+    row = b64 * dim + d64
+    c_p = carry_ptr + row * N
+    gA_p = gA_ptr + row * N
+    for i in range(N):
+        if HAS_GHL:
+            tl.store(c_p + i, tl.load(ghl_ptr + row * N + i).to(tl.float32))
+        else:
+            tl.store(c_p + i, 0.0)
+        tl.store(gA_p + i, 0.0)
+    tl.debug_barrier()
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
+        b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
+        gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
+    B_p = B_ptr + b64 * sB_b + g64 * sB_g
+    C_p = C_ptr + b64 * sC_b + g64 * sC_g
+    gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
+    gD_acc = 0.0
+    gbias_acc = 0.0
+    for k in range(nchunks):
+        c = nchunks - 1 - k
+        t0 = c * BLOCK_T
+        t = t0 + offs
+        tw = t0 // 2 + offs_w
+        t4 = t0 + offs_a
+        mt = t < L
+        mt4 = t4 < L
+        mt1 = (t + 1) < L
+        u = tl.load(u_p + t, mask=mt, other=0.0).to(tl.float32)
+        dl = tl.load(dl_p + t, mask=mt, other=0.0).to(tl.float32) + bias
+        dl1 = tl.load(dl_p + t + 1, mask=mt1, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dl)
+            dt1 = _softplus(dl1)
+        else:
+            dt = dl
+            dt1 = dl1
+        dt = tl.where(mt, dt, 0.0)  # steps past L: a = 1, x = 0 (h passes), and a_{t+1} = 1 (g passes)
+        dt1 = tl.where(mt1, dt1, 0.0)
+        gout = tl.load(gy_p + t, mask=mt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_p + t, mask=mt, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(zz)
+            gy = gout * zz * sig
+        else:
+            gy = gout
+        x = dt * u
+        dtc = _seg_cols(dt, R)
+        dt1c = _seg_cols(dt1, R)
+        sdt = dtc[0]
+        sdt1 = dt1c[0]
+        for j in tl.static_range(1, SEG):
+            sdt += dtc[j]
+            sdt1 += dt1c[j]
+        ypre = tl.zeros((32, R, 8), dtype=tl.float32)
+        gx = tl.zeros((32, R, 8), dtype=tl.float32)
+        gdt = tl.zeros((32, R, 8), dtype=tl.float32)
+        for i in range(N):
+            a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            a_i = a_n * 1.4426950408889634
+            h_in = tl.load(states_ptr + (row * nchunks + c) * N + i)
+            g_in = tl.load(c_p + i)
+            Bn = _seg_bc(B_p, sB_n, i, t, mt, tw, L, WORDS)
+            Cn = _seg_bc(C_p, sC_n, i, t, mt, tw, L, WORDS)
+            # the states: each lane's steps from zero, the warp's scan of the lanes' maps, the steps from the start
+            ac = _seg_cols(tl.exp2(dt * a_i), R)
+            xb = x * Bn
+            bc = _seg_cols(xb, R)
+            hl = bc[0]
+            for j in tl.static_range(1, SEG):
+                hl = ac[j] * hl + bc[j]
+            al = tl.exp2(sdt * a_i)
+            hl = tl.where(lane == 0, hl + al * h_in, hl)
+            _, hend = tl.associative_scan((al, hl), 0, _linear_combine)
+            h = tl.where(lane == 0, h_in, _lane_up(hend, FAST))
+            hc = ()
+            for j in tl.static_range(SEG):
+                h = ac[j] * h + bc[j]
+                hc = hc + (h,)
+            hs = _seg_join(hc, R)
+            ypre += hs * Cn
+            # the adjoint, backwards the same way: g_t = C_t gy_t + a_{t+1} g_{t+1}
+            a1c = _seg_cols(tl.exp2(dt1 * a_i), R)
+            cgc = _seg_cols(gy * Cn, R)
+            gl = cgc[SEG - 1]
+            for jj in tl.static_range(1, SEG):
+                gl = a1c[SEG - 1 - jj] * gl + cgc[SEG - 1 - jj]
+            a1l = tl.exp2(sdt1 * a_i)
+            gl = tl.where(lane == 31, gl + a1l * g_in, gl)
+            _, gfirst = tl.associative_scan((a1l, gl), 0, _linear_combine, reverse=True)
+            gg = tl.where(lane == 31, g_in, _lane_down(gfirst, FAST))
+            gc = ()
+            for jj in tl.static_range(SEG):
+                gg = a1c[SEG - 1 - jj] * gg + cgc[SEG - 1 - jj]
+                gc = (gg,) + gc
+            gs = _seg_join(gc, R)
+            gdA = gs * (hs - xb)
+            gx += gs * Bn
+            gdt += gdA * a_n
+            gA_i = tl.load(gA_p + i) + _sum_all(gdA * dt)
+            # (as runs of 4 values a thread: the width of a vector atomic, so the values stay in their registers)
+            tl.atomic_add(gB_ptr + gBC + i * L + t4, tl.reshape(gs * x, (32, 2 * R, 4)), mask=mt4, sem="relaxed")
+            tl.atomic_add(gC_ptr + gBC + i * L + t4, tl.reshape(gy * hs, (32, 2 * R, 4)), mask=mt4, sem="relaxed")
+            tl.debug_barrier()  # every lane has read g_in / gA_i before they are overwritten
+            tl.store(gA_p + i + lane * 0, gA_i + lane * 0.0, mask=lane == 0)
+            tl.store(c_p + i + lane * 0, gfirst, mask=lane == 0)  # g_{t0}: handed to the tile on the left
+        # read again rather than held in registers through the state loop (occupancy)
+        u = tl.load(u_p + t, mask=mt, other=0.0).to(tl.float32)
+        gout = tl.load(gy_p + t, mask=mt, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_p + t, mask=mt, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(zz)
+        gu = gx * dt
+        if HAS_D:
+            gu += gy * Dv
+            gD_acc += _sum_all(gy * u)
+            ypre += Dv * u
+        if HAS_Z:
+            gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(gz_p + t, gz.to(gz_p.dtype.element_ty), mask=mt)
+        tl.store(gu_p + t, gu.to(gu_p.dtype.element_ty), mask=mt)
+        gdt = gdt + gx * u
+        if SOFTPLUS:
+            gdt = gdt * tl.sigmoid(tl.load(dl_p + t, mask=mt, other=0.0).to(tl.float32) + bias)
+        gdt = tl.where(mt, gdt, 0.0)
+        tl.store(gdl_p + t, gdt.to(gdl_p.dtype.element_ty), mask=mt)
+        if HAS_BIAS:
+            gbias_acc += _sum_all(gdt)
+        tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
+    if HAS_D:
+        tl.store(gD_ptr + row, gD_acc)
+    if HAS_BIAS:
+        tl.store(gbias_ptr + row, gbias_acc)
+    dt0 = tl.load(dl_p).to(tl.float32) + bias  # the carry holds g_0: dL/dh0 = a_0 g_0
+    if SOFTPLUS:
+        dt0 = _softplus(dt0)
+    for i in range(N):
+        a0 = tl.exp2(dt0 * tl.load(A_ptr + d64 * N + i).to(tl.float32) * 1.4426950408889634)
+        tl.store(c_p + i, a0 * tl.load(c_p + i))
 
 
 @triton.jit
@@ -1867,6 +2255,14 @@ def _steps(t: torch.Tensor, reverse: bool):
     return t.narrow(-1, t.shape[-1] - 1, 1), (*t.stride()[:-1], -t.stride(-1))
 
 
+def _bf16_words_apply(B, C, sB, sC, L: int) -> bool:
+    """Whether the lane-tile kernels read B / C (batch, G, N, L) with strides sB / sC as bf16 pairs in 32-bit words (see
+    _bf16_words): bf16, unit step stride, every row 4-byte aligned, L even (no word past the end)."""
+    return (B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16 and L % 2 == 0 and sB[3] == 1 and sC[3] == 1
+            and all(s % 2 == 0 for s in tuple(sB[:3]) + tuple(sC[:3])) and B.data_ptr() % 4 == 0
+            and C.data_ptr() % 4 == 0)
+
+
 def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool,
                   reverse: bool = False, a_log: bool = False, save_every: int = 0):
     """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state before
@@ -1880,14 +2276,21 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
         _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
-    _scan_fwd_tile_kernel[(batch * dim,)](
-        u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
-        h0 if h0 is not None else h_last, y_p, h_last, states,
-        dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
-        HAS_H0=h0 is not None, SAVE_STATES=save_states, BLOCK_T=block_t, N_P2=_next_pow2(N), A_IS_LOG=a_log,
-        SAVE_EVERY=save_every, num_warps=TILE_BWD_CONFIG["fwd_warps"] if save_states else TILE_CONFIG["num_warps"],
-    )
+    args = (u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
+            h0 if h0 is not None else h_last, y_p, h_last, states,
+            dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC)
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+                 HAS_H0=h0 is not None, SAVE_STATES=save_states, A_IS_LOG=a_log, SAVE_EVERY=save_every)
+    if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * TILE_CONFIG["seg"]) == 0:  # see _scan_fwd_seg_kernel
+        R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1
+        words = _bf16_words_apply(B_p, C_p, sB, sC, L)
+        opts = {"maxnreg": TILE_CONFIG["maxnreg"]} if TILE_CONFIG.get("maxnreg") else {}
+        _scan_fwd_seg_kernel[(batch * dim,)](*args, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
+                                             STAGES=TILE_CONFIG.get("stages", 1), num_warps=1, **opts)
+    else:
+        _scan_fwd_tile_kernel[(batch * dim,)](
+            *args, **flags, BLOCK_T=block_t, N_P2=_next_pow2(N),
+            num_warps=TILE_BWD_CONFIG["fwd_warps"] if save_states else TILE_CONFIG["num_warps"])
     return y, h_last, (states if save_states else None)
 
 
@@ -1972,7 +2375,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
-            block_t = _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)  # the backward's tile: a state saved before each
+            seg = int(TILE_BWD_CONFIG.get("seg", 0)) if _TUPLES else 0
+            # the backward's tile: a state saved before each (lanes of 8 seg steps: 256 seg steps)
+            block_t = 256 * seg if seg else _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)
             fwd_block = max(block_t, _block_t(TILE_BWD_CONFIG["fwd_BLOCK_T"], L))
             y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
                                               save_every=block_t)
@@ -1980,7 +2385,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
             ctx.chunk = (block_t, states.shape[2])  # (the backward walks the saved states: a tile each)
-            ctx.tile = True
+            ctx.tile, ctx.seg = True, seg
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
@@ -2136,16 +2541,23 @@ class _SelectiveScanFn(torch.autograd.Function):
         gbias = torch.empty((batch, dim), **f32) if has_bias else None
         carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
         ghl = g_last.contiguous().float() if g_last is not None else None
-        _scan_bwd_tile_kernel[(batch * dim,)](
-            u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
-            ghl if ghl is not None else carry,
-            gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
-            dim, L, dim // G, G, N, nchunks,
-            *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
-            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
-            HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"],
-        )
+        args = (u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
+                ghl if ghl is not None else carry,
+                gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
+                dim, L, dim // G, G, N, nchunks)
+        flags = dict(HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None)
+        if ctx.seg:  # lanes of consecutive steps (see _scan_bwd_seg_kernel); unit step strides
+            opts = {"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}
+            _scan_bwd_seg_kernel[(batch * dim,)](
+                *args, *(s for t in (u, delta, z if has_z else u, gy, gu, gdl, gz if has_z else gu)
+                         for s in t.stride()[:2]),
+                *B.stride()[:3], *C.stride()[:3], **flags, R=ctx.seg, FAST=not _INTERPRET,
+                WORDS=_bf16_words_apply(B, C, B.stride(), C.stride(), L), num_warps=1, **opts)
+        else:
+            _scan_bwd_tile_kernel[(batch * dim,)](
+                *args, *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+                *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
+                **flags, BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"])
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
         return (

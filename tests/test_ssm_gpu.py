@@ -176,15 +176,20 @@ def parallel_config(request):
         config.update(old)
 
 
-@pytest.fixture(params=[(True, 64, 4), (True, 256, 4), (True, 32, 1), (False, 64, 4)],
-                ids=["tile64", "tile256", "tile32-1warp", "no-tile"])
+@pytest.fixture(params=[(True, 64, 4, 2), (True, 256, 4, 2), (True, 32, 1, 2), (True, 32, 1, 1), (True, 64, 1, 0),
+                        (False, 64, 4, 2)],
+                ids=["tile64", "tile256", "tile32-1warp", "tile32-seg8", "tile64-assoc-fwd", "no-tile"])
 def tile_bwd_config(request):
-    saved = dict(ssm_triton.TILE_BWD_CONFIG)
-    enabled, block_t, warps = request.param
+    """The time-tiled training pair: (enabled, the backward's tile, its warps, TILE_CONFIG["seg"]: the forward's
+    kernel, lanes of 16 / 8 consecutive steps or (0) tl.associative_scan tiles)."""
+    saved = dict(ssm_triton.TILE_BWD_CONFIG), dict(ssm_triton.TILE_CONFIG)
+    enabled, block_t, warps, seg = request.param
     ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps)
+    ssm_triton.TILE_CONFIG.update(seg=seg)
     yield request.param
-    ssm_triton.TILE_BWD_CONFIG.clear()
-    ssm_triton.TILE_BWD_CONFIG.update(saved)
+    for config, old in zip((ssm_triton.TILE_BWD_CONFIG, ssm_triton.TILE_CONFIG), saved):
+        config.clear()
+        config.update(old)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -202,16 +207,21 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
-@pytest.mark.parametrize("tile", [True, False], ids=["tile", "no-tile"])
+@pytest.mark.parametrize("tile", [(True, 512, 2), (True, 256, 2), (True, 256, 0), (False, 256, 0)],
+                         ids=["seg16", "seg8", "assoc", "no-tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
-                                                                                  False)],
+                                                                                  False), (1, 8, 1030, 16, 0, True,
+                                                                                           True, True, False)],
                          ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
 def test_scan_forward_tile_kernel_matches_reference(tile, dtype, case):
-    """The inference forward (no gradients): the time-tiled kernel (one program per channel, tl.associative_scan over
-    tiles of steps, state carried across tiles) against the float64 reference, output and last state."""
+    """The inference forward (no gradients): the time-tiled kernels (one program per channel, state carried across
+    tiles; lanes of 16 or 8 consecutive steps joined by one warp scan, or tl.associative_scan over a tile) against
+    the float64 reference, output and last state; several tiles, a partial last tile, bf16 B / C read as words (even
+    L) or not (odd L)."""
     saved = dict(ssm_triton.TILE_CONFIG)
-    ssm_triton.TILE_CONFIG.update(enabled=tile, BLOCK_T=256)
+    enabled, block_t, seg = tile
+    ssm_triton.TILE_CONFIG.update(enabled=enabled, BLOCK_T=block_t, seg=seg)
     try:
         batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
         check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
