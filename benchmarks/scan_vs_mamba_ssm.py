@@ -201,6 +201,9 @@ SEG_SWEEP = [(dict(seg=0), dict(seg=0)), (dict(seg=2, stages=1, maxnreg=0), dict
              (dict(seg=2, stages=2, maxnreg=0), dict(seg=1, maxnreg=168)),
              (dict(seg=2, stages=2, maxnreg=96), dict(seg=2, maxnreg=0)),
              (dict(seg=2, stages=3, maxnreg=0), dict(seg=2, maxnreg=168))]
+# the backward's software pipelining (TILE_BWD_CONFIG "stages") with the forward's default
+SEG_BWD_STAGES = [(dict(), dict(seg=1, maxnreg=0, stages=2)), (dict(), dict(seg=1, maxnreg=0, stages=3)),
+                  (dict(), dict(seg=1, maxnreg=128, stages=2))]
 
 
 def main(argv=None):
@@ -209,6 +212,7 @@ def main(argv=None):
     ap.add_argument("--mamba-build", help="folder holding mamba_ssm's built selective_scan_cuda extension")
     ap.add_argument("--sweep", action="store_true", help="also time ssmvl's PARALLEL_CONFIG settings")
     ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
+    ap.add_argument("--seg-bwd-stages", action="store_true", help="--seg-sweep over SEG_BWD_STAGES instead")
     ap.add_argument("--seg-sweep", action="store_true",
                     help="time the time-tiled forward's kernels (TILE_CONFIG['seg']), inference and training")
     ap.add_argument("--tile-bwd-sweep", action="store_true",
@@ -282,7 +286,7 @@ def main(argv=None):
 
         default = dict(ssm_triton.TILE_CONFIG), dict(ssm_triton.TILE_BWD_CONFIG)
         result["seg_sweep"] = []
-        for seg, bwd in SEG_SWEEP:
+        for seg, bwd in (SEG_BWD_STAGES if args.seg_bwd_stages else SEG_SWEEP):
             ssm_triton.TILE_CONFIG.update(enabled=None, **seg)
             ssm_triton.TILE_BWD_CONFIG.update(bwd)
             for shape in shapes:

@@ -82,7 +82,7 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # shared-memory pass a state), 16 instead of 22 instructions a state and step (SASS); ncu had the 4-warp kernel at
 # 75% of its issue slots.
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
-               "stages": 1, "maxnreg": 0}
+               "stages": 1, "maxnreg": 128}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
 # every BLOCK_T steps, then the time-tiled backward (_scan_bwd_tile_kernel, tiles of BLOCK_T, num_warps), for
 # sequences of at least `min_len` steps, unless the chunked time-parallel path applies and the sequence is
@@ -94,7 +94,7 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
 # 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "seg": 1, "maxnreg": 0}
+                   "seg": 1, "maxnreg": 0, "stages": 1}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -1044,7 +1044,7 @@ def _scan_bwd_seg_kernel(
     su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sgy_b, sgy_d, sgu_b, sgu_d, sgdl_b, sgdl_d, sgz_b, sgz_d,
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr,
+    HAS_GHL: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Backward in one-warp programs, the mirror of _scan_fwd_seg_kernel (channel-major inputs, unit step strides):
     one program per (batch, channel) walks tiles of 256 R steps from the last, each lane R x 8 consecutive steps, from
@@ -1133,7 +1133,7 @@ def _scan_bwd_seg_kernel(
         ypre = tl.zeros((32, R, 8), dtype=tl.float32)
         gx = tl.zeros((32, R, 8), dtype=tl.float32)
         gdt = tl.zeros((32, R, 8), dtype=tl.float32)
-        for i in range(N):
+        for i in tl.range(0, N, num_stages=STAGES):
             a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
             a_i = a_n * 1.4426950408889634
             h_in = tl.load(states_ptr + (row * nchunks + c) * N + i)
@@ -2552,7 +2552,8 @@ class _SelectiveScanFn(torch.autograd.Function):
                 *args, *(s for t in (u, delta, z if has_z else u, gy, gu, gdl, gz if has_z else gu)
                          for s in t.stride()[:2]),
                 *B.stride()[:3], *C.stride()[:3], **flags, R=ctx.seg, FAST=not _INTERPRET,
-                WORDS=_bf16_words_apply(B, C, B.stride(), C.stride(), L), num_warps=1, **opts)
+                WORDS=_bf16_words_apply(B, C, B.stride(), C.stride(), L), STAGES=TILE_BWD_CONFIG.get("stages", 1),
+                num_warps=1, **opts)
         else:
             _scan_bwd_tile_kernel[(batch * dim,)](
                 *args, *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
