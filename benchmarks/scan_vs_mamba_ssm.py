@@ -195,12 +195,9 @@ TILE_BWD_SWEEP = [(False, 0, 0), (True, 512, 4), (True, 128, 1), (True, 256, 1),
 # (_scan_fwd_seg_kernel); "stages": its state loop's software pipelining of the B / C loads; "maxnreg": its register cap
 # (TILE_CONFIG, TILE_BWD_CONFIG) updates; TILE_BWD_CONFIG "seg": 0 the tl.associative_scan backward, R: lanes of
 # 8 R steps (_scan_bwd_seg_kernel), "maxnreg" its register cap
-SEG_SWEEP = [(dict(seg=0), dict(seg=0)), (dict(seg=2, stages=1, maxnreg=0), dict(seg=1, maxnreg=0)),
-             (dict(seg=2, stages=1, maxnreg=128), dict(seg=1, maxnreg=128)),
-             (dict(seg=2, stages=1, maxnreg=96), dict(seg=1, maxnreg=96)),
-             (dict(seg=2, stages=2, maxnreg=0), dict(seg=1, maxnreg=168)),
-             (dict(seg=2, stages=2, maxnreg=96), dict(seg=2, maxnreg=0)),
-             (dict(seg=2, stages=3, maxnreg=0), dict(seg=2, maxnreg=168))]
+SEG_SWEEP = [(dict(seg=0), dict(seg=0)), (dict(seg=2, maxnreg=128), dict(seg=1, maxnreg=0, prefetch=False)),
+             (dict(seg=2, maxnreg=0), dict(seg=1, maxnreg=0, prefetch=True)),
+             (dict(seg=2, maxnreg=96), dict(seg=1, maxnreg=128, prefetch=True))]
 # the backward's software pipelining (TILE_BWD_CONFIG "stages") with the forward's default
 SEG_BWD_STAGES = [(dict(), dict(seg=1, maxnreg=0, stages=2)), (dict(), dict(seg=1, maxnreg=0, stages=3)),
                   (dict(), dict(seg=1, maxnreg=128, stages=2))]

@@ -94,7 +94,8 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
 # 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "seg": 1, "maxnreg": 0, "stages": 1}
+                   "seg": 1, "maxnreg": 0, "stages": 1,
+                   "prefetch": False}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -838,12 +839,17 @@ def _scan_fwd_seg_kernel(
         for j in tl.static_range(1, SEG):
             sdt += dtc[j]
         y = tl.zeros((32, R, 8), dtype=tl.float32)
+        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars are read one state ahead (an L2 round trip each)
+        c_nx = tl.load(h_p)
         for i in tl.range(0, N, num_stages=STAGES):
-            a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            a_i = a_nx.to(tl.float32)
+            carry = c_nx
+            nxt = tl.minimum(i + 1, N - 1)
+            a_nx = tl.load(A_ptr + d64 * N + nxt)
+            c_nx = tl.load(h_p + nxt)  # (the last state's reads its own, unused)
             if A_IS_LOG:
                 a_i = -tl.exp(a_i)
             a_i = a_i * 1.4426950408889634
-            carry = tl.load(h_p + i)
             if WORDS:  # bf16 B / C with unit step stride and even L: as 32-bit words (see _bf16_words)
                 tw = t0 // 2 + offs_w
                 Bn = _bf16_words(tl.load((B_p + i * sB_n).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
@@ -1045,6 +1051,7 @@ def _scan_bwd_seg_kernel(
     sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GHL: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """Backward in one-warp programs, the mirror of _scan_fwd_seg_kernel (channel-major inputs, unit step strides):
     one program per (batch, channel) walks tiles of 256 R steps from the last, each lane R x 8 consecutive steps, from
@@ -1133,13 +1140,32 @@ def _scan_bwd_seg_kernel(
         ypre = tl.zeros((32, R, 8), dtype=tl.float32)
         gx = tl.zeros((32, R, 8), dtype=tl.float32)
         gdt = tl.zeros((32, R, 8), dtype=tl.float32)
+        st_p = states_ptr + (row * nchunks + c) * N
+        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars (and B / C with PREFETCH) are read one state ahead
+        h_nx = tl.load(st_p)
+        g_nx = tl.load(c_p)
+        gA_nx = tl.load(gA_p)
+        B_nx = _seg_bc(B_p, sB_n, 0, t, mt, tw, L, WORDS)
+        C_nx = _seg_bc(C_p, sC_n, 0, t, mt, tw, L, WORDS)
         for i in tl.range(0, N, num_stages=STAGES):
-            a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            a_n = a_nx.to(tl.float32)
+            h_in = h_nx
+            g_in = g_nx
+            gA_in = gA_nx
+            nxt = tl.minimum(i + 1, N - 1)
+            a_nx = tl.load(A_ptr + d64 * N + nxt)
+            h_nx = tl.load(st_p + nxt)
+            g_nx = tl.load(c_p + nxt)  # (the last state's reads its own, unused)
+            gA_nx = tl.load(gA_p + nxt)
+            if PREFETCH:
+                Bn = B_nx
+                Cn = C_nx
+                B_nx = _seg_bc(B_p, sB_n, nxt, t, mt, tw, L, WORDS)
+                C_nx = _seg_bc(C_p, sC_n, nxt, t, mt, tw, L, WORDS)
+            else:
+                Bn = _seg_bc(B_p, sB_n, i, t, mt, tw, L, WORDS)
+                Cn = _seg_bc(C_p, sC_n, i, t, mt, tw, L, WORDS)
             a_i = a_n * 1.4426950408889634
-            h_in = tl.load(states_ptr + (row * nchunks + c) * N + i)
-            g_in = tl.load(c_p + i)
-            Bn = _seg_bc(B_p, sB_n, i, t, mt, tw, L, WORDS)
-            Cn = _seg_bc(C_p, sC_n, i, t, mt, tw, L, WORDS)
             # the states: each lane's steps from zero, the warp's scan of the lanes' maps, the steps from the start
             ac = _seg_cols(tl.exp2(dt * a_i), R)
             xb = x * Bn
@@ -1175,7 +1201,7 @@ def _scan_bwd_seg_kernel(
             gdA = gs * (hs - xb)
             gx += gs * Bn
             gdt += gdA * a_n
-            gA_i = tl.load(gA_p + i) + _sum_all(gdA * dt)
+            gA_i = gA_in + _sum_all(gdA * dt)
             # (as runs of 4 values a thread: the width of a vector atomic, so the values stay in their registers)
             tl.atomic_add(gB_ptr + gBC + i * L + t4, tl.reshape(gs * x, (32, 2 * R, 4)), mask=mt4, sem="relaxed")
             tl.atomic_add(gC_ptr + gBC + i * L + t4, tl.reshape(gy * hs, (32, 2 * R, 4)), mask=mt4, sem="relaxed")
@@ -2553,6 +2579,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                          for s in t.stride()[:2]),
                 *B.stride()[:3], *C.stride()[:3], **flags, R=ctx.seg, FAST=not _INTERPRET,
                 WORDS=_bf16_words_apply(B, C, B.stride(), C.stride(), L), STAGES=TILE_BWD_CONFIG.get("stages", 1),
+                PREFETCH=bool(TILE_BWD_CONFIG.get("prefetch", False)),
                 num_warps=1, **opts)
         else:
             _scan_bwd_tile_kernel[(batch * dim,)](
