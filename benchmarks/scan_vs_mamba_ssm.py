@@ -191,16 +191,12 @@ def lane_bwd_sweep(shapes, bw, ssm_triton):
 TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (1024, 2), (2048, 2)]
 # (enabled, BLOCK_T, num_warps) of the time-tiled training pair (TILE_BWD_CONFIG)
 TILE_BWD_SWEEP = [(False, 0, 0), (True, 512, 4), (True, 128, 1), (True, 256, 1), (True, 256, 2), (True, 512, 2)]
-# TILE_CONFIG updates: "seg" 0 the tl.associative_scan tiles, 1 / 2 lanes of 8 / 16 consecutive steps
-# (_scan_fwd_seg_kernel); "stages": its state loop's software pipelining of the B / C loads; "maxnreg": its register cap
-# (TILE_CONFIG, TILE_BWD_CONFIG) updates; TILE_BWD_CONFIG "seg": 0 the tl.associative_scan backward, R: lanes of
-# 8 R steps (_scan_bwd_seg_kernel), "maxnreg" its register cap
-SEG_SWEEP = [(dict(seg=0), dict(seg=0)), (dict(seg=2, maxnreg=128), dict(seg=1, maxnreg=0, prefetch=False)),
-             (dict(seg=2, maxnreg=0), dict(seg=1, maxnreg=0, prefetch=True)),
-             (dict(seg=2, maxnreg=96), dict(seg=1, maxnreg=128, prefetch=True))]
-# the backward's software pipelining (TILE_BWD_CONFIG "stages") with the forward's default
-SEG_BWD_STAGES = [(dict(), dict(seg=1, maxnreg=0, stages=2)), (dict(), dict(seg=1, maxnreg=0, stages=3)),
-                  (dict(), dict(seg=1, maxnreg=128, stages=2))]
+# TILE_CONFIG updates of --seg-sweep: "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
+# 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
+# "maxnreg": its register cap (0: none)
+SEG_SWEEP = [dict(seg=0), dict(seg=1, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=0),
+             dict(seg=2, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=96), dict(seg=2, stages=2, maxnreg=0),
+             dict(seg=2, stages=3, maxnreg=0)]
 
 
 def main(argv=None):
@@ -209,7 +205,6 @@ def main(argv=None):
     ap.add_argument("--mamba-build", help="folder holding mamba_ssm's built selective_scan_cuda extension")
     ap.add_argument("--sweep", action="store_true", help="also time ssmvl's PARALLEL_CONFIG settings")
     ap.add_argument("--tile-sweep", action="store_true", help="time the time-tiled forward's settings (TILE_CONFIG)")
-    ap.add_argument("--seg-bwd-stages", action="store_true", help="--seg-sweep over SEG_BWD_STAGES instead")
     ap.add_argument("--seg-sweep", action="store_true",
                     help="time the time-tiled forward's kernels (TILE_CONFIG['seg']), inference and training")
     ap.add_argument("--tile-bwd-sweep", action="store_true",
@@ -279,20 +274,17 @@ def main(argv=None):
         ssm_triton.TILE_CONFIG.clear()
         ssm_triton.TILE_CONFIG.update(default)
     if args.seg_sweep:  # the time-tiled forward's kernels: tl.associative_scan tiles (seg 0) or lanes of steps
-        from triton.testing import do_bench
-
-        default = dict(ssm_triton.TILE_CONFIG), dict(ssm_triton.TILE_BWD_CONFIG)
+        default = dict(ssm_triton.TILE_CONFIG)
         result["seg_sweep"] = []
-        for seg, bwd in (SEG_BWD_STAGES if args.seg_bwd_stages else SEG_SWEEP):
+        for seg in SEG_SWEEP:
             ssm_triton.TILE_CONFIG.update(enabled=None, **seg)
-            ssm_triton.TILE_BWD_CONFIG.update(bwd)
             for shape in shapes:
                 fwd = inference_forward(ssm_triton, inputs(*shape))
                 y = fwd().float()
                 ssm_triton.TILE_CONFIG["enabled"] = False
                 y_ref = fwd().float()
                 ssm_triton.TILE_CONFIG["enabled"] = None
-                row = dict(**seg, bwd=bwd, tile=ssm_triton._inference_kernel(*shape[:2], 1, N, shape[2], False) == "tile",
+                row = dict(**seg, tile=ssm_triton._inference_kernel(*shape[:2], 1, N, shape[2], False) == "tile",
                            rel_err_vs_untiled=((y - y_ref).norm() / y_ref.norm()).item(),
                            fwd_kernels_us=kernel_times(shape, ssm_triton),
                            fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
@@ -300,9 +292,8 @@ def main(argv=None):
                 result["seg_sweep"].append(row)
                 print("seg", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                       flush=True)
-        for config, saved in zip((ssm_triton.TILE_CONFIG, ssm_triton.TILE_BWD_CONFIG), default):
-            config.clear()
-            config.update(saved)
+        ssm_triton.TILE_CONFIG.clear()
+        ssm_triton.TILE_CONFIG.update(default)
     if args.tile_bwd_sweep:
         default = dict(ssm_triton.TILE_BWD_CONFIG)
         result["tile_bwd_sweep"] = []

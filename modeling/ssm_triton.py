@@ -26,9 +26,10 @@ g_t = dL/dh_t runs backwards one step per iteration, g_t = gy_t C_t + exp(dt_{t+
 dB/dC are summed over the program's channels, then across channel blocks either with fp32 atomics or through a
 per-block buffer (nblocks, batch * G, L, N) summed by torch (BWD_CONFIG["atomic"]); dA, dD and d(delta_bias) are
 written per (batch, channel) and summed over the batch with torch.
-Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernel (one program per
-channel, tl.associative_scan over tiles of steps) for inference at L >= 512 with many channels and for training
-there, and the register-lane kernel (one thread per channel, its states a tuple of registers) for inference
+Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernels (one warp per
+channel over tiles of steps: each lane 16 consecutive steps joined by one warp scan a state, _scan_fwd_seg_kernel, or
+tl.associative_scan over a tile, _scan_fwd_tile_kernel; the backward's tiles by tl.associative_scan) for inference at
+L >= 512 with many channels and for training there, and the register-lane kernel (one thread per channel, its states a tuple of registers) for inference
 elsewhere. The inference forwards also read a sequence backwards in place (``reverse``: per-step tensors passed as
 a view at their last step with negated step strides) and take A_log (``a_log``).
 Also here: the causal depthwise conv1d + SiLU of the mixer (forward, backward, a cached prefix, reversed reads), a
@@ -81,6 +82,14 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # 1,755 -> 1,701, B1 L1024 30 -> 26: the tile's steps are joined by warp shuffles alone (no block-wide barrier and
 # shared-memory pass a state), 16 instead of 22 instructions a state and step (SASS); ncu had the 4-warp kernel at
 # 75% of its issue slots.
+# "seg" (eleventh session): 0 = that kernel; 1 / 2 = _scan_fwd_seg_kernel, each lane 8 / 16 consecutive steps (16 where
+# the tile is 512 steps), in training too (the states saved inside its tiles): 12.6 instead of 16.5 instructions a
+# state and step (SASS, one warp scan a state instead of two, bf16 B / C read as words). "stages": software pipelining
+# of its state loop (B / C through shared memory), "maxnreg": its register cap (0: none; uncapped it takes 159 and runs
+# 12 warps an SM). H200, bf16, kernel us, tl.associative_scan tiles -> seg 2 at maxnreg 0 / 128 / 96, stages 2 / 3
+# (results/seg_sweep_2026-11-29*.json): B8 D1536 L1024 190 -> 177 / 167-172 / 189 / 244 / 201, B16 L4096
+# 1,662 -> 1,934 / 1,480-1,527 / 1,517 / 1,746 / 1,413, B1 L1024 26.5 -> 22.3 / 22.6-23.2 / 26.6 / 36.7 / 33.3; the
+# training forward B8 L1024 229 -> 175-180, B16 L4096 2,053 -> 1,541-1,607. seg 1 (8 steps a lane): 221 at B8 L1024.
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
                "stages": 1, "maxnreg": 128}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
@@ -93,9 +102,7 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # Tenth session (results/tile_bwd_sweep_2026-11-29.json, fwd+bwd ms, backward tile / warps): 512 / 4 -> 128 / 1:
 # B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
 # 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
-TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "seg": 1, "maxnreg": 0, "stages": 1,
-                   "prefetch": False}
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -790,10 +797,12 @@ def _scan_fwd_seg_kernel(
     steps in its registers (mamba_ssm's scheme, as a warp): per state n, (1) each lane's map h -> A_l h + H_l over its
     steps from zero, a sequential chain of multiply-adds (A_l = exp2(A_n sum dt) from the summed step sizes, one exp a
     lane); (2) one warp scan of those maps (five shuffle levels, the previous tile's state folded into lane 0's), moved
-    up one lane: each lane's start state; (3) the lane's steps again from it, y += C h. About 11 instructions a state
-    and step against the 16.5 of _scan_fwd_tile_kernel, whose tl.associative_scan over 512 steps joins a lane's two
-    8-step runs by two warp scans and hands the tile's last state on through shared memory. SAVE_STATES (training):
-    the state before every SAVE_EVERY steps (a multiple of 8 R dividing the tile) to states (batch, dim, nchunks, N)."""
+    up one lane: each lane's start state; (3) the lane's steps again from it, y += C h. 12.6 instructions a state and
+    step (SASS, sm_90, R = 2, bf16 B / C read as words) against the 16.5 of _scan_fwd_tile_kernel, whose
+    tl.associative_scan over 512 steps joins a lane's two 8-step runs by two warp scans and hands the tile's last state
+    on through shared memory. SAVE_STATES (training): the state before every SAVE_EVERY steps (a multiple of 8 R
+    dividing the tile) to states (batch, dim, nchunks, N). A state's scalars (A, the carried state) are read one state
+    ahead; STAGES > 1 pipelines the B / C loads through shared memory."""
     pid = tl.program_id(0)
     b = pid // dim
     d = pid % dim
@@ -1011,236 +1020,6 @@ def _scan_bwd_tile_kernel(
         tl.store(gD_ptr + row, gD_acc)
     if HAS_BIAS:
         tl.store(gbias_ptr + row, gbias_acc)
-
-
-@triton.jit
-def _lane_down(x, FAST: tl.constexpr):
-    """x (32,) moved down one lane: lane l gets lane l + 1's value, lane 31 its own (see _lane_up)."""
-    if FAST:
-        y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 1, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                      is_pure=True, pack=1)
-    else:
-        y = tl.gather(x, tl.minimum(tl.arange(0, 32) + 1, 31), 0)
-    return y
-
-
-@triton.jit
-def _seg_bc(p, n_stride, i, t, mt, tw, L, WORDS: tl.constexpr):
-    """B_t or C_t of state i at the steps t (32, R, 8) of a lane tile in fp32 (p: the row's pointer at step 0 of state
-    0, unit step stride with WORDS: bf16 read as words at tw (32, R, 4), see _bf16_words)."""
-    if WORDS:
-        w = tl.load((p + i * n_stride).to(tl.pointer_type(tl.int32), bitcast=True) + tw, mask=tw < L // 2, other=0)
-        x = _bf16_words(w)
-    else:
-        x = tl.load(p + i * n_stride + t, mask=mt, other=0.0).to(tl.float32)
-    return x
-
-
-@triton.jit
-def _sum_all(x):
-    """The sum of a (32, R, 8) tile: in each thread, then over the warp."""
-    return tl.sum(tl.sum(tl.sum(x, axis=2), axis=1), axis=0)
-
-
-@triton.jit
-def _scan_bwd_seg_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
-    gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
-    dim, L, dg, G, N, nchunks,
-    su_b, su_d, sdl_b, sdl_d, sz_b, sz_d, sgy_b, sgy_d, sgu_b, sgu_d, sgdl_b, sgdl_d, sgz_b, sgz_d,
-    sB_b, sB_g, sB_n, sC_b, sC_g, sC_n,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, R: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
-    PREFETCH: tl.constexpr,
-):
-    """Backward in one-warp programs, the mirror of _scan_fwd_seg_kernel (channel-major inputs, unit step strides):
-    one program per (batch, channel) walks tiles of 256 R steps from the last, each lane R x 8 consecutive steps, from
-    the states its forward saved at tile starts. Per state n and tile: the states h_t again (the lane's steps from zero,
-    one warp scan of the lanes' maps, the steps again from each lane's start), then the adjoint
-    g_t = C_t gy_t + a_{t+1} g_{t+1} the same way backwards (a_{t+1} from delta read one step ahead; the lanes' maps
-    joined by a reverse warp scan, with the g of the tile to the right, carry_ptr, folded into lane 31's). Then, as
-    _scan_bwd_tile_kernel: dL/d(dt A)_t = g_t (h_t - x_t B_t), dB_t += g_t x_t and dC_t += gy_t h_t summed over
-    channels with atomics into (batch, G, N, L) fp32, dA from a per-state tile sum into gA (batch, dim, N); carry
-    ends as dL/dh0 = a_0 g_0. About 30 instructions a state and step against the 70 of _scan_bwd_tile_kernel with
-    4-step lanes, whose two warp scans a state dominate."""
-    pid = tl.program_id(0)
-    b = pid // dim
-    d = pid % dim
-    g = d // dg
-    b64 = b.to(tl.int64)
-    d64 = d.to(tl.int64)
-    g64 = g.to(tl.int64)
-    SEG: tl.constexpr = 8 * R
-    BLOCK_T: tl.constexpr = 32 * SEG
-    offs = (tl.arange(0, 32)[:, None, None] * SEG + tl.arange(0, R)[None, :, None] * 8
-            + tl.arange(0, 8)[None, None, :])  # (32, R, 8): lane l holds steps [SEG l, SEG (l + 1)) of a tile
-    offs_w = (tl.arange(0, 32)[:, None, None] * (SEG // 2) + tl.arange(0, R)[None, :, None] * 4
-              + tl.arange(0, 4)[None, None, :])
-    offs_a = tl.arange(0, 32)[:, None, None] * SEG + tl.arange(0, 4)[None, None, :] + tl.arange(0, 2 * R)[None, :, None] * 4
-    lane = tl.arange(0, 32)
-    row = b64 * dim + d64
-    c_p = carry_ptr + row * N
-    gA_p = gA_ptr + row * N
-    for i in range(N):
-        if HAS_GHL:
-            tl.store(c_p + i, tl.load(ghl_ptr + row * N + i).to(tl.float32))
-        else:
-            tl.store(c_p + i, 0.0)
-        tl.store(gA_p + i, 0.0)
-    tl.debug_barrier()
-    Dv = 0.0
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
-        b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
-        gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
-    B_p = B_ptr + b64 * sB_b + g64 * sB_g
-    C_p = C_ptr + b64 * sC_b + g64 * sC_g
-    gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
-    gD_acc = 0.0
-    gbias_acc = 0.0
-    for k in range(nchunks):
-        c = nchunks - 1 - k
-        t0 = c * BLOCK_T
-        t = t0 + offs
-        tw = t0 // 2 + offs_w
-        t4 = t0 + offs_a
-        mt = t < L
-        mt4 = t4 < L
-        mt1 = (t + 1) < L
-        u = tl.load(u_p + t, mask=mt, other=0.0).to(tl.float32)
-        dl = tl.load(dl_p + t, mask=mt, other=0.0).to(tl.float32) + bias
-        dl1 = tl.load(dl_p + t + 1, mask=mt1, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dl)
-            dt1 = _softplus(dl1)
-        else:
-            dt = dl
-            dt1 = dl1
-        dt = tl.where(mt, dt, 0.0)  # steps past L: a = 1, x = 0 (h passes), and a_{t+1} = 1 (g passes)
-        dt1 = tl.where(mt1, dt1, 0.0)
-        gout = tl.load(gy_p + t, mask=mt, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_p + t, mask=mt, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zz)
-            gy = gout * zz * sig
-        else:
-            gy = gout
-        x = dt * u
-        dtc = _seg_cols(dt, R)
-        dt1c = _seg_cols(dt1, R)
-        sdt = dtc[0]
-        sdt1 = dt1c[0]
-        for j in tl.static_range(1, SEG):
-            sdt += dtc[j]
-            sdt1 += dt1c[j]
-        ypre = tl.zeros((32, R, 8), dtype=tl.float32)
-        gx = tl.zeros((32, R, 8), dtype=tl.float32)
-        gdt = tl.zeros((32, R, 8), dtype=tl.float32)
-        st_p = states_ptr + (row * nchunks + c) * N
-        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars (and B / C with PREFETCH) are read one state ahead
-        h_nx = tl.load(st_p)
-        g_nx = tl.load(c_p)
-        gA_nx = tl.load(gA_p)
-        B_nx = _seg_bc(B_p, sB_n, 0, t, mt, tw, L, WORDS)
-        C_nx = _seg_bc(C_p, sC_n, 0, t, mt, tw, L, WORDS)
-        for i in tl.range(0, N, num_stages=STAGES):
-            a_n = a_nx.to(tl.float32)
-            h_in = h_nx
-            g_in = g_nx
-            gA_in = gA_nx
-            nxt = tl.minimum(i + 1, N - 1)
-            a_nx = tl.load(A_ptr + d64 * N + nxt)
-            h_nx = tl.load(st_p + nxt)
-            g_nx = tl.load(c_p + nxt)  # (the last state's reads its own, unused)
-            gA_nx = tl.load(gA_p + nxt)
-            if PREFETCH:
-                Bn = B_nx
-                Cn = C_nx
-                B_nx = _seg_bc(B_p, sB_n, nxt, t, mt, tw, L, WORDS)
-                C_nx = _seg_bc(C_p, sC_n, nxt, t, mt, tw, L, WORDS)
-            else:
-                Bn = _seg_bc(B_p, sB_n, i, t, mt, tw, L, WORDS)
-                Cn = _seg_bc(C_p, sC_n, i, t, mt, tw, L, WORDS)
-            a_i = a_n * 1.4426950408889634
-            # the states: each lane's steps from zero, the warp's scan of the lanes' maps, the steps from the start
-            ac = _seg_cols(tl.exp2(dt * a_i), R)
-            xb = x * Bn
-            bc = _seg_cols(xb, R)
-            hl = bc[0]
-            for j in tl.static_range(1, SEG):
-                hl = ac[j] * hl + bc[j]
-            al = tl.exp2(sdt * a_i)
-            hl = tl.where(lane == 0, hl + al * h_in, hl)
-            _, hend = tl.associative_scan((al, hl), 0, _linear_combine)
-            h = tl.where(lane == 0, h_in, _lane_up(hend, FAST))
-            hc = ()
-            for j in tl.static_range(SEG):
-                h = ac[j] * h + bc[j]
-                hc = hc + (h,)
-            hs = _seg_join(hc, R)
-            ypre += hs * Cn
-            # the adjoint, backwards the same way: g_t = C_t gy_t + a_{t+1} g_{t+1}
-            a1c = _seg_cols(tl.exp2(dt1 * a_i), R)
-            cgc = _seg_cols(gy * Cn, R)
-            gl = cgc[SEG - 1]
-            for jj in tl.static_range(1, SEG):
-                gl = a1c[SEG - 1 - jj] * gl + cgc[SEG - 1 - jj]
-            a1l = tl.exp2(sdt1 * a_i)
-            gl = tl.where(lane == 31, gl + a1l * g_in, gl)
-            _, gfirst = tl.associative_scan((a1l, gl), 0, _linear_combine, reverse=True)
-            gg = tl.where(lane == 31, g_in, _lane_down(gfirst, FAST))
-            gc = ()
-            for jj in tl.static_range(SEG):
-                gg = a1c[SEG - 1 - jj] * gg + cgc[SEG - 1 - jj]
-                gc = (gg,) + gc
-            gs = _seg_join(gc, R)
-            gdA = gs * (hs - xb)
-            gx += gs * Bn
-            gdt += gdA * a_n
-            gA_i = gA_in + _sum_all(gdA * dt)
-            # (as runs of 4 values a thread: the width of a vector atomic, so the values stay in their registers)
-            tl.atomic_add(gB_ptr + gBC + i * L + t4, tl.reshape(gs * x, (32, 2 * R, 4)), mask=mt4, sem="relaxed")
-            tl.atomic_add(gC_ptr + gBC + i * L + t4, tl.reshape(gy * hs, (32, 2 * R, 4)), mask=mt4, sem="relaxed")
-            tl.debug_barrier()  # every lane has read g_in / gA_i before they are overwritten
-            tl.store(gA_p + i + lane * 0, gA_i + lane * 0.0, mask=lane == 0)
-            tl.store(c_p + i + lane * 0, gfirst, mask=lane == 0)  # g_{t0}: handed to the tile on the left
-        # read again rather than held in registers through the state loop (occupancy)
-        u = tl.load(u_p + t, mask=mt, other=0.0).to(tl.float32)
-        gout = tl.load(gy_p + t, mask=mt, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_p + t, mask=mt, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zz)
-        gu = gx * dt
-        if HAS_D:
-            gu += gy * Dv
-            gD_acc += _sum_all(gy * u)
-            ypre += Dv * u
-        if HAS_Z:
-            gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
-            tl.store(gz_p + t, gz.to(gz_p.dtype.element_ty), mask=mt)
-        tl.store(gu_p + t, gu.to(gu_p.dtype.element_ty), mask=mt)
-        gdt = gdt + gx * u
-        if SOFTPLUS:
-            gdt = gdt * tl.sigmoid(tl.load(dl_p + t, mask=mt, other=0.0).to(tl.float32) + bias)
-        gdt = tl.where(mt, gdt, 0.0)
-        tl.store(gdl_p + t, gdt.to(gdl_p.dtype.element_ty), mask=mt)
-        if HAS_BIAS:
-            gbias_acc += _sum_all(gdt)
-        tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
-    if HAS_D:
-        tl.store(gD_ptr + row, gD_acc)
-    if HAS_BIAS:
-        tl.store(gbias_ptr + row, gbias_acc)
-    dt0 = tl.load(dl_p).to(tl.float32) + bias  # the carry holds g_0: dL/dh0 = a_0 g_0
-    if SOFTPLUS:
-        dt0 = _softplus(dt0)
-    for i in range(N):
-        a0 = tl.exp2(dt0 * tl.load(A_ptr + d64 * N + i).to(tl.float32) * 1.4426950408889634)
-        tl.store(c_p + i, a0 * tl.load(c_p + i))
 
 
 @triton.jit
@@ -2307,8 +2086,8 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
             dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                  HAS_H0=h0 is not None, SAVE_STATES=save_states, A_IS_LOG=a_log, SAVE_EVERY=save_every)
-    if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * TILE_CONFIG["seg"]) == 0:  # see _scan_fwd_seg_kernel
-        R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1
+    R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1  # lanes of 8 R steps, tiles of 256 R
+    if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * R) == 0:  # see _scan_fwd_seg_kernel
         words = _bf16_words_apply(B_p, C_p, sB, sC, L)
         opts = {"maxnreg": TILE_CONFIG["maxnreg"]} if TILE_CONFIG.get("maxnreg") else {}
         _scan_fwd_seg_kernel[(batch * dim,)](*args, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
@@ -2401,9 +2180,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
-            seg = int(TILE_BWD_CONFIG.get("seg", 0)) if _TUPLES else 0
-            # the backward's tile: a state saved before each (lanes of 8 seg steps: 256 seg steps)
-            block_t = 256 * seg if seg else _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)
+            block_t = _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)  # the backward's tile: a state saved before each
             fwd_block = max(block_t, _block_t(TILE_BWD_CONFIG["fwd_BLOCK_T"], L))
             y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
                                               save_every=block_t)
@@ -2411,7 +2188,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
             ctx.chunk = (block_t, states.shape[2])  # (the backward walks the saved states: a tile each)
-            ctx.tile, ctx.seg = True, seg
+            ctx.tile = True
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
@@ -2567,25 +2344,16 @@ class _SelectiveScanFn(torch.autograd.Function):
         gbias = torch.empty((batch, dim), **f32) if has_bias else None
         carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
         ghl = g_last.contiguous().float() if g_last is not None else None
-        args = (u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
-                ghl if ghl is not None else carry,
-                gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
-                dim, L, dim // G, G, N, nchunks)
-        flags = dict(HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None)
-        if ctx.seg:  # lanes of consecutive steps (see _scan_bwd_seg_kernel); unit step strides
-            opts = {"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}
-            _scan_bwd_seg_kernel[(batch * dim,)](
-                *args, *(s for t in (u, delta, z if has_z else u, gy, gu, gdl, gz if has_z else gu)
-                         for s in t.stride()[:2]),
-                *B.stride()[:3], *C.stride()[:3], **flags, R=ctx.seg, FAST=not _INTERPRET,
-                WORDS=_bf16_words_apply(B, C, B.stride(), C.stride(), L), STAGES=TILE_BWD_CONFIG.get("stages", 1),
-                PREFETCH=bool(TILE_BWD_CONFIG.get("prefetch", False)),
-                num_warps=1, **opts)
-        else:
-            _scan_bwd_tile_kernel[(batch * dim,)](
-                *args, *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
-                *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
-                **flags, BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"])
+        _scan_bwd_tile_kernel[(batch * dim,)](
+            u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
+            ghl if ghl is not None else carry,
+            gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
+            dim, L, dim // G, G, N, nchunks,
+            *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
+            HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
+            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"],
+        )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
         return (

@@ -207,8 +207,9 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
-@pytest.mark.parametrize("tile", [(True, 512, 2), (True, 256, 2), (True, 256, 0), (False, 256, 0)],
-                         ids=["seg16", "seg8", "assoc", "no-tile"])
+@pytest.mark.parametrize("tile", [(True, 512, 2, 1), (True, 512, 2, 3), (True, 256, 2, 1), (True, 256, 0, 1),
+                                  (False, 256, 0, 1)],
+                         ids=["seg16", "seg16-pipelined", "seg8", "assoc", "no-tile"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
                                                                                   False), (1, 8, 1030, 16, 0, True,
@@ -218,10 +219,10 @@ def test_scan_forward_tile_kernel_matches_reference(tile, dtype, case):
     """The inference forward (no gradients): the time-tiled kernels (one program per channel, state carried across
     tiles; lanes of 16 or 8 consecutive steps joined by one warp scan, or tl.associative_scan over a tile) against
     the float64 reference, output and last state; several tiles, a partial last tile, bf16 B / C read as words (even
-    L) or not (odd L)."""
+    L) or not (odd L), the lane kernel's state loop software-pipelined (stages 3)."""
     saved = dict(ssm_triton.TILE_CONFIG)
-    enabled, block_t, seg = tile
-    ssm_triton.TILE_CONFIG.update(enabled=enabled, BLOCK_T=block_t, seg=seg)
+    enabled, block_t, seg, stages = tile
+    ssm_triton.TILE_CONFIG.update(enabled=enabled, BLOCK_T=block_t, seg=seg, stages=stages)
     try:
         batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
         check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
