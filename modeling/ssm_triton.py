@@ -629,6 +629,45 @@ def _linear_combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _tile_rows(b64, d64, g, d, D_ptr, bias_ptr, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr,
+               sy_b, sy_d, B_ptr, sB_b, sB_g, C_ptr, sC_b, sC_g, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A time-tiled forward program's (batch b64, channel d64 of group g): D and delta_bias (0 without them) and the
+    pointers at step 0 of its u, delta, z, y and of its group's B / C."""
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
+                                    sy_d)
+    return (Dv, bias, u_p, dl_p, z_p, y_p, B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g,
+            C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g)
+
+
+@triton.jit
+def _tile_steps(u_p, su_l, dl_p, sdl_l, t, mt, bias, SOFTPLUS: tl.constexpr):
+    """u, the step sizes dt and dt u of a tile's steps t (fp32; steps past L, mt False: dt = 0, so a = 1 and b = 0 and
+    the state passes through unchanged)."""
+    u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
+    dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(mt, dt, 0.0)
+    return u, dt, dt * u
+
+
+@triton.jit
+def _tile_store_y(y, u, Dv, z_p, sz_l, y_p, sy_l, t, mt, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """y + D u, times silu(z), stored at a tile's steps t."""
+    zz = u
+    if HAS_Z:
+        zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
+    y = _skip_and_gate(y, u, zz, Dv, HAS_D, HAS_Z)
+    tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
+
+
+@triton.jit
 def _scan_fwd_tile_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr, states_ptr,
     dim, L, dg, G, N, nchunks,
@@ -664,25 +703,13 @@ def _scan_fwd_tile_kernel(
     else:
         tl.store(h_p + n, tl.zeros((N_P2,), dtype=tl.float32), mask=mask_n)
     tl.debug_barrier()
-    Dv = 0.0
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
-                                    sy_d)
-    B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g
-    C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g
+    Dv, bias, u_p, dl_p, z_p, y_p, B_p, C_p = _tile_rows(
+        b64, d64, g, d, D_ptr, bias_ptr, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b, sy_d,
+        B_ptr, sB_b, sB_g, C_ptr, sC_b, sC_g, HAS_D, HAS_BIAS)
     for t0 in range(0, L, BLOCK_T):
         t = t0 + offs
         mt = t < L
-        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
-        dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, b = 0 (the state passes through unchanged)
-        du = dt * u
+        u, dt, du = _tile_steps(u_p, su_l, dl_p, sdl_l, t, mt, bias, SOFTPLUS)
         y = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for i in range(N):
             a_i = tl.load(A_ptr + d64 * N + i).to(tl.float32)
@@ -704,12 +731,7 @@ def _scan_fwd_tile_kernel(
                 after = (offs + 1) % SAVE_EVERY == 0
                 tl.store(states_ptr + (row * nchunks + (t + 1) // SAVE_EVERY) * N + i, hs,
                          mask=after & (offs < BLOCK_T - 1) & (t + 1 < L))
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
+        _tile_store_y(y, u, Dv, z_p, sz_l, y_p, sy_l, t, mt, HAS_D, HAS_Z)
         tl.debug_barrier()
 
 
@@ -824,25 +846,13 @@ def _scan_fwd_seg_kernel(
         else:
             tl.store(h_p + i, 0.0)
     tl.debug_barrier()
-    Dv = 0.0
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    u_p, dl_p, z_p, y_p = _row_ptrs(b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b,
-                                    sy_d)
-    B_p = B_ptr + b64 * sB_b + g.to(tl.int64) * sB_g
-    C_p = C_ptr + b64 * sC_b + g.to(tl.int64) * sC_g
+    Dv, bias, u_p, dl_p, z_p, y_p, B_p, C_p = _tile_rows(
+        b64, d64, g, d, D_ptr, bias_ptr, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, y_ptr, sy_b, sy_d,
+        B_ptr, sB_b, sB_g, C_ptr, sC_b, sC_g, HAS_D, HAS_BIAS)
     for t0 in range(0, L, BLOCK_T):
         t = t0 + offs
         mt = t < L
-        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
-        dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(mt, dt, 0.0)  # steps past L: a = 1, b = 0 (the state passes through unchanged)
-        du = dt * u
+        u, dt, du = _tile_steps(u_p, su_l, dl_p, sdl_l, t, mt, bias, SOFTPLUS)
         dtc = _seg_cols(dt, R)
         sdt = dtc[0]
         for j in tl.static_range(1, SEG):
@@ -887,12 +897,7 @@ def _scan_fwd_seg_kernel(
                 hc = hc + (h,)
             y += _seg_join(hc, R) * Cn
             tl.store(h_p + i + lane * 0, hend, mask=lane == 31)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(y_p + t * sy_l, y.to(y_p.dtype.element_ty), mask=mt)
+        _tile_store_y(y, u, Dv, z_p, sz_l, y_p, sy_l, t, mt, HAS_D, HAS_Z)
         tl.debug_barrier()
 
 
