@@ -66,6 +66,19 @@ def inference_forward(ssm_triton, x):
                                                     x["bias"], True)
 
 
+def rel_err_vs_untiled(ssm_triton, fwd) -> float:
+    """Relative distance (norm) of fwd()'s output to the same call with the time-tiled kernels off
+    (TILE_CONFIG["enabled"] = False: the sequential, chunked or lane kernels)."""
+    y = fwd().float()
+    enabled = ssm_triton.TILE_CONFIG["enabled"]
+    ssm_triton.TILE_CONFIG["enabled"] = False
+    try:
+        y_ref = fwd().float()
+    finally:
+        ssm_triton.TILE_CONFIG["enabled"] = enabled
+    return ((y - y_ref).norm() / y_ref.norm()).item()
+
+
 def training_call(ssm_triton, x):
     """(fb, leaves): fb runs ssmvl's forward + backward on inputs x (from ``inputs``) with dy, leaves the tensors
     (u, delta, B, C, z) whose .grad it fills (cleared first)."""
@@ -261,14 +274,9 @@ def main(argv=None):
             ssm_triton.TILE_CONFIG.update(enabled=True, BLOCK_T=block_t, num_warps=warps)
             for shape in shapes:
                 fwd = inference_forward(ssm_triton, inputs(*shape))
-                y = fwd()
-                ssm_triton.TILE_CONFIG["enabled"] = False
-                with torch.no_grad():
-                    y_ref = fwd().float()
-                ssm_triton.TILE_CONFIG["enabled"] = True
                 row = dict(BLOCK_T=block_t, num_warps=warps, B=shape[0], D=shape[1], L=shape[2],
-                           ssmvl_fwd=do_bench(fwd), kernels_us=kernel_times(shape, ssm_triton),
-                           rel_err_vs_sequential=((y.float() - y_ref).norm() / y_ref.norm()).item())
+                           rel_err_vs_sequential=rel_err_vs_untiled(ssm_triton, fwd),
+                           ssmvl_fwd=do_bench(fwd), kernels_us=kernel_times(shape, ssm_triton))
                 result["tile_sweep"].append(row)
                 print("tile", json.dumps(row), flush=True)
         ssm_triton.TILE_CONFIG.clear()
@@ -280,12 +288,8 @@ def main(argv=None):
             ssm_triton.TILE_CONFIG.update(enabled=None, **seg)
             for shape in shapes:
                 fwd = inference_forward(ssm_triton, inputs(*shape))
-                y = fwd().float()
-                ssm_triton.TILE_CONFIG["enabled"] = False
-                y_ref = fwd().float()
-                ssm_triton.TILE_CONFIG["enabled"] = None
                 row = dict(**seg, tile=ssm_triton._inference_kernel(*shape[:2], 1, N, shape[2], False) == "tile",
-                           rel_err_vs_untiled=((y - y_ref).norm() / y_ref.norm()).item(),
+                           rel_err_vs_untiled=rel_err_vs_untiled(ssm_triton, fwd),
                            fwd_kernels_us=kernel_times(shape, ssm_triton),
                            fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
                            **measure(shape, bw, None, ssm_triton))

@@ -29,9 +29,10 @@ written per (batch, channel) and summed over the batch with torch.
 Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernels (one warp per
 channel over tiles of steps: each lane 16 consecutive steps joined by one warp scan a state, _scan_fwd_seg_kernel, or
 tl.associative_scan over a tile, _scan_fwd_tile_kernel; the backward's tiles by tl.associative_scan) for inference at
-L >= 512 with many channels and for training there, and the register-lane kernel (one thread per channel, its states a tuple of registers) for inference
-elsewhere. The inference forwards also read a sequence backwards in place (``reverse``: per-step tensors passed as
-a view at their last step with negated step strides) and take A_log (``a_log``).
+L >= 512 with many channels and for training there, and the register-lane kernel (one thread per channel, its states
+a tuple of registers) for inference elsewhere. The inference forwards also read a sequence backwards in place
+(``reverse``: per-step tensors passed as a view at their last step with negated step strides) and take A_log
+(``a_log``).
 Also here: the causal depthwise conv1d + SiLU of the mixer (forward, backward, a cached prefix, reversed reads), a
 tiled transposing copy, the decoding step's conv update and scan step, RMSNorm and residual add + RMSNorm.
 """
@@ -329,6 +330,20 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _bf16_lo(w):
+    """The first of the two bf16 values in the 32-bit words w (the low half, little-endian) as fp32: a bf16 is the
+    upper half of the fp32 it rounds, so w << 16, one instruction a value (a bf16 -> fp32 conversion of a 16-byte load
+    takes 1.5: byte permutes first)."""
+    return (w << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_hi(w):
+    """The second of the two bf16 values in the 32-bit words w as fp32: w & 0xffff0000 (see _bf16_lo)."""
+    return (w & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
     """The NS values at p[..., i] (i < NS, unit stride; p a (S, BLOCK_D) pointer tensor, one address per split) in
     fp32, as a tuple of (S, BLOCK_D) tensors. VEC 4 (fp32) or 8 (16-bit; p 16-byte aligned, NS a multiple of VEC):
@@ -354,20 +369,17 @@ def _lane_row(p, NS: tl.constexpr, S: tl.constexpr, BLOCK_D: tl.constexpr, VEC: 
             x3, x7 = tl.split(o1)
             vals = vals + (x0, x1, x2, x3, x4, x5, x6, x7)
     elif VEC == 16:
-        # bf16 read as 32-bit words (p 16-byte aligned, NS a multiple of 8): a bf16 is the upper half of the fp32 it
-        # rounds, so a word's first value (low half, little-endian) is word << 16 and its second word & 0xffff0000,
-        # one instruction a value (VEC 8 splits the halves apart with byte permutes first: about 32 more
-        # instructions a step for B_t and C_t at N = 16, S = 1)
+        # bf16 read as 32-bit words (p 16-byte aligned, NS a multiple of 8), widened by _bf16_lo / _bf16_hi, one
+        # instruction a value (VEC 8 splits the halves apart with byte permutes first: about 32 more instructions a
+        # step for B_t and C_t at N = 16, S = 1)
         pw = p.to(tl.pointer_type(tl.int32), bitcast=True)
         for j in tl.static_range(NS // 8):
             w = tl.load(pw[:, :, None] + (4 * j + tl.arange(0, 4))[None, None, :])  # (S, BLOCK_D, 4) words
             lo, hi = tl.split(tl.reshape(w, (S, BLOCK_D, 2, 2)))  # (w0, w2), (w1, w3)
             w0, w2 = tl.split(lo)
             w1, w3 = tl.split(hi)
-            vals = vals + ((w0 << 16).to(tl.float32, bitcast=True), (w0 & -65536).to(tl.float32, bitcast=True),
-                           (w1 << 16).to(tl.float32, bitcast=True), (w1 & -65536).to(tl.float32, bitcast=True),
-                           (w2 << 16).to(tl.float32, bitcast=True), (w2 & -65536).to(tl.float32, bitcast=True),
-                           (w3 << 16).to(tl.float32, bitcast=True), (w3 & -65536).to(tl.float32, bitcast=True))
+            vals = vals + (_bf16_lo(w0), _bf16_hi(w0), _bf16_lo(w1), _bf16_hi(w1), _bf16_lo(w2), _bf16_hi(w2),
+                           _bf16_lo(w3), _bf16_hi(w3))
     else:
         for i in tl.static_range(NS):
             vals = vals + (tl.load(p + i).to(tl.float32),)
@@ -785,12 +797,20 @@ def _seg_join(c, R: tl.constexpr):
 
 @triton.jit
 def _bf16_words(w):
-    """bf16 pairs read as 32-bit words w (..., K) as fp32 (..., 2 K): a bf16 is the upper half of the fp32 it rounds,
-    so a word's first value (low half, little-endian) is w << 16 and its second w & 0xffff0000, one instruction a
-    value (a bf16 -> fp32 conversion of a 16-byte load takes 1.5: byte permutes first)."""
-    lo = (w << 16).to(tl.float32, bitcast=True)
-    hi = (w & -65536).to(tl.float32, bitcast=True)
-    return tl.reshape(tl.join(lo, hi), w.shape[:-1] + (2 * w.shape[-1],))
+    """bf16 pairs read as 32-bit words w (..., K) as fp32 (..., 2 K), in step order (see _bf16_lo / _bf16_hi)."""
+    return tl.reshape(tl.join(_bf16_lo(w), _bf16_hi(w)), w.shape[:-1] + (2 * w.shape[-1],))
+
+
+@triton.jit
+def _seg_bc(p, n_stride, i, t, s_l, mt, tw, L, WORDS: tl.constexpr):
+    """B_t or C_t of state i at a lane tile's steps t (32, R, 8) in fp32 (p: the row's pointer at step 0 of state 0;
+    WORDS: bf16 with unit step stride and even L, read as 32-bit words at tw (32, R, 4), see _bf16_words)."""
+    if WORDS:
+        x = _bf16_words(tl.load((p + i * n_stride).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
+                                mask=tw < L // 2, other=0))
+    else:
+        x = tl.load(p + i * n_stride + t * s_l, mask=mt, other=0.0).to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -851,6 +871,7 @@ def _scan_fwd_seg_kernel(
         B_ptr, sB_b, sB_g, C_ptr, sC_b, sC_g, HAS_D, HAS_BIAS)
     for t0 in range(0, L, BLOCK_T):
         t = t0 + offs
+        tw = t0 // 2 + offs_w
         mt = t < L
         u, dt, du = _tile_steps(u_p, su_l, dl_p, sdl_l, t, mt, bias, SOFTPLUS)
         dtc = _seg_cols(dt, R)
@@ -869,15 +890,8 @@ def _scan_fwd_seg_kernel(
             if A_IS_LOG:
                 a_i = -tl.exp(a_i)
             a_i = a_i * 1.4426950408889634
-            if WORDS:  # bf16 B / C with unit step stride and even L: as 32-bit words (see _bf16_words)
-                tw = t0 // 2 + offs_w
-                Bn = _bf16_words(tl.load((B_p + i * sB_n).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
-                                         mask=tw < L // 2, other=0))
-                Cn = _bf16_words(tl.load((C_p + i * sC_n).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
-                                         mask=tw < L // 2, other=0))
-            else:
-                Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
-                Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
+            Bn = _seg_bc(B_p, sB_n, i, t, sB_l, mt, tw, L, WORDS)
+            Cn = _seg_bc(C_p, sC_n, i, t, sC_l, mt, tw, L, WORDS)
             ac = _seg_cols(tl.exp2(dt * a_i), R)
             bc = _seg_cols(du * Bn, R)
             hl = bc[0]  # (1) the lane's steps from zero
