@@ -202,14 +202,19 @@ def lane_bwd_sweep(shapes, bw, ssm_triton):
 # (BLOCK_T, num_warps) of the time-tiled inference forward (TILE_CONFIG); one- and two-warp programs join a tile's
 # steps without a block-wide barrier
 TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (1024, 2), (2048, 2)]
-# (enabled, BLOCK_T, num_warps) of the time-tiled training pair (TILE_BWD_CONFIG)
-TILE_BWD_SWEEP = [(False, 0, 0), (True, 512, 4), (True, 128, 1), (True, 256, 1), (True, 256, 2), (True, 512, 2)]
+# TILE_BWD_CONFIG updates of --tile-bwd-sweep (the time-tiled training pair): "enabled" (None: the default rule),
+# BLOCK_T / num_warps of the backward's tiles, "lanes": its adjoint by lanes of 4 steps and shuffles down (128-step
+# tiles, one warp) instead of tl.associative_scan(reverse=True), "prefetch": a state's scalars (1) and B / C (2) read
+# one state ahead, "maxnreg": the backward's register cap (0: none)
+TILE_BWD_SWEEP = [dict(lanes=False, prefetch=0), dict(lanes=True, prefetch=0), dict(lanes=True, prefetch=1),
+                  dict(lanes=True, prefetch=2), dict(prefetch=2, maxnreg=80), dict(prefetch=2, maxnreg=72),
+                  dict(prefetch=2, maxnreg=64)]
 # TILE_CONFIG updates of --seg-sweep: "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
 # 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
-# "maxnreg": its register cap (0: none)
+# "maxnreg": its register cap (0: none), "prefetch": its B / C read one state ahead
 SEG_SWEEP = [dict(seg=0), dict(seg=1, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=0),
              dict(seg=2, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=96), dict(seg=2, stages=2, maxnreg=0),
-             dict(seg=2, stages=3, maxnreg=0)]
+             dict(seg=2, stages=3, maxnreg=0), dict(seg=2, prefetch=1, maxnreg=128), dict(seg=2, prefetch=1, maxnreg=0)]
 
 
 def main(argv=None):
@@ -301,11 +306,13 @@ def main(argv=None):
     if args.tile_bwd_sweep:
         default = dict(ssm_triton.TILE_BWD_CONFIG)
         result["tile_bwd_sweep"] = []
-        for enabled, block_t, warps in TILE_BWD_SWEEP:
-            ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t or default["BLOCK_T"],
-                                              num_warps=warps or default["num_warps"])
+        for update in TILE_BWD_SWEEP:
+            ssm_triton.TILE_BWD_CONFIG.clear()
+            ssm_triton.TILE_BWD_CONFIG.update(default, **update)
             for shape in shapes:
-                row = dict(enabled=enabled, BLOCK_T=block_t, num_warps=warps, **measure(shape, bw, None, ssm_triton))
+                row = dict(**update, tiled=ssm_triton._use_tile_bwd(ssm_triton._programs(*shape[:2], 1), shape[2]),
+                           fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
+                           **measure(shape, bw, None, ssm_triton))
                 result["tile_bwd_sweep"].append(row)
                 print("tile_bwd", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                       flush=True)

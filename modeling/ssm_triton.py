@@ -103,7 +103,8 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # Tenth session (results/tile_bwd_sweep_2026-11-29.json, fwd+bwd ms, backward tile / warps): 512 / 4 -> 128 / 1:
 # B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
 # 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
-TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1}
+TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
+                   "lanes": True, "prefetch": 2, "maxnreg": 0}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -802,15 +803,30 @@ def _bf16_words(w):
 
 
 @triton.jit
-def _seg_bc(p, n_stride, i, t, s_l, mt, tw, L, WORDS: tl.constexpr):
-    """B_t or C_t of state i at a lane tile's steps t (32, R, 8) in fp32 (p: the row's pointer at step 0 of state 0;
-    WORDS: bf16 with unit step stride and even L, read as 32-bit words at tw (32, R, 4), see _bf16_words)."""
+def _seg_bc_raw(p, n_stride, i, t, s_l, mt, tw, L, WORDS: tl.constexpr):
+    """B_t or C_t of state i at a lane tile's steps t (32, R, 8) as stored (p: the row's pointer at step 0 of state 0;
+    WORDS: bf16 with unit step stride and even L, read as 32-bit words at tw (32, R, 4)); _seg_bc_f32 widens them."""
     if WORDS:
-        x = _bf16_words(tl.load((p + i * n_stride).to(tl.pointer_type(tl.int32), bitcast=True) + tw,
-                                mask=tw < L // 2, other=0))
+        x = tl.load((p + i * n_stride).to(tl.pointer_type(tl.int32), bitcast=True) + tw, mask=tw < L // 2, other=0)
     else:
-        x = tl.load(p + i * n_stride + t * s_l, mask=mt, other=0.0).to(tl.float32)
+        x = tl.load(p + i * n_stride + t * s_l, mask=mt, other=0.0)
     return x
+
+
+@triton.jit
+def _seg_bc_f32(x, WORDS: tl.constexpr):
+    """_seg_bc_raw's values in fp32, (32, R, 8) (see _bf16_words)."""
+    if WORDS:
+        y = _bf16_words(x)
+    else:
+        y = x.to(tl.float32)
+    return y
+
+
+@triton.jit
+def _seg_bc(p, n_stride, i, t, s_l, mt, tw, L, WORDS: tl.constexpr):
+    """B_t or C_t of state i at a lane tile's steps t (32, R, 8) in fp32 (see _seg_bc_raw)."""
+    return _seg_bc_f32(_seg_bc_raw(p, n_stride, i, t, s_l, mt, tw, L, WORDS), WORDS)
 
 
 @triton.jit
@@ -826,6 +842,63 @@ def _lane_up(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _lane_down(x, K: tl.constexpr, FAST: tl.constexpr):
+    """x (32,) moved down K lanes (K = 1, 2, 4, 8 or 16): lane l gets lane l + K's value, lanes past 31 their own (a
+    warp shuffle; without FAST, for triton's CPU interpreter, a gather)."""
+    if FAST:
+        if K == 1:
+            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 1, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        elif K == 2:
+            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 2, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        elif K == 4:
+            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 4, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        elif K == 8:
+            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 8, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+        else:
+            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 16, 31, -1;", "=r,r", [x], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    else:
+        lane = tl.arange(0, 32)
+        y = tl.gather(x, tl.where(lane + K < 32, lane + K, lane), 0)
+    return y
+
+
+@triton.jit
+def _warp_scan_rev(a, b, FAST: tl.constexpr):
+    """Inclusive scan from the right of the maps g -> a g + b held a lane ((32,) each): lane l ends with the map of
+    lanes l .. 31 composed (lane l's applied last), by five levels of shuffles down. tl.associative_scan(reverse=True)
+    reverses the lanes by butterflies around a forward scan: 25 instead of 10 shuffles for one value a lane."""
+    lane = tl.arange(0, 32)
+    for k in tl.static_range(5):
+        a_o = _lane_down(a, 1 << k, FAST)
+        b_o = _lane_down(b, 1 << k, FAST)
+        ok = lane + (1 << k) < 32
+        b = tl.where(ok, b + a * b_o, b)
+        a = tl.where(ok, a * a_o, a)
+    return a, b
+
+
+@triton.jit
+def _cols4(x):
+    """x (128,), lane l holding steps 4 l .. 4 l + 3 in its registers, as its 4 columns ((32,) each), split apart in
+    registers."""
+    even, odd = tl.split(tl.reshape(x, (32, 2, 2)))  # (x0, x2), (x1, x3)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _join4(x0, x1, x2, x3):
+    """The inverse of _cols4."""
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (128,))
+
+
+@triton.jit
 def _scan_fwd_seg_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr, states_ptr,
     dim, L, dg, G, N, nchunks,
@@ -833,7 +906,7 @@ def _scan_fwd_seg_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, R: tl.constexpr, A_IS_LOG: tl.constexpr,
-    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Forward in one-warp programs, one per (batch, channel), over tiles of 256 R steps, each lane R x 8 consecutive
     steps in its registers (mamba_ssm's scheme, as a warp): per state n, (1) each lane's map h -> A_l h + H_l over its
@@ -881,6 +954,9 @@ def _scan_fwd_seg_kernel(
         y = tl.zeros((32, R, 8), dtype=tl.float32)
         a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars are read one state ahead (an L2 round trip each)
         c_nx = tl.load(h_p)
+        if PREFETCH:  # and with PREFETCH its B / C
+            B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mt, tw, L, WORDS)
+            C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mt, tw, L, WORDS)
         for i in tl.range(0, N, num_stages=STAGES):
             a_i = a_nx.to(tl.float32)
             carry = c_nx
@@ -890,8 +966,14 @@ def _scan_fwd_seg_kernel(
             if A_IS_LOG:
                 a_i = -tl.exp(a_i)
             a_i = a_i * 1.4426950408889634
-            Bn = _seg_bc(B_p, sB_n, i, t, sB_l, mt, tw, L, WORDS)
-            Cn = _seg_bc(C_p, sC_n, i, t, sC_l, mt, tw, L, WORDS)
+            if PREFETCH:
+                Bn = _seg_bc_f32(B_nx, WORDS)
+                Cn = _seg_bc_f32(C_nx, WORDS)
+                B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mt, tw, L, WORDS)
+                C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mt, tw, L, WORDS)
+            else:
+                Bn = _seg_bc(B_p, sB_n, i, t, sB_l, mt, tw, L, WORDS)
+                Cn = _seg_bc(C_p, sC_n, i, t, sC_l, mt, tw, L, WORDS)
             ac = _seg_cols(tl.exp2(dt * a_i), R)
             bc = _seg_cols(du * Bn, R)
             hl = bc[0]  # (1) the lane's steps from zero
@@ -924,7 +1006,7 @@ def _scan_bwd_tile_kernel(
     sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr, LANES: tl.constexpr, FAST: tl.constexpr,
 ):
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
     (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
@@ -943,6 +1025,7 @@ def _scan_bwd_tile_kernel(
     offs = tl.arange(0, BLOCK_T)
     first = offs == 0
     last = offs == BLOCK_T - 1
+    lane = tl.arange(0, 32)
     row = b64 * dim + d64
     c_p = carry_ptr + row * N
     gA_p = gA_ptr + row * N
@@ -975,15 +1058,19 @@ def _scan_bwd_tile_kernel(
         mt1 = (t + 1) < L
         u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
         dl = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-        dl1 = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
         if SOFTPLUS:
             dt = _softplus(dl)
-            dt1 = _softplus(dl1)
         else:
             dt = dl
-            dt1 = dl1
         dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, x = 0
-        dt1 = tl.where(mt1, dt1, 0.0)
+        dt1 = dt
+        if not LANES:
+            dl1 = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt1 = _softplus(dl1)
+            else:
+                dt1 = dl1
+            dt1 = tl.where(mt1, dt1, 0.0)
         gout = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
@@ -995,29 +1082,74 @@ def _scan_bwd_tile_kernel(
         ypre = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        s_p = states_ptr + (row * nchunks + c) * N
+        if PREFETCH:  # a state's scalars (and with PREFETCH 2 its B / C) read one state ahead
+            a_nx = tl.load(A_ptr + d64 * N)
+            h_nx = tl.load(s_p)
+            c_nx = tl.load(c_p)
+            g_nx = tl.load(gA_p)
+            if PREFETCH >= 2:
+                B_nx = tl.load(B_p + t * sB_l, mask=mt, other=0.0)
+                C_nx = tl.load(C_p + t * sC_l, mask=mt, other=0.0)
         for i in range(N):
-            a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+            if PREFETCH:
+                a_n = a_nx.to(tl.float32)
+                h_i = h_nx
+                carry_i = c_nx
+                gA_old = g_nx
+                nxt = tl.minimum(i + 1, N - 1)
+                a_nx = tl.load(A_ptr + d64 * N + nxt)
+                h_nx = tl.load(s_p + nxt)
+                c_nx = tl.load(c_p + nxt)  # (the last state's reads its own, unused)
+                g_nx = tl.load(gA_p + nxt)
+                if PREFETCH >= 2:
+                    Bn = B_nx.to(tl.float32)
+                    Cn = C_nx.to(tl.float32)
+                    B_nx = tl.load(B_p + nxt * sB_n + t * sB_l, mask=mt, other=0.0)
+                    C_nx = tl.load(C_p + nxt * sC_n + t * sC_l, mask=mt, other=0.0)
+                else:
+                    Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+                    Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
+            else:
+                a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
+                h_i = tl.load(s_p + i)
+                carry_i = tl.load(c_p + i)
+                gA_old = tl.load(gA_p + i)
+                Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
+                Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
             a_i = a_n * 1.4426950408889634
-            h_i = tl.load(states_ptr + (row * nchunks + c) * N + i)
-            carry_i = tl.load(c_p + i)
-            Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
-            Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
             a = tl.exp2(dt * a_i)
             xb = x * Bn
             _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
             ypre += hs * Cn
-            a1 = tl.exp2(dt1 * a_i)
             cg = gy * Cn
-            _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 0, _linear_combine, reverse=True)
+            if LANES:  # 128 steps, lane l steps 4 l .. 4 l + 3: a_{t+1} is a_t a column (or a lane) on
+                c0, c1, c2, c3 = _cols4(cg)
+                a0, a1c, a2, a3 = _cols4(a)
+                a_next = _lane_down(a0, 1, FAST)  # lane 31's is unused: the carry holds a_{t1} g_{t1}
+                c3 = tl.where(lane == 31, c3 + carry_i, c3)
+                gl = c0 + a1c * (c1 + a2 * (c2 + a3 * c3))  # the lane's map from zero, then the warp's from the right
+                _, gfirst = _warp_scan_rev(a1c * a2 * a3 * a_next, gl, FAST)
+                g3 = c3 + tl.where(lane == 31, 0.0, a_next * _lane_down(gfirst, 1, FAST))
+                g2 = c2 + a3 * g3
+                g1 = c1 + a2 * g2
+                gs = _join4(c0 + a1c * g1, g1, g2, g3)
+                hand = a0 * gfirst  # a_{t0} g_{t0}: handed to the tile on the left (lane 0's)
+            else:
+                a1 = tl.exp2(dt1 * a_i)
+                _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 0, _linear_combine, reverse=True)
             gdA = gs * (hs - xb)
             gx += gs * Bn
             gdt += gdA * a_n
-            gA_i = tl.load(gA_p + i) + tl.sum(gdA * dt, axis=0)
+            gA_i = gA_old + tl.sum(gdA * dt, axis=0)
             tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
             tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
             tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
             tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
-            tl.store(c_p + i + offs * 0, a * gs, mask=first)  # a_{t0} g_{t0}: handed to the tile on the left
+            if LANES:
+                tl.store(c_p + i + lane * 0, hand, mask=lane == 0)
+            else:
+                tl.store(c_p + i + offs * 0, a * gs, mask=first)  # a_{t0} g_{t0}: handed to the tile on the left
         gu = gx * dt
         if HAS_D:
             gu += gy * Dv
@@ -2110,7 +2242,8 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
         words = _bf16_words_apply(B_p, C_p, sB, sC, L)
         opts = {"maxnreg": TILE_CONFIG["maxnreg"]} if TILE_CONFIG.get("maxnreg") else {}
         _scan_fwd_seg_kernel[(batch * dim,)](*args, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
-                                             STAGES=TILE_CONFIG.get("stages", 1), num_warps=1, **opts)
+                                             STAGES=TILE_CONFIG.get("stages", 1),
+                                             PREFETCH=int(TILE_CONFIG.get("prefetch", 0)), num_warps=1, **opts)
     else:
         _scan_fwd_tile_kernel[(batch * dim,)](
             *args, **flags, BLOCK_T=block_t, N_P2=_next_pow2(N),
@@ -2363,6 +2496,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         gbias = torch.empty((batch, dim), **f32) if has_bias else None
         carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
         ghl = g_last.contiguous().float() if g_last is not None else None
+        warps = TILE_BWD_CONFIG["num_warps"]
         _scan_bwd_tile_kernel[(batch * dim,)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
@@ -2371,7 +2505,9 @@ class _SelectiveScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, num_warps=TILE_BWD_CONFIG["num_warps"],
+            BLOCK_T=block_t, PREFETCH=int(TILE_BWD_CONFIG.get("prefetch", 0)), FAST=not _INTERPRET,
+            LANES=bool(TILE_BWD_CONFIG.get("lanes", True)) and _TUPLES and block_t == 128 and warps == 1,
+            num_warps=warps, **({"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}),
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
