@@ -998,6 +998,32 @@ def _scan_fwd_seg_kernel(
 
 
 @triton.jit
+def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, first, lane, t, mt, L, gB_ptr, gC_ptr, gBC,
+                     FAST: tl.constexpr):
+    """One state of _scan_bwd_tile_kernel's LANES tile (128 steps, lane l steps 4 l .. 4 l + 3): the states again
+    (tl.associative_scan), the adjoint by lanes and shuffles down, dB / dC by atomics. Returns the state's terms of
+    y, dL/dx and dL/d(dt) (before the tile sums), its dA sum so far and a_{t0} g_{t0} (lane 0's) for the tile on the
+    left."""
+    a = tl.exp2(dt * (a_n * 1.4426950408889634))
+    xb = x * Bn
+    _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
+    c0, c1, c2, c3 = _cols4(gy * Cn)
+    a0, a1c, a2, a3 = _cols4(a)
+    a_next = _lane_down(a0, 1, FAST)  # a_{t+1} is a_t a column (or a lane) on; lane 31's is unused: the carry holds
+    c3 = tl.where(lane == 31, c3 + carry_i, c3)  # a_{t1} g_{t1}
+    gl = c0 + a1c * (c1 + a2 * (c2 + a3 * c3))  # the lane's map from zero, then the warp's from the right
+    _, gfirst = _warp_scan_rev(a1c * a2 * a3 * a_next, gl, FAST)
+    g3 = c3 + tl.where(lane == 31, 0.0, a_next * _lane_down(gfirst, 1, FAST))
+    g2 = c2 + a3 * g3
+    g1 = c1 + a2 * g2
+    gs = _join4(c0 + a1c * g1, g1, g2, g3)
+    gdA = gs * (hs - xb)
+    tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
+    tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
+    return hs * Cn, gs * Bn, gdA * a_n, gA_old + tl.sum(gdA * dt, axis=0), a0 * gfirst
+
+
+@triton.jit
 def _scan_bwd_tile_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
@@ -1007,6 +1033,7 @@ def _scan_bwd_tile_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr, LANES: tl.constexpr, FAST: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
     (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
@@ -1083,7 +1110,49 @@ def _scan_bwd_tile_kernel(
         gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
         s_p = states_ptr + (row * nchunks + c) * N
-        if PREFETCH:  # a state's scalars (and with PREFETCH 2 its B / C) read one state ahead
+        if PAIR:  # two states an iteration (N even), their scalars and B / C read a pair ahead
+            a_nx = tl.load(A_ptr + d64 * N)
+            a_nx1 = tl.load(A_ptr + d64 * N + 1)
+            h_nx = tl.load(s_p)
+            h_nx1 = tl.load(s_p + 1)
+            c_nx = tl.load(c_p)
+            c_nx1 = tl.load(c_p + 1)
+            g_nx = tl.load(gA_p)
+            g_nx1 = tl.load(gA_p + 1)
+            B_nx = tl.load(B_p + t * sB_l, mask=mt, other=0.0)
+            C_nx = tl.load(C_p + t * sC_l, mask=mt, other=0.0)
+            B_nx1 = tl.load(B_p + sB_n + t * sB_l, mask=mt, other=0.0)
+            C_nx1 = tl.load(C_p + sC_n + t * sC_l, mask=mt, other=0.0)
+            for i in range(0, N, 2):
+                a_0, h_0, k_0, g_0 = a_nx.to(tl.float32), h_nx, c_nx, g_nx
+                a_1, h_1, k_1, g_1 = a_nx1.to(tl.float32), h_nx1, c_nx1, g_nx1
+                B0, C0, B1, C1 = B_nx.to(tl.float32), C_nx.to(tl.float32), B_nx1.to(tl.float32), C_nx1.to(tl.float32)
+                nx = tl.minimum(i + 2, N - 2)  # (the last pair's reads its own, unused)
+                a_nx = tl.load(A_ptr + d64 * N + nx)
+                a_nx1 = tl.load(A_ptr + d64 * N + nx + 1)
+                h_nx = tl.load(s_p + nx)
+                h_nx1 = tl.load(s_p + nx + 1)
+                c_nx = tl.load(c_p + nx)
+                c_nx1 = tl.load(c_p + nx + 1)
+                g_nx = tl.load(gA_p + nx)
+                g_nx1 = tl.load(gA_p + nx + 1)
+                B_nx = tl.load(B_p + nx * sB_n + t * sB_l, mask=mt, other=0.0)
+                C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
+                B_nx1 = tl.load(B_p + (nx + 1) * sB_n + t * sB_l, mask=mt, other=0.0)
+                C_nx1 = tl.load(C_p + (nx + 1) * sC_n + t * sC_l, mask=mt, other=0.0)
+                y0, gx0, gt0, gA0, hand0 = _bwd_lanes_state(i, a_0, h_0, k_0, g_0, B0, C0, dt, x, gy, first, lane, t,
+                                                            mt, L, gB_ptr, gC_ptr, gBC, FAST)
+                y1, gx1, gt1, gA1, hand1 = _bwd_lanes_state(i + 1, a_1, h_1, k_1, g_1, B1, C1, dt, x, gy, first, lane,
+                                                            t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
+                ypre += y0 + y1
+                gx += gx0 + gx1
+                gdt += gt0 + gt1
+                tl.debug_barrier()  # every thread has read the carries / dA sums before one thread overwrites them
+                tl.store(gA_p + i + lane * 0, gA0 + lane * 0.0, mask=lane == 0)
+                tl.store(gA_p + i + 1 + lane * 0, gA1 + lane * 0.0, mask=lane == 0)
+                tl.store(c_p + i + lane * 0, hand0, mask=lane == 0)
+                tl.store(c_p + i + 1 + lane * 0, hand1, mask=lane == 0)
+        if PREFETCH and not PAIR:  # a state's scalars (and with PREFETCH 2 its B / C) read one state ahead
             a_nx = tl.load(A_ptr + d64 * N)
             h_nx = tl.load(s_p)
             c_nx = tl.load(c_p)
@@ -1091,7 +1160,7 @@ def _scan_bwd_tile_kernel(
             if PREFETCH >= 2:
                 B_nx = tl.load(B_p + t * sB_l, mask=mt, other=0.0)
                 C_nx = tl.load(C_p + t * sC_l, mask=mt, other=0.0)
-        for i in range(N):
+        for i in range(0 if not PAIR else N, N):
             if PREFETCH:
                 a_n = a_nx.to(tl.float32)
                 h_i = h_nx
@@ -2497,6 +2566,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
         ghl = g_last.contiguous().float() if g_last is not None else None
         warps = TILE_BWD_CONFIG["num_warps"]
+        lanes = bool(TILE_BWD_CONFIG.get("lanes", True)) and _TUPLES and block_t == 128 and warps == 1
         _scan_bwd_tile_kernel[(batch * dim,)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
@@ -2506,7 +2576,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
             BLOCK_T=block_t, PREFETCH=int(TILE_BWD_CONFIG.get("prefetch", 0)), FAST=not _INTERPRET,
-            LANES=bool(TILE_BWD_CONFIG.get("lanes", True)) and _TUPLES and block_t == 128 and warps == 1,
+            LANES=lanes, PAIR=lanes and N % 2 == 0 and bool(TILE_BWD_CONFIG.get("pair", False)),
             num_warps=warps, **({"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}),
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
