@@ -204,17 +204,16 @@ def lane_bwd_sweep(shapes, bw, ssm_triton):
 TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (1024, 2), (2048, 2)]
 # TILE_BWD_CONFIG updates of --tile-bwd-sweep (the time-tiled training pair): "enabled" (None: the default rule),
 # BLOCK_T / num_warps of the backward's tiles, "lanes": its adjoint by lanes of 4 steps and shuffles down (128-step
-# tiles, one warp) instead of tl.associative_scan(reverse=True), "prefetch": a state's scalars (1) and B / C (2) read
-# one state ahead, "maxnreg": the backward's register cap (0: none), "pair": two states an iteration (with lanes)
-TILE_BWD_SWEEP = [dict(lanes=False, prefetch=0), dict(lanes=True, prefetch=0), dict(lanes=True, prefetch=1),
-                  dict(lanes=True, prefetch=2), dict(prefetch=2, maxnreg=80), dict(prefetch=2, maxnreg=72),
-                  dict(prefetch=2, maxnreg=64), dict(prefetch=2, pair=True), dict(prefetch=2, pair=True, maxnreg=128)]
+# tiles, one warp) instead of tl.associative_scan(reverse=True), "pair": two states an iteration (with lanes),
+# "maxnreg" / "fwd_maxnreg": the backward's / the training forward's register cap (0: none)
+TILE_BWD_SWEEP = [dict(lanes=False, pair=False), dict(lanes=True, pair=False), dict(lanes=True, pair=True),
+                  dict(pair=True, maxnreg=128), dict(pair=True, fwd_maxnreg=0)]
 # TILE_CONFIG updates of --seg-sweep: "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
 # 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
-# "maxnreg": its register cap (0: none), "prefetch": its B / C read one state ahead
+# "maxnreg": its register cap in inference (0: none; TILE_BWD_CONFIG["fwd_maxnreg"] in training)
 SEG_SWEEP = [dict(seg=0), dict(seg=1, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=0),
              dict(seg=2, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=96), dict(seg=2, stages=2, maxnreg=0),
-             dict(seg=2, stages=3, maxnreg=0), dict(seg=2, prefetch=1, maxnreg=128), dict(seg=2, prefetch=1, maxnreg=0)]
+             dict(seg=2, stages=3, maxnreg=0)]
 
 
 def main(argv=None):

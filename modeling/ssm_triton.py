@@ -91,8 +91,12 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # (results/seg_sweep_2026-11-29*.json): B8 D1536 L1024 190 -> 177 / 167-172 / 189 / 244 / 201, B16 L4096
 # 1,662 -> 1,934 / 1,480-1,527 / 1,517 / 1,746 / 1,413, B1 L1024 26.5 -> 22.3 / 22.6-23.2 / 26.6 / 36.7 / 33.3; the
 # training forward B8 L1024 229 -> 175-180, B16 L4096 2,053 -> 1,541-1,607. seg 1 (8 steps a lane): 221 at B8 L1024.
+# Twelfth session (results/seg_sweep_2026-11-29d*.json): its B / C read one state ahead too (128 registers uncapped),
+# inference kernel us at maxnreg 128 -> 0: B8 L1024 171-174 -> 174-178, B16 L4096 1,485-1,528 -> 1,370-1,394, B1 L1024
+# 23 -> 24; the training forward (TILE_BWD_CONFIG["fwd_maxnreg"]) at 128: 178-181 -> 157, 1,548-1,589 -> 1,165-1,172
+# (uncapped 163 / 1,462-1,495, 76 bytes of spills at 128 outside the state loop).
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
-               "stages": 1, "maxnreg": 128}
+               "stages": 1, "maxnreg": 0}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
 # every BLOCK_T steps, then the time-tiled backward (_scan_bwd_tile_kernel, tiles of BLOCK_T, num_warps), for
 # sequences of at least `min_len` steps, unless the chunked time-parallel path applies and the sequence is
@@ -103,8 +107,14 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # Tenth session (results/tile_bwd_sweep_2026-11-29.json, fwd+bwd ms, backward tile / warps): 512 / 4 -> 128 / 1:
 # B8 L1024 1.461 -> 1.358, B16 L4096 11.94 -> 10.00 (256 / 1: 1.410, 11.85; 256 / 2: 1.595, 13.54; 512 / 2: 1.501,
 # 12.72); with 8 steps a thread (256 / 1, 512 / 2) the backward needs 251 registers. The forward keeps its own tile.
+# Twelfth session (results/tile_bwd_sweep_2026-11-29d*.json, backward kernel us at B8 L1024 / B16 L4096 / B1 L1024,
+# H200): tl.associative_scan(reverse=True) reversed the lanes by butterflies around its scan, 85 shuffles a state
+# and tile; "lanes" (the adjoint by lanes of 4 steps, shuffles down: 26 shuffles, 215 instead of 281 instructions,
+# half the exps) 1,093 / 7,829 / 205 -> 910 / 6,064 / 174; a state's B / C read one state ahead too -> 849-864 /
+# 5,541-5,702 / 154-175; "pair" (two states an iteration, 128 registers) -> 784 / 5,255 / 147. Register caps of
+# 80 / 72 / 64 ran slower (878 / 883 / 884 at B8 L1024). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "lanes": True, "prefetch": 2, "maxnreg": 0}
+                   "lanes": True, "pair": True, "maxnreg": 0, "fwd_maxnreg": 128}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -824,12 +834,6 @@ def _seg_bc_f32(x, WORDS: tl.constexpr):
 
 
 @triton.jit
-def _seg_bc(p, n_stride, i, t, s_l, mt, tw, L, WORDS: tl.constexpr):
-    """B_t or C_t of state i at a lane tile's steps t (32, R, 8) in fp32 (see _seg_bc_raw)."""
-    return _seg_bc_f32(_seg_bc_raw(p, n_stride, i, t, s_l, mt, tw, L, WORDS), WORDS)
-
-
-@triton.jit
 def _lane_up(x, FAST: tl.constexpr):
     """x (32,) (a value a lane) moved up one lane: lane l gets lane l - 1's value, lane 0 its own (a warp shuffle;
     without FAST, for triton's CPU interpreter, a gather)."""
@@ -906,7 +910,7 @@ def _scan_fwd_seg_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, R: tl.constexpr, A_IS_LOG: tl.constexpr,
-    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Forward in one-warp programs, one per (batch, channel), over tiles of 256 R steps, each lane R x 8 consecutive
     steps in its registers (mamba_ssm's scheme, as a warp): per state n, (1) each lane's map h -> A_l h + H_l over its
@@ -916,8 +920,8 @@ def _scan_fwd_seg_kernel(
     step (SASS, sm_90, R = 2, bf16 B / C read as words) against the 16.5 of _scan_fwd_tile_kernel, whose
     tl.associative_scan over 512 steps joins a lane's two 8-step runs by two warp scans and hands the tile's last state
     on through shared memory. SAVE_STATES (training): the state before every SAVE_EVERY steps (a multiple of 8 R
-    dividing the tile) to states (batch, dim, nchunks, N). A state's scalars (A, the carried state) are read one state
-    ahead; STAGES > 1 pipelines the B / C loads through shared memory."""
+    dividing the tile) to states (batch, dim, nchunks, N). A state's scalars (A, the carried state) and its B / C are
+    read one state ahead; STAGES > 1 pipelines the B / C loads through shared memory."""
     pid = tl.program_id(0)
     b = pid // dim
     d = pid % dim
@@ -952,11 +956,10 @@ def _scan_fwd_seg_kernel(
         for j in tl.static_range(1, SEG):
             sdt += dtc[j]
         y = tl.zeros((32, R, 8), dtype=tl.float32)
-        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars are read one state ahead (an L2 round trip each)
+        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars and B / C are read one state ahead
         c_nx = tl.load(h_p)
-        if PREFETCH:  # and with PREFETCH its B / C
-            B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mt, tw, L, WORDS)
-            C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mt, tw, L, WORDS)
+        B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mt, tw, L, WORDS)
+        C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mt, tw, L, WORDS)
         for i in tl.range(0, N, num_stages=STAGES):
             a_i = a_nx.to(tl.float32)
             carry = c_nx
@@ -966,14 +969,10 @@ def _scan_fwd_seg_kernel(
             if A_IS_LOG:
                 a_i = -tl.exp(a_i)
             a_i = a_i * 1.4426950408889634
-            if PREFETCH:
-                Bn = _seg_bc_f32(B_nx, WORDS)
-                Cn = _seg_bc_f32(C_nx, WORDS)
-                B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mt, tw, L, WORDS)
-                C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mt, tw, L, WORDS)
-            else:
-                Bn = _seg_bc(B_p, sB_n, i, t, sB_l, mt, tw, L, WORDS)
-                Cn = _seg_bc(C_p, sC_n, i, t, sC_l, mt, tw, L, WORDS)
+            Bn = _seg_bc_f32(B_nx, WORDS)
+            Cn = _seg_bc_f32(C_nx, WORDS)
+            B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mt, tw, L, WORDS)
+            C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mt, tw, L, WORDS)
             ac = _seg_cols(tl.exp2(dt * a_i), R)
             bc = _seg_cols(du * Bn, R)
             hl = bc[0]  # (1) the lane's steps from zero
@@ -998,15 +997,16 @@ def _scan_fwd_seg_kernel(
 
 
 @triton.jit
-def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, first, lane, t, mt, L, gB_ptr, gC_ptr, gBC,
-                     FAST: tl.constexpr):
+def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx, gdt, first, lane, t, mt, L, gB_ptr,
+                     gC_ptr, gBC, FAST: tl.constexpr):
     """One state of _scan_bwd_tile_kernel's LANES tile (128 steps, lane l steps 4 l .. 4 l + 3): the states again
-    (tl.associative_scan), the adjoint by lanes and shuffles down, dB / dC by atomics. Returns the state's terms of
-    y, dL/dx and dL/d(dt) (before the tile sums), its dA sum so far and a_{t0} g_{t0} (lane 0's) for the tile on the
-    left."""
+    (tl.associative_scan), the adjoint by lanes and shuffles down, dB / dC by atomics. Returns the tile's sums over
+    states of y, dL/dx and dL/d(dt) with this state's terms added, its dA sum so far and a_{t0} g_{t0} (lane 0's)
+    for the tile on the left."""
     a = tl.exp2(dt * (a_n * 1.4426950408889634))
     xb = x * Bn
     _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
+    ypre += hs * Cn
     c0, c1, c2, c3 = _cols4(gy * Cn)
     a0, a1c, a2, a3 = _cols4(a)
     a_next = _lane_down(a0, 1, FAST)  # a_{t+1} is a_t a column (or a lane) on; lane 31's is unused: the carry holds
@@ -1018,9 +1018,12 @@ def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, first, lan
     g1 = c1 + a2 * g2
     gs = _join4(c0 + a1c * g1, g1, g2, g3)
     gdA = gs * (hs - xb)
+    gx += gs * Bn
+    gdt += gdA * a_n
+    gA_i = gA_old + tl.sum(gdA * dt, axis=0)
     tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
     tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
-    return hs * Cn, gs * Bn, gdA * a_n, gA_old + tl.sum(gdA * dt, axis=0), a0 * gfirst
+    return ypre, gx, gdt, gA_i, a0 * gfirst
 
 
 @triton.jit
@@ -1032,16 +1035,20 @@ def _scan_bwd_tile_kernel(
     sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, PREFETCH: tl.constexpr, LANES: tl.constexpr, FAST: tl.constexpr,
-    PAIR: tl.constexpr,
+    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, LANES: tl.constexpr, PAIR: tl.constexpr, ODD: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
     (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
-    tile: the states h_t again by one associative scan, then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} by a
-    reverse associative scan (a_{t+1} from delta read one step ahead; the tile to the right hands on
-    a_{t1} g_{t1} in carry_ptr, N fp32 per program, which ends as dL/dh0). Then, as in _step_bwd:
-    dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t summed over channels
-    with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from a per-state tile sum into gA (batch, dim, N)."""
+    tile: the states h_t again by one associative scan, then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} from the
+    right (the tile to the right hands on a_{t1} g_{t1} in carry_ptr, N fp32 per program, which ends as dL/dh0). Then,
+    as in _step_bwd: dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t
+    summed over channels with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from a per-state tile sum
+    into gA (batch, dim, N). A state's scalars and B / C are read one state ahead.
+    LANES (tiles of 128 steps in one warp): the adjoint by lanes of 4 steps, a_{t+1} a column or a lane on and five
+    shuffles down (_bwd_lanes_state); else by tl.associative_scan(reverse=True), which reverses the lanes by
+    butterflies around a forward scan (85 instead of 26 shuffles a state, SASS sm_90), with a_{t+1} from delta read
+    one step ahead. PAIR (with LANES): two states an iteration."""
     pid = tl.program_id(0)
     b = pid // dim
     d = pid % dim
@@ -1110,7 +1117,8 @@ def _scan_bwd_tile_kernel(
         gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
         s_p = states_ptr + (row * nchunks + c) * N
-        if PAIR:  # two states an iteration (N even), their scalars and B / C read a pair ahead
+        N2 = N - N % 2
+        if PAIR:  # two states an iteration (the compiler interleaves their chains), read a pair ahead
             a_nx = tl.load(A_ptr + d64 * N)
             a_nx1 = tl.load(A_ptr + d64 * N + 1)
             h_nx = tl.load(s_p)
@@ -1123,11 +1131,11 @@ def _scan_bwd_tile_kernel(
             C_nx = tl.load(C_p + t * sC_l, mask=mt, other=0.0)
             B_nx1 = tl.load(B_p + sB_n + t * sB_l, mask=mt, other=0.0)
             C_nx1 = tl.load(C_p + sC_n + t * sC_l, mask=mt, other=0.0)
-            for i in range(0, N, 2):
+            for i in range(0, N2, 2):
                 a_0, h_0, k_0, g_0 = a_nx.to(tl.float32), h_nx, c_nx, g_nx
                 a_1, h_1, k_1, g_1 = a_nx1.to(tl.float32), h_nx1, c_nx1, g_nx1
                 B0, C0, B1, C1 = B_nx.to(tl.float32), C_nx.to(tl.float32), B_nx1.to(tl.float32), C_nx1.to(tl.float32)
-                nx = tl.minimum(i + 2, N - 2)  # (the last pair's reads its own, unused)
+                nx = tl.minimum(i + 2, N2 - 2)  # (the last pair's reads its own, unused)
                 a_nx = tl.load(A_ptr + d64 * N + nx)
                 a_nx1 = tl.load(A_ptr + d64 * N + nx + 1)
                 h_nx = tl.load(s_p + nx)
@@ -1140,85 +1148,58 @@ def _scan_bwd_tile_kernel(
                 C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
                 B_nx1 = tl.load(B_p + (nx + 1) * sB_n + t * sB_l, mask=mt, other=0.0)
                 C_nx1 = tl.load(C_p + (nx + 1) * sC_n + t * sC_l, mask=mt, other=0.0)
-                y0, gx0, gt0, gA0, hand0 = _bwd_lanes_state(i, a_0, h_0, k_0, g_0, B0, C0, dt, x, gy, first, lane, t,
-                                                            mt, L, gB_ptr, gC_ptr, gBC, FAST)
-                y1, gx1, gt1, gA1, hand1 = _bwd_lanes_state(i + 1, a_1, h_1, k_1, g_1, B1, C1, dt, x, gy, first, lane,
-                                                            t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
-                ypre += y0 + y1
-                gx += gx0 + gx1
-                gdt += gt0 + gt1
+                ypre, gx, gdt, gA0, hand0 = _bwd_lanes_state(i, a_0, h_0, k_0, g_0, B0, C0, dt, x, gy, ypre, gx, gdt,
+                                                             first, lane, t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
+                ypre, gx, gdt, gA1, hand1 = _bwd_lanes_state(i + 1, a_1, h_1, k_1, g_1, B1, C1, dt, x, gy, ypre, gx,
+                                                             gdt, first, lane, t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
                 tl.debug_barrier()  # every thread has read the carries / dA sums before one thread overwrites them
                 tl.store(gA_p + i + lane * 0, gA0 + lane * 0.0, mask=lane == 0)
                 tl.store(gA_p + i + 1 + lane * 0, gA1 + lane * 0.0, mask=lane == 0)
                 tl.store(c_p + i + lane * 0, hand0, mask=lane == 0)
                 tl.store(c_p + i + 1 + lane * 0, hand1, mask=lane == 0)
-        if PREFETCH and not PAIR:  # a state's scalars (and with PREFETCH 2 its B / C) read one state ahead
-            a_nx = tl.load(A_ptr + d64 * N)
-            h_nx = tl.load(s_p)
-            c_nx = tl.load(c_p)
-            g_nx = tl.load(gA_p)
-            if PREFETCH >= 2:
-                B_nx = tl.load(B_p + t * sB_l, mask=mt, other=0.0)
-                C_nx = tl.load(C_p + t * sC_l, mask=mt, other=0.0)
-        for i in range(0 if not PAIR else N, N):
-            if PREFETCH:
-                a_n = a_nx.to(tl.float32)
-                h_i = h_nx
-                carry_i = c_nx
-                gA_old = g_nx
-                nxt = tl.minimum(i + 1, N - 1)
-                a_nx = tl.load(A_ptr + d64 * N + nxt)
-                h_nx = tl.load(s_p + nxt)
-                c_nx = tl.load(c_p + nxt)  # (the last state's reads its own, unused)
-                g_nx = tl.load(gA_p + nxt)
-                if PREFETCH >= 2:
-                    Bn = B_nx.to(tl.float32)
-                    Cn = C_nx.to(tl.float32)
-                    B_nx = tl.load(B_p + nxt * sB_n + t * sB_l, mask=mt, other=0.0)
-                    C_nx = tl.load(C_p + nxt * sC_n + t * sC_l, mask=mt, other=0.0)
-                else:
-                    Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
-                    Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
-            else:
-                a_n = tl.load(A_ptr + d64 * N + i).to(tl.float32)
-                h_i = tl.load(s_p + i)
-                carry_i = tl.load(c_p + i)
-                gA_old = tl.load(gA_p + i)
-                Bn = tl.load(B_p + i * sB_n + t * sB_l, mask=mt, other=0.0).to(tl.float32)
-                Cn = tl.load(C_p + i * sC_n + t * sC_l, mask=mt, other=0.0).to(tl.float32)
-            a_i = a_n * 1.4426950408889634
-            a = tl.exp2(dt * a_i)
-            xb = x * Bn
-            _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
-            ypre += hs * Cn
-            cg = gy * Cn
-            if LANES:  # 128 steps, lane l steps 4 l .. 4 l + 3: a_{t+1} is a_t a column (or a lane) on
-                c0, c1, c2, c3 = _cols4(cg)
-                a0, a1c, a2, a3 = _cols4(a)
-                a_next = _lane_down(a0, 1, FAST)  # lane 31's is unused: the carry holds a_{t1} g_{t1}
-                c3 = tl.where(lane == 31, c3 + carry_i, c3)
-                gl = c0 + a1c * (c1 + a2 * (c2 + a3 * c3))  # the lane's map from zero, then the warp's from the right
-                _, gfirst = _warp_scan_rev(a1c * a2 * a3 * a_next, gl, FAST)
-                g3 = c3 + tl.where(lane == 31, 0.0, a_next * _lane_down(gfirst, 1, FAST))
-                g2 = c2 + a3 * g3
-                g1 = c1 + a2 * g2
-                gs = _join4(c0 + a1c * g1, g1, g2, g3)
-                hand = a0 * gfirst  # a_{t0} g_{t0}: handed to the tile on the left (lane 0's)
-            else:
-                a1 = tl.exp2(dt1 * a_i)
-                _, gs = tl.associative_scan((a1, tl.where(last, cg + carry_i, cg)), 0, _linear_combine, reverse=True)
-            gdA = gs * (hs - xb)
-            gx += gs * Bn
-            gdt += gdA * a_n
-            gA_i = gA_old + tl.sum(gdA * dt, axis=0)
-            tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
-            tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
+        i0 = N2 if PAIR else 0  # the states left (all, or with PAIR the last of an odd N): one an iteration
+        if not PAIR or ODD:
+            a_nx = tl.load(A_ptr + d64 * N + i0)
+            h_nx = tl.load(s_p + i0)
+            c_nx = tl.load(c_p + i0)
+            g_nx = tl.load(gA_p + i0)
+            B_nx = tl.load(B_p + i0 * sB_n + t * sB_l, mask=mt, other=0.0)
+            C_nx = tl.load(C_p + i0 * sC_n + t * sC_l, mask=mt, other=0.0)
+        for i in range(i0, N if not PAIR or ODD else 0):
+            a_n, h_i, carry_i, gA_old = a_nx.to(tl.float32), h_nx, c_nx, g_nx
+            Bn, Cn = B_nx.to(tl.float32), C_nx.to(tl.float32)
+            nxt = tl.minimum(i + 1, N - 1)  # (the last state's reads its own, unused)
+            a_nx = tl.load(A_ptr + d64 * N + nxt)
+            h_nx = tl.load(s_p + nxt)
+            c_nx = tl.load(c_p + nxt)
+            g_nx = tl.load(gA_p + nxt)
+            B_nx = tl.load(B_p + nxt * sB_n + t * sB_l, mask=mt, other=0.0)
+            C_nx = tl.load(C_p + nxt * sC_n + t * sC_l, mask=mt, other=0.0)
+            if LANES:
+                ypre, gx, gdt, gA_i, hand = _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx,
+                                                             gdt, first, lane, t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
+            else:  # the adjoint by tl.associative_scan(reverse=True), a_{t+1} from delta read one step ahead
+                a_i = a_n * 1.4426950408889634
+                a = tl.exp2(dt * a_i)
+                xb = x * Bn
+                _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
+                cg = gy * Cn
+                _, gs = tl.associative_scan((tl.exp2(dt1 * a_i), tl.where(last, cg + carry_i, cg)), 0,
+                                            _linear_combine, reverse=True)
+                gdA = gs * (hs - xb)
+                ypre += hs * Cn
+                gx += gs * Bn
+                gdt += gdA * a_n
+                gA_i = gA_old + tl.sum(gdA * dt, axis=0)
+                hand = a * gs
+                tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
+                tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
             tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
             tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
             if LANES:
-                tl.store(c_p + i + lane * 0, hand, mask=lane == 0)
+                tl.store(c_p + i + lane * 0, hand, mask=lane == 0)  # a_{t0} g_{t0}: handed to the tile on the left
             else:
-                tl.store(c_p + i + offs * 0, a * gs, mask=first)  # a_{t0} g_{t0}: handed to the tile on the left
+                tl.store(c_p + i + offs * 0, hand, mask=first)
         gu = gx * dt
         if HAS_D:
             gu += gy * Dv
@@ -2309,10 +2290,10 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1  # lanes of 8 R steps, tiles of 256 R
     if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * R) == 0:  # see _scan_fwd_seg_kernel
         words = _bf16_words_apply(B_p, C_p, sB, sC, L)
-        opts = {"maxnreg": TILE_CONFIG["maxnreg"]} if TILE_CONFIG.get("maxnreg") else {}
+        cap = TILE_BWD_CONFIG.get("fwd_maxnreg", 0) if save_states else TILE_CONFIG.get("maxnreg", 0)
+        opts = {"maxnreg": cap} if cap else {}
         _scan_fwd_seg_kernel[(batch * dim,)](*args, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
-                                             STAGES=TILE_CONFIG.get("stages", 1),
-                                             PREFETCH=int(TILE_CONFIG.get("prefetch", 0)), num_warps=1, **opts)
+                                             STAGES=TILE_CONFIG.get("stages", 1), num_warps=1, **opts)
     else:
         _scan_fwd_tile_kernel[(batch * dim,)](
             *args, **flags, BLOCK_T=block_t, N_P2=_next_pow2(N),
@@ -2575,8 +2556,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, PREFETCH=int(TILE_BWD_CONFIG.get("prefetch", 0)), FAST=not _INTERPRET,
-            LANES=lanes, PAIR=lanes and N % 2 == 0 and bool(TILE_BWD_CONFIG.get("pair", False)),
+            BLOCK_T=block_t, LANES=lanes, PAIR=lanes and N >= 2 and bool(TILE_BWD_CONFIG.get("pair", True)),
+            ODD=N % 2 == 1, FAST=not _INTERPRET,
             num_warps=warps, **({"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}),
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes

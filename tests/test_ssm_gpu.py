@@ -176,18 +176,19 @@ def parallel_config(request):
         config.update(old)
 
 
-@pytest.fixture(params=[(True, 64, 4, 2, 0), (True, 256, 4, 2, 1), (True, 32, 1, 2, 2), (True, 128, 1, 2, 1),
-                        (True, 128, 1, 1, 2), (True, 64, 1, 0, 0), (False, 64, 4, 2, 0)],
-                ids=["tile64", "tile256-prefetch", "tile32-1warp-prefetch-bc", "tile128-lanes-prefetch",
-                     "tile128-lanes-seg8-prefetch-bc", "tile64-assoc-fwd", "no-tile"])
+@pytest.fixture(params=[(True, 64, 4, 2, False), (True, 256, 4, 2, False), (True, 32, 1, 2, False),
+                        (True, 128, 1, 2, True), (True, 128, 1, 2, False), (True, 128, 1, 1, True),
+                        (True, 64, 1, 0, False), (False, 64, 4, 2, False)],
+                ids=["tile64", "tile256", "tile32-1warp", "tile128-lanes-pair", "tile128-lanes", "tile128-lanes-seg8",
+                     "tile64-assoc-fwd", "no-tile"])
 def tile_bwd_config(request):
     """The time-tiled training pair: (enabled, the backward's tile, its warps, TILE_CONFIG["seg"]: the forward's
-    kernel, lanes of 16 / 8 consecutive steps or (0) tl.associative_scan tiles, the backward's "prefetch": a state's
-    scalars (1) and its B / C (2) read one state ahead). Tiles of 128 steps in one warp take the backward's adjoint
-    by lanes of 4 steps (TILE_BWD_CONFIG["lanes"])."""
+    kernel, lanes of 16 / 8 consecutive steps or (0) tl.associative_scan tiles, the backward's "pair": two states an
+    iteration). Tiles of 128 steps in one warp take the backward's adjoint by lanes of 4 steps (TILE_BWD_CONFIG
+    ["lanes"]), with "pair" two states at a time (an odd N's last alone)."""
     saved = dict(ssm_triton.TILE_BWD_CONFIG), dict(ssm_triton.TILE_CONFIG)
-    enabled, block_t, warps, seg, prefetch = request.param
-    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, prefetch=prefetch)
+    enabled, block_t, warps, seg, pair = request.param
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, pair=pair)
     ssm_triton.TILE_CONFIG.update(seg=seg)
     yield request.param
     for config, old in zip((ssm_triton.TILE_BWD_CONFIG, ssm_triton.TILE_CONFIG), saved):
