@@ -210,10 +210,11 @@ TILE_BWD_SWEEP = [dict(lanes=False, pair=False), dict(lanes=True, pair=False), d
                   dict(pair=True, maxnreg=128), dict(pair=True, fwd_maxnreg=0)]
 # TILE_CONFIG updates of --seg-sweep: "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
 # 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
-# "maxnreg": its register cap in inference (0: none; TILE_BWD_CONFIG["fwd_maxnreg"] in training)
+# "maxnreg" / "prefetch": its register cap (0: none) / B / C read one state ahead, in inference
+# (TILE_BWD_CONFIG["fwd_maxnreg"] / ["fwd_prefetch"] in training)
 SEG_SWEEP = [dict(seg=0), dict(seg=1, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=0),
              dict(seg=2, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=96), dict(seg=2, stages=2, maxnreg=0),
-             dict(seg=2, stages=3, maxnreg=0)]
+             dict(seg=2, stages=3, maxnreg=0), dict(seg=2, maxnreg=128, prefetch=1), dict(seg=2, maxnreg=0, prefetch=1)]
 
 
 def main(argv=None):

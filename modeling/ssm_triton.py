@@ -96,7 +96,7 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # 23 -> 24; the training forward (TILE_BWD_CONFIG["fwd_maxnreg"]) at 128: 178-181 -> 157, 1,548-1,589 -> 1,165-1,172
 # (uncapped 163 / 1,462-1,495, 76 bytes of spills at 128 outside the state loop).
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
-               "stages": 1, "maxnreg": 0}
+               "stages": 1, "maxnreg": 128, "prefetch": 0}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
 # every BLOCK_T steps, then the time-tiled backward (_scan_bwd_tile_kernel, tiles of BLOCK_T, num_warps), for
 # sequences of at least `min_len` steps, unless the chunked time-parallel path applies and the sequence is
@@ -114,7 +114,7 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # 5,541-5,702 / 154-175; "pair" (two states an iteration, 128 registers) -> 784 / 5,255 / 147. Register caps of
 # 80 / 72 / 64 ran slower (878 / 883 / 884 at B8 L1024). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "lanes": True, "pair": True, "maxnreg": 0, "fwd_maxnreg": 128}
+                   "lanes": True, "pair": True, "maxnreg": 0, "fwd_maxnreg": 128, "fwd_prefetch": 1}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -910,7 +910,7 @@ def _scan_fwd_seg_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, R: tl.constexpr, A_IS_LOG: tl.constexpr,
-    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """Forward in one-warp programs, one per (batch, channel), over tiles of 256 R steps, each lane R x 8 consecutive
     steps in its registers (mamba_ssm's scheme, as a warp): per state n, (1) each lane's map h -> A_l h + H_l over its
@@ -956,10 +956,11 @@ def _scan_fwd_seg_kernel(
         for j in tl.static_range(1, SEG):
             sdt += dtc[j]
         y = tl.zeros((32, R, 8), dtype=tl.float32)
-        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars and B / C are read one state ahead
+        a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars (and with PREFETCH its B / C) are read one state ahead
         c_nx = tl.load(h_p)
-        B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mt, tw, L, WORDS)
-        C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mt, tw, L, WORDS)
+        if PREFETCH:
+            B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mt, tw, L, WORDS)
+            C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mt, tw, L, WORDS)
         for i in tl.range(0, N, num_stages=STAGES):
             a_i = a_nx.to(tl.float32)
             carry = c_nx
@@ -969,10 +970,14 @@ def _scan_fwd_seg_kernel(
             if A_IS_LOG:
                 a_i = -tl.exp(a_i)
             a_i = a_i * 1.4426950408889634
-            Bn = _seg_bc_f32(B_nx, WORDS)
-            Cn = _seg_bc_f32(C_nx, WORDS)
-            B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mt, tw, L, WORDS)
-            C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mt, tw, L, WORDS)
+            if PREFETCH:
+                Bn = _seg_bc_f32(B_nx, WORDS)
+                Cn = _seg_bc_f32(C_nx, WORDS)
+                B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mt, tw, L, WORDS)
+                C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mt, tw, L, WORDS)
+            else:
+                Bn = _seg_bc_f32(_seg_bc_raw(B_p, sB_n, i, t, sB_l, mt, tw, L, WORDS), WORDS)
+                Cn = _seg_bc_f32(_seg_bc_raw(C_p, sC_n, i, t, sC_l, mt, tw, L, WORDS), WORDS)
             ac = _seg_cols(tl.exp2(dt * a_i), R)
             bc = _seg_cols(du * Bn, R)
             hl = bc[0]  # (1) the lane's steps from zero
@@ -2290,10 +2295,12 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1  # lanes of 8 R steps, tiles of 256 R
     if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * R) == 0:  # see _scan_fwd_seg_kernel
         words = _bf16_words_apply(B_p, C_p, sB, sC, L)
-        cap = TILE_BWD_CONFIG.get("fwd_maxnreg", 0) if save_states else TILE_CONFIG.get("maxnreg", 0)
-        opts = {"maxnreg": cap} if cap else {}
+        cfg = {"maxnreg": TILE_BWD_CONFIG.get("fwd_maxnreg", 0), "prefetch": TILE_BWD_CONFIG.get("fwd_prefetch", 1)}
+        cfg = cfg if save_states else TILE_CONFIG
+        opts = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
         _scan_fwd_seg_kernel[(batch * dim,)](*args, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
-                                             STAGES=TILE_CONFIG.get("stages", 1), num_warps=1, **opts)
+                                             STAGES=TILE_CONFIG.get("stages", 1),
+                                             PREFETCH=bool(cfg.get("prefetch", 0)), num_warps=1, **opts)
     else:
         _scan_fwd_tile_kernel[(batch * dim,)](
             *args, **flags, BLOCK_T=block_t, N_P2=_next_pow2(N),
