@@ -91,10 +91,12 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # (results/seg_sweep_2026-11-29*.json): B8 D1536 L1024 190 -> 177 / 167-172 / 189 / 244 / 201, B16 L4096
 # 1,662 -> 1,934 / 1,480-1,527 / 1,517 / 1,746 / 1,413, B1 L1024 26.5 -> 22.3 / 22.6-23.2 / 26.6 / 36.7 / 33.3; the
 # training forward B8 L1024 229 -> 175-180, B16 L4096 2,053 -> 1,541-1,607. seg 1 (8 steps a lane): 221 at B8 L1024.
-# Twelfth session (results/seg_sweep_2026-11-29d*.json): its B / C read one state ahead too (128 registers uncapped),
-# inference kernel us at maxnreg 128 -> 0: B8 L1024 171-174 -> 174-178, B16 L4096 1,485-1,528 -> 1,370-1,394, B1 L1024
-# 23 -> 24; the training forward (TILE_BWD_CONFIG["fwd_maxnreg"]) at 128: 178-181 -> 157, 1,548-1,589 -> 1,165-1,172
-# (uncapped 163 / 1,462-1,495, 76 bytes of spills at 128 outside the state loop).
+# "prefetch" (twelfth session, results/seg_sweep_2026-11-29d*.json): B / C read one state ahead too. Kernel us on
+# scan_vs_mamba_ssm's inputs, off -> on (uncapped: 128 registers): B8 L1024 171-174 -> 174-178, B16 L4096 1,485-1,528
+# -> 1,370-1,394; but the Mamba LM prefill of 16 x 4096 ran 61.5-61.6 -> 64.4-65.3 ms (its scans 33.4 -> 36.7 ms,
+# same machine): off in inference. The training forward takes it (TILE_BWD_CONFIG "fwd_prefetch", "fwd_maxnreg"):
+# 178-181 -> 157 at B8 L1024, 1,548-1,589 -> 1,165-1,174 at B16 L4096 capped at 128 (uncapped 163 / 1,462-1,495; 76
+# bytes of spills at 128, outside the state loop).
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
                "stages": 1, "maxnreg": 128, "prefetch": 0}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
