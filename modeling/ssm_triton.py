@@ -851,22 +851,9 @@ def _lane_up(x, FAST: tl.constexpr):
 def _lane_down(x, K: tl.constexpr, FAST: tl.constexpr):
     """x (32,) moved down K lanes (K = 1, 2, 4, 8 or 16): lane l gets lane l + K's value, lanes past 31 their own (a
     warp shuffle; without FAST, for triton's CPU interpreter, a gather)."""
-    if FAST:
-        if K == 1:
-            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 1, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                          is_pure=True, pack=1)
-        elif K == 2:
-            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 2, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                          is_pure=True, pack=1)
-        elif K == 4:
-            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 4, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                          is_pure=True, pack=1)
-        elif K == 8:
-            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 8, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                          is_pure=True, pack=1)
-        else:
-            y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, 16, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                          is_pure=True, pack=1)
+    if FAST:  # (the offset a register operand: ptxas folds the constant)
+        y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, $2, 31, -1;", "=r,r,r",
+                                      [x, tl.full(x.shape, K, tl.int32)], dtype=tl.float32, is_pure=True, pack=1)
     else:
         lane = tl.arange(0, 32)
         y = tl.gather(x, tl.where(lane + K < 32, lane + K, lane), 0)
