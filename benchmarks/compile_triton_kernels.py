@@ -20,6 +20,11 @@ from pathlib import Path
 
 SIZES = dict(BLOCK_D=16, N_P2=16, BLOCK_T=256, BLOCK=1024, BLOCK_R=32, N=16, S=2, VEC=8, MODE=0, CPT=1, SUB=4, R=2,
              SAVE_EVERY=16)
+# kernels compiled in several variants, each (constexprs over SIZES / True, num_warps): the time-tiled backward's
+# lane adjoint (128-step tiles in one warp, states in pairs, an odd N's last alone) and its tl.associative_scan one
+VARIANTS = {"_scan_bwd_tile_kernel": [(dict(BLOCK_T=128, LANES=True, PAIR=True, ODD=True), 1),
+                                      (dict(BLOCK_T=128, LANES=True, PAIR=False), 1),
+                                      (dict(LANES=False, PAIR=False), 4)]}
 
 
 def main(argv=None) -> int:
@@ -36,25 +41,28 @@ def main(argv=None) -> int:
     spec.loader.exec_module(st)
     version = tuple(int(p) for p in triton.__version__.split(".")[:2])
     failed = []
-    for name in sorted(n for n in dir(st) if n.endswith("_kernel") and hasattr(getattr(st, n), "fn")):
+    names = sorted(n for n in dir(st) if n.endswith("_kernel") and hasattr(getattr(st, n), "fn"))
+    for name, (update, warps) in ((n, v) for n in names for v in VARIANTS.get(n, [({}, 4)])):
         fn = getattr(st, name)
         const, sig = {}, {}
         for p, param in inspect.signature(fn.fn).parameters.items():
             if "constexpr" in str(param.annotation):
-                const[p], sig[p] = SIZES.get(p, True), "constexpr"
+                const[p], sig[p] = update.get(p, SIZES.get(p, True)), "constexpr"
             else:
                 sig[p] = "*fp32" if p.endswith("_ptr") else "i32"
         # triton >= 3.3 takes constexprs=..., older ones constants=...
         src = (ASTSource(fn=fn, signature=sig, constexprs=const) if version >= (3, 3)
                else ASTSource(fn=fn, signature=sig, constants=const))
+        label = name + "".join(f" {k}={v}" for k, v in update.items())
         try:
-            triton.compile(src, target=GPUTarget("cuda", args.arch, 32), options={"num_warps": 4})
-            print(f"ok      {name}")
+            triton.compile(src, target=GPUTarget("cuda", args.arch, 32), options={"num_warps": warps})
+            print(f"ok      {label}")
         except Exception as err:  # noqa: BLE001 -- report every kernel, then fail
-            expected = name in ("_scan_fwd_lane_kernel", "_scan_fwd_seg_kernel") and not st._TUPLES
-            print(f"{'gated' if expected else 'FAILED':7s} {name}: {type(err).__name__}")
+            lanes = name == "_scan_bwd_tile_kernel" and update.get("LANES")  # tuples of columns: 3.3 on
+            expected = (name in ("_scan_fwd_lane_kernel", "_scan_fwd_seg_kernel") or lanes) and not st._TUPLES
+            print(f"{'gated' if expected else 'FAILED':7s} {label}: {type(err).__name__}")
             if not expected:
-                failed.append(name)
+                failed.append(label)
     if st._TUPLES:
         vector = lane_vector_loads(st, args.arch)
         print(f"{'ok' if vector else 'FAILED':7s} _scan_fwd_lane_kernel reads bf16 B / C rows of 56 elements with "
