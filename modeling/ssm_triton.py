@@ -836,27 +836,37 @@ def _seg_bc_f32(x, WORDS: tl.constexpr):
 
 
 @triton.jit
+def _lane_shift_ref(x, K: tl.constexpr):
+    """x (32,) with lane l taking lane l + K's value, lanes whose source falls outside 0 .. 31 their own: the warp
+    shuffles' stand-in in triton's CPU interpreter (a one-hot sum: triton before 3.3 has no tl.gather, and resolves
+    every name a kernel's functions use even in branches its constexprs prune)."""
+    lane = tl.arange(0, 32)
+    src = lane + K
+    src = tl.where((src >= 0) & (src < 32), src, lane)
+    return tl.sum(tl.where(lane[:, None] == src[None, :], x[:, None], 0.0), axis=0)
+
+
+@triton.jit
 def _lane_up(x, FAST: tl.constexpr):
     """x (32,) (a value a lane) moved up one lane: lane l gets lane l - 1's value, lane 0 its own (a warp shuffle;
-    without FAST, for triton's CPU interpreter, a gather)."""
+    without FAST, for triton's CPU interpreter, _lane_shift_ref)."""
     if FAST:
         y = tl.inline_asm_elementwise("shfl.sync.up.b32 $0, $1, 1, 0, -1;", "=r,r", [x], dtype=tl.float32,
                                       is_pure=True, pack=1)
     else:
-        y = tl.gather(x, tl.maximum(tl.arange(0, 32) - 1, 0), 0)
+        y = _lane_shift_ref(x, -1)
     return y
 
 
 @triton.jit
 def _lane_down(x, K: tl.constexpr, FAST: tl.constexpr):
     """x (32,) moved down K lanes (K = 1, 2, 4, 8 or 16): lane l gets lane l + K's value, lanes past 31 their own (a
-    warp shuffle; without FAST, for triton's CPU interpreter, a gather)."""
+    warp shuffle; without FAST, for triton's CPU interpreter, _lane_shift_ref)."""
     if FAST:  # (the offset a register operand: ptxas folds the constant)
         y = tl.inline_asm_elementwise("shfl.sync.down.b32 $0, $1, $2, 31, -1;", "=r,r,r",
                                       [x, tl.full(x.shape, K, tl.int32)], dtype=tl.float32, is_pure=True, pack=1)
     else:
-        lane = tl.arange(0, 32)
-        y = tl.gather(x, tl.where(lane + K < 32, lane + K, lane), 0)
+        y = _lane_shift_ref(x, K)
     return y
 
 
