@@ -28,7 +28,8 @@ per-block buffer (nblocks, batch * G, L, N) summed by torch (BWD_CONFIG["atomic"
 written per (batch, channel) and summed over the batch with torch.
 Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernels (one warp per
 channel over tiles of steps: each lane 16 consecutive steps joined by one warp scan a state, _scan_fwd_seg_kernel, or
-tl.associative_scan over a tile, _scan_fwd_tile_kernel; the backward's tiles by tl.associative_scan) for inference at
+tl.associative_scan over a tile, _scan_fwd_tile_kernel; the backward's 128-step tiles: the states by
+tl.associative_scan, the adjoint by lanes of 4 steps and shuffles down, two states at a time) for inference at
 L >= 512 with many channels and for training there, and the register-lane kernel (one thread per channel, its states
 a tuple of registers) for inference elsewhere. The inference forwards also read a sequence backwards in place
 (``reverse``: per-step tensors passed as a view at their last step with negated step strides) and take A_log
