@@ -762,27 +762,38 @@ def _scan_fwd_tile_kernel(
 
 
 @triton.jit
-def _cols8(x):
-    """The 8 columns of x (R0, 8) (its last dimension in one thread's registers) as a tuple of (R0,) tensors, split
+def _cols4(x):
+    """The 4 columns of x (R0, 4) (its last dimension in one thread's registers) as a tuple of (R0,) tensors, split
     apart in registers."""
     R0: tl.constexpr = x.shape[0]
+    even, odd = tl.split(tl.reshape(x, (R0, 2, 2)))  # (x0, x2), (x1, x3)
+    x0, x2 = tl.split(even)
+    x1, x3 = tl.split(odd)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _join4(x0, x1, x2, x3):
+    """The inverse of _cols4: four (R0,) tensors as the columns of one (R0, 4)."""
+    R0: tl.constexpr = x0.shape[0]
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (R0, 4))
+
+
+@triton.jit
+def _cols8(x):
+    """The 8 columns of x (R0, 8) as a tuple of (R0,) tensors (see _cols4)."""
+    R0: tl.constexpr = x.shape[0]
     even, odd = tl.split(tl.reshape(x, (R0, 4, 2)))  # (x0, x2, x4, x6), (x1, x3, x5, x7)
-    e0, e1 = tl.split(tl.reshape(even, (R0, 2, 2)))  # (x0, x4), (x2, x6)
-    o0, o1 = tl.split(tl.reshape(odd, (R0, 2, 2)))  # (x1, x5), (x3, x7)
-    x0, x4 = tl.split(e0)
-    x2, x6 = tl.split(e1)
-    x1, x5 = tl.split(o0)
-    x3, x7 = tl.split(o1)
+    x0, x2, x4, x6 = _cols4(even)
+    x1, x3, x5, x7 = _cols4(odd)
     return x0, x1, x2, x3, x4, x5, x6, x7
 
 
 @triton.jit
 def _join8(x0, x1, x2, x3, x4, x5, x6, x7):
-    """The inverse of _cols8: eight (R0,) tensors as the columns of one (R0, 8)."""
+    """The inverse of _cols8."""
     R0: tl.constexpr = x0.shape[0]
-    even = tl.reshape(tl.join(tl.join(x0, x4), tl.join(x2, x6)), (R0, 4))
-    odd = tl.reshape(tl.join(tl.join(x1, x5), tl.join(x3, x7)), (R0, 4))
-    return tl.reshape(tl.join(even, odd), (R0, 8))
+    return tl.reshape(tl.join(_join4(x0, x2, x4, x6), _join4(x1, x3, x5, x7)), (R0, 8))
 
 
 @triton.jit
@@ -884,22 +895,6 @@ def _warp_scan_rev(a, b, FAST: tl.constexpr):
         b = tl.where(ok, b + a * b_o, b)
         a = tl.where(ok, a * a_o, a)
     return a, b
-
-
-@triton.jit
-def _cols4(x):
-    """x (128,), lane l holding steps 4 l .. 4 l + 3 in its registers, as its 4 columns ((32,) each), split apart in
-    registers."""
-    even, odd = tl.split(tl.reshape(x, (32, 2, 2)))  # (x0, x2), (x1, x3)
-    x0, x2 = tl.split(even)
-    x1, x3 = tl.split(odd)
-    return x0, x1, x2, x3
-
-
-@triton.jit
-def _join4(x0, x1, x2, x3):
-    """The inverse of _cols4."""
-    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), (128,))
 
 
 @triton.jit
@@ -1012,8 +1007,8 @@ def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx, 
     xb = x * Bn
     _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
     ypre += hs * Cn
-    c0, c1, c2, c3 = _cols4(gy * Cn)
-    a0, a1c, a2, a3 = _cols4(a)
+    c0, c1, c2, c3 = _cols4(tl.reshape(gy * Cn, (32, 4)))  # lane l's steps 4 l .. 4 l + 3 as 4 columns
+    a0, a1c, a2, a3 = _cols4(tl.reshape(a, (32, 4)))
     a_next = _lane_down(a0, 1, FAST)  # a_{t+1} is a_t a column (or a lane) on; lane 31's is unused: the carry holds
     c3 = tl.where(lane == 31, c3 + carry_i, c3)  # a_{t1} g_{t1}
     gl = c0 + a1c * (c1 + a2 * (c2 + a3 * c3))  # the lane's map from zero, then the warp's from the right
@@ -1021,7 +1016,7 @@ def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx, 
     g3 = c3 + tl.where(lane == 31, 0.0, a_next * _lane_down(gfirst, 1, FAST))
     g2 = c2 + a3 * g3
     g1 = c1 + a2 * g2
-    gs = _join4(c0 + a1c * g1, g1, g2, g3)
+    gs = tl.reshape(_join4(c0 + a1c * g1, g1, g2, g3), (128,))
     gdA = gs * (hs - xb)
     gx += gs * Bn
     gdt += gdA * a_n
