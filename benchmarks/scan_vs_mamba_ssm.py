@@ -208,13 +208,33 @@ TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (10
 # "maxnreg" / "fwd_maxnreg": the backward's / the training forward's register cap (0: none)
 TILE_BWD_SWEEP = [dict(lanes=False, pair=False), dict(lanes=True, pair=False), dict(lanes=True, pair=True),
                   dict(pair=True, maxnreg=128), dict(pair=True, fwd_maxnreg=0)]
-# TILE_CONFIG updates of --seg-sweep: "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
+# TILE_CONFIG updates of --seg-sweep (each applied to the defaults): "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
 # 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
 # "maxnreg" / "prefetch": its register cap (0: none) / B / C read one state ahead, in inference
 # (TILE_BWD_CONFIG["fwd_maxnreg"] / ["fwd_prefetch"] in training)
 SEG_SWEEP = [dict(seg=0), dict(seg=1, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=0),
              dict(seg=2, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=96), dict(seg=2, stages=2, maxnreg=0),
              dict(seg=2, stages=3, maxnreg=0), dict(seg=2, maxnreg=128, prefetch=1), dict(seg=2, maxnreg=0, prefetch=1)]
+
+
+def config_sweep(config: dict, updates, shapes, label: str, row):
+    """Rows of ``row(shape)`` for every shape under each update of ``config`` (a *_CONFIG dict of ssm_triton), each
+    applied to its defaults (no update carries into the next), printed as they come; the defaults restored after."""
+    default = dict(config)
+    rows = []
+    try:
+        for update in updates:
+            config.clear()
+            config.update(default, **update)
+            for shape in shapes:
+                r = dict(**update, **row(shape))
+                rows.append(r)
+                print(label, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
+                      flush=True)
+    finally:
+        config.clear()
+        config.update(default)
+    return rows
 
 
 def main(argv=None):
@@ -287,37 +307,24 @@ def main(argv=None):
         ssm_triton.TILE_CONFIG.clear()
         ssm_triton.TILE_CONFIG.update(default)
     if args.seg_sweep:  # the time-tiled forward's kernels: tl.associative_scan tiles (seg 0) or lanes of steps
-        default = dict(ssm_triton.TILE_CONFIG)
-        result["seg_sweep"] = []
-        for seg in SEG_SWEEP:
-            ssm_triton.TILE_CONFIG.update(enabled=None, **seg)
-            for shape in shapes:
-                fwd = inference_forward(ssm_triton, inputs(*shape))
-                row = dict(**seg, tile=ssm_triton._inference_kernel(*shape[:2], 1, N, shape[2], False) == "tile",
-                           rel_err_vs_untiled=rel_err_vs_untiled(ssm_triton, fwd),
-                           fwd_kernels_us=kernel_times(shape, ssm_triton),
-                           fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
-                           **measure(shape, bw, None, ssm_triton))
-                result["seg_sweep"].append(row)
-                print("seg", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-                      flush=True)
-        ssm_triton.TILE_CONFIG.clear()
-        ssm_triton.TILE_CONFIG.update(default)
+        def seg_row(shape):
+            fwd = inference_forward(ssm_triton, inputs(*shape))
+            return dict(tile=ssm_triton._inference_kernel(*shape[:2], 1, N, shape[2], False) == "tile",
+                        rel_err_vs_untiled=rel_err_vs_untiled(ssm_triton, fwd),
+                        fwd_kernels_us=kernel_times(shape, ssm_triton),
+                        fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
+                        **measure(shape, bw, None, ssm_triton))
+
+        result["seg_sweep"] = config_sweep(ssm_triton.TILE_CONFIG, [dict(enabled=None, **u) for u in SEG_SWEEP],
+                                           shapes, "seg", seg_row)
     if args.tile_bwd_sweep:
-        default = dict(ssm_triton.TILE_BWD_CONFIG)
-        result["tile_bwd_sweep"] = []
-        for update in TILE_BWD_SWEEP:
-            ssm_triton.TILE_BWD_CONFIG.clear()
-            ssm_triton.TILE_BWD_CONFIG.update(default, **update)
-            for shape in shapes:
-                row = dict(**update, tiled=ssm_triton._use_tile_bwd(ssm_triton._programs(*shape[:2], 1), shape[2]),
-                           fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
-                           **measure(shape, bw, None, ssm_triton))
-                result["tile_bwd_sweep"].append(row)
-                print("tile_bwd", json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-                      flush=True)
-        ssm_triton.TILE_BWD_CONFIG.clear()
-        ssm_triton.TILE_BWD_CONFIG.update(default)
+        def tile_bwd_row(shape):
+            return dict(tiled=ssm_triton._use_tile_bwd(ssm_triton._programs(*shape[:2], 1), shape[2]),
+                        fb_kernels_us=kernel_times(shape, ssm_triton, backward=True),
+                        **measure(shape, bw, None, ssm_triton))
+
+        result["tile_bwd_sweep"] = config_sweep(ssm_triton.TILE_BWD_CONFIG, TILE_BWD_SWEEP, shapes, "tile_bwd",
+                                                tile_bwd_row)
     if args.lane_bwd_sweep:
         result["lane_bwd_sweep"] = lane_bwd_sweep(shapes, bw, ssm_triton)
     if args.lane_sweep or args.mixer_layout:
