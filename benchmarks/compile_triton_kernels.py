@@ -21,10 +21,10 @@ from pathlib import Path
 SIZES = dict(BLOCK_D=16, N_P2=16, BLOCK_T=256, BLOCK=1024, BLOCK_R=32, N=16, S=2, VEC=8, MODE=0, CPT=1, SUB=4, R=2,
              SAVE_EVERY=16)
 # kernels compiled in several variants, each (constexprs over SIZES / True, num_warps): the time-tiled backward's
-# lane adjoint (128-step tiles in one warp, states in pairs, an odd N's last alone) and its tl.associative_scan one
-VARIANTS = {"_scan_bwd_tile_kernel": [(dict(BLOCK_T=128, LANES=True, PAIR=True, ODD=True), 1),
-                                      (dict(BLOCK_T=128, LANES=True, PAIR=False), 1),
-                                      (dict(LANES=False, PAIR=False), 4)]}
+# lane adjoint (128-step tiles in one warp, two channels a program or one) and its tl.associative_scan one
+VARIANTS = {"_scan_bwd_tile_kernel": [(dict(BLOCK_T=128, LANES=True, CH2=True), 1),
+                                      (dict(BLOCK_T=128, LANES=True, CH2=False), 1),
+                                      (dict(LANES=False, CH2=False), 4)]}
 
 
 def main(argv=None) -> int:

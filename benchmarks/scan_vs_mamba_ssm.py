@@ -204,10 +204,12 @@ def lane_bwd_sweep(shapes, bw, ssm_triton):
 TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (1024, 2), (2048, 2)]
 # TILE_BWD_CONFIG updates of --tile-bwd-sweep (the time-tiled training pair): "enabled" (None: the default rule),
 # BLOCK_T / num_warps of the backward's tiles, "lanes": its adjoint by lanes of 4 steps and shuffles down (128-step
-# tiles, one warp) instead of tl.associative_scan(reverse=True), "pair": two states an iteration (with lanes),
-# "maxnreg" / "fwd_maxnreg": the backward's / the training forward's register cap (0: none)
-TILE_BWD_SWEEP = [dict(lanes=False, pair=False), dict(lanes=True, pair=False), dict(lanes=True, pair=True),
-                  dict(pair=True, maxnreg=128), dict(pair=True, fwd_maxnreg=0)]
+# tiles, one warp) instead of tl.associative_scan(reverse=True), "channel_pairs": two channels a program, their dB /
+# dC terms added before the atomics (with lanes), "maxnreg" / "fwd_maxnreg": the backward's / the training forward's
+# register cap (0: none)
+TILE_BWD_SWEEP = [dict(lanes=False, channel_pairs=False), dict(lanes=True, channel_pairs=False),
+                  dict(lanes=True, channel_pairs=True), dict(channel_pairs=True, maxnreg=168),
+                  dict(channel_pairs=True, fwd_maxnreg=0)]
 # TILE_CONFIG updates of --seg-sweep (each applied to the defaults): "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
 # 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
 # "maxnreg" / "prefetch": its register cap (0: none) / B / C read one state ahead, in inference

@@ -115,9 +115,12 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # and tile; "lanes" (the adjoint by lanes of 4 steps, shuffles down: 26 shuffles, 215 instead of 281 instructions,
 # half the exps) 1,093 / 7,829 / 205 -> 910 / 6,064 / 174; a state's B / C read one state ahead too -> 849-864 /
 # 5,541-5,702 / 154-175; "pair" (two states an iteration, 128 registers) -> 784 / 5,255 / 147. Register caps of
-# 80 / 72 / 64 ran slower (878 / 883 / 884 at B8 L1024). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
+# 80 / 72 / 64 ran slower (878 / 883 / 884 at B8 L1024). Thirteenth session: without its dB / dC atomics that kernel
+# took 553 / 3,870 / 60 us (825 / 5,125 / 149 with them); "channel_pairs" (two channels a program, their dB / dC
+# terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (253 registers; capped at 168: 554 / 4,187 /
+# 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "lanes": True, "pair": True, "maxnreg": 0, "fwd_maxnreg": 128, "fwd_prefetch": 1}
+                   "lanes": True, "channel_pairs": True, "maxnreg": 0, "fwd_maxnreg": 128, "fwd_prefetch": 1}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -997,12 +1000,11 @@ def _scan_fwd_seg_kernel(
 
 
 @triton.jit
-def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx, gdt, first, lane, t, mt, L, gB_ptr,
-                     gC_ptr, gBC, FAST: tl.constexpr):
-    """One state of _scan_bwd_tile_kernel's LANES tile (128 steps, lane l steps 4 l .. 4 l + 3): the states again
-    (tl.associative_scan), the adjoint by lanes and shuffles down, dB / dC by atomics. Returns the tile's sums over
-    states of y, dL/dx and dL/d(dt) with this state's terms added, its dA sum so far and a_{t0} g_{t0} (lane 0's)
-    for the tile on the left."""
+def _bwd_lanes_state(a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx, gdt, first, lane, FAST: tl.constexpr):
+    """One state of _scan_bwd_tile_kernel's LANES tile for one channel (128 steps, lane l steps 4 l .. 4 l + 3): the
+    states again (tl.associative_scan), the adjoint by lanes and shuffles down. Returns the tile's sums over states of
+    y, dL/dx and dL/d(dt) with this state's terms added, its dA sum so far, a_{t0} g_{t0} (lane 0's) for the tile on
+    the left, and the state's dB and dC terms (the caller adds them up over its channels, then into dB / dC)."""
     a = tl.exp2(dt * (a_n * 1.4426950408889634))
     xb = x * Bn
     _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
@@ -1020,10 +1022,55 @@ def _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx, 
     gdA = gs * (hs - xb)
     gx += gs * Bn
     gdt += gdA * a_n
-    gA_i = gA_old + tl.sum(gdA * dt, axis=0)
-    tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
-    tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
-    return ypre, gx, gdt, gA_i, a0 * gfirst
+    return ypre, gx, gdt, gA_old + tl.sum(gdA * dt, axis=0), a0 * gfirst, gs * x, gy * hs
+
+
+@triton.jit
+def _bwd_tile_in(u_p, su_l, dl_p, sdl_l, z_p, sz_l, gy_p, sgy_l, t, mt, bias, SOFTPLUS: tl.constexpr,
+                 HAS_Z: tl.constexpr):
+    """What the state loop of _scan_bwd_tile_kernel reads of a tile for one channel (fp32; steps past L: dt = 0, so
+    a = 1 and x = 0): dt, the gradient at the gate's input gy and x = dt u (_bwd_tile_out reads the rest again)."""
+    u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
+    dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.where(mt, dt, 0.0)
+    gy = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
+        gy = gy * zz * tl.sigmoid(zz)
+    return dt, gy, dt * u
+
+
+@triton.jit
+def _bwd_tile_out(ypre, gx, gdt, dt, gy, Dv, bias, u_p, su_l, dl_p, sdl_l, z_p, sz_l, gy_p, sgy_l, gu_p, sgu_l, gdl_p,
+                  sgdl_l, gz_p, sgz_l, t, mt, gD_acc, gbias_acc, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """A tile's gradients for one channel of _scan_bwd_tile_kernel from its sums over states (u, delta, z and the
+    output's gradient read again: fewer registers held through the state loop): dL/du, dL/dz, dL/d(delta) stored;
+    dL/dD and dL/d(delta_bias) added to the running sums, which it returns."""
+    u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
+    gu = gx * dt
+    if HAS_D:
+        gu += gy * Dv
+        gD_acc += tl.sum(gy * u, axis=0)
+        ypre += Dv * u
+    if HAS_Z:
+        gout = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
+        zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
+        sig = tl.sigmoid(zz)
+        gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
+        tl.store(gz_p + t * sgz_l, gz.to(gz_p.dtype.element_ty), mask=mt)
+    tl.store(gu_p + t * sgu_l, gu.to(gu_p.dtype.element_ty), mask=mt)
+    gdt = gdt + gx * u
+    if SOFTPLUS:
+        dl = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
+        gdt = gdt * tl.sigmoid(dl)
+    gdt = tl.where(mt, gdt, 0.0)
+    tl.store(gdl_p + t * sgdl_l, gdt.to(gdl_p.dtype.element_ty), mask=mt)
+    if HAS_BIAS:
+        gbias_acc += tl.sum(gdt, axis=0)
+    return gD_acc, gbias_acc
 
 
 @triton.jit
@@ -1035,23 +1082,31 @@ def _scan_bwd_tile_kernel(
     sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, LANES: tl.constexpr, PAIR: tl.constexpr, ODD: tl.constexpr,
-    FAST: tl.constexpr,
+    HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, LANES: tl.constexpr, CH2: tl.constexpr, FAST: tl.constexpr,
 ):
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
-    (batch, channel) walks the tiles from the last, from the states its forward saved at tile starts. Per state n and
-    tile: the states h_t again by one associative scan, then the adjoint g_t = C_t gy_t + a_{t+1} g_{t+1} from the
-    right (the tile to the right hands on a_{t1} g_{t1} in carry_ptr, N fp32 per program, which ends as dL/dh0). Then,
-    as in _step_bwd: dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t
-    summed over channels with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from a per-state tile sum
-    into gA (batch, dim, N). A state's scalars and B / C are read one state ahead.
+    (batch, channel; with CH2 two channels of one group) walks the tiles from the last, from the states its forward
+    saved at tile starts. Per state n and tile: the states h_t again by one associative scan, then the adjoint
+    g_t = C_t gy_t + a_{t+1} g_{t+1} from the right (the tile to the right hands on a_{t1} g_{t1} in carry_ptr, N fp32
+    per channel, which ends as dL/dh0). Then, as in _step_bwd: dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}),
+    dB_t += g_t x_t and dC_t += gy_t h_t summed over channels with atomics into (batch, G, N, L) fp32 (coalesced along
+    t), dA from a per-state tile sum into gA (batch, dim, N). A state's scalars and B / C are read one state ahead.
+    The atomics set the pace (H200, bf16: without them the one-channel kernel took 553 instead of 825 us at B8 D1536
+    L1024): CH2 (with LANES) adds its two channels' dB / dC terms before one atomic a state and step: half the
+    atomics, B / C read once for two channels (825 -> 558 us there; results/tile_bwd_channel_pairs_2026-11-29.log).
+    Walking each program's states from its index mod N (so that the programs running together add into different
+    rows) did not help: 558 -> 592 us.
     LANES (tiles of 128 steps in one warp): the adjoint by lanes of 4 steps, a_{t+1} a column or a lane on and five
     shuffles down (_bwd_lanes_state); else by tl.associative_scan(reverse=True), which reverses the lanes by
     butterflies around a forward scan (85 instead of 26 shuffles a state, SASS sm_90), with a_{t+1} from delta read
-    one step ahead. PAIR (with LANES): two states an iteration."""
+    one step ahead."""
     pid = tl.program_id(0)
-    b = pid // dim
-    d = pid % dim
+    if CH2:
+        b = pid // (dim // 2)
+        d = (pid % (dim // 2)) * 2  # the program's first channel; the second is d + 1, of the same group
+    else:
+        b = pid // dim
+        d = pid % dim
     g = d // dg
     b64 = b.to(tl.int64)
     d64 = d.to(tl.int64)
@@ -1061,9 +1116,9 @@ def _scan_bwd_tile_kernel(
     last = offs == BLOCK_T - 1
     lane = tl.arange(0, 32)
     row = b64 * dim + d64
-    c_p = carry_ptr + row * N
+    c_p = carry_ptr + row * N  # (with CH2 the second channel's rows follow, N on)
     gA_p = gA_ptr + row * N
-    for i in range(N):
+    for i in range(N * (2 if CH2 else 1)):
         if HAS_GHL:
             tl.store(c_p + i, tl.load(ghl_ptr + row * N + i).to(tl.float32))
         else:
@@ -1071,11 +1126,17 @@ def _scan_bwd_tile_kernel(
         tl.store(gA_p + i, 0.0)
     tl.debug_barrier()
     Dv = 0.0
+    Dv1 = 0.0
     if HAS_D:
         Dv = tl.load(D_ptr + d).to(tl.float32)
+        if CH2:
+            Dv1 = tl.load(D_ptr + d + 1).to(tl.float32)
     bias = 0.0
+    bias1 = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
+        if CH2:
+            bias1 = tl.load(bias_ptr + d + 1).to(tl.float32)
     u_p, dl_p, z_p, gy_p, gu_p, gdl_p, gz_p = _bwd_row_ptrs(
         b64, d64, u_ptr, su_b, su_d, dl_ptr, sdl_b, sdl_d, z_ptr, sz_b, sz_d, gy_ptr, sgy_b, sgy_d,
         gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
@@ -1084,107 +1145,78 @@ def _scan_bwd_tile_kernel(
     gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
     gD_acc = 0.0
     gbias_acc = 0.0
+    gD_acc1 = 0.0
+    gbias_acc1 = 0.0
     for k in range(nchunks):
         c = nchunks - 1 - k
         t0 = c * BLOCK_T
         t = t0 + offs
         mt = t < L
-        mt1 = (t + 1) < L
-        u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
-        dl = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dl)
-        else:
-            dt = dl
-        dt = tl.where(mt, dt, 0.0)  # masked steps: a = 1, x = 0
-        dt1 = dt
-        if not LANES:
-            dl1 = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dt1 = _softplus(dl1)
-            else:
-                dt1 = dl1
-            dt1 = tl.where(mt1, dt1, 0.0)
-        gout = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zz)
-            gy = gout * zz * sig
-        else:
-            gy = gout
-        x = dt * u
+        dt, gy, x = _bwd_tile_in(u_p, su_l, dl_p, sdl_l, z_p, sz_l, gy_p, sgy_l, t, mt, bias, SOFTPLUS, HAS_Z)
         ypre = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gx = tl.zeros((BLOCK_T,), dtype=tl.float32)
         gdt = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        if CH2:
+            dt1, gy1, x1 = _bwd_tile_in(u_p + su_d, su_l, dl_p + sdl_d, sdl_l, z_p + sz_d, sz_l, gy_p + sgy_d, sgy_l, t,
+                                        mt, bias1, SOFTPLUS, HAS_Z)
+            ypre1 = tl.zeros((BLOCK_T,), dtype=tl.float32)
+            gx1 = tl.zeros((BLOCK_T,), dtype=tl.float32)
+            gdt1 = tl.zeros((BLOCK_T,), dtype=tl.float32)
+        dtn = dt  # (without LANES: dt a step on, for a_{t+1})
+        if not LANES:
+            mt1 = (t + 1) < L
+            dln = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dtn = _softplus(dln)
+            else:
+                dtn = dln
+            dtn = tl.where(mt1, dtn, 0.0)
         s_p = states_ptr + (row * nchunks + c) * N
-        N2 = N - N % 2
-        if PAIR:  # two states an iteration (the compiler interleaves their chains), read a pair ahead
-            a_nx = tl.load(A_ptr + d64 * N)
-            a_nx1 = tl.load(A_ptr + d64 * N + 1)
-            h_nx = tl.load(s_p)
-            h_nx1 = tl.load(s_p + 1)
-            c_nx = tl.load(c_p)
-            c_nx1 = tl.load(c_p + 1)
-            g_nx = tl.load(gA_p)
-            g_nx1 = tl.load(gA_p + 1)
-            B_nx = tl.load(B_p + t * sB_l, mask=mt, other=0.0)
-            C_nx = tl.load(C_p + t * sC_l, mask=mt, other=0.0)
-            B_nx1 = tl.load(B_p + sB_n + t * sB_l, mask=mt, other=0.0)
-            C_nx1 = tl.load(C_p + sC_n + t * sC_l, mask=mt, other=0.0)
-            for i in range(0, N2, 2):
-                a_0, h_0, k_0, g_0 = a_nx.to(tl.float32), h_nx, c_nx, g_nx
-                a_1, h_1, k_1, g_1 = a_nx1.to(tl.float32), h_nx1, c_nx1, g_nx1
-                B0, C0, B1, C1 = B_nx.to(tl.float32), C_nx.to(tl.float32), B_nx1.to(tl.float32), C_nx1.to(tl.float32)
-                nx = tl.minimum(i + 2, N2 - 2)  # (the last pair's reads its own, unused)
-                a_nx = tl.load(A_ptr + d64 * N + nx)
-                a_nx1 = tl.load(A_ptr + d64 * N + nx + 1)
-                h_nx = tl.load(s_p + nx)
-                h_nx1 = tl.load(s_p + nx + 1)
-                c_nx = tl.load(c_p + nx)
-                c_nx1 = tl.load(c_p + nx + 1)
-                g_nx = tl.load(gA_p + nx)
-                g_nx1 = tl.load(gA_p + nx + 1)
-                B_nx = tl.load(B_p + nx * sB_n + t * sB_l, mask=mt, other=0.0)
-                C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
-                B_nx1 = tl.load(B_p + (nx + 1) * sB_n + t * sB_l, mask=mt, other=0.0)
-                C_nx1 = tl.load(C_p + (nx + 1) * sC_n + t * sC_l, mask=mt, other=0.0)
-                ypre, gx, gdt, gA0, hand0 = _bwd_lanes_state(i, a_0, h_0, k_0, g_0, B0, C0, dt, x, gy, ypre, gx, gdt,
-                                                             first, lane, t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
-                ypre, gx, gdt, gA1, hand1 = _bwd_lanes_state(i + 1, a_1, h_1, k_1, g_1, B1, C1, dt, x, gy, ypre, gx,
-                                                             gdt, first, lane, t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
-                tl.debug_barrier()  # every thread has read the carries / dA sums before one thread overwrites them
-                tl.store(gA_p + i + lane * 0, gA0 + lane * 0.0, mask=lane == 0)
-                tl.store(gA_p + i + 1 + lane * 0, gA1 + lane * 0.0, mask=lane == 0)
-                tl.store(c_p + i + lane * 0, hand0, mask=lane == 0)
-                tl.store(c_p + i + 1 + lane * 0, hand1, mask=lane == 0)
-        i0 = N2 if PAIR else 0  # the states left (all, or with PAIR the last of an odd N): one an iteration
-        if not PAIR or ODD:
-            a_nx = tl.load(A_ptr + d64 * N + i0)
-            h_nx = tl.load(s_p + i0)
-            c_nx = tl.load(c_p + i0)
-            g_nx = tl.load(gA_p + i0)
-            B_nx = tl.load(B_p + i0 * sB_n + t * sB_l, mask=mt, other=0.0)
-            C_nx = tl.load(C_p + i0 * sC_n + t * sC_l, mask=mt, other=0.0)
-        for i in range(i0, N if not PAIR or ODD else 0):
+        s_p1 = s_p + nchunks * N  # (CH2: the second channel's saved states)
+        nx = 0  # a state's scalars and B / C are read in the iteration before its own
+        a_nx = tl.load(A_ptr + d64 * N + nx)
+        h_nx = tl.load(s_p + nx)
+        c_nx = tl.load(c_p + nx)
+        g_nx = tl.load(gA_p + nx)
+        if CH2:
+            a_nx1 = tl.load(A_ptr + d64 * N + N + nx)
+            h_nx1 = tl.load(s_p1 + nx)
+            c_nx1 = tl.load(c_p + N + nx)
+            g_nx1 = tl.load(gA_p + N + nx)
+        B_nx = tl.load(B_p + nx * sB_n + t * sB_l, mask=mt, other=0.0)
+        C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
+        for i in range(N):
             a_n, h_i, carry_i, gA_old = a_nx.to(tl.float32), h_nx, c_nx, g_nx
+            if CH2:
+                a_n1, h_i1, carry_i1, gA_old1 = a_nx1.to(tl.float32), h_nx1, c_nx1, g_nx1
             Bn, Cn = B_nx.to(tl.float32), C_nx.to(tl.float32)
-            nxt = tl.minimum(i + 1, N - 1)  # (the last state's reads its own, unused)
-            a_nx = tl.load(A_ptr + d64 * N + nxt)
-            h_nx = tl.load(s_p + nxt)
-            c_nx = tl.load(c_p + nxt)
-            g_nx = tl.load(gA_p + nxt)
-            B_nx = tl.load(B_p + nxt * sB_n + t * sB_l, mask=mt, other=0.0)
-            C_nx = tl.load(C_p + nxt * sC_n + t * sC_l, mask=mt, other=0.0)
+            nx = tl.minimum(i + 1, N - 1)  # (the last state's reads its own, unused)
+            a_nx = tl.load(A_ptr + d64 * N + nx)
+            h_nx = tl.load(s_p + nx)
+            c_nx = tl.load(c_p + nx)
+            g_nx = tl.load(gA_p + nx)
+            if CH2:
+                a_nx1 = tl.load(A_ptr + d64 * N + N + nx)
+                h_nx1 = tl.load(s_p1 + nx)
+                c_nx1 = tl.load(c_p + N + nx)
+                g_nx1 = tl.load(gA_p + N + nx)
+            B_nx = tl.load(B_p + nx * sB_n + t * sB_l, mask=mt, other=0.0)
+            C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
             if LANES:
-                ypre, gx, gdt, gA_i, hand = _bwd_lanes_state(i, a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy, ypre, gx,
-                                                             gdt, first, lane, t, mt, L, gB_ptr, gC_ptr, gBC, FAST)
+                ypre, gx, gdt, gA_i, hand, gBt, gCt = _bwd_lanes_state(a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy,
+                                                                       ypre, gx, gdt, first, lane, FAST)
+                if CH2:
+                    ypre1, gx1, gdt1, gA_i1, hand1, gBt1, gCt1 = _bwd_lanes_state(
+                        a_n1, h_i1, carry_i1, gA_old1, Bn, Cn, dt1, x1, gy1, ypre1, gx1, gdt1, first, lane, FAST)
+                    gBt += gBt1
+                    gCt += gCt1
             else:  # the adjoint by tl.associative_scan(reverse=True), a_{t+1} from delta read one step ahead
                 a_i = a_n * 1.4426950408889634
                 a = tl.exp2(dt * a_i)
                 xb = x * Bn
                 _, hs = tl.associative_scan((a, tl.where(first, xb + a * h_i, xb)), 0, _linear_combine)
                 cg = gy * Cn
-                _, gs = tl.associative_scan((tl.exp2(dt1 * a_i), tl.where(last, cg + carry_i, cg)), 0,
+                _, gs = tl.associative_scan((tl.exp2(dtn * a_i), tl.where(last, cg + carry_i, cg)), 0,
                                             _linear_combine, reverse=True)
                 gdA = gs * (hs - xb)
                 ypre += hs * Cn
@@ -1192,35 +1224,36 @@ def _scan_bwd_tile_kernel(
                 gdt += gdA * a_n
                 gA_i = gA_old + tl.sum(gdA * dt, axis=0)
                 hand = a * gs
-                tl.atomic_add(gB_ptr + gBC + i * L + t, gs * x, mask=mt, sem="relaxed")
-                tl.atomic_add(gC_ptr + gBC + i * L + t, gy * hs, mask=mt, sem="relaxed")
+                gBt = gs * x
+                gCt = gy * hs
+            tl.atomic_add(gB_ptr + gBC + i * L + t, gBt, mask=mt, sem="relaxed")
+            tl.atomic_add(gC_ptr + gBC + i * L + t, gCt, mask=mt, sem="relaxed")
             tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
             tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
             if LANES:
                 tl.store(c_p + i + lane * 0, hand, mask=lane == 0)  # a_{t0} g_{t0}: handed to the tile on the left
+                if CH2:
+                    tl.store(gA_p + N + i + offs * 0, gA_i1 + offs * 0.0, mask=first)
+                    tl.store(c_p + N + i + lane * 0, hand1, mask=lane == 0)
             else:
                 tl.store(c_p + i + offs * 0, hand, mask=first)
-        gu = gx * dt
-        if HAS_D:
-            gu += gy * Dv
-            gD_acc += tl.sum(gy * u, axis=0)
-            ypre += Dv * u
-        if HAS_Z:
-            gz = gout * ypre * sig * (1.0 + zz * (1.0 - sig))
-            tl.store(gz_p + t * sgz_l, gz.to(gz_p.dtype.element_ty), mask=mt)
-        tl.store(gu_p + t * sgu_l, gu.to(gu_p.dtype.element_ty), mask=mt)
-        gdt = gdt + gx * u
-        if SOFTPLUS:
-            gdt = gdt * tl.sigmoid(dl)
-        gdt = tl.where(mt, gdt, 0.0)
-        tl.store(gdl_p + t * sgdl_l, gdt.to(gdl_p.dtype.element_ty), mask=mt)
-        if HAS_BIAS:
-            gbias_acc += tl.sum(gdt, axis=0)
+        gD_acc, gbias_acc = _bwd_tile_out(ypre, gx, gdt, dt, gy, Dv, bias, u_p, su_l, dl_p, sdl_l, z_p, sz_l, gy_p,
+                                          sgy_l, gu_p, sgu_l, gdl_p, sgdl_l, gz_p, sgz_l, t, mt, gD_acc, gbias_acc,
+                                          HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
+        if CH2:
+            gD_acc1, gbias_acc1 = _bwd_tile_out(
+                ypre1, gx1, gdt1, dt1, gy1, Dv1, bias1, u_p + su_d, su_l, dl_p + sdl_d, sdl_l, z_p + sz_d, sz_l,
+                gy_p + sgy_d, sgy_l, gu_p + sgu_d, sgu_l, gdl_p + sgdl_d, sgdl_l, gz_p + sgz_d, sgz_l, t, mt, gD_acc1,
+                gbias_acc1, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
         tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
     if HAS_D:
         tl.store(gD_ptr + row, gD_acc)
+        if CH2:
+            tl.store(gD_ptr + row + 1, gD_acc1)
     if HAS_BIAS:
         tl.store(gbias_ptr + row, gbias_acc)
+        if CH2:
+            tl.store(gbias_ptr + row + 1, gbias_acc1)
 
 
 @triton.jit
@@ -2550,7 +2583,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         ghl = g_last.contiguous().float() if g_last is not None else None
         warps = TILE_BWD_CONFIG["num_warps"]
         lanes = bool(TILE_BWD_CONFIG.get("lanes", True)) and _TUPLES and block_t == 128 and warps == 1
-        _scan_bwd_tile_kernel[(batch * dim,)](
+        ch2 = lanes and bool(TILE_BWD_CONFIG.get("channel_pairs", True)) and (dim // G) % 2 == 0
+        _scan_bwd_tile_kernel[(batch * dim // (2 if ch2 else 1),)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
             gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
@@ -2558,8 +2592,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, LANES=lanes, PAIR=lanes and N >= 2 and bool(TILE_BWD_CONFIG.get("pair", True)),
-            ODD=N % 2 == 1, FAST=not _INTERPRET,
+            BLOCK_T=block_t, LANES=lanes, CH2=ch2, FAST=not _INTERPRET,
             num_warps=warps, **({"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}),
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes

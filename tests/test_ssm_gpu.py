@@ -179,16 +179,17 @@ def parallel_config(request):
 @pytest.fixture(params=[(True, 64, 4, 2, False), (True, 256, 4, 2, False), (True, 32, 1, 2, False),
                         (True, 128, 1, 2, True), (True, 128, 1, 2, False), (True, 128, 1, 1, True),
                         (True, 64, 1, 0, False), (False, 64, 4, 2, False)],
-                ids=["tile64", "tile256", "tile32-1warp", "tile128-lanes-pair", "tile128-lanes", "tile128-lanes-seg8",
+                ids=["tile64", "tile256", "tile32-1warp", "tile128-lanes-pairs", "tile128-lanes", "tile128-lanes-seg8",
                      "tile64-assoc-fwd", "no-tile"])
 def tile_bwd_config(request):
     """The time-tiled training pair: (enabled, the backward's tile, its warps, TILE_CONFIG["seg"]: the forward's
-    kernel, lanes of 16 / 8 consecutive steps or (0) tl.associative_scan tiles, the backward's "pair": two states an
-    iteration). Tiles of 128 steps in one warp take the backward's adjoint by lanes of 4 steps (TILE_BWD_CONFIG
-    ["lanes"]), with "pair" two states at a time (an odd N's last alone)."""
+    kernel, lanes of 16 / 8 consecutive steps or (0) tl.associative_scan tiles, the backward's "channel_pairs": two
+    channels a program, their dB / dC terms added before the atomics). Tiles of 128 steps in one warp take the
+    backward's adjoint by lanes of 4 steps (TILE_BWD_CONFIG["lanes"]); channel pairs run there where a group's
+    channels are even in number."""
     saved = dict(ssm_triton.TILE_BWD_CONFIG), dict(ssm_triton.TILE_CONFIG)
-    enabled, block_t, warps, seg, pair = request.param
-    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, pair=pair)
+    enabled, block_t, warps, seg, pairs = request.param
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, channel_pairs=pairs)
     ssm_triton.TILE_CONFIG.update(seg=seg)
     yield request.param
     for config, old in zip((ssm_triton.TILE_BWD_CONFIG, ssm_triton.TILE_CONFIG), saved):
@@ -200,13 +201,14 @@ def tile_bwd_config(request):
 @pytest.mark.parametrize("case", [(2, 24, 300, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
                                                                                  False), (3, 8, 1, 16, 0, True, False,
                                                                                           True, True),
-                                  (2, 16, 128, 8, 2, False, False, False, True)],
+                                  (2, 16, 128, 8, 2, False, False, False, True),
+                                  (1, 6, 200, 4, 2, True, True, True, False)],
                          ids=lambda c: "b{}-d{}-L{}-N{}-g{}".format(*c[:5]))
 def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     """Training through the time-tiled pair (forward saving the state at the backward's tile starts, inside its own
     longer tiles, backward walking the tiles from the last with reverse associative scans): output, last state and
     every gradient (u, delta, A, B, C, D, z, delta_bias, initial_state) against the float64 reference; several tiles,
-    a partial last tile, L = 1, groups."""
+    a partial last tile, L = 1, groups, odd N, an odd number of channels a group (3: no channel pairs)."""
     batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
