@@ -1074,6 +1074,25 @@ def _bwd_tile_out(ypre, gx, gdt, dt, gy, Dv, bias, u_p, su_l, dl_p, sdl_l, z_p, 
 
 
 @triton.jit
+def _bwd_state_reads(n, A_p, s_p, s_p1, c_p, gA_p, N, B_p, sB_n, C_p, sC_n, t, sB_l, sC_l, mt, CH2: tl.constexpr):
+    """What _scan_bwd_tile_kernel reads for state n of a tile: A, the saved state, the carry and the dA sum of its
+    channel (with CH2 the second channel's too, N on; else the first's again, unused) and the tile's B / C rows."""
+    a = tl.load(A_p + n)
+    h = tl.load(s_p + n)
+    c = tl.load(c_p + n)
+    g = tl.load(gA_p + n)
+    a1, h1, c1, g1 = a, h, c, g
+    if CH2:
+        a1 = tl.load(A_p + N + n)
+        h1 = tl.load(s_p1 + n)
+        c1 = tl.load(c_p + N + n)
+        g1 = tl.load(gA_p + N + n)
+    Bn = tl.load(B_p + n * sB_n + t * sB_l, mask=mt, other=0.0)
+    Cn = tl.load(C_p + n * sC_n + t * sC_l, mask=mt, other=0.0)
+    return a, h, c, g, a1, h1, c1, g1, Bn, Cn
+
+
+@triton.jit
 def _scan_bwd_tile_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr, gy_ptr, ghl_ptr,
     gu_ptr, gdl_ptr, gz_ptr, gA_ptr, gB_ptr, gC_ptr, gD_ptr, gbias_ptr, carry_ptr,
@@ -1173,35 +1192,17 @@ def _scan_bwd_tile_kernel(
             dtn = tl.where(mt1, dtn, 0.0)
         s_p = states_ptr + (row * nchunks + c) * N
         s_p1 = s_p + nchunks * N  # (CH2: the second channel's saved states)
-        nx = 0  # a state's scalars and B / C are read in the iteration before its own
-        a_nx = tl.load(A_ptr + d64 * N + nx)
-        h_nx = tl.load(s_p + nx)
-        c_nx = tl.load(c_p + nx)
-        g_nx = tl.load(gA_p + nx)
-        if CH2:
-            a_nx1 = tl.load(A_ptr + d64 * N + N + nx)
-            h_nx1 = tl.load(s_p1 + nx)
-            c_nx1 = tl.load(c_p + N + nx)
-            g_nx1 = tl.load(gA_p + N + nx)
-        B_nx = tl.load(B_p + nx * sB_n + t * sB_l, mask=mt, other=0.0)
-        C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
+        # a state's scalars and B / C are read in the iteration before its own
+        a_nx, h_nx, c_nx, g_nx, a_nx1, h_nx1, c_nx1, g_nx1, B_nx, C_nx = _bwd_state_reads(
+            0, A_ptr + d64 * N, s_p, s_p1, c_p, gA_p, N, B_p, sB_n, C_p, sC_n, t, sB_l, sC_l, mt, CH2)
         for i in range(N):
             a_n, h_i, carry_i, gA_old = a_nx.to(tl.float32), h_nx, c_nx, g_nx
             if CH2:
                 a_n1, h_i1, carry_i1, gA_old1 = a_nx1.to(tl.float32), h_nx1, c_nx1, g_nx1
             Bn, Cn = B_nx.to(tl.float32), C_nx.to(tl.float32)
-            nx = tl.minimum(i + 1, N - 1)  # (the last state's reads its own, unused)
-            a_nx = tl.load(A_ptr + d64 * N + nx)
-            h_nx = tl.load(s_p + nx)
-            c_nx = tl.load(c_p + nx)
-            g_nx = tl.load(gA_p + nx)
-            if CH2:
-                a_nx1 = tl.load(A_ptr + d64 * N + N + nx)
-                h_nx1 = tl.load(s_p1 + nx)
-                c_nx1 = tl.load(c_p + N + nx)
-                g_nx1 = tl.load(gA_p + N + nx)
-            B_nx = tl.load(B_p + nx * sB_n + t * sB_l, mask=mt, other=0.0)
-            C_nx = tl.load(C_p + nx * sC_n + t * sC_l, mask=mt, other=0.0)
+            a_nx, h_nx, c_nx, g_nx, a_nx1, h_nx1, c_nx1, g_nx1, B_nx, C_nx = _bwd_state_reads(
+                tl.minimum(i + 1, N - 1), A_ptr + d64 * N, s_p, s_p1, c_p, gA_p, N, B_p, sB_n, C_p, sC_n, t, sB_l,
+                sC_l, mt, CH2)  # (the last state's reads its own, unused)
             if LANES:
                 ypre, gx, gdt, gA_i, hand, gBt, gCt = _bwd_lanes_state(a_n, h_i, carry_i, gA_old, Bn, Cn, dt, x, gy,
                                                                        ypre, gx, gdt, first, lane, FAST)
