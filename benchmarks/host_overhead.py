@@ -9,7 +9,8 @@ is timed is our wrappers, the checks, the allocations and torch's dispatch of th
     python benchmarks/host_overhead.py [--layers 24] [--tokens 1024] [--repeats 50]
 
 Prints microseconds a layer (median of the repeats) and launches a layer, per path: the LM forward without a cache
-(the tiled scan, as at 1 x 1024), and with a cache continuing (the chunked prefill).
+(the tiled scan, as at 1 x 1024), and with a cache continuing (the chunked prefill); and the microseconds of one
+selective scan forward + backward through autograd (the time-tiled training pair).
 """
 
 from __future__ import annotations
@@ -114,6 +115,39 @@ def main():
               f"{sum(per_layer.values()):.2f} {per_layer}")
     print(f"torch ops that launch a kernel on a GPU, a layer (forward, no cache): {sum(torch_ops.values()):.2f} "
           f"{torch_ops}")
+    us, counts = _scan_training(launches, args.repeats)
+    print(f"selective scan forward + backward (training, the time-tiled pair; 1 x 64 channels x 1024 steps, bf16, "
+          f"autograd's engine included): {us:.0f} us a call (host, kernels not run); Triton launches {counts}")
+
+
+def _scan_training(launches, repeats):
+    """Host us of one forward + backward of ssm_triton.selective_scan_triton through autograd (the scan as a training
+    step calls it: five inputs that need gradients, D, delta_bias, the z gate), and its Triton launches."""
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g).to(torch.bfloat16)
+
+    dim, L, N = 64, 1024, 16
+    A, D, bias, dy = -torch.rand(dim, N, generator=g), torch.randn(dim, generator=g), torch.randn(dim, generator=g), \
+        rnd(1, dim, L)
+    leaves = [t.requires_grad_() for t in (rnd(1, dim, L), rnd(1, dim, L), rnd(1, 1, N, L), rnd(1, 1, N, L),
+                                            rnd(1, dim, L))]
+
+    def fb():
+        for t in leaves:
+            t.grad = None
+        u, delta, B, C, z = leaves
+        ssm_triton.selective_scan_triton(u, delta, A, B, C, D, z, bias, True).backward(dy)
+
+    fb()
+    launches.counts.clear()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fb()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6, {k: v // repeats for k, v in launches.counts.items()}
 
 
 # aten ops that run one GPU kernel each (cat is one kernel for its inputs; copy_ inside it is not counted)

@@ -1076,7 +1076,8 @@ def _bwd_tile_out(ypre, gx, gdt, dt, gy, Dv, bias, u_p, su_l, dl_p, sdl_l, z_p, 
 @triton.jit
 def _bwd_state_reads(n, A_p, s_p, s_p1, c_p, gA_p, N, B_p, sB_n, C_p, sC_n, t, sB_l, sC_l, mt, CH2: tl.constexpr):
     """What _scan_bwd_tile_kernel reads for state n of a tile: A, the saved state, the carry and the dA sum of its
-    channel (with CH2 the second channel's too, N on; else the first's again, unused) and the tile's B / C rows."""
+    channel (with CH2 the second channel's too: A's row N on, its carry and dA sum 2 N on; else the first's again,
+    unused) and the tile's B / C rows."""
     a = tl.load(A_p + n)
     h = tl.load(s_p + n)
     c = tl.load(c_p + n)
@@ -1085,8 +1086,8 @@ def _bwd_state_reads(n, A_p, s_p, s_p1, c_p, gA_p, N, B_p, sB_n, C_p, sC_n, t, s
     if CH2:
         a1 = tl.load(A_p + N + n)
         h1 = tl.load(s_p1 + n)
-        c1 = tl.load(c_p + N + n)
-        g1 = tl.load(gA_p + N + n)
+        c1 = tl.load(c_p + 2 * N + n)
+        g1 = tl.load(gA_p + 2 * N + n)
     Bn = tl.load(B_p + n * sB_n + t * sB_l, mask=mt, other=0.0)
     Cn = tl.load(C_p + n * sC_n + t * sC_l, mask=mt, other=0.0)
     return a, h, c, g, a1, h1, c1, g1, Bn, Cn
@@ -1106,10 +1107,12 @@ def _scan_bwd_tile_kernel(
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
     (batch, channel; with CH2 two channels of one group) walks the tiles from the last, from the states its forward
     saved at tile starts. Per state n and tile: the states h_t again by one associative scan, then the adjoint
-    g_t = C_t gy_t + a_{t+1} g_{t+1} from the right (the tile to the right hands on a_{t1} g_{t1} in carry_ptr, N fp32
-    per channel, which ends as dL/dh0). Then, as in _step_bwd: dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}),
-    dB_t += g_t x_t and dC_t += gy_t h_t summed over channels with atomics into (batch, G, N, L) fp32 (coalesced along
-    t), dA from a per-state tile sum into gA (batch, dim, N). A state's scalars and B / C are read one state ahead.
+    g_t = C_t gy_t + a_{t+1} g_{t+1} from the right (the tile to the right hands on a_{t1} g_{t1} in carry_ptr,
+    (batch, dim, 2, N) fp32: the carries, which end as dL/dh0, then the dA sums so far). Then, as in _step_bwd:
+    dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t summed over channels
+    with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from per-state tile sums; dA, dD and d(delta_bias)
+    are summed over the batch by atomics at the end into gA (dim, N), gD and gbias (dim,), zeroed by the caller. A
+    state's scalars and B / C are read one state ahead.
     The atomics set the pace (H200, bf16: without them the one-channel kernel took 553 instead of 825 us at B8 D1536
     L1024): CH2 (with LANES) adds its two channels' dB / dC terms before one atomic a state and step: half the
     atomics, B / C read once for two channels (825 -> 558 us there; results/tile_bwd_channel_pairs_2026-11-29.log).
@@ -1135,14 +1138,15 @@ def _scan_bwd_tile_kernel(
     last = offs == BLOCK_T - 1
     lane = tl.arange(0, 32)
     row = b64 * dim + d64
-    c_p = carry_ptr + row * N  # (with CH2 the second channel's rows follow, N on)
-    gA_p = gA_ptr + row * N
-    for i in range(N * (2 if CH2 else 1)):
-        if HAS_GHL:
-            tl.store(c_p + i, tl.load(ghl_ptr + row * N + i).to(tl.float32))
-        else:
-            tl.store(c_p + i, 0.0)
-        tl.store(gA_p + i, 0.0)
+    c_p = carry_ptr + row * 2 * N  # a channel's carries, then its dA sums (with CH2 the second channel's, 2 N on)
+    gA_p = c_p + N
+    for i in range(N):
+        for k in tl.static_range(2 if CH2 else 1):
+            cv = 0.0
+            if HAS_GHL:
+                cv = tl.load(ghl_ptr + (row + k) * N + i).to(tl.float32)
+            tl.store(c_p + k * 2 * N + i, cv)
+            tl.store(gA_p + k * 2 * N + i, 0.0)
     tl.debug_barrier()
     Dv = 0.0
     Dv1 = 0.0
@@ -1234,8 +1238,8 @@ def _scan_bwd_tile_kernel(
             if LANES:
                 tl.store(c_p + i + lane * 0, hand, mask=lane == 0)  # a_{t0} g_{t0}: handed to the tile on the left
                 if CH2:
-                    tl.store(gA_p + N + i + offs * 0, gA_i1 + offs * 0.0, mask=first)
-                    tl.store(c_p + N + i + lane * 0, hand1, mask=lane == 0)
+                    tl.store(gA_p + 2 * N + i + offs * 0, gA_i1 + offs * 0.0, mask=first)
+                    tl.store(c_p + 2 * N + i + lane * 0, hand1, mask=lane == 0)
             else:
                 tl.store(c_p + i + offs * 0, hand, mask=first)
         gD_acc, gbias_acc = _bwd_tile_out(ypre, gx, gdt, dt, gy, Dv, bias, u_p, su_l, dl_p, sdl_l, z_p, sz_l, gy_p,
@@ -1247,14 +1251,18 @@ def _scan_bwd_tile_kernel(
                 gy_p + sgy_d, sgy_l, gu_p + sgu_d, sgu_l, gdl_p + sgdl_d, sgdl_l, gz_p + sgz_d, sgz_l, t, mt, gD_acc1,
                 gbias_acc1, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS)
         tl.debug_barrier()  # the carries / gA sums of this tile are visible to the next
+    for i in range(N):  # the sums over the batch (the caller's buffers start at zero)
+        tl.atomic_add(gA_ptr + d64 * N + i, tl.load(gA_p + i), sem="relaxed")
+        if CH2:
+            tl.atomic_add(gA_ptr + d64 * N + N + i, tl.load(gA_p + 2 * N + i), sem="relaxed")
     if HAS_D:
-        tl.store(gD_ptr + row, gD_acc)
+        tl.atomic_add(gD_ptr + d, gD_acc, sem="relaxed")
         if CH2:
-            tl.store(gD_ptr + row + 1, gD_acc1)
+            tl.atomic_add(gD_ptr + d + 1, gD_acc1, sem="relaxed")
     if HAS_BIAS:
-        tl.store(gbias_ptr + row, gbias_acc)
+        tl.atomic_add(gbias_ptr + d, gbias_acc, sem="relaxed")
         if CH2:
-            tl.store(gbias_ptr + row + 1, gbias_acc1)
+            tl.atomic_add(gbias_ptr + d + 1, gbias_acc1, sem="relaxed")
 
 
 @triton.jit
@@ -2101,6 +2109,11 @@ def _channel_major(t: torch.Tensor) -> torch.Tensor:
     return transpose_copy_triton(t) if t.dim() == 3 else t.contiguous()
 
 
+def _as_dtype(t: torch.Tensor, dtype) -> torch.Tensor:
+    """t in dtype (t itself when it has it: no call into torch)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _tile_inputs(u, delta, B, C, z):
     """The time-tiled kernels' inputs, channel-major: they load BLOCK_T consecutive steps of a channel, and time-major
     views (a mixer's delta / z / B / C are views of linear outputs) would make each of those loads touch one cache line
@@ -2576,11 +2589,16 @@ class _SelectiveScanFn(torch.autograd.Function):
         gy = _empty_as(u).zero_() if gy is None else _channel_major(gy)  # (the mixer's gy is time-major)
         gu, gdl = _empty_as(u), _empty_as(delta)
         gz = _empty_as(z) if has_z else None
-        gBC = torch.zeros((2, batch, G, N, L), **f32)  # dB, dC summed over channels by atomics
-        gA = torch.empty((batch, dim, N), **f32)
-        gD = torch.empty((batch, dim), **f32) if has_D else None
-        gbias = torch.empty((batch, dim), **f32) if has_bias else None
-        carry = torch.empty((batch, dim, N), **f32)  # ends as dL/dh0
+        # dB, dC (summed over channels by atomics), dA, dD, d(delta_bias) (over the batch): one zeroed buffer, each
+        # at a 16-byte boundary
+        nbc = 2 * batch * G * N * L
+        o_a = _cdiv(nbc, 4) * 4
+        o_d = o_a + _cdiv(dim * N, 4) * 4
+        o_b = o_d + _cdiv(dim, 4) * 4
+        sums = torch.zeros((o_b + dim,), **f32)
+        gBC = sums[:nbc].view(2, batch, G, N, L)
+        gA, gD, gbias = sums[o_a:o_a + dim * N].view(dim, N), sums[o_d:o_d + dim], sums[o_b:o_b + dim]
+        carry = torch.empty((batch, dim, 2, N), **f32)  # the carries (end as dL/dh0), the dA sums so far
         ghl = g_last.contiguous().float() if g_last is not None else None
         warps = TILE_BWD_CONFIG["num_warps"]
         lanes = bool(TILE_BWD_CONFIG.get("lanes", True)) and _TUPLES and block_t == 128 and warps == 1
@@ -2588,7 +2606,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         _scan_bwd_tile_kernel[(batch * dim // (2 if ch2 else 1),)](
             u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
-            gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD if has_D else gA, gbias if has_bias else gA, carry,
+            gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD, gbias, carry,
             dim, L, dim // G, G, N, nchunks,
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
             *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
@@ -2598,11 +2616,11 @@ class _SelectiveScanFn(torch.autograd.Function):
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
+        gB, gC = gBC.to(B.dtype).unbind(0) if B.dtype == C.dtype else (gBC[0].to(B.dtype), gBC[1].to(C.dtype))
         return (
-            gu, gdl, gA.sum(0).to(A_dt), gBC[0].to(B.dtype), gBC[1].to(C.dtype),
-            gD.sum(0).to(D_dt) if has_D else None, gz,
-            gbias.sum(0).to(bias_dt) if has_bias else None,
-            carry.to(h0_dt) if need_gh0 else None, None, None,
+            gu, gdl, _as_dtype(gA, A_dt), gB, gC, _as_dtype(gD, D_dt) if has_D else None, gz,
+            _as_dtype(gbias, bias_dt) if has_bias else None,
+            carry[:, :, 0].to(h0_dt) if need_gh0 else None, None, None,
         )
 
 def reverse_in_place(*tensors) -> bool:
