@@ -29,7 +29,8 @@ written per (batch, channel) and summed over the batch with torch.
 Two more forward designs are chosen by measurement (see the *_CONFIG comments): the time-tiled kernels (one warp per
 channel over tiles of steps: each lane 16 consecutive steps joined by one warp scan a state, _scan_fwd_seg_kernel, or
 tl.associative_scan over a tile, _scan_fwd_tile_kernel; the backward's 128-step tiles: the states by
-tl.associative_scan, the adjoint by lanes of 4 steps and shuffles down, two states at a time) for inference at
+tl.associative_scan, the adjoint by lanes of 4 steps and shuffles down, two channels a program whose dB / dC terms
+are added before one atomic; dA, dD, d(delta_bias) summed over the batch by atomics) for inference at
 L >= 512 with many channels and for training there, and the register-lane kernel (one thread per channel, its states
 a tuple of registers) for inference elsewhere. The inference forwards also read a sequence backwards in place
 (``reverse``: per-step tensors passed as a view at their last step with negated step strides) and take A_log
@@ -117,7 +118,7 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # 5,541-5,702 / 154-175; "pair" (two states an iteration, 128 registers) -> 784 / 5,255 / 147. Register caps of
 # 80 / 72 / 64 ran slower (878 / 883 / 884 at B8 L1024). Thirteenth session: without its dB / dC atomics that kernel
 # took 553 / 3,870 / 60 us (825 / 5,125 / 149 with them); "channel_pairs" (two channels a program, their dB / dC
-# terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (253 registers; capped at 168: 554 / 4,187 /
+# terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (about 250 registers; capped at 168: 554 / 4,187 /
 # 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
                    "lanes": True, "channel_pairs": True, "maxnreg": 0, "fwd_maxnreg": 128, "fwd_prefetch": 1}
