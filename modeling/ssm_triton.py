@@ -118,8 +118,8 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # 5,541-5,702 / 154-175; "pair" (two states an iteration, 128 registers) -> 784 / 5,255 / 147. Register caps of
 # 80 / 72 / 64 ran slower (878 / 883 / 884 at B8 L1024). Thirteenth session: without its dB / dC atomics that kernel
 # took 553 / 3,870 / 60 us (825 / 5,125 / 149 with them); "channel_pairs" (two channels a program, their dB / dC
-# terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (about 250 registers; capped at 168: 554 / 4,187 /
-# 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
+# terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (about 250 registers; capped at 168: 554 /
+# 4,187 / 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
                    "lanes": True, "channel_pairs": True, "maxnreg": 0, "fwd_maxnreg": 128, "fwd_prefetch": 1}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
