@@ -210,8 +210,9 @@ TILE_SWEEP = [(1024, 4), (2048, 4), (256, 1), (512, 1), (1024, 1), (512, 2), (10
 TILE_BWD_SWEEP = [dict(lanes=False, channel_pairs=False), dict(lanes=True, channel_pairs=False),
                   dict(lanes=True, channel_pairs=True), dict(channel_pairs=True, maxnreg=168),
                   dict(channel_pairs=True, fwd_maxnreg=0)]
-# TILE_CONFIG updates of --seg-sweep (each applied to the defaults): "seg" 0 the tl.associative_scan tiles (_scan_fwd_tile_kernel), 1 / 2 lanes of
-# 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software pipelining of its state loop's B / C loads;
+# TILE_CONFIG updates of --seg-sweep (each applied to the defaults): "seg" 0 the tl.associative_scan tiles
+# (_scan_fwd_tile_kernel), 1 / 2 lanes of 8 / 16 consecutive steps (_scan_fwd_seg_kernel); "stages": software
+# pipelining of its state loop's B / C loads;
 # "maxnreg" / "prefetch": its register cap (0: none) / B / C read one state ahead, in inference
 # (TILE_BWD_CONFIG["fwd_maxnreg"] / ["fwd_prefetch"] in training)
 SEG_SWEEP = [dict(seg=0), dict(seg=1, stages=1, maxnreg=128), dict(seg=2, stages=1, maxnreg=0),

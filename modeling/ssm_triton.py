@@ -1031,16 +1031,12 @@ def _bwd_tile_in(u_p, su_l, dl_p, sdl_l, z_p, sz_l, gy_p, sgy_l, t, mt, bias, SO
                  HAS_Z: tl.constexpr):
     """What the state loop of _scan_bwd_tile_kernel reads of a tile for one channel (fp32; steps past L: dt = 0, so
     a = 1 and x = 0): dt, the gradient at the gate's input gy and x = dt u (_bwd_tile_out reads the rest again)."""
-    u = tl.load(u_p + t * su_l, mask=mt, other=0.0).to(tl.float32)
-    dt = tl.load(dl_p + t * sdl_l, mask=mt, other=0.0).to(tl.float32) + bias
-    if SOFTPLUS:
-        dt = _softplus(dt)
-    dt = tl.where(mt, dt, 0.0)
+    _, dt, x = _tile_steps(u_p, su_l, dl_p, sdl_l, t, mt, bias, SOFTPLUS)
     gy = tl.load(gy_p + t * sgy_l, mask=mt, other=0.0).to(tl.float32)
     if HAS_Z:
         zz = tl.load(z_p + t * sz_l, mask=mt, other=0.0).to(tl.float32)
         gy = gy * zz * tl.sigmoid(zz)
-    return dt, gy, dt * u
+    return dt, gy, x
 
 
 @triton.jit
@@ -1124,12 +1120,9 @@ def _scan_bwd_tile_kernel(
     butterflies around a forward scan (85 instead of 26 shuffles a state, SASS sm_90), with a_{t+1} from delta read
     one step ahead."""
     pid = tl.program_id(0)
-    if CH2:
-        b = pid // (dim // 2)
-        d = (pid % (dim // 2)) * 2  # the program's first channel; the second is d + 1, of the same group
-    else:
-        b = pid // dim
-        d = pid % dim
+    CPP: tl.constexpr = 2 if CH2 else 1  # channels a program: d, (with CH2) d + 1, of the same group
+    b = pid // (dim // CPP)
+    d = (pid % (dim // CPP)) * CPP
     g = d // dg
     b64 = b.to(tl.int64)
     d64 = d.to(tl.int64)
@@ -1188,13 +1181,7 @@ def _scan_bwd_tile_kernel(
             gdt1 = tl.zeros((BLOCK_T,), dtype=tl.float32)
         dtn = dt  # (without LANES: dt a step on, for a_{t+1})
         if not LANES:
-            mt1 = (t + 1) < L
-            dln = tl.load(dl_p + (t + 1) * sdl_l, mask=mt1, other=0.0).to(tl.float32) + bias
-            if SOFTPLUS:
-                dtn = _softplus(dln)
-            else:
-                dtn = dln
-            dtn = tl.where(mt1, dtn, 0.0)
+            _, dtn, _ = _tile_steps(u_p, su_l, dl_p, sdl_l, t + 1, (t + 1) < L, bias, SOFTPLUS)
         s_p = states_ptr + (row * nchunks + c) * N
         s_p1 = s_p + nchunks * N  # (CH2: the second channel's saved states)
         # a state's scalars and B / C are read in the iteration before its own
