@@ -121,7 +121,8 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (about 250 registers; capped at 168: 554 /
 # 4,187 / 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
-                   "lanes": True, "channel_pairs": True, "maxnreg": 0, "fwd_maxnreg": 128, "fwd_prefetch": 1}
+                   "lanes": True, "channel_pairs": True, "maxnreg": 168, "fwd_maxnreg": 128, "fwd_prefetch": 1,
+                   "long_min_programs": 128, "fwd_lanes": None}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -484,12 +485,13 @@ def _lane_block(pid_b, pid_d, dim, dg, A_ptr, bias_ptr, D_ptr, N: tl.constexpr, 
 @triton.jit
 def _scan_fwd_lane_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
-    y_ptr, hlast_ptr, states_ptr, hend_ptr, S_ptr,
-    dim, L, dg, nchunks, CHUNK,
+    y_ptr, hlast_ptr, states_ptr, hend_ptr, S_ptr, save_ptr,
+    dim, L, dg, nchunks, CHUNK, nsave,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l, sB_b, sB_g, sB_l, sC_b, sC_g, sC_l,
     N: tl.constexpr, S: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, MODE: tl.constexpr, BLOCK_D: tl.constexpr, A_IS_LOG: tl.constexpr, MEAN: tl.constexpr,
+    SAVE_EVERY: tl.constexpr = 0,
 ):
     """Inference forward with the states in registers, N / S per thread ("lanes"): a program takes BLOCK_D channels of
     one batch row and one B/C group, S threads a channel, and keeps each thread's N / S states as a tuple of
@@ -499,7 +501,9 @@ def _scan_fwd_lane_kernel(
     pass 1, one program per chunk = program_id(2)): the chunk's end state from zero and its summed step sizes
     (hend (batch, dim, nchunks, N), S (batch, dim, nchunks)): it maps a start state h to exp(A S) h + hend. MODE 2
     (pass 3): rescan chunk program_id(2) from states[chunk] (pass 2, _chunk_carry_kernel, wrote them), write y.
-    MEAN: y_ptr holds a y already (the other direction's) and each step stores the mean of the two."""
+    MEAN: y_ptr holds a y already (the other direction's) and each step stores the mean of the two.
+    SAVE_EVERY (MODE 0 / 2, CHUNK a multiple of it where there are chunks): the state before every SAVE_EVERY steps
+    into save_ptr (batch, dim, nsave, N), the starts of _scan_bwd_tile_kernel's tiles (training at few channels)."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     c_begin = tl.program_id(2)
@@ -544,8 +548,14 @@ def _scan_fwd_lane_kernel(
                                       BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
     u1, d1, z1, y1, B1, C1 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t0 + 1, L, NS,
                                       S, BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
+    if SAVE_EVERY > 0:
+        sv_p = row * nsave * N + k0  # (batch, channel, state) of a (batch, dim, nsave, N) tensor
     for k in range(0, CHUNK, 2):
         t = t0 + k
+        if SAVE_EVERY > 0:  # the state before step t, t0 being a multiple of SAVE_EVERY
+            if k % SAVE_EVERY == 0:
+                for i in tl.static_range(NS):
+                    tl.store(save_ptr + sv_p + (t // SAVE_EVERY) * N + i, h[i], mask=(k0 * 0 + t) < t1)
         u2, d2, z2, y2, B2, C2 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t + 2, L,
                                           NS, S, BLOCK_D, LD_Z, STORE_Y, VEC, MEAN_LD)
         u3, d3, z3, y3, B3, C3 = _lane_ld(u_p, su_l, dl_p, sdl_l, z_p, sz_l, y_p, sy_l, B_p, sB_l, C_p, sC_l, t + 3, L,
@@ -2218,7 +2228,7 @@ def _use_tile_bwd(programs: int, L: int) -> bool:
     cfg = TILE_BWD_CONFIG
     if cfg["enabled"] is not None:
         return bool(cfg["enabled"])
-    few_programs = programs < PARALLEL_CONFIG["parallel_below"]
+    few_programs = programs < min(PARALLEL_CONFIG["parallel_below"], cfg.get("long_min_programs", 10**9))
     return L >= cfg["min_len"] and not (few_programs and L >= TILE_CONFIG["long"])
 
 
@@ -2242,14 +2252,15 @@ def _carry_chunks(A, S, local, init, starts, final, reverse: bool, a_log: bool =
     )
 
 
-def _lane_plan(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = True):
+def _lane_plan(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = True, training: bool = False):
     """(S, BLOCK_D, CHUNK, nchunks) of the lane forward, or None where it does not apply (see LANE_CONFIG;
-    ``time_major``: u's layout, which sets how many warps the chunks aim at)."""
+    ``time_major``: u's layout, which sets how many warps the chunks aim at; ``training``: whatever the inference
+    forward would choose, see _lane_train_plan)."""
     cfg = LANE_CONFIG
     if cfg["enabled"] is False or not _TUPLES:
         return None
     dg = dim // G
-    if cfg["enabled"] is None and _use_tile_kernel(_programs(batch, dim, G), L):
+    if cfg["enabled"] is None and not training and _use_tile_kernel(_programs(batch, dim, G), L):
         return None  # where the time-tiled kernel is chosen, it stays
     lanes = 32 * int(cfg["num_warps"])
     splits = [S for S in (1, 2, 4) if S <= cfg["max_split"] and N % S == 0 and dg % (lanes // S) == 0]
@@ -2263,6 +2274,26 @@ def _lane_plan(batch: int, dim: int, G: int, N: int, L: int, time_major: bool = 
     if want > 1:
         chunk = min(L, max(int(cfg["min_chunk"]), 2 * _cdiv(L, 2 * want)))  # one chunk: its trip count is L
     return S, lanes // S, chunk, _cdiv(L, chunk)
+
+
+def _lane_train_plan(batch: int, dim: int, G: int, N: int, L: int, save_every: int):
+    """The lane forward's plan (see _lane_plan) where it takes the time-tiled backward's forward (saving the state
+    before every ``save_every`` steps; its chunks a multiple of that): TILE_BWD_CONFIG["fwd_lanes"] None = with few
+    programs (below PARALLEL_CONFIG["parallel_below"]) and long sequences (TILE_CONFIG["long"]), where the lane kernel
+    cuts the sequence into chunks and the time-tiled forward, a warp a channel, leaves the GPU part idle (B4 D768
+    L6085); True / False = wherever it runs / never."""
+    rule = TILE_BWD_CONFIG.get("fwd_lanes")
+    few = _programs(batch, dim, G) < PARALLEL_CONFIG["parallel_below"] and L >= TILE_CONFIG["long"]
+    if rule is False or (rule is None and not few):
+        return None
+    plan = _lane_plan(batch, dim, G, N, L, time_major=False, training=True)
+    if plan is None:
+        return None
+    S, BLOCK_D, chunk, nchunks = plan
+    if nchunks > 1:
+        chunk = save_every * _cdiv(chunk, save_every)
+        nchunks = _cdiv(L, chunk)
+    return S, BLOCK_D, (chunk if nchunks > 1 else L), nchunks
 
 
 def _grad_chunk(L: int) -> int:
@@ -2357,10 +2388,11 @@ def _lane_vector(B: torch.Tensor, C: torch.Tensor, per_thread: int) -> int:
 
 
 def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan, reverse: bool = False,
-                  a_log: bool = False, mean_into=None):
-    """Inference forward by _scan_fwd_lane_kernel (see _lane_plan): y and the last state (``reverse``: scanned from
-    the last step back, see _steps; ``a_log``: A holds A_log, the kernel takes -exp of it; ``mean_into``: y is the
-    mean of this tensor and the scan's output, written into it)."""
+                  a_log: bool = False, mean_into=None, save_every: int = 0):
+    """Forward by _scan_fwd_lane_kernel (see _lane_plan): y and the last state (``reverse``: scanned from the last
+    step back, see _steps; ``a_log``: A holds A_log, the kernel takes -exp of it; ``mean_into``: y is the mean of this
+    tensor and the scan's output, written into it); with ``save_every`` (training, see _lane_train_plan) also the
+    state before every save_every steps, (batch, dim, nsave, N), as _tile_forward saves them."""
     batch, dim, L = u.shape
     G, N = B.shape[1], A.shape[1]
     S, BLOCK_D, chunk, nchunks = plan
@@ -2388,21 +2420,24 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
     states = torch.empty((batch, dim, nchunks, N), **f32) if parallel else h_last
     hend = torch.empty_like(states) if parallel else states
     S_sum = torch.empty((batch, dim, nchunks), **f32) if parallel else states
+    nsave = _cdiv(L, save_every) if save_every else 0
+    saved = torch.empty((batch, dim, nsave, N), **f32) if save_every else None
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
         _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
     bc_strides = [st[i] if t.shape[i] > 1 else 0 for t, st in ((B, sB), (C, sC)) for i in (0, 1, 3)]  # 0: unused
-    common = (dim, L, dim // G, nchunks, chunk, *su, *sdl, *sz, *sy, *bc_strides)
+    common = (dim, L, dim // G, nchunks, chunk, nsave, *su, *sdl, *sz, *sy, *bc_strides)
     flags = dict(N=N, S=S, VEC=VEC, FAST=not _INTERPRET,
                  HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                  HAS_H0=h0 is not None, BLOCK_D=BLOCK_D, A_IS_LOG=a_log, MEAN=mean_into is not None,
                  num_warps=int(LANE_CONFIG["num_warps"]))
     args = (u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
-            h0 if h0 is not None else h_last, y_p, h_last, states, hend, S_sum)
+            h0 if h0 is not None else h_last, y_p, h_last, states, hend, S_sum, saved if save_every else h_last)
     if parallel:  # pass 1: chunk end states from zero; pass 2: every chunk's start state (and the last state)
         _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=1, **flags)
         _carry_chunks(A, S_sum, hend, h0, states, h_last, reverse=False, a_log=a_log)
-    _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=2 if parallel else 0, **flags)
-    return y, h_last
+    _scan_fwd_lane_kernel[(batch, dim // BLOCK_D, nchunks)](*args, *common, MODE=2 if parallel else 0,
+                                                            SAVE_EVERY=save_every, **flags)
+    return (y, h_last, saved) if save_every else (y, h_last)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -2421,8 +2456,13 @@ class _SelectiveScanFn(torch.autograd.Function):
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
             block_t = _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)  # the backward's tile: a state saved before each
             fwd_block = max(block_t, _block_t(TILE_BWD_CONFIG["fwd_BLOCK_T"], L))
-            y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
-                                              save_every=block_t)
+            plan = _lane_train_plan(batch, dim, G, N, L, block_t)
+            if plan is not None:
+                y, h_last, states = _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, plan,
+                                                  save_every=block_t)
+            else:
+                y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
+                                                  save_every=block_t)
             ctx.softplus = bool(softplus)
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))

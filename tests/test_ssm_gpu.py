@@ -176,23 +176,27 @@ def parallel_config(request):
         config.update(old)
 
 
-@pytest.fixture(params=[(True, 64, 4, 2, False), (True, 256, 4, 2, False), (True, 32, 1, 2, False),
-                        (True, 128, 1, 2, True), (True, 128, 1, 2, False), (True, 128, 1, 1, True),
-                        (True, 64, 1, 0, False), (False, 64, 4, 2, False)],
+@pytest.fixture(params=[(True, 64, 4, 2, False, False), (True, 256, 4, 2, False, False), (True, 32, 1, 2, False, False),
+                        (True, 128, 1, 2, True, False), (True, 128, 1, 2, False, False), (True, 128, 1, 1, True, False),
+                        (True, 64, 1, 0, False, False), (True, 128, 1, 2, True, True), (False, 64, 4, 2, False, False)],
                 ids=["tile64", "tile256", "tile32-1warp", "tile128-lanes-pairs", "tile128-lanes", "tile128-lanes-seg8",
-                     "tile64-assoc-fwd", "no-tile"])
+                     "tile64-assoc-fwd", "tile128-lane-fwd-chunks", "no-tile"])
 def tile_bwd_config(request):
     """The time-tiled training pair: (enabled, the backward's tile, its warps, TILE_CONFIG["seg"]: the forward's
     kernel, lanes of 16 / 8 consecutive steps or (0) tl.associative_scan tiles, the backward's "channel_pairs": two
-    channels a program, their dB / dC terms added before the atomics). Tiles of 128 steps in one warp take the
-    backward's adjoint by lanes of 4 steps (TILE_BWD_CONFIG["lanes"]); channel pairs run there where a group's
+    channels a program, their dB / dC terms added before the atomics, "fwd_lanes": the forward by the lane kernel,
+    here cut into chunks of 128 steps, saving the states at the backward's tiles). Tiles of 128 steps in one warp take
+    the backward's adjoint by lanes of 4 steps (TILE_BWD_CONFIG["lanes"]); channel pairs run there where a group's
     channels are even in number."""
-    saved = dict(ssm_triton.TILE_BWD_CONFIG), dict(ssm_triton.TILE_CONFIG)
-    enabled, block_t, warps, seg, pairs = request.param
-    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, channel_pairs=pairs)
+    saved = dict(ssm_triton.TILE_BWD_CONFIG), dict(ssm_triton.TILE_CONFIG), dict(ssm_triton.LANE_CONFIG)
+    enabled, block_t, warps, seg, pairs, lane_fwd = request.param
+    ssm_triton.TILE_BWD_CONFIG.update(enabled=enabled, BLOCK_T=block_t, num_warps=warps, channel_pairs=pairs,
+                                      fwd_lanes=lane_fwd)
     ssm_triton.TILE_CONFIG.update(seg=seg)
+    if lane_fwd:
+        ssm_triton.LANE_CONFIG.update(enabled=True, max_split=4, min_warps=10**6, min_chunk=16)
     yield request.param
-    for config, old in zip((ssm_triton.TILE_BWD_CONFIG, ssm_triton.TILE_CONFIG), saved):
+    for config, old in zip((ssm_triton.TILE_BWD_CONFIG, ssm_triton.TILE_CONFIG, ssm_triton.LANE_CONFIG), saved):
         config.clear()
         config.update(old)
 
