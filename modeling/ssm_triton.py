@@ -122,7 +122,7 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # 4,187 / 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
                    "lanes": True, "channel_pairs": True, "maxnreg": 168, "fwd_maxnreg": 128, "fwd_prefetch": 1,
-                   "long_min_programs": 128, "fwd_lanes": None}
+                   "long_min_programs": 96, "fwd_lanes": None}
 # Inference forward where the time-tiled kernel is not chosen (short sequences, or few channels and long sequences):
 # the register-lane kernel (_scan_fwd_lane_kernel), each thread N / S states of one channel. S (threads a channel: 1,
 # 2 or 4, at most max_split) is the smallest that gives at least `min_warps` warps; below that the sequence is cut
@@ -2048,6 +2048,74 @@ def _cross_merge_norm_kernel(y4_ptr, sy_b, sy_c, sy_t, w_ptr, b_ptr, z_ptr, sz_b
 # ---------------------------------------------------------------------------------------------------------------------
 # Triton's CPU interpreter: decided when the kernels were decorated (this module's import), as triton.jit decides it
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launches
+# ---------------------------------------------------------------------------------------------------------------------
+# The host cost of a launch (issue 10; small shapes and the forward + backward are host-bound): triton's
+# JITFunction.run binds and specializes every argument and builds a cache key on each call. H200 machine, fourteenth
+# session (benchmarks/results/host_scan_2026-11-29b.log), the training forward's kernel (53 arguments): 36-53 us a
+# launch through triton, 8-12 us for the compiled kernel's launcher alone, 18-20 us for triton's binder alone.
+# _Launcher keeps each kernel's compiled variants under a key of what triton specializes on (a tensor's dtype and
+# address mod 16, an int's value mod 16 or its being 1, its width, the constexprs and launch options) and calls the
+# launcher directly, with the same hooks and metadata that triton passes; a key's first launch goes through triton,
+# which compiles or finds the variant. Only with the triton versions whose run() this follows (3.4 to 3.6); not under
+# the interpreter.
+_VERSION = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2])
+_FAST_LAUNCH = not _INTERPRET and (3, 4) <= _VERSION <= (3, 6) and hasattr(triton, "knobs")
+
+
+def _launch_key(args) -> tuple:
+    """What triton's specialization of ``args`` depends on (see _Launcher), at least as finely: for a tensor its dtype
+    and address mod 16; for an int whether it is 1 (a constant to triton), its value mod 16 and whether it fits 32
+    bits; else the type (bools, floats and None are not specialized on value)."""
+    T = torch.Tensor
+    return tuple([(a.dtype, a.data_ptr() & 15) if isinstance(a, T)
+                  else (-1 if a == 1 else a & 15, -2147483648 <= a < 2147483648) if type(a) is int
+                  else type(a) for a in args])
+
+
+class _Launcher:
+    """A triton kernel (``kernel[grid](*args, **constexprs_and_options)``) launched through its compiled variants'
+    launchers (see the comment above); every other attribute is the kernel's."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.variants = {}
+
+    def __getattr__(self, name):
+        return getattr(self.kernel, name)
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.launch(grid, args, meta)
+
+    def launch(self, grid, args, meta):
+        driver = triton.runtime.driver.active
+        device = driver.get_current_device()
+        key = (device, tuple(meta.items()), _launch_key(args))
+        hit = self.variants.get(key)
+        if hit is None:
+            compiled = self.kernel[grid](*args, **meta)
+            params = self.kernel.params[len(args):]
+            if all(p.is_constexpr for p in params):  # the rest are constexprs, passed to the launcher too
+                if len(self.variants) > 256:
+                    self.variants.clear()
+                self.variants[key] = compiled, [meta.get(p.name, p.default) for p in params]
+            return compiled
+        compiled, tail = hit
+        stream = driver.get_current_stream(device)
+        runtime = triton.knobs.runtime
+        g0, g1, g2 = (tuple(grid) + (1, 1))[:3]
+        compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata,
+                     compiled.launch_metadata(grid, stream, *args, *tail), runtime.launch_enter_hook,
+                     runtime.launch_exit_hook, *args, *tail)
+        return compiled
+
+
+if _FAST_LAUNCH:
+    for _name in [n for n, k in globals().items() if n.endswith("_kernel") and isinstance(k, triton.JITFunction)]:
+        globals()[_name] = _Launcher(globals()[_name])
 
 
 def _cdiv(a: int, b: int) -> int:

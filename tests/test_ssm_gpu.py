@@ -756,6 +756,30 @@ def test_add_rms_norm_matches_torch(r_dtype, x_dtype, w_dtype, cast_input):
         assert y16.dtype == torch.bfloat16 and torch.equal(s16, s) and torch.equal(y16, y.to(torch.bfloat16))
 
 
+@pytest.mark.skipif(not getattr(ssm_triton, "_FAST_LAUNCH", False), reason="launches go through triton's run()")
+def test_launcher_reuses_variants_by_what_triton_specializes_on(monkeypatch):
+    """ssm_triton._Launcher calls a compiled variant's launcher directly once triton has launched its key: views whose
+    address (mod 16 bytes) or row stride (mod 16, or 1) differ get their own variant, each right against torch
+    (an aligned variant reused on an unaligned view would read wrong rows or fault), and a repeated launch does not
+    go through triton's run()."""
+    kernel = ssm_triton._rms_norm_kernel
+    runs = []
+    real_run = kernel.kernel.run
+    monkeypatch.setattr(kernel.kernel, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k))
+    kernel.variants.clear()
+    g = torch.Generator().manual_seed(5)
+    w = (torch.rand(100, generator=g) + 0.5).to(DEV)
+    for width, offset, rows in [(112, 0, 4), (112, 1, 4), (113, 0, 4), (113, 3, 4), (112, 0, 1), (112, 0, 4)]:
+        base = torch.randn(rows, width, generator=g).to(DEV)
+        x = base[:, offset:offset + 100]
+        for _ in range(2):
+            y = ssm_triton.rms_norm_triton(x, w, 1e-5)
+            y_ref = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+            assert rel(y, y_ref) < 1e-6, (width, offset, rows)
+    # one run() a distinct key (four, or five if torch gives the one-row view another stride), each repeat direct
+    assert len(runs) == len(kernel.variants) in (4, 5), (len(runs), len(kernel.variants))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the dispatch sends only CUDA tensors to triton")
 def test_rms_norm_dispatch():
     """ssm_ops.rms_norm takes the kernel outside autograd only: with gradients it is the torch formula and
