@@ -31,8 +31,10 @@ channel over tiles of steps: each lane 16 consecutive steps joined by one warp s
 tl.associative_scan over a tile, _scan_fwd_tile_kernel; the backward's 128-step tiles: the states by
 tl.associative_scan, the adjoint by lanes of 4 steps and shuffles down, two channels a program whose dB / dC terms
 are added before one atomic; dA, dD, d(delta_bias) summed over the batch by atomics) for inference at
-L >= 512 with many channels and for training there, and the register-lane kernel (one thread per channel, its states
-a tuple of registers) for inference elsewhere. The inference forwards also read a sequence backwards in place
+L >= 512 with many channels and for training there and at long sequences with few channels (whose forward is then the
+lane kernel in chunks, saving the backward's states), and the register-lane kernel (one thread per channel, its
+states a tuple of registers) for inference elsewhere. Launches skip triton's per-call argument binding once a
+kernel's variant is known (_Launcher). The inference forwards also read a sequence backwards in place
 (``reverse``: per-step tensors passed as a view at their last step with negated step strides) and take A_log
 (``a_log``).
 Also here: the causal depthwise conv1d + SiLU of the mixer (forward, backward, a cached prefix, reversed reads), a
@@ -120,6 +122,14 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # took 553 / 3,870 / 60 us (825 / 5,125 / 149 with them); "channel_pairs" (two channels a program, their dB / dC
 # terms added before one atomic; replaces "pair") -> 558 / 4,143 / 111 (about 250 registers; capped at 168: 554 /
 # 4,187 / 107). "fwd_maxnreg": the training forward's cap (see TILE_CONFIG).
+# Fourteenth session (results/train_few_channels_2026-11-29.log, H200, kernel us / fwd+bwd ms): few channels and a
+# long sequence (B4 D768 L6085, Vim-S at 1248 px) had run the chunked kernels (2.71 ms); the pair there: 1,462 us
+# for the backward uncapped (8 warps an SM: 1.5 waves of its 1,536 programs), 971 capped at 168 registers (12 an SM,
+# one wave; "maxnreg"), 1.85 ms; and the seg forward, a warp a channel, took 851 us: "fwd_lanes" (see
+# _lane_train_plan) runs the lane forward there, cut into chunks, saving the states at the backward's tiles
+# (449 us): 1.51 ms. "long_min_programs": from this many programs (batch x channels / 16) the pair also takes long
+# sequences: at 96 (B2 D768 L6085, B1 D1536 L4096) its kernels took 999 / 640 us against the chunked kernels'
+# 1,312 / 1,136.
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
                    "lanes": True, "channel_pairs": True, "maxnreg": 168, "fwd_maxnreg": 128, "fwd_prefetch": 1,
                    "long_min_programs": 96, "fwd_lanes": None}
