@@ -1120,7 +1120,6 @@ def _scan_bwd_tile_kernel(
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, LANES: tl.constexpr, CH2: tl.constexpr, FAST: tl.constexpr,
-    REV: tl.constexpr = False,
 ):
     """Backward parallel in time inside a program, the mirror of _scan_fwd_tile_kernel: one program per
     (batch, channel; with CH2 two channels of one group) walks the tiles from the last, from the states its forward
@@ -1139,9 +1138,7 @@ def _scan_bwd_tile_kernel(
     LANES (tiles of 128 steps in one warp): the adjoint by lanes of 4 steps, a_{t+1} a column or a lane on and five
     shuffles down (_bwd_lanes_state); else by tl.associative_scan(reverse=True), which reverses the lanes by
     butterflies around a forward scan (85 instead of 26 shuffles a state, SASS sm_90), with a_{t+1} from delta read
-    one step ahead. REV: the forward scanned the sequence backwards (Vim's backward branch in training) through views
-    at the last step with negated step strides, as this kernel reads and writes its per-step tensors; the dB / dC
-    rows it adds into are indexed back to the sequence's order."""
+    one step ahead."""
     pid = tl.program_id(0)
     CPP: tl.constexpr = 2 if CH2 else 1  # channels a program: d, (with CH2) d + 1, of the same group
     b = pid // (dim // CPP)
@@ -1242,11 +1239,8 @@ def _scan_bwd_tile_kernel(
                 hand = a * gs
                 gBt = gs * x
                 gCt = gy * hs
-            tB = t
-            if REV:  # the scan ran backwards (views at the last step, negated step strides): dB / dC in x's order
-                tB = L - 1 - t
-            tl.atomic_add(gB_ptr + gBC + i * L + tB, gBt, mask=mt, sem="relaxed")
-            tl.atomic_add(gC_ptr + gBC + i * L + tB, gCt, mask=mt, sem="relaxed")
+            tl.atomic_add(gB_ptr + gBC + i * L + t, gBt, mask=mt, sem="relaxed")
+            tl.atomic_add(gC_ptr + gBC + i * L + t, gCt, mask=mt, sem="relaxed")
             tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
             tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
             if LANES:
@@ -2529,16 +2523,13 @@ def _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, plan,
 # ---------------------------------------------------------------------------------------------------------------------
 class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, return_last, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, softplus, return_last):
         batch, dim, L = u.shape
         G, N = B.shape[1], A.shape[1]
         dg = dim // G
         need_grad = any(ctx.needs_input_grad[:9])
         BLOCK_D, nblk = _fwd_blocks(dg, N)
-        # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly.
-        # ``reverse`` (only where the time-tiled pair runs, see reverse_in_place): the pair scans from the last step
-        # through views with negated step strides, inputs, y and the gradients in the given order
-        ctx.reverse = bool(reverse)
+        # inference with the time-tiled (or the lane) kernel never comes here: selective_scan_triton runs it directly
         if need_grad and _use_tile_bwd(_programs(batch, dim, G), L):  # the time-tiled pair, a program a channel
             u, delta, B, C, z = _tile_inputs(u, delta, B, C, z)
             block_t = _block_t(TILE_BWD_CONFIG["BLOCK_T"], L)  # the backward's tile: a state saved before each
@@ -2546,10 +2537,10 @@ class _SelectiveScanFn(torch.autograd.Function):
             plan = _lane_train_plan(batch, dim, G, N, L, block_t)
             if plan is not None:
                 y, h_last, states = _lane_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, plan,
-                                                  reverse=ctx.reverse, save_every=block_t)
+                                                  save_every=block_t)
             else:
                 y, h_last, states = _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus, fwd_block, True,
-                                                  reverse=ctx.reverse, save_every=block_t)
+                                                  save_every=block_t)
             ctx.softplus = bool(softplus)
             ctx.has = (D is not None, z is not None, delta_bias is not None, h0 is not None)
             ctx.dtypes = tuple(None if t is None else t.dtype for t in (A, D, delta_bias, h0))
@@ -2558,8 +2549,6 @@ class _SelectiveScanFn(torch.autograd.Function):
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.set_materialize_grads(False)
             return y, h_last
-        if ctx.reverse:
-            raise ValueError("_SelectiveScanFn: reverse runs in the time-tiled pair only (see reverse_in_place)")
         CHUNK, parallel = _fwd_chunking(batch * G * nblk, L, need_grad)
         nchunks = _cdiv(L, CHUNK)
         y = _empty_as(u)
@@ -2690,7 +2679,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             gu, gdl, gA.sum(0).to(A_dt), gB, gC,
             gD.sum(0).to(D_dt) if has_D else None, gz,
             gbias.sum(0).to(bias_dt) if has_bias else None,
-            gh0.to(h0_dt) if need_gh0 else None, None, None, None,
+            gh0.to(h0_dt) if need_gh0 else None, None, None,
         )
 
 
@@ -2720,16 +2709,15 @@ class _SelectiveScanFn(torch.autograd.Function):
         warps = TILE_BWD_CONFIG["num_warps"]
         lanes = bool(TILE_BWD_CONFIG.get("lanes", True)) and _TUPLES and block_t == 128 and warps == 1
         ch2 = lanes and bool(TILE_BWD_CONFIG.get("channel_pairs", True)) and (dim // G) % 2 == 0
-        # with ctx.reverse every per-step tensor as a view at its last step with the step stride negated (_steps)
-        (u_p, su), (dl_p, sdl), (z_p, sz), (gy_p, sgy), (gu_p, sgu), (gdl_p, sgdl), (gz_p, sgz), (B_p, sB), (C_p, sC) = (
-            _steps(t, ctx.reverse) for t in (u, delta, z if has_z else u, gy, gu, gdl, gz if has_z else gu, B, C))
         _scan_bwd_tile_kernel[(batch * dim // (2 if ch2 else 1),)](
-            u_p, dl_p, A, B_p, C_p, D if has_D else u, z_p, delta_bias if has_bias else u, states, gy_p,
+            u, delta, A, B, C, D if has_D else u, z if has_z else u, delta_bias if has_bias else u, states, gy,
             ghl if ghl is not None else carry,
-            gu_p, gdl_p, gz_p, gA, gBC[0], gBC[1], gD, gbias, carry,
-            dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sgy, *sgu, *sgdl, *sgz, *sB, *sC,
+            gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD, gbias, carry,
+            dim, L, dim // G, G, N, nchunks,
+            *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
+            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
-            BLOCK_T=block_t, LANES=lanes, CH2=ch2, FAST=not _INTERPRET, REV=ctx.reverse,
+            BLOCK_T=block_t, LANES=lanes, CH2=ch2, FAST=not _INTERPRET,
             num_warps=warps, **({"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}),
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
@@ -2738,23 +2726,13 @@ class _SelectiveScanFn(torch.autograd.Function):
         return (
             gu, gdl, _as_dtype(gA, A_dt), gB, gC, _as_dtype(gD, D_dt) if has_D else None, gz,
             _as_dtype(gbias, bias_dt) if has_bias else None,
-            carry[:, :, 0].to(h0_dt) if need_gh0 else None, None, None, None,
+            carry[:, :, 0].to(h0_dt) if need_gh0 else None, None, None,
         )
 
-def _no_grad(*tensors) -> bool:
-    """Whether a call on these tensors needs no gradient (the inference kernels, no autograd node)."""
+def reverse_in_place(*tensors) -> bool:
+    """Whether selective_scan_triton(..., reverse=True) reads the steps backwards in place for these inputs: when no
+    gradient is needed (the inference forwards take negative step strides; the training kernels do not)."""
     return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
-
-
-def reverse_in_place(u, delta, B, C, z=None, D=None, delta_bias=None) -> bool:
-    """Whether selective_scan_triton(..., reverse=True) reads the steps backwards in place for these inputs (no flipped
-    copies): without gradients (the inference forwards take negative step strides), and in training where the
-    time-tiled pair runs (see TILE_BWD_CONFIG; its forward and backward take them too); the sequential and chunked
-    training kernels do not."""
-    if _no_grad(u, delta, B, C, z, D, delta_bias):
-        return True
-    batch, dim, L = u.shape
-    return _use_tile_bwd(_programs(batch, dim, _bc4(B).shape[1]), L)
 
 
 def selective_scan_triton(
@@ -2762,9 +2740,8 @@ def selective_scan_triton(
     initial_state=None, reverse=False, a_log=False, mean_into=None,
 ):
     """Selective scan with Triton kernels (CUDA tensors; float16 / bfloat16 / float32; state in fp32).
-    Same arguments and results as ``ssm_ops.selective_scan_ref``; ``reverse``: scanned from the last step to the
-    first, inputs, y and gradients in their given order (read backwards in place where reverse_in_place says so, else
-    through flipped copies); ``a_log``: A holds
+    Same arguments and results as ``ssm_ops.selective_scan_ref``; ``reverse`` (inference only, see
+    reverse_in_place): scanned from the last step to the first, inputs and y in their given order; ``a_log``: A holds
     A_log and the scan uses A = -exp(A_log) (the inference kernels take -exp themselves: no launches for it);
     ``mean_into`` (see ssm_ops.selective_scan): y is (mean_into + y) / 2, written into mean_into (the lane kernel
     averages as it stores)."""
@@ -2795,9 +2772,11 @@ def selective_scan_triton(
             None if D is None else D.contiguous(), None if z is None else _strided(z),
             None if delta_bias is None else delta_bias.contiguous(),
             None if initial_state is None else initial_state.contiguous())
-    inference = _no_grad(*args)
+    inference = reverse_in_place(*args)
+    if reverse and not inference:
+        raise ValueError("selective_scan_triton: reverse=True runs without gradients only; for training pass flipped "
+                         "inputs (ssm_ops.selective_scan(..., reverse=True) does that).")
     softplus, G = bool(delta_softplus), B4.shape[1]
-    tiled_reverse = bool(reverse) and not inference and _use_tile_bwd(_programs(batch, dim, G), L)
     kernel = _inference_kernel(batch, dim, G, A.shape[1], L, _time_major(args[0])) if inference else None
     if kernel is not None and kernel != "tile":  # no autograd node; with mean_into, averaged as it stores y
         y, h_last = _lane_forward(*args, softplus, kernel, reverse=bool(reverse), a_log=bool(a_log),
@@ -2813,14 +2792,14 @@ def selective_scan_triton(
             args = (args[0], args[1], -torch.exp(args[2].float())) + args[3:]
         if inference:  # the Function reads needs_input_grad, which a parameter (D) sets even under no_grad
             args = tuple(None if t is None else t.detach() for t in args)
-        if reverse and not tiled_reverse:  # the sequential / chunked kernels on flipped copies
+        if reverse:  # the sequential / chunked forwards on flipped copies
             flip = (lambda t: None if t is None else t.flip(-1))
             u_, delta_, A_, B_, C_, D_, z_ = args[:7]
             y, h_last = _SelectiveScanFn.apply(flip(u_), flip(delta_), A_, flip(B_), flip(C_), D_, flip(z_),
-                                               *args[7:], softplus, True, False)
+                                               *args[7:], softplus, True)
             y = y.flip(-1)
         else:
-            y, h_last = _SelectiveScanFn.apply(*args, softplus, bool(return_last_state), tiled_reverse)
+            y, h_last = _SelectiveScanFn.apply(*args, softplus, bool(return_last_state))
     if mean_into is not None:  # the other kernels: the mean as one more pass (lerp: in fp32, rounded once)
         y = mean_into.lerp_(y, 0.5)
     return (y, h_last) if return_last_state else y
