@@ -2076,14 +2076,19 @@ _VERSION = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2])
 _FAST_LAUNCH = not _INTERPRET and (3, 4) <= _VERSION <= (3, 6) and hasattr(triton, "knobs")
 
 
-def _launch_key(args) -> tuple:
+_PLAIN = (bool, float, type(None))  # not specialized on value by triton
+
+
+def _launch_key(args):
     """What triton's specialization of ``args`` depends on (see _Launcher), at least as finely: for a tensor its dtype
     and address mod 16; for an int whether it is 1 (a constant to triton), its value mod 16 and whether it fits 32
-    bits; else the type (bools, floats and None are not specialized on value)."""
+    bits; bools, floats and None by type. None (launch through triton) if an argument is of another type (a numpy
+    int, a 0-d tensor...), whose specialization this does not follow."""
     T = torch.Tensor
-    return tuple([(a.dtype, a.data_ptr() & 15) if isinstance(a, T)
-                  else (-1 if a == 1 else a & 15, -2147483648 <= a < 2147483648) if type(a) is int
-                  else type(a) for a in args])
+    key = tuple([(a.dtype, a.data_ptr() & 15) if isinstance(a, T)
+                 else (-1 if a == 1 else a & 15, -2147483648 <= a < 2147483648) if type(a) is int
+                 else type(a) if type(a) in _PLAIN else _PLAIN for a in args])
+    return None if _PLAIN in key else key
 
 
 class _Launcher:
@@ -2103,12 +2108,13 @@ class _Launcher:
     def launch(self, grid, args, meta):
         driver = triton.runtime.driver.active
         device = driver.get_current_device()
-        key = (device, tuple(meta.items()), _launch_key(args))
+        arg_key = _launch_key(args)
+        key = (device, tuple(meta.items()), arg_key)
         hit = self.variants.get(key)
         if hit is None:
             compiled = self.kernel[grid](*args, **meta)
             params = self.kernel.params[len(args):]
-            if all(p.is_constexpr for p in params):  # the rest are constexprs, passed to the launcher too
+            if arg_key is not None and all(p.is_constexpr for p in params):  # the rest: constexprs, passed on too
                 if len(self.variants) > 256:
                     self.variants.clear()
                 self.variants[key] = compiled, [meta.get(p.name, p.default) for p in params]
