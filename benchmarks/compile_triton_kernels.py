@@ -86,8 +86,9 @@ def lane_vector_loads(st, arch: int) -> int:
     from triton.compiler import ASTSource
 
     fn = getattr(st._scan_fwd_lane_kernel, "kernel", st._scan_fwd_lane_kernel)
+    # VEC 16: bf16 rows as 32-bit words (the default)
     flags = dict(N=16, S=1, VEC=16, FAST=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False,
-                 MODE=0, BLOCK_D=32, A_IS_LOG=True, MEAN=False, SAVE_EVERY=0)  # VEC 16: bf16 rows as 32-bit words (the default)
+                 MODE=0, BLOCK_D=32, A_IS_LOG=True, MEAN=False, SAVE_EVERY=0)
     params = list(inspect.signature(fn.fn).parameters)
     half = ("u_ptr", "dl_ptr", "z_ptr", "y_ptr", "B_ptr", "C_ptr")
     sig = {p: "constexpr" if p in flags else ("*bf16" if p in half else "*fp32") if p.endswith("_ptr") else "i32"
