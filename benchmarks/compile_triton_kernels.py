@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     names = sorted(n for n in dir(st) if n.endswith("_kernel") and hasattr(getattr(st, n), "fn"))
     for name, (update, warps) in ((n, v) for n in names for v in VARIANTS.get(n, [({}, 4)])):
         fn = getattr(st, name)
-        fn = getattr(fn, "kernel", fn)  # the JITFunction inside ssm_triton's _Launcher
+        fn = fn.kernel if isinstance(fn, st._Launcher) else fn  # the JITFunction inside ssm_triton's _Launcher
         const, sig = {}, {}
         for p, param in inspect.signature(fn.fn).parameters.items():
             if "constexpr" in str(param.annotation):
@@ -85,7 +85,8 @@ def lane_vector_loads(st, arch: int) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = getattr(st._scan_fwd_lane_kernel, "kernel", st._scan_fwd_lane_kernel)
+    fn = st._scan_fwd_lane_kernel
+    fn = fn.kernel if isinstance(fn, st._Launcher) else fn
     # VEC 16: bf16 rows as 32-bit words (the default)
     flags = dict(N=16, S=1, VEC=16, FAST=True, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, HAS_H0=False,
                  MODE=0, BLOCK_D=32, A_IS_LOG=True, MEAN=False, SAVE_EVERY=0)
