@@ -2275,13 +2275,18 @@ def _block_t(block: int, L: int) -> int:
     return min(int(block), max(32, _next_pow2(L)))
 
 
+def _few_and_long(programs: int, L: int, below: int) -> bool:
+    """Fewer than ``below`` programs (batch x channel blocks) and a sequence of at least TILE_CONFIG["long"] steps:
+    where a warp a channel walking all of L leaves the GPU part idle (the time-tiled kernels' rules)."""
+    return programs < below and L >= TILE_CONFIG["long"]
+
+
 def _use_tile_kernel(programs: int, L: int) -> bool:
     """Whether a forward without gradients runs _scan_fwd_tile_kernel (see TILE_CONFIG)."""
     cfg = TILE_CONFIG
     if cfg["enabled"] is not None:
         return bool(cfg["enabled"])
-    few_programs = programs < PARALLEL_CONFIG["parallel_below"]
-    return L >= cfg["min_len"] and not (few_programs and L >= cfg["long"])
+    return L >= cfg["min_len"] and not _few_and_long(programs, L, PARALLEL_CONFIG["parallel_below"])
 
 
 def _programs(batch: int, dim: int, G: int) -> int:
@@ -2312,8 +2317,8 @@ def _use_tile_bwd(programs: int, L: int) -> bool:
     cfg = TILE_BWD_CONFIG
     if cfg["enabled"] is not None:
         return bool(cfg["enabled"])
-    few_programs = programs < min(PARALLEL_CONFIG["parallel_below"], cfg.get("long_min_programs", 10**9))
-    return L >= cfg["min_len"] and not (few_programs and L >= TILE_CONFIG["long"])
+    below = min(PARALLEL_CONFIG["parallel_below"], cfg.get("long_min_programs", 10**9))
+    return L >= cfg["min_len"] and not _few_and_long(programs, L, below)
 
 
 def _bwd_lanes(programs: int, nchunks: int) -> int:
@@ -2367,7 +2372,7 @@ def _lane_train_plan(batch: int, dim: int, G: int, N: int, L: int, save_every: i
     cuts the sequence into chunks and the time-tiled forward, a warp a channel, leaves the GPU part idle (B4 D768
     L6085); True / False = wherever it runs / never."""
     rule = TILE_BWD_CONFIG.get("fwd_lanes")
-    few = _programs(batch, dim, G) < PARALLEL_CONFIG["parallel_below"] and L >= TILE_CONFIG["long"]
+    few = _few_and_long(_programs(batch, dim, G), L, PARALLEL_CONFIG["parallel_below"])
     if rule is False or (rule is None and not few):
         return None
     plan = _lane_plan(batch, dim, G, N, L, time_major=False, training=True)
