@@ -1851,6 +1851,18 @@ def _conv_update_kernel(
 
 
 @triton.jit
+def _conv_taps(x_row, pre_row, s, L, sx_l, sp_w, mask_d, W: tl.constexpr, HAS_PREFIX: tl.constexpr):
+    """x (one batch row's BLOCK_D channels, x_row (BLOCK_D, 1) pointers) at steps s (1, BLOCK_L), in x's dtype:
+    steps before 0 from the prefix (pre_row: (batch, dim, W - 1) of earlier inputs, oldest first; causal only), else
+    zero; steps past L zero (never read: a read past x's end had faulted)."""
+    xv = tl.load(x_row + s * sx_l, mask=mask_d & (s >= 0) & (s < L), other=0.0)
+    if HAS_PREFIX:  # steps -W+1 .. -1: prefix column W - 1 + s
+        pv = tl.load(pre_row + (s + W - 1) * sp_w, mask=mask_d & (s < 0) & (s + W - 1 >= 0), other=0.0)
+        xv = tl.where(s < 0, pv.to(xv.dtype), xv)
+    return xv
+
+
+@triton.jit
 def _causal_conv_kernel(
     x_ptr, w_ptr, bias_ptr, pre_ptr, y_ptr, dim, L,
     sx_b, sx_d, sx_l, sp_b, sp_d, sp_w, sy_b, sy_d, sy_l, sw_d, sw_w,
@@ -1869,19 +1881,11 @@ def _causal_conv_kernel(
     mask_d = d < dim
     d64 = d.to(tl.int64)
     x_row = x_ptr + b * sx_b + d64[:, None] * sx_d
+    pre_row = pre_ptr + b * sp_b + d64[:, None] * sp_d
     acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
     for k in tl.static_range(W):
-        if REVERSE:
-            s = t + (W - 1 - k)
-            xv = tl.load(x_row + s[None, :] * sx_l, mask=mask_d[:, None] & (s[None, :] < L), other=0.0)
-        else:
-            s = t - (W - 1 - k)  # (>= L in the last tile's padding: masked too, the read would run past x's end)
-            xv = tl.load(x_row + s[None, :] * sx_l, mask=mask_d[:, None] & (s[None, :] >= 0) & (s[None, :] < L),
-                         other=0.0)
-            if HAS_PREFIX:  # steps -W+1 .. -1: prefix column W - 1 + s
-                pv = tl.load(pre_ptr + b * sp_b + d64[:, None] * sp_d + (s[None, :] + W - 1) * sp_w,
-                             mask=mask_d[:, None] & (s[None, :] < 0) & (s[None, :] + W - 1 >= 0), other=0.0)
-                xv = tl.where(s[None, :] < 0, pv.to(xv.dtype), xv)
+        e = (W - 1 - k) if REVERSE else -(W - 1 - k)  # y_t = sum_k w_k x_{t + e_k}
+        xv = _conv_taps(x_row, pre_row, t[None, :] + e, L, sx_l, sp_w, mask_d[:, None], W, HAS_PREFIX)
         wk = tl.load(w_ptr + d * sw_d + k * sw_w, mask=mask_d, other=0.0)
         acc += xv.to(tl.float32) * wk.to(y_ptr.dtype.element_ty).to(tl.float32)[:, None]
     if HAS_BIAS:
@@ -1891,6 +1895,81 @@ def _causal_conv_kernel(
         acc = acc * tl.sigmoid(acc)
     tl.store(y_ptr + b * sy_b + d64[:, None] * sy_d + t[None, :] * sy_l, acc.to(y_ptr.dtype.element_ty),
              mask=mask_d[:, None] & (t[None, :] < L))
+
+
+@triton.jit
+def _conv_pre_grad(x_row, pre_row, gy_row, w_ptr, bias_ptr, d, mask_d, s, L, sx_l, sp_w, sg_l, sw_d, sw_w,
+                   W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SILU: tl.constexpr,
+                   REVERSE: tl.constexpr):
+    """The gradient at the conv's pre-activation p at steps s (1, BLOCK_L) (fp32; zero outside 0 .. L-1): gy, through
+    SiLU gy silu'(p) with p recomputed as the forward rounds it (weights, bias and the sum in x's dtype)."""
+    ms = mask_d[:, None] & (s >= 0) & (s < L)
+    g = tl.load(gy_row + s * sg_l, mask=ms, other=0.0).to(tl.float32)
+    if SILU:
+        p = tl.zeros(g.shape, dtype=tl.float32)
+        for j in tl.static_range(W):
+            e = (W - 1 - j) if REVERSE else -(W - 1 - j)
+            xv = _conv_taps(x_row, pre_row, s + e, L, sx_l, sp_w, mask_d[:, None], W, HAS_PREFIX)
+            wj = tl.load(w_ptr + d * sw_d + j * sw_w, mask=mask_d, other=0.0)
+            p += xv.to(tl.float32) * wj.to(x_row.dtype.element_ty).to(tl.float32)[:, None]
+        if HAS_BIAS:
+            p += tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(x_row.dtype.element_ty).to(tl.float32)[:, None]
+        p = p.to(x_row.dtype.element_ty).to(tl.float32)
+        sig = tl.sigmoid(p)
+        g = g * sig * (1.0 + p * (1.0 - sig))
+    return tl.where(ms, g, 0.0)
+
+
+@triton.jit
+def _causal_conv_bwd_kernel(
+    x_ptr, w_ptr, bias_ptr, pre_ptr, gy_ptr, gx_ptr, part_ptr, dim, L,
+    sx_b, sx_d, sx_l, sp_b, sp_d, sp_w, sg_b, sg_d, sg_l, sgx_b, sgx_d, sgx_l, sw_d, sw_w,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr,
+    NEED_GX: tl.constexpr, NEED_GW: tl.constexpr, FUSED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """_causal_conv_kernel's backward over a (BLOCK_D channels, BLOCK_L steps) tile of batch row b. With
+    y_t = sum_k w_k x_{t + e_k} (e_k = -(W-1-k) causal, W-1-k with REVERSE) and g the gradient at the pre-activation
+    (_conv_pre_grad): the tile's sums of g_t x_{t + e_k} (the weight's gradient) and of g_t (the bias's) into part
+    (batch x step tiles, W + 1, dim) in fp32, which the caller sums; and with FUSED the input's gradient
+    gx_s = sum_k w_k g_{s - e_k} (g recomputed at the W shifted steps), else g itself (fp32) into gx, for the conv in
+    the other direction to finish."""
+    b = tl.program_id(0).to(tl.int64)
+    lt = tl.program_id(2)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = (lt * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    mask_d = d < dim
+    d64 = d.to(tl.int64)
+    x_row = x_ptr + b * sx_b + d64[:, None] * sx_d
+    pre_row = pre_ptr + b * sp_b + d64[:, None] * sp_d
+    gy_row = gy_ptr + b * sg_b + d64[:, None] * sg_d
+    mask_out = mask_d[:, None] & (t[None, :] < L)
+    gx_p = gx_ptr + b * sgx_b + d64[:, None] * sgx_d + t[None, :] * sgx_l
+    if FUSED:
+        gx = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        g_t = gx
+        for k in tl.static_range(W):
+            e = (W - 1 - k) if REVERSE else -(W - 1 - k)
+            g_s = _conv_pre_grad(x_row, pre_row, gy_row, w_ptr, bias_ptr, d, mask_d, t[None, :] - e, L, sx_l, sp_w,
+                                 sg_l, sw_d, sw_w, W, HAS_BIAS, HAS_PREFIX, SILU, REVERSE)
+            if NEED_GX:
+                wk = tl.load(w_ptr + d * sw_d + k * sw_w, mask=mask_d, other=0.0)
+                gx += g_s * wk.to(x_row.dtype.element_ty).to(tl.float32)[:, None]
+            if k == W - 1:  # e = 0: g at the tile's own steps
+                g_t = g_s
+        if NEED_GX:
+            tl.store(gx_p, gx.to(gx_ptr.dtype.element_ty), mask=mask_out)
+    else:
+        g_t = _conv_pre_grad(x_row, pre_row, gy_row, w_ptr, bias_ptr, d, mask_d, t[None, :], L, sx_l, sp_w, sg_l,
+                             sw_d, sw_w, W, HAS_BIAS, HAS_PREFIX, SILU, REVERSE)
+        if NEED_GX:
+            tl.store(gx_p, g_t, mask=mask_out)
+    if NEED_GW:
+        row = part_ptr + (b * tl.num_programs(2) + lt) * (W + 1) * dim + d
+        for k in tl.static_range(W):
+            e = (W - 1 - k) if REVERSE else -(W - 1 - k)
+            xv = _conv_taps(x_row, pre_row, t[None, :] + e, L, sx_l, sp_w, mask_d[:, None], W, HAS_PREFIX)
+            tl.store(row + k * dim, tl.sum(g_t * xv.to(tl.float32), axis=1), mask=mask_d)
+        tl.store(row + W * dim, tl.sum(g_t, axis=1), mask=mask_d)
 
 
 @triton.jit
@@ -2876,6 +2955,13 @@ def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation="si
 # B4 L6085 0.043 / 0.032 / 0.032 (the bytes bound: 0.016).
 CONV_CONFIG = {"BLOCK_D": 32, "BLOCK_L": 128, "num_warps": 4}
 CONV_TIME_MAJOR_CONFIG = {"BLOCK_D": 128, "BLOCK_L": 16, "num_warps": 4}
+# Its backward (_causal_conv_bwd_kernel), for x's two layouts; "fused": the input's gradient in the same kernel (g
+# recomputed at W shifted steps), else g written out in fp32 and the forward kernel run over it. H200, bf16, D768,
+# W = 4, through SiLU, the backward's ms (results/conv_bwd_2026-11-29.json; torch's ops before it: 1.13-1.29):
+# channel-major x at B4 L6085 two-pass 8 x 128 0.249-0.256 (16 x 128: 0.267, fused: 0.36-0.59), at B128 L197
+# 0.336-0.346; time-major x fused 64 x 8 (2 warps) 0.313-0.320 / 0.343-0.363 (two-pass 128 x 16: 0.42-0.48).
+CONV_BWD_CONFIG = {"BLOCK_D": 8, "BLOCK_L": 128, "num_warps": 4, "fused": False}
+CONV_BWD_TIME_MAJOR_CONFIG = {"BLOCK_D": 64, "BLOCK_L": 8, "num_warps": 2, "fused": True}
 
 
 def _token_rows(batch: int, dim: int, L: int, **kw) -> torch.Tensor:
@@ -2898,8 +2984,10 @@ def _conv_launch(x, weight, bias, prefix, y, silu: bool, reverse: bool):
 
 
 class _CausalConvFn(torch.autograd.Function):
-    """The conv's gradients: the input's is the conv with the same weights in the other direction (one kernel); the
-    weight's and bias's are sums over batch and time in fp32 (torch); through SiLU, the pre-activation is recomputed."""
+    """The conv's gradients in one kernel (_causal_conv_bwd_kernel): the input's (the conv with the same weights in the
+    other direction, of the gradient at the pre-activation, which is recomputed through SiLU) and the weight's and
+    bias's sums over batch and time in fp32 (a partial sum a tile, summed by torch). Before it, torch's ops took
+    about 20 launches a conv (H200, Vim-S 1248 px training, benchmarks/README.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, prefix, silu, reverse):
@@ -2915,27 +3003,32 @@ class _CausalConvFn(torch.autograd.Function):
         x, weight, bias, prefix = ctx.saved_tensors
         batch, dim, L = x.shape
         W = weight.shape[-1]
-        g = gy
-        if ctx.silu:  # y = silu(p), p = the conv rounded to x's dtype (recomputed)
-            p = _conv_launch(x, weight, bias, prefix, torch.empty_like(gy, dtype=x.dtype), False, ctx.reverse).float()
-            sig = torch.sigmoid(p)
-            g = gy.float() * sig * (1 + p * (1 - sig))
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = _conv_launch(g, weight, None, None, torch.empty_like(x), False, not ctx.reverse)
-        if ctx.needs_input_grad[1]:
-            g32, x32 = g.float(), x.float()
-            if ctx.reverse:
-                xp = torch.nn.functional.pad(x32, (0, W - 1))
-            elif prefix is not None:
-                xp = torch.cat([prefix.float(), x32], -1)
-            else:
-                xp = torch.nn.functional.pad(x32, (W - 1, 0))
-            # causal: y_t = sum_k w_k x_{t-(W-1-k)} = sum_k w_k xp_{t+k}; reverse: sum_k w_k xp_{t+W-1-k}
-            cols = [(g32 * xp[..., (W - 1 - k if ctx.reverse else k):][..., :L]).sum((0, 2)) for k in range(W)]
-            gw = torch.stack(cols, -1).to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            gb = g.float().sum((0, 2)).to(bias.dtype)
+        need_gx, need_gw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_gb = bias is not None and ctx.needs_input_grad[2]
+        cfg = CONV_BWD_TIME_MAJOR_CONFIG if x.stride(1) == 1 and L > 1 else CONV_BWD_CONFIG
+        fused = bool(cfg["fused"])
+        grid = (batch, _cdiv(dim, cfg["BLOCK_D"]), _cdiv(L, cfg["BLOCK_L"]))
+        gx = torch.empty_like(x) if need_gx else None
+        g = gx if fused or not need_gx else torch.empty((batch, dim, L), device=x.device, dtype=torch.float32)
+        # the weight's and bias's sums a (batch row, step tile), summed here: deterministic, no atomics
+        part = torch.empty((batch * grid[2], W + 1, dim), device=x.device, dtype=torch.float32) \
+            if need_gw or need_gb else None
+        _causal_conv_bwd_kernel[grid](
+            x, weight, bias if bias is not None else weight, prefix if prefix is not None else x, gy,
+            g if need_gx else x, part if part is not None else weight, dim, L,
+            *x.stride(), *(prefix.stride() if prefix is not None else (0, 0, 0)), *gy.stride(),
+            *(g if need_gx else x).stride(), *weight.stride(),
+            W=W, HAS_BIAS=bias is not None, HAS_PREFIX=prefix is not None, SILU=ctx.silu, REVERSE=ctx.reverse,
+            NEED_GX=need_gx, NEED_GW=part is not None, FUSED=fused, BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L"],
+            num_warps=cfg["num_warps"],
+        )
+        if need_gx and not fused:  # gx: the conv of g in the other direction
+            _conv_launch(g, weight, None, None, gx, False, not ctx.reverse)
+        gw = gb = None
+        if part is not None:
+            sums = part.sum(0)  # (W + 1, dim)
+            gw = sums[:W].t().to(weight.dtype) if need_gw else None
+            gb = sums[W].to(bias.dtype) if need_gb else None
         return gx, gw, gb, None, None, None
 
 

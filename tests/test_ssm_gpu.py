@@ -1010,25 +1010,50 @@ def test_causal_conv_matches_reference(dtype, layout):
         assert rel(y_t, ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two-pass"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["causal", "reverse"])
-def test_causal_conv_gradients(reverse):
-    """Gradients of causal_conv1d_triton (x, weight, bias; through SiLU) against float64 autograd of the definition,
-    fp32, with a time-major x; bf16 within its tolerance."""
+@pytest.mark.parametrize("layout", ["time", "channel"])
+def test_causal_conv_gradients(monkeypatch, reverse, layout, fused):
+    """Gradients of causal_conv1d_triton (x, weight, bias; through SiLU or not; one fused backward kernel) against
+    float64 autograd of the definition: fp32 tight, bf16 within its tolerance; widths 2 / 4 / 5, lengths that end
+    inside a tile (150, 7, 1), a time-major x (a linear output's half) or a channel-major one, with a prefix of earlier
+    inputs (causal; its gradient is not asked for), without a bias, and with the weight frozen (a LoRA fine-tune: only
+    x's gradient) or x not needing one; the input's gradient in the backward kernel or by a second conv pass over g
+    (CONV_BWD_CONFIG["fused"], CONV_BWD_TIME_MAJOR_CONFIG["fused"])."""
+    monkeypatch.setitem(ssm_triton.CONV_BWD_CONFIG, "fused", fused)
+    monkeypatch.setitem(ssm_triton.CONV_BWD_TIME_MAJOR_CONFIG, "fused", fused)
     g = torch.Generator().manual_seed(5)
-    batch, dim, L, width = 2, 40, 150, 4
-    for dtype in (torch.float32, torch.bfloat16):
-        x0 = torch.randn(batch, L, 2 * dim, generator=g).to(DEV, dtype)
+    batch, dim = 2, 40
+    cases = [(4, 150, True, "silu", False, "all"), (5, 7, False, "silu", True, "all"), (2, 150, True, None, True, "all"),
+             (4, 1, True, "silu", False, "all"), (4, 150, True, "silu", True, "x"), (4, 150, False, "silu", False, "w")]
+    for (width, L, bias_on, act, pre, wants), dtype in ((c, d) for c in cases for d in (torch.float32, torch.bfloat16)):
+        pre = pre and not reverse
+        if layout == "time":
+            x0 = torch.randn(batch, L, 2 * dim, generator=g).to(DEV, dtype)
+        else:
+            x0 = torch.randn(batch, 2 * dim, L, generator=g).to(DEV, dtype)
         w0 = torch.randn(dim, width, generator=g).to(DEV, dtype)
-        b0 = torch.randn(dim, generator=g).to(DEV, dtype)
+        b0 = torch.randn(dim, generator=g).to(DEV, dtype) if bias_on else None
+        prefix = torch.randn(batch, dim, width - 1, generator=g).to(DEV, dtype) if pre else None
         gy = torch.randn(batch, dim, L, generator=g).to(DEV, dtype)
-        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
-        y = ssm_triton.causal_conv1d_triton(x[..., :dim].transpose(1, 2), w, b, reverse=reverse)
+
+        def half(t):  # the conv's input: x's first dim channels, (batch, dim, L)
+            return t[..., :dim].transpose(1, 2) if layout == "time" else t[:, :dim]
+
+        grads = {"all": (True, True), "x": (True, False), "w": (False, True)}[wants]
+        x, w = x0.clone().requires_grad_(grads[0]), w0.clone().requires_grad_(grads[1])
+        b = b0.clone().requires_grad_(grads[1]) if bias_on else None
+        y = ssm_triton.causal_conv1d_triton(half(x), w, b, activation=act, initial_states=prefix, reverse=reverse)
         y.backward(gy)
-        xr, wr, br = (t.double().requires_grad_() for t in (x0, w0, b0))
-        _conv_ref(xr[..., :dim].transpose(1, 2), wr, br, "silu", reverse=reverse).backward(gy.double())
+        xr, wr = x0.double().requires_grad_(), w0.double().requires_grad_()
+        br = b0.double().requires_grad_() if bias_on else None
+        _conv_ref(half(xr), wr, br, act, prefix, reverse=reverse).backward(gy.double())
         tol = 1e-4 if dtype == torch.float32 else 3e-2
-        for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
-            assert got.dtype == dtype and rel(got, want) < tol, dtype
+        pairs = ([(x.grad, xr.grad)] if grads[0] else []) + ([(w.grad, wr.grad)] if grads[1] else []) \
+            + ([(b.grad, br.grad)] if grads[1] and bias_on else [])
+        for got, want in pairs:
+            assert got.dtype == dtype and rel(got, want) < tol, (width, L, bias_on, act, pre, wants, dtype)
+        assert (x.grad is None) == (not grads[0]) and (w.grad is None) == (not grads[1])
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["causal", "reverse"])
