@@ -101,8 +101,13 @@ PARALLEL_CONFIG = {"parallel_below": 512, "target_programs": 16384, "min_chunk":
 # same machine): off in inference. The training forward takes it (TILE_BWD_CONFIG "fwd_prefetch", "fwd_maxnreg"):
 # 178-181 -> 157 at B8 L1024, 1,548-1,589 -> 1,165-1,174 at B16 L4096 capped at 128 (uncapped 163 / 1,462-1,495; 76
 # bytes of spills at 128, outside the state loop).
+# "stage_bc" (fifteenth session): from this many (batch x dim x L) elements up, the seg kernel reads B / C from a copy
+# in rows padded to 32 steps (_staged_bc, one launch) unless they are already 16-byte-vector rows (_vector_bc): at odd
+# L (and for x_proj's time-major views) its B / C loads went scalar, 16 a lane, state and tile instead of 2 (SASS);
+# H200, bf16, kernel us (results/odd_length_sweep_2026-11-29.log): B16 D1536 L4095 4,289 against 1,436 at L4096, B8
+# L1023 549 against 185, B4 D768 L6085 617 against 378 at L6080. 0: never.
 TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, "long": 4096, "seg": 2,
-               "stages": 1, "maxnreg": 128, "prefetch": 0}
+               "stages": 1, "maxnreg": 128, "prefetch": 0, "stage_bc": 1 << 22}
 # Training (gradients needed): the time-tiled forward (tiles of fwd_BLOCK_T steps, fwd_warps) saving the state before
 # every BLOCK_T steps, then the time-tiled backward (_scan_bwd_tile_kernel, tiles of BLOCK_T, num_warps), for
 # sequences of at least `min_len` steps, unless the chunked time-parallel path applies and the sequence is
@@ -853,7 +858,8 @@ def _bf16_words(w):
 @triton.jit
 def _seg_bc_raw(p, n_stride, i, t, s_l, mt, tw, L, WORDS: tl.constexpr):
     """B_t or C_t of state i at a lane tile's steps t (32, R, 8) as stored (p: the row's pointer at step 0 of state 0;
-    WORDS: bf16 with unit step stride and even L, read as 32-bit words at tw (32, R, 4)); _seg_bc_f32 widens them."""
+    mt: the steps to read, t < L; WORDS: bf16 with unit step stride and L even, read as 32-bit words at tw (32, R, 4)):
+    L is the rows' length, which a staged copy pads (see _staged_bc); _seg_bc_f32 widens them."""
     if WORDS:
         x = tl.load((p + i * n_stride).to(tl.pointer_type(tl.int32), bitcast=True) + tw, mask=tw < L // 2, other=0)
     else:
@@ -926,7 +932,7 @@ def _scan_fwd_seg_kernel(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hlast_ptr, states_ptr,
     dim, L, dg, G, N, nchunks,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, LBC,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, R: tl.constexpr, A_IS_LOG: tl.constexpr,
     SAVE_EVERY: tl.constexpr, FAST: tl.constexpr, WORDS: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr,
@@ -940,7 +946,9 @@ def _scan_fwd_seg_kernel(
     tl.associative_scan over 512 steps joins a lane's two 8-step runs by two warp scans and hands the tile's last state
     on through shared memory. SAVE_STATES (training): the state before every SAVE_EVERY steps (a multiple of 8 R
     dividing the tile) to states (batch, dim, nchunks, N). A state's scalars (A, the carried state) and its B / C are
-    read one state ahead; STAGES > 1 pipelines the B / C loads through shared memory."""
+    read one state ahead; STAGES > 1 pipelines the B / C loads through shared memory. LBC: the B / C rows' length, L
+    or, for a staged copy (_staged_bc), L padded with zeros to a multiple of 32, so that their loads are 16-byte
+    vectors at any L."""
     pid = tl.program_id(0)
     b = pid // dim
     d = pid % dim
@@ -969,6 +977,7 @@ def _scan_fwd_seg_kernel(
         t = t0 + offs
         tw = t0 // 2 + offs_w
         mt = t < L
+        mbc = t < LBC
         u, dt, du = _tile_steps(u_p, su_l, dl_p, sdl_l, t, mt, bias, SOFTPLUS)
         dtc = _seg_cols(dt, R)
         sdt = dtc[0]
@@ -978,8 +987,8 @@ def _scan_fwd_seg_kernel(
         a_nx = tl.load(A_ptr + d64 * N)  # a state's scalars (and with PREFETCH its B / C) are read one state ahead
         c_nx = tl.load(h_p)
         if PREFETCH:
-            B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mt, tw, L, WORDS)
-            C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mt, tw, L, WORDS)
+            B_nx = _seg_bc_raw(B_p, sB_n, 0, t, sB_l, mbc, tw, LBC, WORDS)
+            C_nx = _seg_bc_raw(C_p, sC_n, 0, t, sC_l, mbc, tw, LBC, WORDS)
         for i in tl.range(0, N, num_stages=STAGES):
             a_i = a_nx.to(tl.float32)
             carry = c_nx
@@ -992,11 +1001,11 @@ def _scan_fwd_seg_kernel(
             if PREFETCH:
                 Bn = _seg_bc_f32(B_nx, WORDS)
                 Cn = _seg_bc_f32(C_nx, WORDS)
-                B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mt, tw, L, WORDS)
-                C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mt, tw, L, WORDS)
+                B_nx = _seg_bc_raw(B_p, sB_n, nxt, t, sB_l, mbc, tw, LBC, WORDS)
+                C_nx = _seg_bc_raw(C_p, sC_n, nxt, t, sC_l, mbc, tw, LBC, WORDS)
             else:
-                Bn = _seg_bc_f32(_seg_bc_raw(B_p, sB_n, i, t, sB_l, mt, tw, L, WORDS), WORDS)
-                Cn = _seg_bc_f32(_seg_bc_raw(C_p, sC_n, i, t, sC_l, mt, tw, L, WORDS), WORDS)
+                Bn = _seg_bc_f32(_seg_bc_raw(B_p, sB_n, i, t, sB_l, mbc, tw, LBC, WORDS), WORDS)
+                Cn = _seg_bc_f32(_seg_bc_raw(C_p, sC_n, i, t, sC_l, mbc, tw, LBC, WORDS), WORDS)
             ac = _seg_cols(tl.exp2(dt * a_i), R)
             bc = _seg_cols(du * Bn, R)
             hl = bc[0]  # (1) the lane's steps from zero
@@ -1998,6 +2007,28 @@ def _transpose_copy_kernel(x0_ptr, y0_ptr, x1_ptr, y1_ptr, batch, R, Cn,
 
 
 @triton.jit
+def _stage_bc_kernel(B_ptr, C_ptr, out_ptr, batch, G, N, L, Lp, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+                     BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr):
+    """out (2, batch, G, N, Lp) = B and C (batch, G, N, L), any strides (a time-major view of x_proj's output, a
+    reversed view's negative step stride), with steps L .. Lp - 1 zero: rows the time-tiled forward reads as aligned
+    16-byte vectors at any L (see _staged_bc)."""
+    pid = tl.program_id(0)  # over (B or C) x batch x G
+    which = pid // (batch * G)
+    bg = pid % (batch * G)
+    b = (bg // G).to(tl.int64)
+    g = (bg % G).to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    t = (tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    m = (n[:, None] < N) & (t[None, :] < L)
+    if which == 0:
+        v = tl.load(B_ptr + b * sB_b + g * sB_g + n[:, None] * sB_n + t[None, :] * sB_l, mask=m, other=0.0)
+    else:
+        v = tl.load(C_ptr + b * sC_b + g * sC_g + n[:, None] * sC_n + t[None, :] * sC_l, mask=m, other=0.0)
+    row = out_ptr + ((which * batch + b) * G + g) * N * Lp
+    tl.store(row + n[:, None] * Lp + t[None, :], v, mask=(n[:, None] < N) & (t[None, :] < Lp))
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, n_cols, sx_row, eps, CAST_INPUT: tl.constexpr, BLOCK: tl.constexpr):
     """One row: y = w * (x * rsqrt(mean(x^2) + eps)) in fp32, the normalised row rounded to x's dtype before the
     product (as RMSNorm does it in torch), y in the promoted dtype of x and w. CAST_INPUT: x is first rounded to y's
@@ -2503,6 +2534,25 @@ def _bf16_words_apply(B, C, sB, sC, L: int) -> bool:
             and C.data_ptr() % 4 == 0)
 
 
+def _vector_bc(B, C, sB, sC, L: int) -> bool:
+    """Whether _scan_fwd_seg_kernel reads B / C rows as they are in 16-byte vectors: unit step stride, the other
+    strides, the base addresses and L multiples of what triton specializes on (16 elements / 16 bytes; L of 32, so the
+    bf16 words' bound L // 2 is one too)."""
+    return (sB[3] == 1 and sC[3] == 1 and L % 32 == 0 and all(s % 16 == 0 for s in tuple(sB[:3]) + tuple(sC[:3]))
+            and B.data_ptr() % 16 == 0 and C.data_ptr() % 16 == 0)
+
+
+def _staged_bc(B_p, sB, C_p, sC, batch: int, G: int, N: int, L: int):
+    """B and C (their step-0 pointers and strides as the forward kernels take them) copied by one kernel into rows of
+    Lp = L rounded up to 32 steps, zero past L: ((B, strides), (C, strides), Lp)."""
+    Lp = 32 * _cdiv(L, 32)
+    out = torch.empty((2, batch, G, N, Lp), device=B_p.device, dtype=B_p.dtype)
+    block_n, block_t = _next_pow2(N), 64
+    _stage_bc_kernel[(2 * batch * G, _cdiv(Lp, block_t))](B_p, C_p, out, batch, G, N, L, Lp, *sB, *sC,
+                                                          BLOCK_N=block_n, BLOCK_T=block_t, num_warps=4)
+    return (out[0], out[0].stride()), (out[1], out[1].stride()), Lp
+
+
 def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block_t: int, save_states: bool,
                   reverse: bool = False, a_log: bool = False, save_every: int = 0):
     """Forward by _scan_fwd_tile_kernel (channel-major inputs): y, the last state and (save_states: the state before
@@ -2523,7 +2573,13 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
                  HAS_H0=h0 is not None, SAVE_STATES=save_states, A_IS_LOG=a_log, SAVE_EVERY=save_every)
     R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1  # lanes of 8 R steps, tiles of 256 R
     if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * R) == 0:  # see _scan_fwd_seg_kernel
-        words = _bf16_words_apply(B_p, C_p, sB, sC, L)
+        lbc = L
+        if B_p.dtype == C_p.dtype and not _vector_bc(B_p, C_p, sB, sC, L) and 0 < TILE_CONFIG.get("stage_bc", 0) <= \
+                batch * dim * L:  # B / C copied into aligned rows (see TILE_CONFIG)
+            (B_p, sB), (C_p, sC), lbc = _staged_bc(B_p, sB, C_p, sC, batch, G, N, L)
+            args = args[:3] + (B_p, C_p) + args[5:-8] + (*sB, *sC)
+        words = _bf16_words_apply(B_p, C_p, sB, sC, lbc)
+        args = args + (lbc,)
         cfg = {"maxnreg": TILE_BWD_CONFIG.get("fwd_maxnreg", 0), "prefetch": TILE_BWD_CONFIG.get("fwd_prefetch", 1)}
         cfg = cfg if save_states else TILE_CONFIG
         opts = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}

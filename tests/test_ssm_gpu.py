@@ -217,9 +217,9 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
-@pytest.mark.parametrize("tile", [(True, 512, 2, 1), (True, 512, 2, 3), (True, 256, 2, 1), (True, 256, 0, 1),
-                                  (False, 256, 0, 1)],
-                         ids=["seg16", "seg16-pipelined", "seg8", "assoc", "no-tile"])
+@pytest.mark.parametrize("tile", [(True, 512, 2, 1, 0), (True, 512, 2, 3, 0), (True, 256, 2, 1, 0), (True, 256, 0, 1, 0),
+                                  (False, 256, 0, 1, 0), (True, 512, 2, 1, 1)],
+                         ids=["seg16", "seg16-pipelined", "seg8", "assoc", "no-tile", "seg16-staged"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
                                                                                   False), (1, 8, 1030, 16, 0, True,
@@ -229,10 +229,11 @@ def test_scan_forward_tile_kernel_matches_reference(tile, dtype, case):
     """The inference forward (no gradients): the time-tiled kernels (one program per channel, state carried across
     tiles; lanes of 16 or 8 consecutive steps joined by one warp scan, or tl.associative_scan over a tile) against
     the float64 reference, output and last state; several tiles, a partial last tile, bf16 B / C read as words (even
-    L) or not (odd L), the lane kernel's state loop software-pipelined (stages 3)."""
+    L) or not (odd L), the lane kernel's state loop software-pipelined (stages 3), B / C staged into padded rows
+    (TILE_CONFIG["stage_bc"]: at these lengths, none a multiple of 32, every call)."""
     saved = dict(ssm_triton.TILE_CONFIG)
-    enabled, block_t, seg, stages = tile
-    ssm_triton.TILE_CONFIG.update(enabled=enabled, BLOCK_T=block_t, seg=seg, stages=stages)
+    enabled, block_t, seg, stages, stage = tile
+    ssm_triton.TILE_CONFIG.update(enabled=enabled, BLOCK_T=block_t, seg=seg, stages=stages, stage_bc=stage)
     try:
         batch, dim, seqlen, dstate, groups, z, D, bias, h0 = case
         check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype, backward=False)
@@ -555,9 +556,12 @@ def test_time_major_views(case):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("groups", [0, 4])
-def test_tile_kernels_take_time_major_views(monkeypatch, dtype, groups):
+@pytest.mark.parametrize("stage", [0, 1], ids=["bc-views", "bc-staged"])
+def test_tile_kernels_take_time_major_views(monkeypatch, dtype, groups, stage):
     """The time-tiled forward and backward (forced, tiles of 32 steps: 2 tiles at L = 37) with the mixer's time-major
-    delta / z / B / C views, which they read from channel-major copies: outputs and every gradient against float64."""
+    delta / z / B / C views, which they read from channel-major copies (B / C read in place by the forward, or staged
+    into padded rows by _staged_bc): outputs and every gradient against float64."""
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "stage_bc", stage)
     monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", True)
     monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
     monkeypatch.setitem(ssm_triton.TILE_BWD_CONFIG, "enabled", True)
@@ -1096,6 +1100,26 @@ def test_transpose_copy(shape, perm):
     assert y.is_contiguous() and torch.equal(y, t.contiguous())
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_staged_bc_rows(dtype):
+    """_staged_bc: B and C, from a time-major view (x_proj's slices, groups 2) and a reversed one (step-0 pointer at
+    the last step, negative step stride), land in rows of L rounded up to 32 steps, equal to the source in step order
+    and exactly zero past L; strides a multiple of 16 elements (what the seg kernel's vector loads need)."""
+    g = torch.Generator().manual_seed(4)
+    batch, G, N, L = 2, 2, 5, 45
+    xp = torch.randn(batch, L, 3 + 2 * G * N, generator=g).to(DEV, dtype)
+    B = xp[..., 3:3 + G * N].view(batch, L, G, N).permute(0, 2, 3, 1)  # (batch, G, N, L) time-major view
+    C = xp[..., 3 + G * N:].view(batch, L, G, N).permute(0, 2, 3, 1)
+    for reverse in (False, True):
+        (Bp, sB), (Cp, sC) = (ssm_triton._steps(t, reverse) for t in (B, C))
+        (Bs, sBs), (Cs, sCs), Lp = ssm_triton._staged_bc(Bp, sB, Cp, sC, batch, G, N, L)
+        assert Lp == 64 and Bs.shape == (batch, G, N, Lp) and sBs[3] == 1 and all(s % 16 == 0 for s in sBs[:3])
+        for got, src in ((Bs, B), (Cs, C)):
+            want = src.flip(-1) if reverse else src
+            assert torch.equal(got[..., :L], want) and torch.all(got[..., L:] == 0)
+        assert ssm_triton._vector_bc(Bs, Cs, sBs, sCs, Lp) and not ssm_triton._vector_bc(Bp, Cp, sB, sC, L)
+
+
 def _force_forward_path(monkeypatch, path):
     """Makes the inference forward take `path`: "lane" (unchunked), "lane-chunks" (time-parallel chunks of 16), "tile"
     (the time-tiled kernel, tiles of 32), anything else the sequential / chunked kernels."""
@@ -1103,16 +1127,17 @@ def _force_forward_path(monkeypatch, path):
                 "lane-chunks": dict(enabled=True, max_split=1, min_warps=10**6, min_chunk=16)}.get(path, {"enabled": False})
     for k, v in settings.items():
         monkeypatch.setitem(ssm_triton.LANE_CONFIG, k, v)
-    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path == "tile")
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "enabled", path.startswith("tile"))
     monkeypatch.setitem(ssm_triton.TILE_CONFIG, "BLOCK_T", 32)
+    monkeypatch.setitem(ssm_triton.TILE_CONFIG, "stage_bc", 1 if path == "tile-staged" else 0)
 
 
-@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "flipped"])
+@pytest.mark.parametrize("path", ["lane", "lane-chunks", "tile", "tile-staged", "flipped"])
 @pytest.mark.parametrize("layout", ["channel", "time", "time-aligned"])
 def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
     """selective_scan_triton(reverse=True) (inference) against the float64 reference on flipped inputs, flipped back:
     the lane kernel (unchunked and time-parallel chunks) and the time-tiled kernel read the steps backwards in place
-    (negative step strides), other cases scan flipped copies; channel-major inputs and the mixer's time-major views,
+    (negative step strides; or B / C staged in reversed order into padded rows), other cases scan flipped copies; channel-major inputs and the mixer's time-major views,
     an initial state, odd length, B / C rows read in place or through the lane kernel's row buffer. With gradients,
     reverse=True is refused and ssm_ops flips instead (same result)."""
     _force_forward_path(monkeypatch, path)
