@@ -1126,7 +1126,7 @@ def _scan_bwd_tile_kernel(
     dim, L, dg, G, N, nchunks,
     su_b, su_d, su_l, sdl_b, sdl_d, sdl_l, sz_b, sz_d, sz_l, sgy_b, sgy_d, sgy_l,
     sgu_b, sgu_d, sgu_l, sgdl_b, sgdl_d, sgdl_l, sgz_b, sgz_d, sgz_l,
-    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, LG,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_GHL: tl.constexpr, BLOCK_T: tl.constexpr, LANES: tl.constexpr, CH2: tl.constexpr, FAST: tl.constexpr,
 ):
@@ -1136,8 +1136,7 @@ def _scan_bwd_tile_kernel(
     g_t = C_t gy_t + a_{t+1} g_{t+1} from the right (the tile to the right hands on a_{t1} g_{t1} in carry_ptr,
     (batch, dim, 2, N) fp32: the carries, which end as dL/dh0, then the dA sums so far). Then, as in _step_bwd:
     dL/d(dt A)_t = g_t (h_t - x_t B_t) (= g_t a_t h_{t-1}), dB_t += g_t x_t and dC_t += gy_t h_t summed over channels
-    with atomics into (batch, G, N, LG) fp32 (coalesced along t; rows of LG >= L steps, a multiple of 32, so that a
-    tile's atomics cover whole 128-byte lines at any L), dA from per-state tile sums; dA, dD and d(delta_bias)
+    with atomics into (batch, G, N, L) fp32 (coalesced along t), dA from per-state tile sums; dA, dD and d(delta_bias)
     are summed over the batch by atomics at the end into gA (dim, N), gD and gbias (dim,), zeroed by the caller. A
     state's scalars and B / C are read one state ahead.
     The atomics set the pace (H200, bf16: without them the one-channel kernel took 553 instead of 825 us at B8 D1536
@@ -1189,7 +1188,7 @@ def _scan_bwd_tile_kernel(
         gu_ptr, sgu_b, sgu_d, gdl_ptr, sgdl_b, sgdl_d, gz_ptr, sgz_b, sgz_d)
     B_p = B_ptr + b64 * sB_b + g64 * sB_g
     C_p = C_ptr + b64 * sC_b + g64 * sC_g
-    gBC = (b64 * G + g64) * N * LG  # gB / gC: (batch, G, N, LG) fp32
+    gBC = (b64 * G + g64) * N * L  # gB / gC: (batch, G, N, L) fp32
     gD_acc = 0.0
     gbias_acc = 0.0
     gD_acc1 = 0.0
@@ -1249,8 +1248,8 @@ def _scan_bwd_tile_kernel(
                 hand = a * gs
                 gBt = gs * x
                 gCt = gy * hs
-            tl.atomic_add(gB_ptr + gBC + i * LG + t, gBt, mask=mt, sem="relaxed")
-            tl.atomic_add(gC_ptr + gBC + i * LG + t, gCt, mask=mt, sem="relaxed")
+            tl.atomic_add(gB_ptr + gBC + i * L + t, gBt, mask=mt, sem="relaxed")
+            tl.atomic_add(gC_ptr + gBC + i * L + t, gCt, mask=mt, sem="relaxed")
             tl.debug_barrier()  # every thread has read carry_i / gA_i before one thread overwrites them
             tl.store(gA_p + i + offs * 0, gA_i + offs * 0.0, mask=first)
             if LANES:
@@ -2842,16 +2841,14 @@ class _SelectiveScanFn(torch.autograd.Function):
         gy = _empty_as(u).zero_() if gy is None else _channel_major(gy)  # (the mixer's gy is time-major)
         gu, gdl = _empty_as(u), _empty_as(delta)
         gz = _empty_as(z) if has_z else None
-        # dB, dC (summed over channels by atomics; rows of Lg steps, whole 128-byte lines), dA, dD, d(delta_bias)
-        # (over the batch): one zeroed buffer, each at a 16-byte boundary. H200, bf16, B4 D768: the backward took
-        # 964-991 us at L = 6085 against 804-809 at 6080 with rows of L (results/odd_length_sweep_2026-11-29.log).
-        Lg = 32 * _cdiv(L, 32)
-        nbc = 2 * batch * G * N * Lg
+        # dB, dC (summed over channels by atomics), dA, dD, d(delta_bias) (over the batch): one zeroed buffer, each
+        # at a 16-byte boundary
+        nbc = 2 * batch * G * N * L
         o_a = _cdiv(nbc, 4) * 4
         o_d = o_a + _cdiv(dim * N, 4) * 4
         o_b = o_d + _cdiv(dim, 4) * 4
         sums = torch.zeros((o_b + dim,), **f32)
-        gBC = sums[:nbc].view(2, batch, G, N, Lg)
+        gBC = sums[:nbc].view(2, batch, G, N, L)
         gA, gD, gbias = sums[o_a:o_a + dim * N].view(dim, N), sums[o_d:o_d + dim], sums[o_b:o_b + dim]
         carry = torch.empty((batch, dim, 2, N), **f32)  # the carries (end as dL/dh0), the dA sums so far
         ghl = g_last.contiguous().float() if g_last is not None else None
@@ -2864,14 +2861,13 @@ class _SelectiveScanFn(torch.autograd.Function):
             gu, gdl, gz if has_z else gu, gA, gBC[0], gBC[1], gD, gbias, carry,
             dim, L, dim // G, G, N, nchunks,
             *u.stride(), *delta.stride(), *(z if has_z else u).stride(), *gy.stride(),
-            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(), Lg,
+            *gu.stride(), *gdl.stride(), *(gz if has_z else gu).stride(), *B.stride(), *C.stride(),
             HAS_D=has_D, HAS_Z=has_z, HAS_BIAS=has_bias, SOFTPLUS=ctx.softplus, HAS_GHL=ghl is not None,
             BLOCK_T=block_t, LANES=lanes, CH2=ch2, FAST=not _INTERPRET,
             num_warps=warps, **({"maxnreg": TILE_BWD_CONFIG["maxnreg"]} if TILE_BWD_CONFIG.get("maxnreg") else {}),
         )
         A_dt, D_dt, bias_dt, h0_dt = ctx.dtypes
         need_gh0 = has_h0 and ctx.needs_input_grad[8]
-        gBC = gBC[..., :L]
         gB, gC = gBC.to(B.dtype).unbind(0) if B.dtype == C.dtype else (gBC[0].to(B.dtype), gBC[1].to(C.dtype))
         return (
             gu, gdl, _as_dtype(gA, A_dt), gB, gC, _as_dtype(gD, D_dt) if has_D else None, gz,
