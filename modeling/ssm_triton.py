@@ -135,6 +135,10 @@ TILE_CONFIG = {"enabled": None, "BLOCK_T": 512, "num_warps": 1, "min_len": 512, 
 # (449 us): 1.51 ms. "long_min_programs": from this many programs (batch x channels / 16) the pair also takes long
 # sequences: at 96 (B2 D768 L6085, B1 D1536 L4096) its kernels took 999 / 640 us against the chunked kernels'
 # 1,312 / 1,136.
+# Fifteenth session: dB / dC rows padded to 32 steps (so that a tile's atomics cover whole lines at odd L) ran the
+# backward 2.2x slower at odd L (B16 L4095 10,940 against 4,970 us): with the rows' alignment known, triton gave the
+# atomics 4 steps a thread (TTGIR), so each warp-wide atomic spanned 4 cache lines instead of 1
+# (results/bwd_padded_rows_2026-11-29.log). The rows stay L long.
 TILE_BWD_CONFIG = {"enabled": None, "BLOCK_T": 128, "num_warps": 1, "min_len": 512, "fwd_BLOCK_T": 512, "fwd_warps": 1,
                    "lanes": True, "channel_pairs": True, "maxnreg": 168, "fwd_maxnreg": 128, "fwd_prefetch": 1,
                    "long_min_programs": 96, "fwd_lanes": None}
