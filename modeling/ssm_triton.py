@@ -2570,24 +2570,23 @@ def _tile_forward(u, delta, A, B, C, D, z, delta_bias, h0, softplus: bool, block
     states = torch.empty((batch, dim, nchunks, N), device=u.device, dtype=torch.float32) if save_states else h_last
     (u_p, su), (dl_p, sdl), (z_p, sz), (y_p, sy), (B_p, sB), (C_p, sC) = (
         _steps(t, reverse) for t in (u, delta, z if z is not None else u, y, B, C))
+    R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1  # lanes of 8 R steps, tiles of 256 R
+    seg = TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * R) == 0  # see _scan_fwd_seg_kernel
+    lbc = L  # the B / C rows' length the seg kernel reads
+    if seg and B_p.dtype == C_p.dtype and not _vector_bc(B_p, C_p, sB, sC, L) and \
+            0 < TILE_CONFIG.get("stage_bc", 0) <= batch * dim * L:  # B / C copied into aligned rows (see TILE_CONFIG)
+        (B_p, sB), (C_p, sC), lbc = _staged_bc(B_p, sB, C_p, sC, batch, G, N, L)
     args = (u_p, dl_p, A, B_p, C_p, D if D is not None else u, z_p, delta_bias if delta_bias is not None else u,
             h0 if h0 is not None else h_last, y_p, h_last, states,
             dim, L, dim // G, G, N, nchunks, *su, *sdl, *sz, *sy, *sB, *sC)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
                  HAS_H0=h0 is not None, SAVE_STATES=save_states, A_IS_LOG=a_log, SAVE_EVERY=save_every)
-    R = 2 if TILE_CONFIG["seg"] >= 2 and block_t >= 512 else 1  # lanes of 8 R steps, tiles of 256 R
-    if TILE_CONFIG["seg"] and _TUPLES and save_every % (8 * R) == 0:  # see _scan_fwd_seg_kernel
-        lbc = L
-        if B_p.dtype == C_p.dtype and not _vector_bc(B_p, C_p, sB, sC, L) and 0 < TILE_CONFIG.get("stage_bc", 0) <= \
-                batch * dim * L:  # B / C copied into aligned rows (see TILE_CONFIG)
-            (B_p, sB), (C_p, sC), lbc = _staged_bc(B_p, sB, C_p, sC, batch, G, N, L)
-            args = args[:3] + (B_p, C_p) + args[5:-8] + (*sB, *sC)
+    if seg:
         words = _bf16_words_apply(B_p, C_p, sB, sC, lbc)
-        args = args + (lbc,)
         cfg = {"maxnreg": TILE_BWD_CONFIG.get("fwd_maxnreg", 0), "prefetch": TILE_BWD_CONFIG.get("fwd_prefetch", 1)}
         cfg = cfg if save_states else TILE_CONFIG
         opts = {"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}
-        _scan_fwd_seg_kernel[(batch * dim,)](*args, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
+        _scan_fwd_seg_kernel[(batch * dim,)](*args, lbc, **flags, R=R, FAST=not _INTERPRET, WORDS=words,
                                              STAGES=TILE_CONFIG.get("stages", 1),
                                              PREFETCH=bool(cfg.get("prefetch", 0)), num_warps=1, **opts)
     else:
@@ -3087,7 +3086,7 @@ class _CausalConvFn(torch.autograd.Function):
         gw = gb = None
         if part is not None:
             sums = part.sum(0)  # (W + 1, dim)
-            gw = sums[:W].t().to(weight.dtype) if need_gw else None
+            gw = sums[:W].t().contiguous().to(weight.dtype) if need_gw else None  # (dim, W), as the weight
             gb = sums[W].to(bias.dtype) if need_gb else None
         return gx, gw, gb, None, None, None
 

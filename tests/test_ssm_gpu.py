@@ -217,8 +217,8 @@ def test_scan_tile_backward_matches_reference(tile_bwd_config, dtype, case):
     check_parity(make_inputs(batch, dim, seqlen, dstate, groups, dtype, z, D, bias, h0), dtype)
 
 
-@pytest.mark.parametrize("tile", [(True, 512, 2, 1, 0), (True, 512, 2, 3, 0), (True, 256, 2, 1, 0), (True, 256, 0, 1, 0),
-                                  (False, 256, 0, 1, 0), (True, 512, 2, 1, 1)],
+@pytest.mark.parametrize("tile", [(True, 512, 2, 1, 0), (True, 512, 2, 3, 0), (True, 256, 2, 1, 0),
+                                  (True, 256, 0, 1, 0), (False, 256, 0, 1, 0), (True, 512, 2, 1, 1)],
                          ids=["seg16", "seg16-pipelined", "seg8", "assoc", "no-tile", "seg16-staged"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", [(2, 24, 1500, 16, 0, True, True, True, True), (1, 12, 77, 5, 3, False, True, False,
@@ -1028,8 +1028,9 @@ def test_causal_conv_gradients(monkeypatch, reverse, layout, fused):
     monkeypatch.setitem(ssm_triton.CONV_BWD_TIME_MAJOR_CONFIG, "fused", fused)
     g = torch.Generator().manual_seed(5)
     batch, dim = 2, 40
-    cases = [(4, 150, True, "silu", False, "all"), (5, 7, False, "silu", True, "all"), (2, 150, True, None, True, "all"),
-             (4, 1, True, "silu", False, "all"), (4, 150, True, "silu", True, "x"), (4, 150, False, "silu", False, "w")]
+    cases = [(4, 150, True, "silu", False, "all"), (5, 7, False, "silu", True, "all"),
+             (2, 150, True, None, True, "all"), (4, 1, True, "silu", False, "all"), (4, 150, True, "silu", True, "x"),
+             (4, 150, False, "silu", False, "w")]
     for (width, L, bias_on, act, pre, wants), dtype in ((c, d) for c in cases for d in (torch.float32, torch.bfloat16)):
         pre = pre and not reverse
         if layout == "time":
@@ -1058,6 +1059,7 @@ def test_causal_conv_gradients(monkeypatch, reverse, layout, fused):
         for got, want in pairs:
             assert got.dtype == dtype and rel(got, want) < tol, (width, L, bias_on, act, pre, wants, dtype)
         assert (x.grad is None) == (not grads[0]) and (w.grad is None) == (not grads[1])
+        assert w.grad is None or w.grad.is_contiguous()  # as the weight: DDP's buckets expect its strides
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["causal", "reverse"])
@@ -1137,9 +1139,10 @@ def _force_forward_path(monkeypatch, path):
 def test_scan_reverse_reads_backwards(monkeypatch, path, layout):
     """selective_scan_triton(reverse=True) (inference) against the float64 reference on flipped inputs, flipped back:
     the lane kernel (unchunked and time-parallel chunks) and the time-tiled kernel read the steps backwards in place
-    (negative step strides; or B / C staged in reversed order into padded rows), other cases scan flipped copies; channel-major inputs and the mixer's time-major views,
-    an initial state, odd length, B / C rows read in place or through the lane kernel's row buffer. With gradients,
-    reverse=True is refused and ssm_ops flips instead (same result)."""
+    (negative step strides; or B / C staged in reversed order into padded rows), other cases scan flipped
+    copies; channel-major inputs and the mixer's time-major views, an initial state, odd length, B / C rows read in
+    place or through the lane kernel's row buffer. With gradients, reverse=True is refused and ssm_ops flips instead
+    (same result)."""
     _force_forward_path(monkeypatch, path)
     g = torch.Generator().manual_seed(11)
     batch, dim, L, N = 2, 64, 77, 16
